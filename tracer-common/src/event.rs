@@ -1,0 +1,107 @@
+//! Events the kernel programs send through the `EVENTS` ring buffer.
+//!
+//! Every event starts with an [`EventHeader`] whose `kind` is a stable number from the `KIND_*`
+//! constants: a reader dispatches on it before it looks at anything else, and a capture written
+//! today stays readable when new kinds are added.
+
+/// Bytes of packet data an event can carry at most (`--snaplen` is clamped to this).
+pub const CAPTURE_MAX: usize = 256;
+/// Bytes copied by default: enough for Ethernet + VLAN + IPv6 with extension headers + TCP options.
+pub const CAPTURE_DEFAULT: u16 = 128;
+
+/// A packet observed at a tc hook ([`PacketEvent`]).
+pub const KIND_PACKET: u16 = 1;
+/// A packet freed by the kernel with a drop reason ([`DropEvent`]).
+pub const KIND_DROP: u16 = 2;
+
+/// Hook number used in the header of events that do not come from a tc hook.
+pub const HOOK_NONE: u8 = 0xff;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// One of the `KIND_*` constants.
+    pub kind: u16,
+    /// Hook slot (`0..MAX_HOOKS`), or [`HOOK_NONE`].
+    pub hook: u8,
+    /// `DIR_INGRESS` / `DIR_EGRESS` from [`crate::config`].
+    pub direction: u8,
+    /// `skb->ifindex` when the event was made (meaningful in the hook's own namespace).
+    pub ifindex: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    pub ktime_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 16);
+
+/// What the parser learnt about one packet: the addresses as they are at this hook, and the
+/// NAT-invariant fingerprint that ties the same packet together across hooks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PacketMeta {
+    /// See [`crate::fingerprint`].
+    pub fingerprint: u64,
+    /// Source address; IPv4 uses the first four bytes.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// TCP/UDP ports; for ICMP echo, `sport` holds the echo identifier and `dport` is 0.
+    pub sport: u16,
+    pub dport: u16,
+    /// 4 or 6; 0 when the frame was not IP (then nothing else is set).
+    pub family: u8,
+    /// IP protocol number of the transport header that was found.
+    pub proto: u8,
+    /// TCP flags byte (FIN=1, SYN=2, RST=4, PSH=8, ACK=16, ...).
+    pub tcp_flags: u8,
+    /// ICMP / ICMPv6 type.
+    pub icmp_type: u8,
+    /// ICMP / ICMPv6 code.
+    pub icmp_code: u8,
+    /// Set (1) when the transport header could not be read (truncated, or a non-first fragment).
+    pub l4_missing: u8,
+    pub _pad0: u16,
+    /// TCP sequence number, or ICMP echo sequence (used to tell retransmissions apart).
+    pub seq: u32,
+    /// Offset of the IP header in the frame.
+    pub l3_offset: u16,
+    /// Offset of the transport header in the frame.
+    pub l4_offset: u16,
+    pub _pad1: u32,
+}
+const _: () = assert!(core::mem::size_of::<PacketMeta>() == 64);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PacketEvent {
+    pub header: EventHeader,
+    pub meta: PacketMeta,
+    /// `skb->len`: the length of the whole frame.
+    pub pkt_len: u32,
+    /// Bytes of `data` that hold packet bytes (`min(pkt_len, snaplen)`).
+    pub cap_len: u32,
+    /// The first `cap_len` bytes of the frame, from the Ethernet header on.
+    pub data: [u8; CAPTURE_MAX],
+}
+const _: () = assert!(core::mem::size_of::<PacketEvent>() == 16 + 64 + 8 + CAPTURE_MAX);
+
+/// A packet freed by `kfree_skb` with a reason, whose fingerprint matched a traced packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropEvent {
+    pub header: EventHeader,
+    pub fingerprint: u64,
+    /// `enum skb_drop_reason` value; the name comes from the kernel's BTF in userspace.
+    pub reason: u32,
+    pub _pad0: u32,
+    /// Address of the function that freed the packet (`location` argument).
+    pub location: u64,
+}
+const _: () = assert!(core::mem::size_of::<DropEvent>() == 40);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: `#[repr(C)]`, integers and byte arrays only, no implicit padding (sizes asserted).
+    unsafe impl aya::Pod for super::EventHeader {}
+    unsafe impl aya::Pod for super::PacketMeta {}
+    unsafe impl aya::Pod for super::PacketEvent {}
+    unsafe impl aya::Pod for super::DropEvent {}
+}

@@ -1,0 +1,260 @@
+//! The packet parser, shared by the kernel programs and userspace.
+//!
+//! It is written against the [`Frame`] trait so that the very code the classifier runs is also
+//! unit-tested on crafted byte slices, and replayed on captured bytes. Every read is bounds-checked
+//! by the implementation (`bpf_skb_load_bytes` in the kernel, slice bounds here); a read that does
+//! not fit ends parsing with what was learnt so far. The parser never writes.
+
+use crate::{
+    event::PacketMeta,
+    fingerprint::Fingerprint,
+};
+
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+const IPV6_HOPOPTS: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_AH: u8 = 51;
+const IPV6_DSTOPTS: u8 = 60;
+/// Extension headers walked at most before giving up on finding the transport header.
+const IPV6_MAX_EXT: usize = 6;
+
+/// Read access to a frame, starting at its Ethernet header.
+pub trait Frame {
+    /// Copies `N` bytes at `offset`, or `None` when they are not all inside the frame.
+    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]>;
+}
+
+impl Frame for [u8] {
+    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        let end = offset.checked_add(N)?;
+        let bytes = self.get(offset..end)?;
+        let mut out = [0u8; N];
+        out.copy_from_slice(bytes);
+        Some(out)
+    }
+}
+
+#[inline(always)]
+fn be16(b: &[u8], i: usize) -> u16 {
+    u16::from_be_bytes([b[i], b[i + 1]])
+}
+
+#[inline(always)]
+fn be32(b: &[u8], i: usize) -> u32 {
+    u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+}
+
+/// Parses an Ethernet frame (one optional 802.1Q/802.1ad tag) carrying IPv4 or IPv6.
+/// `meta.family == 0` means it is not an IP packet (or its IP header is unreadable / bogus).
+#[inline(always)]
+pub fn parse<F: Frame + ?Sized>(frame: &F) -> PacketMeta {
+    let mut meta = PacketMeta::default();
+    let Some(eth) = frame.read::<14>(0) else {
+        return meta;
+    };
+    let mut ethertype = be16(&eth, 12);
+    let mut l3 = 14usize;
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        let Some(tag) = frame.read::<4>(14) else {
+            return meta;
+        };
+        ethertype = be16(&tag, 2);
+        l3 = 18;
+    }
+    match ethertype {
+        ETH_P_IP => parse_ipv4(frame, l3, &mut meta),
+        ETH_P_IPV6 => parse_ipv6(frame, l3, &mut meta),
+        _ => {}
+    }
+    meta
+}
+
+// Not inlined: in the kernel each protocol parser is its own BPF subprogram, so their stack
+// frames do not add up in the classifier.
+#[inline(never)]
+fn parse_ipv4<F: Frame + ?Sized>(frame: &F, l3: usize, meta: &mut PacketMeta) {
+    let Some(ip) = frame.read::<20>(l3) else {
+        return;
+    };
+    if ip[0] >> 4 != 4 {
+        return;
+    }
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    if ihl < 20 {
+        return;
+    }
+    let tot_len = be16(&ip, 2);
+    let id = be16(&ip, 4);
+    let frag = be16(&ip, 6) & 0x1fff;
+    let proto = ip[9];
+    meta.family = 4;
+    meta.proto = proto;
+    meta.saddr[..4].copy_from_slice(&ip[12..16]);
+    meta.daddr[..4].copy_from_slice(&ip[16..20]);
+    meta.l3_offset = l3 as u16;
+    meta.l4_offset = (l3 + ihl) as u16;
+    let fp = Fingerprint::new()
+        .word(u32::from(proto))
+        .word(u32::from(tot_len))
+        .word(u32::from(id))
+        .word(u32::from(frag));
+    if frag != 0 {
+        // A non-first fragment has no transport header.
+        meta.l4_missing = 1;
+        meta.fingerprint = fp.finish();
+        return;
+    }
+    meta.fingerprint = parse_l4(frame, l3 + ihl, proto, fp, meta);
+}
+
+// Not inlined: in the kernel each protocol parser is its own BPF subprogram, so their stack
+// frames do not add up in the classifier.
+#[inline(never)]
+fn parse_ipv6<F: Frame + ?Sized>(frame: &F, l3: usize, meta: &mut PacketMeta) {
+    let Some(ip) = frame.read::<40>(l3) else {
+        return;
+    };
+    if ip[0] >> 4 != 6 {
+        return;
+    }
+    let payload_len = be16(&ip, 4);
+    let flow = be32(&ip, 0) & 0x000f_ffff;
+    meta.family = 6;
+    meta.saddr.copy_from_slice(&ip[8..24]);
+    meta.daddr.copy_from_slice(&ip[24..40]);
+    meta.l3_offset = l3 as u16;
+    let mut next = ip[6];
+    let mut off = l3 + 40;
+    let mut fp = Fingerprint::new()
+        .word(u32::from(payload_len))
+        .word(flow);
+    let mut i = 0;
+    while i < IPV6_MAX_EXT {
+        i += 1;
+        match next {
+            IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
+                let Some(h) = frame.read::<2>(off) else {
+                    return finish_missing(meta, next, off, fp);
+                };
+                next = h[0];
+                off += (usize::from(h[1]) + 1) * 8;
+            }
+            IPV6_AH => {
+                let Some(h) = frame.read::<2>(off) else {
+                    return finish_missing(meta, next, off, fp);
+                };
+                next = h[0];
+                off += (usize::from(h[1]) + 2) * 4;
+            }
+            IPV6_FRAGMENT => {
+                let Some(h) = frame.read::<8>(off) else {
+                    return finish_missing(meta, next, off, fp);
+                };
+                let frag = be16(&h, 2) >> 3;
+                fp = fp.word(u32::from(frag)).word(be32(&h, 4));
+                next = h[0];
+                off += 8;
+                if frag != 0 {
+                    return finish_missing(meta, next, off, fp);
+                }
+            }
+            _ => break,
+        }
+    }
+    meta.proto = next;
+    meta.l4_offset = off as u16;
+    meta.fingerprint = parse_l4(frame, off, next, fp.word(u32::from(next)), meta);
+}
+
+#[inline(always)]
+fn finish_missing(meta: &mut PacketMeta, proto: u8, off: usize, fp: Fingerprint) {
+    meta.proto = proto;
+    meta.l4_offset = off as u16;
+    meta.l4_missing = 1;
+    meta.fingerprint = fp.word(u32::from(proto)).finish();
+}
+
+/// Reads the transport header at `l4`, fills ports/flags, and returns the finished fingerprint.
+// Not inlined: in the kernel each protocol parser is its own BPF subprogram, so their stack
+// frames do not add up in the classifier.
+#[inline(never)]
+fn parse_l4<F: Frame + ?Sized>(
+    frame: &F,
+    l4: usize,
+    proto: u8,
+    fp: Fingerprint,
+    meta: &mut PacketMeta,
+) -> u64 {
+    match proto {
+        IPPROTO_TCP => {
+            let Some(t) = frame.read::<16>(l4) else {
+                meta.l4_missing = 1;
+                return fp.finish();
+            };
+            meta.sport = be16(&t, 0);
+            meta.dport = be16(&t, 2);
+            meta.seq = be32(&t, 4);
+            meta.tcp_flags = t[13];
+            fp.word(be32(&t, 4))
+                .word(be32(&t, 8))
+                .word(u32::from(be16(&t, 12)))
+                .word(u32::from(be16(&t, 14)))
+                .finish()
+        }
+        IPPROTO_UDP => {
+            let Some(u) = frame.read::<8>(l4) else {
+                meta.l4_missing = 1;
+                return fp.finish();
+            };
+            meta.sport = be16(&u, 0);
+            meta.dport = be16(&u, 2);
+            let fp = fp.word(u32::from(be16(&u, 4)));
+            match frame.read::<8>(l4 + 8) {
+                Some(payload) => fp.bytes8(payload).finish(),
+                None => fp.finish(),
+            }
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            let Some(h) = frame.read::<8>(l4) else {
+                meta.l4_missing = 1;
+                return fp.finish();
+            };
+            meta.icmp_type = h[0];
+            meta.icmp_code = h[1];
+            let fp = fp.word(u32::from(be16(&h, 0)));
+            if is_echo(proto, h[0]) {
+                meta.sport = be16(&h, 4);
+                meta.seq = u32::from(be16(&h, 6));
+                let fp = fp.word(meta.seq);
+                match frame.read::<8>(l4 + 8) {
+                    Some(payload) => fp.bytes8(payload).finish(),
+                    None => fp.finish(),
+                }
+            } else {
+                fp.finish()
+            }
+        }
+        _ => fp.finish(),
+    }
+}
+
+/// Echo request or reply (ICMP 8/0, ICMPv6 128/129): the ones that carry an identifier NAT treats
+/// like a port.
+#[inline(always)]
+pub fn is_echo(proto: u8, icmp_type: u8) -> bool {
+    match proto {
+        IPPROTO_ICMP => icmp_type == 8 || icmp_type == 0,
+        IPPROTO_ICMPV6 => icmp_type == 128 || icmp_type == 129,
+        _ => false,
+    }
+}
