@@ -1,0 +1,3 @@
+//! Discovery: which namespaces, interfaces, bridges, routes and NAT rules make up the path.
+
+pub mod netns;

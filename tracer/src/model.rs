@@ -1,0 +1,397 @@
+//! The userspace model every pipeline stage speaks: hooks (where we observe), decoded events (what
+//! we observed), and the topology snapshot (what discovery found). Stages exchange these and
+//! nothing else, so each can be tested by feeding it recorded values.
+
+use std::{fmt, net::IpAddr};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tracer_common::{
+    config::{DIR_EGRESS, DIR_INGRESS, ROLE_ALL, ROLE_SHARED, ROLE_SOURCE_IN, ROLE_SOURCE_OUT},
+    event::{PacketEvent, KIND_PACKET},
+    parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ingress => "ingress",
+            Self::Egress => "egress",
+        }
+    }
+    pub fn raw(self) -> u32 {
+        match self {
+            Self::Ingress => DIR_INGRESS,
+            Self::Egress => DIR_EGRESS,
+        }
+    }
+}
+
+impl TryFrom<u8> for Direction {
+    type Error = u8;
+    fn try_from(v: u8) -> Result<Self, u8> {
+        match u32::from(v) {
+            DIR_INGRESS => Ok(Self::Ingress),
+            DIR_EGRESS => Ok(Self::Egress),
+            _ => Err(v),
+        }
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where along the path a hook sits. Its order is the outbound path order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Place {
+    /// The interface inside the traced (container) namespace.
+    Container,
+    /// The host end of the container's veth pair.
+    Veth,
+    /// The bridge the veth is a port of.
+    Bridge,
+    /// The interface the route toward the destination leaves by.
+    Uplink,
+    /// Another container's host veth (container-to-container on one bridge).
+    PeerVeth,
+    /// Another container's own interface.
+    PeerContainer,
+}
+
+/// How the kernel program decides which packets of a hook to emit (see `tracer_common::config`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    SourceOut,
+    SourceIn,
+    Shared,
+    All,
+}
+
+impl Role {
+    pub fn raw(self) -> u32 {
+        match self {
+            Self::SourceOut => ROLE_SOURCE_OUT,
+            Self::SourceIn => ROLE_SOURCE_IN,
+            Self::Shared => ROLE_SHARED,
+            Self::All => ROLE_ALL,
+        }
+    }
+}
+
+/// One observation point: an interface in a namespace, one direction, one kernel program slot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hook {
+    /// Kernel program slot (`pathtrace_h<slot>`); events carry it.
+    pub slot: u8,
+    /// Namespace label: the container / namespace name on the traced side, `host` on the host.
+    pub ns_label: String,
+    pub ifname: String,
+    pub ifindex: u32,
+    pub direction: Direction,
+    pub place: Place,
+    pub role: Role,
+}
+
+impl Hook {
+    /// `<ns_label>:<ifname>`, e.g. `minio:eth0`, `host:docker0`.
+    pub fn label(&self) -> String {
+        format!("{}:{}", self.ns_label, self.ifname)
+    }
+
+    /// Position of this hook on the outbound path (packets leaving the traced side): container
+    /// egress, veth ingress, bridge ingress, uplink egress. Inbound packets cross them in reverse.
+    pub fn outbound_rank(&self) -> u32 {
+        match (self.place, self.direction) {
+            (Place::Container, Direction::Egress) => 0,
+            (Place::Veth, Direction::Ingress) => 1,
+            (Place::Bridge, Direction::Ingress) => 2,
+            (Place::Bridge, Direction::Egress) => 3,
+            (Place::PeerVeth, Direction::Egress) => 4,
+            (Place::PeerContainer, Direction::Ingress) => 5,
+            (Place::Uplink, Direction::Egress) => 6,
+            // Inbound-only hooks, in the order an inbound packet meets them.
+            (Place::Uplink, Direction::Ingress) => 10,
+            (Place::PeerContainer, Direction::Egress) => 11,
+            (Place::PeerVeth, Direction::Ingress) => 12,
+            (Place::Veth, Direction::Egress) => 13,
+            (Place::Container, Direction::Ingress) => 14,
+        }
+    }
+}
+
+/// IP protocol of a packet or flow, as the user names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Icmp,
+    Icmpv6,
+    Other(u8),
+}
+
+impl From<u8> for Proto {
+    fn from(p: u8) -> Self {
+        match p {
+            IPPROTO_TCP => Self::Tcp,
+            IPPROTO_UDP => Self::Udp,
+            IPPROTO_ICMP => Self::Icmp,
+            IPPROTO_ICMPV6 => Self::Icmpv6,
+            other => Self::Other(other),
+        }
+    }
+}
+
+impl Proto {
+    pub fn number(self) -> u8 {
+        match self {
+            Self::Tcp => IPPROTO_TCP,
+            Self::Udp => IPPROTO_UDP,
+            Self::Icmp => IPPROTO_ICMP,
+            Self::Icmpv6 => IPPROTO_ICMPV6,
+            Self::Other(n) => n,
+        }
+    }
+    pub fn has_ports(self) -> bool {
+        matches!(self, Self::Tcp | Self::Udp)
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp => f.write_str("tcp"),
+            Self::Udp => f.write_str("udp"),
+            Self::Icmp => f.write_str("icmp"),
+            Self::Icmpv6 => f.write_str("icmpv6"),
+            Self::Other(n) => write!(f, "proto-{n}"),
+        }
+    }
+}
+
+/// An address and port (port 0 where the protocol has none; the echo id for ICMP echo).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub addr: IpAddr,
+    pub port: u16,
+}
+
+impl Endpoint {
+    pub fn new(addr: IpAddr, port: u16) -> Self {
+        Self { addr, port }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.addr {
+            IpAddr::V4(a) => write!(f, "{a}:{}", self.port),
+            IpAddr::V6(a) => write!(f, "[{a}]:{}", self.port),
+        }
+    }
+}
+
+/// One packet seen at one hook, decoded from a [`PacketEvent`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PacketRecord {
+    pub slot: u8,
+    pub direction: Direction,
+    pub ifindex: u32,
+    pub ktime_ns: u64,
+    pub fingerprint: u64,
+    pub proto: Proto,
+    pub src: Endpoint,
+    pub dst: Endpoint,
+    pub tcp_flags: u8,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    /// TCP sequence number or ICMP echo sequence.
+    pub seq: u32,
+    pub pkt_len: u32,
+    /// The first bytes of the frame as captured in the kernel.
+    pub data: Bytes,
+}
+
+/// Why a raw event could not be decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("event of {0} bytes is shorter than its header")]
+    Short(usize),
+    #[error("unknown event kind {0}")]
+    UnknownKind(u16),
+    #[error("bad direction {0}")]
+    BadDirection(u8),
+    #[error("bad address family {0}")]
+    BadFamily(u8),
+    #[error("capture length {0} exceeds the event")]
+    BadCapLen(u32),
+}
+
+impl PacketRecord {
+    /// Decodes one ring-buffer record. Never panics on arbitrary input.
+    pub fn decode(raw: &[u8]) -> Result<Self, DecodeError> {
+        if raw.len() < size_of::<PacketEvent>() {
+            return Err(DecodeError::Short(raw.len()));
+        }
+        // SAFETY: length checked above; `PacketEvent` is plain old data (any bit pattern is valid)
+        // and `read_unaligned` copes with any alignment of `raw`.
+        let ev: PacketEvent = unsafe { std::ptr::read_unaligned(raw.as_ptr().cast()) };
+        if ev.header.kind != KIND_PACKET {
+            return Err(DecodeError::UnknownKind(ev.header.kind));
+        }
+        let direction = Direction::try_from(ev.header.direction).map_err(DecodeError::BadDirection)?;
+        let m = &ev.meta;
+        let (src, dst) = match m.family {
+            4 => {
+                let s: [u8; 4] = m.saddr[..4].try_into().expect("4 bytes");
+                let d: [u8; 4] = m.daddr[..4].try_into().expect("4 bytes");
+                (IpAddr::from(s), IpAddr::from(d))
+            }
+            6 => (IpAddr::from(m.saddr), IpAddr::from(m.daddr)),
+            f => return Err(DecodeError::BadFamily(f)),
+        };
+        let cap = ev.cap_len as usize;
+        if cap > ev.data.len() {
+            return Err(DecodeError::BadCapLen(ev.cap_len));
+        }
+        Ok(Self {
+            slot: ev.header.hook,
+            direction,
+            ifindex: ev.header.ifindex,
+            ktime_ns: ev.header.ktime_ns,
+            fingerprint: m.fingerprint,
+            proto: Proto::from(m.proto),
+            src: Endpoint::new(src, m.sport),
+            dst: Endpoint::new(dst, m.dport),
+            tcp_flags: m.tcp_flags,
+            icmp_type: m.icmp_type,
+            icmp_code: m.icmp_code,
+            seq: m.seq,
+            pkt_len: ev.pkt_len,
+            data: Bytes::copy_from_slice(&ev.data[..cap]),
+        })
+    }
+
+    /// Rebuilds a record from captured bytes (replay): the same parser the kernel ran.
+    pub fn from_frame(
+        slot: u8,
+        direction: Direction,
+        ifindex: u32,
+        ktime_ns: u64,
+        pkt_len: u32,
+        data: Bytes,
+    ) -> Option<Self> {
+        let m = tracer_common::parse::parse(&data[..]);
+        let (src, dst) = match m.family {
+            4 => {
+                let s: [u8; 4] = m.saddr[..4].try_into().ok()?;
+                let d: [u8; 4] = m.daddr[..4].try_into().ok()?;
+                (IpAddr::from(s), IpAddr::from(d))
+            }
+            6 => (IpAddr::from(m.saddr), IpAddr::from(m.daddr)),
+            _ => return None,
+        };
+        Some(Self {
+            slot,
+            direction,
+            ifindex,
+            ktime_ns,
+            fingerprint: m.fingerprint,
+            proto: Proto::from(m.proto),
+            src: Endpoint::new(src, m.sport),
+            dst: Endpoint::new(dst, m.dport),
+            tcp_flags: m.tcp_flags,
+            icmp_type: m.icmp_type,
+            icmp_code: m.icmp_code,
+            seq: m.seq,
+            pkt_len,
+            data,
+        })
+    }
+}
+
+/// A packet freed by the kernel with a reason (issue: drops).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DropRecord {
+    pub ktime_ns: u64,
+    pub fingerprint: u64,
+    pub reason: u32,
+    /// Symbolic reason from the kernel's BTF (`NETFILTER_DROP`), when known.
+    pub reason_name: Option<String>,
+}
+
+/// Per-hook counters summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookStats {
+    pub seen: u64,
+    pub filtered: u64,
+    pub emitted: u64,
+    pub lost: u64,
+}
+
+/// A NAT rule as the ruleset in use prints it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatRule {
+    /// `iptables-nft`, `iptables-legacy` or `nftables`.
+    pub source: String,
+    /// The rule's own text, e.g. `-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE`.
+    pub text: String,
+}
+
+/// Everything discovery found: the hooks to attach and the context needed to explain what is seen.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Topology {
+    /// Label of the traced side (container name or namespace name).
+    pub target: String,
+    pub hooks: Vec<Hook>,
+    /// Addresses of the traced side's interface(s) (pre-NAT source addresses).
+    pub target_addrs: Vec<IpAddr>,
+    /// Addresses of the uplink (what MASQUERADE picks).
+    pub uplink_addrs: Vec<IpAddr>,
+    /// The NAT rules in force (POSTROUTING / PREROUTING / OUTPUT of the nat table).
+    pub nat_rules: Vec<NatRule>,
+}
+
+impl Topology {
+    pub fn hook(&self, slot: u8) -> Option<&Hook> {
+        self.hooks.iter().find(|h| h.slot == slot)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NatKind {
+    /// Source rewritten (SNAT or MASQUERADE), or the reverse of a DNAT on a reply.
+    Snat,
+    /// Destination rewritten (DNAT), or the reverse of an SNAT on a reply (de-NAT).
+    Dnat,
+}
+
+/// A rewrite of the packet's tuple between two consecutive hops of its path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatStep {
+    pub kind: NatKind,
+    /// The rewritten endpoint before and after (source for SNAT, destination for DNAT).
+    pub before: Endpoint,
+    pub after: Endpoint,
+    /// Labels of the two hooks the rewrite happened between (`host:pt-br0 ingress`-style labels
+    /// without the direction: `<ns>:<ifname>`).
+    pub between: (String, String),
+    /// The rule's own text, when one was attributed.
+    pub rule: Option<String>,
+    /// `Some(true)` when the kernel's conntrack entry shows the same mapping, `Some(false)` when it
+    /// shows another, `None` when no entry was found or it was not asked.
+    pub conntrack: Option<bool>,
+}
