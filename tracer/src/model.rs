@@ -395,3 +395,26 @@ pub struct NatStep {
     /// shows another, `None` when no entry was found or it was not asked.
     pub conntrack: Option<bool>,
 }
+
+/// What is known about a NAT step when asking which rule made it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NatQuery<'a> {
+    pub kind: NatKind,
+    pub proto: Proto,
+    /// The rewritten endpoint before and after the rewrite.
+    pub before: Endpoint,
+    pub after: Endpoint,
+    /// The endpoint on the other side of the packet (destination for SNAT, source for DNAT),
+    /// which NAT did not touch.
+    pub peer: Endpoint,
+    /// Interface the packet came in by (for PREROUTING/DNAT rules with `-i`), if known.
+    pub in_iface: Option<&'a str>,
+    /// Interface the packet left by (for POSTROUTING rules with `-o`), if known.
+    pub out_iface: Option<&'a str>,
+}
+
+/// Finds the rule that made a NAT step; implemented over a ruleset snapshot.
+pub trait RuleAttributor: Send + Sync {
+    /// The rule's own text, as the ruleset in use prints it.
+    fn attribute(&self, query: &NatQuery<'_>) -> Option<String>;
+}
