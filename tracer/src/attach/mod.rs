@@ -1,1 +1,346 @@
-//! TODO
+//! Load the kernel programs and attach them at the discovered hooks; detach all of it on every
+//! exit path (the [`Tracer`] detaches in `Drop`, inside each hook's own namespace).
+
+mod object;
+
+use std::sync::Arc;
+
+use aya::{
+    maps::{Array, MapData, PerCpuArray, RingBuf},
+    programs::{
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions},
+        LinkOrder, SchedClassifier, TcAttachType,
+    },
+    util::KernelVersion,
+    Ebpf, EbpfLoader,
+};
+use tracer_common::{
+    config::{FilterConfig, HookConfig, HookCounters},
+    MAX_HOOKS,
+};
+
+use crate::{
+    discover::{netns::Netns, rtnl::Rtnl},
+    model::{Direction, Hook, HookStats},
+};
+
+pub use object::object_bytes;
+
+/// How programs are attached at tc.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TcMode {
+    /// TCX links when the kernel has them (>= 6.6), netlink clsact filters otherwise.
+    Auto,
+    /// TCX links only.
+    Tcx,
+    /// cls_bpf filters on a clsact qdisc, over netlink.
+    Netlink,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("this pathtrace binary was built without its kernel programs; build it with `cargo xtask build` (PATHTRACE_BUILD_EBPF=1)")]
+    NoObject,
+    #[error("loading the kernel programs failed: {0}; pathtrace needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN) and a kernel with BTF (/sys/kernel/btf/vmlinux)")]
+    Load(#[source] aya::EbpfError),
+    #[error("kernel program {name}: {source}")]
+    Program {
+        name: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {0} is missing from the kernel object")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("attaching at {hook} {dir}: {source}")]
+    Attach {
+        hook: String,
+        dir: Direction,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("adding a clsact qdisc on {hook}: {source}")]
+    Qdisc {
+        hook: String,
+        #[source]
+        source: tc::TcError,
+    },
+    #[error("TCX links need Linux >= 6.6 (this kernel is older); use --tc-mode netlink")]
+    NoTcx,
+    #[error(transparent)]
+    Netns(#[from] crate::discover::netns::NetnsError),
+    #[error("all {MAX_HOOKS} hook slots are in use")]
+    NoSlot,
+}
+
+/// What to load, fixed for the object's lifetime.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub filter: FilterConfig,
+    /// Ring buffer size in bytes (a power of two, multiple of the page size).
+    pub ring_bytes: u32,
+    /// Kernel-side debug messages (aya-log), off unless asked.
+    pub kernel_log: bool,
+}
+
+/// A hook to attach: where, and in which namespace.
+#[derive(Clone, Debug)]
+pub struct AttachTarget {
+    pub hook: Hook,
+    pub netns: Arc<Netns>,
+}
+
+struct Attached {
+    target: AttachTarget,
+    link: Option<SchedClassifierLink>,
+    /// Whether we added the interface's clsact qdisc (netlink mode) and so must remove it.
+    created_qdisc: bool,
+}
+
+/// The loaded object and everything attached from it.
+pub struct Tracer {
+    ebpf: Ebpf,
+    attached: Vec<Attached>,
+    mode: TcMode,
+    tcx: bool,
+}
+
+impl Tracer {
+    pub fn load(opts: &LoadOptions, mode: TcMode) -> Result<Self, AttachError> {
+        let bytes = object_bytes();
+        if bytes.is_empty() {
+            return Err(AttachError::NoObject);
+        }
+        let has_tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+        let tcx = match mode {
+            TcMode::Auto => has_tcx,
+            TcMode::Tcx if !has_tcx => return Err(AttachError::NoTcx),
+            TcMode::Tcx => true,
+            TcMode::Netlink => false,
+        };
+        let log_level: u8 = if opts.kernel_log { 0xff } else { 0 };
+        let mut ebpf = EbpfLoader::new()
+            .override_global("FILTER", &opts.filter, true)
+            .override_global("AYA_LOG_LEVEL", &log_level, false)
+            .map_max_entries("EVENTS", opts.ring_bytes)
+            .load(bytes)
+            .map_err(AttachError::Load)?;
+        if opts.kernel_log {
+            object::start_kernel_log(&mut ebpf);
+        }
+        Ok(Self {
+            ebpf,
+            attached: Vec::new(),
+            mode,
+            tcx,
+        })
+    }
+
+    /// `tcx` or `netlink`: what this tracer attaches with.
+    pub fn mode_name(&self) -> &'static str {
+        if self.tcx {
+            "tcx"
+        } else {
+            "netlink"
+        }
+    }
+
+    pub fn requested_mode(&self) -> TcMode {
+        self.mode
+    }
+
+    /// Attaches one hook: loads its slot's program, writes the slot's role, attaches in the
+    /// hook's namespace. On error nothing of this hook stays attached.
+    pub fn attach(&mut self, target: AttachTarget) -> Result<(), AttachError> {
+        let hook = &target.hook;
+        let name = format!("pathtrace_h{}", hook.slot);
+        let cfg = HookConfig {
+            direction: hook.direction.raw(),
+            role: hook.role.raw(),
+        };
+        let mut hooks: Array<&mut MapData, HookConfig> = Array::try_from(
+            self.ebpf.map_mut("HOOKS").ok_or(AttachError::MissingMap("HOOKS"))?,
+        )
+        .map_err(|source| AttachError::Map { name: "HOOKS", source })?;
+        hooks
+            .set(u32::from(hook.slot), cfg, 0)
+            .map_err(|source| AttachError::Map { name: "HOOKS", source })?;
+
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(&name)
+            .ok_or(AttachError::NoSlot)?
+            .try_into()
+            .map_err(|source| AttachError::Program { name: name.clone(), source })?;
+        if prog.fd().is_err() {
+            prog.load()
+                .map_err(|source| AttachError::Program { name: name.clone(), source })?;
+        }
+        let attach_type = match hook.direction {
+            Direction::Ingress => TcAttachType::Ingress,
+            Direction::Egress => TcAttachType::Egress,
+        };
+        let tcx = self.tcx;
+        let ifname = hook.ifname.clone();
+        let label = hook.label();
+        let dir = hook.direction;
+        let (link, created_qdisc) = target.netns.run(|| -> Result<_, AttachError> {
+            let mut created = false;
+            let options = if tcx {
+                TcAttachOptions::TcxOrder(LinkOrder::first())
+            } else {
+                created = ensure_clsact(&ifname, &label)?;
+                TcAttachOptions::Netlink(NlOptions::default())
+            };
+            let id = prog
+                .attach_with_options(&ifname, attach_type, options)
+                .map_err(|source| AttachError::Attach { hook: label.clone(), dir, source });
+            let link = match id.and_then(|id| {
+                prog.take_link(id)
+                    .map_err(|source| AttachError::Attach { hook: label.clone(), dir, source })
+            }) {
+                Ok(link) => link,
+                Err(e) => {
+                    if created {
+                        remove_clsact(&ifname);
+                    }
+                    return Err(e);
+                }
+            };
+            Ok((link, created))
+        })??;
+        tracing::debug!(hook = %target.hook.label(), dir = %target.hook.direction, slot = target.hook.slot, mode = self.mode_name(), "attached");
+        self.attached.push(Attached {
+            target,
+            link: Some(link),
+            created_qdisc,
+        });
+        Ok(())
+    }
+
+    /// The hooks attached so far.
+    pub fn hooks(&self) -> Vec<Hook> {
+        self.attached.iter().map(|a| a.target.hook.clone()).collect()
+    }
+
+    /// Detaches the hooks on one interface (moved away or deleted while traced).
+    pub fn detach_where(&mut self, mut pred: impl FnMut(&Hook) -> bool) -> Vec<Hook> {
+        let mut gone = Vec::new();
+        let mut keep = Vec::new();
+        for a in std::mem::take(&mut self.attached) {
+            if pred(&a.target.hook) {
+                gone.push(a.target.hook.clone());
+                detach_one(a);
+            } else {
+                keep.push(a);
+            }
+        }
+        self.attached = keep;
+        gone
+    }
+
+    /// Detaches everything, each link inside its own namespace, and removes qdiscs we added.
+    pub fn detach_all(&mut self) {
+        for a in self.attached.drain(..).rev() {
+            detach_one(a);
+        }
+    }
+
+    /// The event ring buffer (taken once, by the collector).
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, AttachError> {
+        let map = self.ebpf.take_map("EVENTS").ok_or(AttachError::MissingMap("EVENTS"))?;
+        RingBuf::try_from(map).map_err(|source| AttachError::Map { name: "EVENTS", source })
+    }
+
+    /// Per-hook counters summed over CPUs, for the attached slots.
+    pub fn counters(&self) -> Result<Vec<(Hook, HookStats)>, AttachError> {
+        let map = self.ebpf.map("COUNTERS").ok_or(AttachError::MissingMap("COUNTERS"))?;
+        let counters: PerCpuArray<&MapData, HookCounters> = PerCpuArray::try_from(map)
+            .map_err(|source| AttachError::Map { name: "COUNTERS", source })?;
+        let mut out = Vec::new();
+        for a in &self.attached {
+            let per_cpu = counters
+                .get(&u32::from(a.target.hook.slot), 0)
+                .map_err(|source| AttachError::Map { name: "COUNTERS", source })?;
+            let mut sum = HookStats::default();
+            for c in per_cpu.iter() {
+                sum.seen += c.seen;
+                sum.filtered += c.filtered;
+                sum.emitted += c.emitted;
+                sum.lost += c.lost;
+            }
+            out.push((a.target.hook.clone(), sum));
+        }
+        Ok(out)
+    }
+
+    /// Declares a remote endpoint of interest up front (e.g. a published port's host address),
+    /// so shared hooks emit its packets before the traced side has sent any.
+    pub fn add_interest(&mut self, key: tracer_common::config::EndpointKey) -> Result<(), AttachError> {
+        let map = self.ebpf.map_mut("INTEREST").ok_or(AttachError::MissingMap("INTEREST"))?;
+        let mut interest: aya::maps::HashMap<&mut MapData, tracer_common::config::EndpointKey, u32> =
+            aya::maps::HashMap::try_from(map)
+                .map_err(|source| AttachError::Map { name: "INTEREST", source })?;
+        interest
+            .insert(key, 1, 0)
+            .map_err(|source| AttachError::Map { name: "INTEREST", source })
+    }
+
+    /// The kernel object, for callers that need more (drop tracing).
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        self.detach_all();
+    }
+}
+
+fn detach_one(mut a: Attached) {
+    let label = a.target.hook.label();
+    let dir = a.target.hook.direction;
+    let ifname = a.target.hook.ifname.clone();
+    let link = a.link.take();
+    let created = a.created_qdisc;
+    // Netlink filters are found by ifindex in the namespace of the calling thread, so the link is
+    // dropped (detached) inside the hook's namespace. A TCX link just closes its fd.
+    let result = a.target.netns.run(move || {
+        drop(link);
+        if created {
+            remove_clsact(&ifname);
+        }
+    });
+    match result {
+        Ok(()) => tracing::debug!(hook = %label, %dir, "detached"),
+        Err(e) => tracing::warn!(hook = %label, %dir, "detaching: {e}"),
+    }
+}
+
+/// Adds a clsact qdisc unless the interface has one. Returns whether we added it.
+fn ensure_clsact(ifname: &str, label: &str) -> Result<bool, AttachError> {
+    match tc::qdisc_add_clsact(ifname) {
+        Ok(()) => Ok(true),
+        Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+        Err(source) => Err(AttachError::Qdisc { hook: label.to_string(), source }),
+    }
+}
+
+/// Removes a clsact qdisc this process added (called inside the interface's namespace).
+fn remove_clsact(ifname: &str) {
+    let result = Rtnl::open().and_then(|mut rtnl| {
+        let Some(link) = rtnl.link_by_name(ifname)? else {
+            return Ok(());
+        };
+        rtnl.del_clsact(link.ifindex)
+    });
+    if let Err(e) = result {
+        tracing::warn!(iface = ifname, "removing our clsact qdisc: {e}");
+    }
+}

@@ -1,0 +1,318 @@
+//! A small synchronous rtnetlink client: links, addresses and route lookups, in the network
+//! namespace of the thread that opened it (open it inside [`super::netns::Netns::run`]).
+
+use std::net::IpAddr;
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
+};
+use netlink_packet_route::{
+    address::{AddressAttribute, AddressMessage},
+    link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+    route::{RouteAddress, RouteAttribute, RouteMessage},
+    tc::{TcAttribute, TcHandle, TcMessage},
+    AddressFamily, RouteNetlinkMessage,
+};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RtnlError {
+    #[error("rtnetlink socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("rtnetlink answered with error {0}")]
+    Kernel(i32),
+    #[error("rtnetlink: malformed answer: {0}")]
+    Decode(String),
+    #[error("no route to {0}")]
+    NoRoute(IpAddr),
+}
+
+/// What discovery needs to know about one interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub ifindex: u32,
+    pub name: String,
+    /// `veth`, `bridge`, ... (`None` for devices without rtnl link ops, e.g. physical NICs).
+    pub kind: Option<String>,
+    /// `IFLA_LINK`: for a veth, the peer's ifindex (in the peer's namespace).
+    pub peer_ifindex: Option<u32>,
+    /// `IFLA_LINK_NETNSID`: set when the peer lives in another namespace.
+    pub peer_netnsid: Option<i32>,
+    /// `IFLA_MASTER`: the bridge (or bond) this link is a port of.
+    pub master: Option<u32>,
+    pub up: bool,
+}
+
+/// The result of a route lookup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteInfo {
+    pub oif: u32,
+    pub gateway: Option<IpAddr>,
+    pub prefsrc: Option<IpAddr>,
+}
+
+/// An address on an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IfAddr {
+    pub ifindex: u32,
+    pub addr: IpAddr,
+    pub prefix_len: u8,
+}
+
+pub struct Rtnl {
+    socket: Socket,
+    seq: u32,
+}
+
+/// Receive buffer bound: one datagram of a dump (the kernel sends at most ~32 KiB per message).
+const RECV_BUF: usize = 64 * 1024;
+
+impl Rtnl {
+    /// Opens a socket in the calling thread's network namespace.
+    pub fn open() -> Result<Self, RtnlError> {
+        let mut socket = Socket::new(NETLINK_ROUTE)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        Ok(Self { socket, seq: 0 })
+    }
+
+    fn request(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<Vec<RouteNetlinkMessage>, RtnlError> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = flags;
+        header.sequence_number = self.seq;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+        packet.finalize();
+        let mut buf = vec![0u8; packet.buffer_len()];
+        packet.serialize(&mut buf);
+        self.socket.send(&buf, 0)?;
+
+        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
+        let mut out = Vec::new();
+        let mut rx = Vec::with_capacity(RECV_BUF);
+        loop {
+            rx.clear();
+            let n = self.socket.recv(&mut rx, 0)?;
+            let mut offset = 0;
+            while offset < n {
+                let bytes = &rx[offset..n];
+                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes)
+                    .map_err(|e| RtnlError::Decode(e.to_string()))?;
+                let len = msg.header.length as usize;
+                if len == 0 {
+                    return Err(RtnlError::Decode("zero-length message".into()));
+                }
+                offset += len;
+                if msg.header.sequence_number != self.seq {
+                    continue;
+                }
+                match msg.payload {
+                    NetlinkPayload::Done(_) => return Ok(out),
+                    NetlinkPayload::Error(e) => match e.code {
+                        None => {
+                            if !dump {
+                                return Ok(out);
+                            }
+                        }
+                        Some(code) => return Err(RtnlError::Kernel(code.get())),
+                    },
+                    NetlinkPayload::InnerMessage(inner) => {
+                        out.push(inner);
+                        if !dump {
+                            return Ok(out);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    pub fn links(&mut self) -> Result<Vec<Link>, RtnlError> {
+        let msgs = self.request(
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            NLM_F_REQUEST | NLM_F_DUMP,
+        )?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(link_from(&l)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The interface of the main table's default route, if there is one.
+    pub fn default_route_oif(&mut self, family: AddressFamily) -> Result<Option<u32>, RtnlError> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = family;
+        let msgs = self.request(RouteNetlinkMessage::GetRoute(msg), NLM_F_REQUEST | NLM_F_DUMP)?;
+        Ok(msgs.into_iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewRoute(r)
+                if r.header.destination_prefix_length == 0
+                    && r.header.table == libc::RT_TABLE_MAIN =>
+            {
+                r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(i) => Some(*i),
+                    _ => None,
+                })
+            }
+            _ => None,
+        }))
+    }
+
+    pub fn link_by_name(&mut self, name: &str) -> Result<Option<Link>, RtnlError> {
+        Ok(self.links()?.into_iter().find(|l| l.name == name))
+    }
+
+    pub fn addrs(&mut self) -> Result<Vec<IfAddr>, RtnlError> {
+        let msgs = self.request(
+            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            NLM_F_REQUEST | NLM_F_DUMP,
+        )?;
+        let mut out = Vec::new();
+        for m in msgs {
+            let RouteNetlinkMessage::NewAddress(a) = m else {
+                continue;
+            };
+            // IFA_LOCAL is the interface's own address on point-to-point links; IFA_ADDRESS
+            // otherwise. Prefer LOCAL when both are present.
+            let local = a.attributes.iter().find_map(|at| match at {
+                AddressAttribute::Local(ip) => Some(*ip),
+                _ => None,
+            });
+            let address = a.attributes.iter().find_map(|at| match at {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            });
+            if let Some(addr) = local.or(address) {
+                out.push(IfAddr {
+                    ifindex: a.header.index,
+                    addr,
+                    prefix_len: a.header.prefix_len,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether the interface has a `clsact` qdisc.
+    pub fn has_clsact(&mut self, ifindex: u32) -> Result<bool, RtnlError> {
+        let msgs = self.request(
+            RouteNetlinkMessage::GetQueueDiscipline(TcMessage::default()),
+            NLM_F_REQUEST | NLM_F_DUMP,
+        )?;
+        Ok(msgs.iter().any(|m| match m {
+            RouteNetlinkMessage::NewQueueDiscipline(q) => {
+                q.header.index == ifindex as i32
+                    && q.header.parent == TcHandle::CLSACT
+                    && q.attributes
+                        .iter()
+                        .any(|a| matches!(a, TcAttribute::Kind(k) if k == "clsact"))
+            }
+            _ => false,
+        }))
+    }
+
+    /// Deletes the interface's `clsact` qdisc (and every filter under it). Only for a qdisc this
+    /// process created.
+    pub fn del_clsact(&mut self, ifindex: u32) -> Result<(), RtnlError> {
+        let mut msg = TcMessage::with_index(ifindex as i32);
+        msg.header.parent = TcHandle::CLSACT;
+        msg.header.handle = TcHandle { major: 0xffff, minor: 0 };
+        msg.attributes.push(TcAttribute::Kind("clsact".to_string()));
+        self.request(
+            RouteNetlinkMessage::DelQueueDiscipline(msg),
+            NLM_F_REQUEST | netlink_packet_core::NLM_F_ACK,
+        )?;
+        Ok(())
+    }
+
+    /// `ip route get <dst>`: the kernel's own answer, policy routing included.
+    pub fn route_get(&mut self, dst: IpAddr) -> Result<RouteInfo, RtnlError> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = match dst {
+            IpAddr::V4(_) => AddressFamily::Inet,
+            IpAddr::V6(_) => AddressFamily::Inet6,
+        };
+        msg.header.destination_prefix_length = if dst.is_ipv4() { 32 } else { 128 };
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::from(dst)));
+        let answer = self
+            .request(RouteNetlinkMessage::GetRoute(msg), NLM_F_REQUEST)
+            .map_err(|e| match e {
+                // ENETUNREACH / EHOSTUNREACH
+                RtnlError::Kernel(code) if code == -libc::ENETUNREACH || code == -libc::EHOSTUNREACH => {
+                    RtnlError::NoRoute(dst)
+                }
+                other => other,
+            })?;
+        for m in answer {
+            let RouteNetlinkMessage::NewRoute(r) = m else {
+                continue;
+            };
+            let mut info = RouteInfo {
+                oif: 0,
+                gateway: None,
+                prefsrc: None,
+            };
+            for at in &r.attributes {
+                match at {
+                    RouteAttribute::Oif(i) => info.oif = *i,
+                    RouteAttribute::Gateway(a) => info.gateway = route_ip(a),
+                    RouteAttribute::PrefSource(a) => info.prefsrc = route_ip(a),
+                    _ => {}
+                }
+            }
+            if info.oif != 0 {
+                return Ok(info);
+            }
+        }
+        Err(RtnlError::NoRoute(dst))
+    }
+}
+
+fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
+
+fn link_from(l: &LinkMessage) -> Link {
+    let mut link = Link {
+        ifindex: l.header.index,
+        name: String::new(),
+        kind: None,
+        peer_ifindex: None,
+        peer_netnsid: None,
+        master: None,
+        up: l.header.flags.contains(LinkFlags::Up),
+    };
+    for at in &l.attributes {
+        match at {
+            LinkAttribute::IfName(n) => link.name = n.clone(),
+            LinkAttribute::Link(i) => link.peer_ifindex = Some(*i),
+            LinkAttribute::LinkNetNsId(i) => link.peer_netnsid = Some(*i),
+            LinkAttribute::Controller(i) => link.master = Some(*i),
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    if let LinkInfo::Kind(kind) = info {
+                        link.kind = Some(match kind {
+                            InfoKind::Veth => "veth".to_string(),
+                            InfoKind::Bridge => "bridge".to_string(),
+                            other => format!("{other:?}").to_lowercase(),
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    link
+}
