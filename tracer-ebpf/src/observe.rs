@@ -1,6 +1,9 @@
 //! The body every hook program runs: count, parse, filter, decide interest, emit.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
+    programs::TcContext,
+};
 use aya_log_ebpf::debug;
 use tracer_common::{
     config::{
@@ -160,20 +163,19 @@ fn emit(ctx: &TcContext, slot: u32, direction: u32, meta: &PacketMeta, counters:
         };
         (*ev).meta = *meta;
         (*ev).pkt_len = pkt_len;
-        let mut want = if pkt_len < snaplen { pkt_len } else { snaplen } as usize;
-        if want > CAPTURE_MAX {
-            want = CAPTURE_MAX;
-        }
-        let got = if want == 0 {
-            0
+        // The helper rejects a length the verifier cannot prove to be in 1..=CAPTURE_MAX, and
+        // LLVM folds two-sided range checks into a form the verifier does not track. A mask is
+        // branch-free and provable: for `want` in 1..=256 this is `want` itself. (`want` is never
+        // 0: the frame parsed as IP, so it holds at least 34 bytes.)
+        const _: () = assert!(CAPTURE_MAX == 256);
+        let want = if pkt_len < snaplen { pkt_len } else { snaplen };
+        let len = (want.wrapping_sub(1) & 0xff) + 1;
+        let ret = bpf_skb_load_bytes(ctx.skb.skb.cast(), 0, (*ev).data.as_mut_ptr().cast(), len);
+        let got = if ret == 0 {
+            len
         } else {
-            match ctx.load_bytes(0, &mut (&mut (*ev).data)[..want]) {
-                Ok(n) => n as u32,
-                Err(_) => {
-                    debug!(ctx, "pathtrace: load_bytes failed, slot {}", slot);
-                    0
-                }
-            }
+            debug!(ctx, "pathtrace: load_bytes failed, slot {}", slot);
+            0
         };
         (*ev).cap_len = got;
     }

@@ -1,1 +1,175 @@
-//! CLI
+//! The command line. `main.rs` parses it and dispatches to `cmd::<verb>`.
+
+use std::{net::IpAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::attach::TcMode;
+
+const EXAMPLES: &str = "\
+Examples:
+  sudo pathtrace lab demo                      build the built-in lab, trace it, tear it down
+  sudo pathtrace --container minio             live hop paths and NAT for a Docker container
+  sudo pathtrace --netns pt1-ctr --to 10.200.2.2 --json --duration 5
+  sudo pathtrace --container web -w web.pcapng then: pathtrace show web.pcapng
+  sudo pathtrace inspect --container minio     the static path: veth pairs, bridge, NAT rules, route
+  sudo pathtrace verify --container web --to 10.0.0.5:443 --expect-snat 192.0.2.10";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pathtrace",
+    version,
+    about = "Shows the path every packet of a container takes through the host's network namespaces, and where NAT rewrites it",
+    after_help = EXAMPLES,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub trace: TraceArgs,
+    /// More log output on stderr (-v: info, -vv: debug, -vvv: trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The built-in lab: a Docker-like topology in its own network namespaces.
+    Lab {
+        #[command(subcommand)]
+        action: LabAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LabAction {
+    /// Create a lab (container namespace, bridge, MASQUERADE, uplink to a "wan" namespace).
+    Up {
+        /// Name prefix (default: the first free `ptN`).
+        #[arg(long)]
+        name: Option<String>,
+        /// Print the lab as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a lab and exactly what `lab up` made.
+    Down {
+        /// Lab name (default: every lab).
+        name: Option<String>,
+    },
+    /// Up, trace ICMP/TCP/UDP from the lab container to the wan host, print, down.
+    Demo {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, value_enum, default_value_t = TcMode::Auto)]
+        tc_mode: TcMode,
+        /// How long to trace.
+        #[arg(long, value_parser = parse_duration, default_value = "3s")]
+        duration: Duration,
+    },
+    /// List labs.
+    List,
+}
+
+/// What to trace and how to show it.
+#[derive(Debug, Args, Clone, Default)]
+pub struct TraceArgs {
+    /// Network namespace to trace: a name under /var/run/netns or a path (/proc/PID/ns/net).
+    #[arg(long, value_name = "NAME|PATH", conflicts_with = "container")]
+    pub netns: Option<String>,
+    /// Docker container to trace (name, id or unique id prefix).
+    #[arg(long, short = 'c', value_name = "NAME|ID")]
+    pub container: Option<String>,
+    /// Interface inside the namespace (default: the one with the default route).
+    #[arg(long, value_name = "IFACE")]
+    pub iface: Option<String>,
+    /// Destination: picks the uplink by route lookup and filters to traffic with this address.
+    #[arg(long, value_name = "ADDR")]
+    pub to: Option<IpAddr>,
+
+    /// Only this protocol.
+    #[arg(long = "filter-proto", value_name = "tcp|udp|icmp|icmpv6")]
+    pub filter_proto: Option<String>,
+    /// Only packets to or from this address or prefix (ADDR or ADDR/LEN).
+    #[arg(long = "filter-host", value_name = "ADDR[/LEN]")]
+    pub filter_host: Option<String>,
+    /// Only packets to or from this port.
+    #[arg(long = "filter-port", value_name = "PORT")]
+    pub filter_port: Option<u16>,
+
+    /// JSON lines on stdout: one object per flow update, then a summary.
+    #[arg(long)]
+    pub json: bool,
+    /// Stop after this long (e.g. 5s, 500ms, 2m).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Stop after this many packet events.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Write a pcapng capture (one interface per hook).
+    #[arg(short = 'w', long = "write", value_name = "FILE")]
+    pub write: Option<PathBuf>,
+    /// Bytes of each packet captured in the kernel (max 256).
+    #[arg(long, default_value_t = tracer_common::event::CAPTURE_DEFAULT)]
+    pub snaplen: u16,
+
+    /// TCX links (default when the kernel has them) or netlink clsact filters.
+    #[arg(long, value_enum, default_value_t = TcMode::Auto)]
+    pub tc_mode: TcMode,
+    /// Ring buffer size in KiB (power of two).
+    #[arg(long, default_value_t = 8192, value_name = "KIB")]
+    pub ring_size: u32,
+    /// Flows kept at most; the least recently active are evicted and counted.
+    #[arg(long, default_value_t = 65536)]
+    pub max_flows: usize,
+    /// Kernel-side debug messages (aya-log), shown with -vv.
+    #[arg(long)]
+    pub kernel_log: bool,
+}
+
+/// `5s`, `500ms`, `2m`, `1h`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("bad duration {s:?}: expected e.g. 5s, 500ms, 2m"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("bad duration unit in {s:?}: use ms, s, m or h")),
+    };
+    if !secs.is_finite() || secs <= 0.0 || secs > 7.0 * 86400.0 {
+        return Err(format!("duration {s:?} out of range (more than 0, at most a week)"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -332,6 +332,27 @@ pub struct DropRecord {
     pub reason_name: Option<String>,
 }
 
+impl DropRecord {
+    /// Decodes a [`tracer_common::event::DropEvent`] record (the reason name is resolved later).
+    pub fn decode(raw: &[u8]) -> Result<Self, DecodeError> {
+        use tracer_common::event::{DropEvent, KIND_DROP};
+        if raw.len() < size_of::<DropEvent>() {
+            return Err(DecodeError::Short(raw.len()));
+        }
+        // SAFETY: length checked; `DropEvent` is plain old data; unaligned read.
+        let ev: DropEvent = unsafe { std::ptr::read_unaligned(raw.as_ptr().cast()) };
+        if ev.header.kind != KIND_DROP {
+            return Err(DecodeError::UnknownKind(ev.header.kind));
+        }
+        Ok(Self {
+            ktime_ns: ev.header.ktime_ns,
+            fingerprint: ev.fingerprint,
+            reason: ev.reason,
+            reason_name: None,
+        })
+    }
+}
+
 /// Per-hook counters summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HookStats {

@@ -27,9 +27,10 @@ use crate::{
 pub use object::object_bytes;
 
 /// How programs are attached at tc.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum TcMode {
     /// TCX links when the kernel has them (>= 6.6), netlink clsact filters otherwise.
+    #[default]
     Auto,
     /// TCX links only.
     Tcx,

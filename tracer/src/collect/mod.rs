@@ -1,1 +1,101 @@
-//! TODO
+//! Collect: drain the kernel's ring buffer into decoded records without ever blocking on output.
+
+use std::os::fd::AsRawFd;
+
+use aya::maps::{MapData, RingBuf};
+use tokio::io::unix::AsyncFd;
+use tracer_common::event::{EventHeader, KIND_DROP, KIND_PACKET};
+
+use crate::model::{DecodeError, DropRecord, PacketRecord};
+
+/// One decoded event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Packet(PacketRecord),
+    Drop(DropRecord),
+}
+
+/// Decodes one raw ring-buffer record of any kind.
+pub fn decode(raw: &[u8]) -> Result<Event, DecodeError> {
+    if raw.len() < size_of::<EventHeader>() {
+        return Err(DecodeError::Short(raw.len()));
+    }
+    let kind = u16::from_ne_bytes([raw[0], raw[1]]);
+    match kind {
+        KIND_PACKET => PacketRecord::decode(raw).map(Event::Packet),
+        KIND_DROP => DropRecord::decode(raw).map(Event::Drop),
+        other => Err(DecodeError::UnknownKind(other)),
+    }
+}
+
+/// The async reader of the `EVENTS` ring buffer.
+pub struct Collector {
+    ring: AsyncFd<RingFd>,
+    decode_errors: u64,
+}
+
+/// `RingBuf` with the `AsRawFd` tokio needs.
+struct RingFd(RingBuf<MapData>);
+
+impl AsRawFd for RingFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+impl Collector {
+    /// Must be called inside the tokio runtime.
+    pub fn new(ring: RingBuf<MapData>) -> std::io::Result<Self> {
+        // SAFETY: the ring buffer owns its map fd, which stays open and unchanged while the
+        // AsyncFd owns it.
+        let ring = unsafe { AsyncFd::register_with_interest(RingFd(ring), tokio::io::Interest::READABLE) }
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(Self {
+            ring,
+            decode_errors: 0,
+        })
+    }
+
+    /// Waits until events are available, then appends up to `max` of them to `out`.
+    pub async fn read(&mut self, out: &mut Vec<Event>, max: usize) -> std::io::Result<()> {
+        loop {
+            let mut guard = self.ring.readable_mut().await?;
+            let ring = &mut guard.get_inner_mut().0;
+            let mut n = 0;
+            while n < max {
+                let Some(item) = ring.next() else {
+                    break;
+                };
+                match decode(&item) {
+                    Ok(ev) => out.push(ev),
+                    Err(e) => {
+                        self.decode_errors += 1;
+                        tracing::debug!("undecodable event: {e}");
+                    }
+                }
+                n += 1;
+            }
+            if n < max {
+                guard.clear_ready();
+            }
+            if n > 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Drains whatever is left without waiting (at the end of a trace).
+    pub fn drain(&mut self, out: &mut Vec<Event>) {
+        let ring = &mut self.ring.get_mut().0;
+        while let Some(item) = ring.next() {
+            match decode(&item) {
+                Ok(ev) => out.push(ev),
+                Err(_) => self.decode_errors += 1,
+            }
+        }
+    }
+
+    pub fn decode_errors(&self) -> u64 {
+        self.decode_errors
+    }
+}

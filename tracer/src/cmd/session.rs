@@ -1,0 +1,143 @@
+//! One trace session, shared by every verb that traces (`pathtrace --netns/--container`,
+//! `lab demo`, `verify`): attach → read events → hand them to an [`Observer`] → detach.
+//!
+//! Detaching is tied to the [`Tracer`]'s `Drop`, so it happens on every way out of [`run`]:
+//! the end of `--duration`/`--count`, SIGINT, SIGTERM, a stop request, an error, or a panic.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::Notify,
+    time::{interval, Instant, MissedTickBehavior},
+};
+use tracer_common::config::EndpointKey;
+
+use crate::{
+    attach::{AttachError, AttachTarget, LoadOptions, TcMode, Tracer},
+    collect::{Collector, Event},
+    model::{Hook, HookStats},
+};
+
+/// Receives what a session sees. Implementations correlate, render and capture.
+pub trait Observer {
+    /// All hooks are attached; tracing starts now.
+    fn attached(&mut self, mode: &str, hooks: &[Hook]);
+    /// A batch of events, in ring-buffer order.
+    fn events(&mut self, events: &[Event]);
+    /// Periodic tick (every 250 ms) with the current CLOCK_MONOTONIC time in ns.
+    fn tick(&mut self, now_ns: u64, stats: &[(Hook, HookStats)]);
+    /// The session ended; final counters.
+    fn finished(&mut self, why: StopReason, stats: &[(Hook, HookStats)]);
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    Duration,
+    Count,
+    Interrupted,
+    Terminated,
+    Requested,
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Duration => "duration reached",
+            Self::Count => "count reached",
+            Self::Interrupted => "interrupted (SIGINT)",
+            Self::Terminated => "terminated (SIGTERM)",
+            Self::Requested => "done",
+        })
+    }
+}
+
+pub struct SessionSpec {
+    pub targets: Vec<AttachTarget>,
+    pub load: LoadOptions,
+    pub mode: TcMode,
+    pub duration: Option<Duration>,
+    pub count: Option<u64>,
+    /// Remote endpoints known to be of interest before any packet is seen.
+    pub interest: Vec<EndpointKey>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+    #[error("reading events: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Events taken from the ring buffer per wake-up, at most.
+const BATCH: usize = 4096;
+
+/// Runs a session to its end. `stop` ends it early (e.g. a probe finished).
+pub async fn run(
+    spec: SessionSpec,
+    observer: &mut dyn Observer,
+    stop: Arc<Notify>,
+) -> Result<StopReason, SessionError> {
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut tracer = Tracer::load(&spec.load, spec.mode)?;
+    for target in spec.targets {
+        tracer.attach(target)?;
+    }
+    for key in spec.interest {
+        tracer.add_interest(key)?;
+    }
+    let mut collector = Collector::new(tracer.take_events()?)?;
+    observer.attached(tracer.mode_name(), &tracer.hooks());
+
+    let deadline = spec.duration.map(|d| Instant::now() + d);
+    let mut ticker = interval(Duration::from_millis(250));
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut packets = 0u64;
+    let reason = loop {
+        tokio::select! {
+            biased;
+            _ = sigint.recv() => break StopReason::Interrupted,
+            _ = sigterm.recv() => break StopReason::Terminated,
+            _ = stop.notified() => break StopReason::Requested,
+            _ = sleep_until_opt(deadline) => break StopReason::Duration,
+            _ = ticker.tick() => {
+                let stats = tracer.counters()?;
+                observer.tick(monotonic_ns(), &stats);
+            }
+            read = collector.read(&mut batch, BATCH) => {
+                read?;
+                packets += batch.iter().filter(|e| matches!(e, Event::Packet(_))).count() as u64;
+                observer.events(&batch);
+                batch.clear();
+                if spec.count.is_some_and(|c| packets >= c) {
+                    break StopReason::Count;
+                }
+            }
+        }
+    };
+    // Stop the programs first, then take what is still in the ring buffer.
+    let stats = tracer.counters()?;
+    tracer.detach_all();
+    collector.drain(&mut batch);
+    observer.events(&batch);
+    observer.finished(reason, &stats);
+    Ok(reason)
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

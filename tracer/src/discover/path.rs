@@ -1,0 +1,248 @@
+//! From a traced namespace to the hooks of its path: the interface inside, its veth peer on the
+//! host (peer ifindex over netlink, what `ethtool -S vethX | grep peer_ifindex` shows by hand),
+//! the bridge that peer is a port of, and the uplink the route toward the destination leaves by.
+
+use std::{net::IpAddr, sync::Arc};
+
+use netlink_packet_route::AddressFamily;
+
+use super::{
+    netns::{Netns, NetnsError},
+    rtnl::{IfAddr, Link, Rtnl, RtnlError},
+};
+use crate::{
+    attach::AttachTarget,
+    model::{Direction, Hook, Place, Role},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PathError {
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("netlink in {ns}: {source}")]
+    Rtnl {
+        ns: String,
+        #[source]
+        source: RtnlError,
+    },
+    #[error("interface {iface:?} not found in {ns}; list them with `ip -n {ns} link`")]
+    NoIface { ns: String, iface: String },
+    #[error("{ns} has no default route; name the interface with --iface or the destination with --to")]
+    NoDefaultRoute { ns: String },
+    #[error("{ns}:{iface} is not a veth (it is {kind}); pathtrace follows veth pairs to the host")]
+    NotVeth {
+        ns: String,
+        iface: String,
+        kind: String,
+    },
+    #[error("{0} is the host's own network namespace: there is no veth to follow; trace host interfaces with --iface")]
+    HostNamespace(String),
+    #[error("the veth peer of {ns}:{iface} (ifindex {peer}) is not in the host namespace")]
+    PeerNotOnHost { ns: String, iface: String, peer: u32 },
+    #[error("no route from the host to {0}; check `ip route get {0}`")]
+    Unroutable(IpAddr),
+}
+
+/// What discovery found for one traced interface.
+#[derive(Clone, Debug)]
+pub struct DiscoveredPath {
+    pub target_label: String,
+    pub target_netns: Arc<Netns>,
+    pub host_netns: Arc<Netns>,
+    pub ctr: Link,
+    pub ctr_addrs: Vec<IfAddr>,
+    pub host_veth: Link,
+    pub bridge: Option<Link>,
+    pub bridge_ports: Vec<Link>,
+    /// `None` when the destination is on the bridge itself (container to container).
+    pub uplink: Option<Link>,
+    pub uplink_addrs: Vec<IfAddr>,
+}
+
+/// What to look for.
+#[derive(Clone, Debug, Default)]
+pub struct PathQuery {
+    /// Interface inside the namespace (default: the one with the default route, else `eth0`).
+    pub iface: Option<String>,
+    /// Destination the uplink is chosen for (default: the host's default route).
+    pub to: Option<IpAddr>,
+}
+
+fn rtnl_err(ns: &str) -> impl Fn(RtnlError) -> PathError + '_ {
+    move |source| PathError::Rtnl {
+        ns: ns.to_string(),
+        source,
+    }
+}
+
+/// Discovers the path from `netns` (labelled `label`) to the host's uplink.
+pub fn discover(label: &str, netns: Arc<Netns>, q: &PathQuery) -> Result<DiscoveredPath, PathError> {
+    let host = Arc::new(Netns::current()?);
+    if netns.same_as(&host) {
+        return Err(PathError::HostNamespace(label.to_string()));
+    }
+    let (ctr, ctr_addrs) = netns.run(|| inside(label, q))??;
+    if ctr.kind.as_deref() != Some("veth") {
+        return Err(PathError::NotVeth {
+            ns: label.to_string(),
+            iface: ctr.name.clone(),
+            kind: ctr.kind.clone().unwrap_or_else(|| "a device without a kind".into()),
+        });
+    }
+    let peer = ctr.peer_ifindex.ok_or_else(|| PathError::NotVeth {
+        ns: label.to_string(),
+        iface: ctr.name.clone(),
+        kind: "a veth without a peer".into(),
+    })?;
+    let mut rtnl = Rtnl::open().map_err(rtnl_err("host"))?;
+    let links = rtnl.links().map_err(rtnl_err("host"))?;
+    // The peer ifindex names an interface in the peer's namespace; check it points back at us.
+    let host_veth = links
+        .iter()
+        .find(|l| l.ifindex == peer && l.kind.as_deref() == Some("veth") && l.peer_ifindex == Some(ctr.ifindex))
+        .cloned()
+        .ok_or_else(|| PathError::PeerNotOnHost {
+            ns: label.to_string(),
+            iface: ctr.name.clone(),
+            peer,
+        })?;
+    let bridge = host_veth
+        .master
+        .and_then(|m| links.iter().find(|l| l.ifindex == m && l.kind.as_deref() == Some("bridge")))
+        .cloned();
+    let bridge_ports = match &bridge {
+        Some(b) => links.iter().filter(|l| l.master == Some(b.ifindex)).cloned().collect(),
+        None => Vec::new(),
+    };
+    let uplink_ifindex = match q.to {
+        Some(to) => {
+            rtnl.route_get(to)
+                .map_err(|e| match e {
+                    RtnlError::NoRoute(a) => PathError::Unroutable(a),
+                    other => PathError::Rtnl { ns: "host".into(), source: other },
+                })?
+                .oif
+        }
+        None => {
+            let family = match ctr_addrs.first().map(|a| a.addr) {
+                Some(IpAddr::V6(_)) => AddressFamily::Inet6,
+                _ => AddressFamily::Inet,
+            };
+            rtnl.default_route_oif(family)
+                .map_err(rtnl_err("host"))?
+                .ok_or_else(|| PathError::NoDefaultRoute { ns: "host".into() })?
+        }
+    };
+    let uplink = match &bridge {
+        Some(b) if b.ifindex == uplink_ifindex => None,
+        _ if uplink_ifindex == host_veth.ifindex => None,
+        _ => links.iter().find(|l| l.ifindex == uplink_ifindex).cloned(),
+    };
+    let uplink_addrs = match &uplink {
+        Some(u) => rtnl
+            .addrs()
+            .map_err(rtnl_err("host"))?
+            .into_iter()
+            .filter(|a| a.ifindex == u.ifindex)
+            .collect(),
+        None => Vec::new(),
+    };
+    Ok(DiscoveredPath {
+        target_label: label.to_string(),
+        target_netns: netns,
+        host_netns: host,
+        ctr,
+        ctr_addrs,
+        host_veth,
+        bridge,
+        bridge_ports,
+        uplink,
+        uplink_addrs,
+    })
+}
+
+/// Runs inside the traced namespace: picks the interface and reads its addresses.
+fn inside(label: &str, q: &PathQuery) -> Result<(Link, Vec<IfAddr>), PathError> {
+    let mut rtnl = Rtnl::open().map_err(rtnl_err(label))?;
+    let links = rtnl.links().map_err(rtnl_err(label))?;
+    let ifindex = match (&q.iface, q.to) {
+        (Some(name), _) => links
+            .iter()
+            .find(|l| &l.name == name)
+            .map(|l| l.ifindex)
+            .ok_or_else(|| PathError::NoIface { ns: label.into(), iface: name.clone() })?,
+        (None, Some(to)) => match rtnl.route_get(to) {
+            Ok(r) => r.oif,
+            Err(_) => default_or_eth0(&mut rtnl, &links, label)?,
+        },
+        (None, None) => default_or_eth0(&mut rtnl, &links, label)?,
+    };
+    let link = links
+        .into_iter()
+        .find(|l| l.ifindex == ifindex)
+        .ok_or_else(|| PathError::NoIface { ns: label.into(), iface: format!("ifindex {ifindex}") })?;
+    let addrs = rtnl
+        .addrs()
+        .map_err(rtnl_err(label))?
+        .into_iter()
+        .filter(|a| a.ifindex == link.ifindex && !is_link_local(a.addr))
+        .collect();
+    Ok((link, addrs))
+}
+
+fn default_or_eth0(rtnl: &mut Rtnl, links: &[Link], label: &str) -> Result<u32, PathError> {
+    if let Some(oif) = rtnl.default_route_oif(AddressFamily::Inet).map_err(rtnl_err(label))? {
+        return Ok(oif);
+    }
+    links
+        .iter()
+        .find(|l| l.name == "eth0")
+        .map(|l| l.ifindex)
+        .ok_or_else(|| PathError::NoDefaultRoute { ns: label.into() })
+}
+
+fn is_link_local(a: IpAddr) -> bool {
+    match a {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
+impl DiscoveredPath {
+    /// The hooks of this path, slots numbered from `first_slot`: the traced interface, the host
+    /// veth, the bridge and the uplink, each ingress and egress (8 hooks; 6 without a bridge or
+    /// uplink).
+    pub fn hooks(&self, first_slot: u8) -> Vec<AttachTarget> {
+        let mut out = Vec::new();
+        let mut slot = first_slot;
+        let mut push = |netns: &Arc<Netns>, ns_label: &str, link: &Link, place: Place, dir: Direction, role: Role| {
+            out.push(AttachTarget {
+                hook: Hook {
+                    slot,
+                    ns_label: ns_label.to_string(),
+                    ifname: link.name.clone(),
+                    ifindex: link.ifindex,
+                    direction: dir,
+                    place,
+                    role,
+                },
+                netns: netns.clone(),
+            });
+            slot += 1;
+        };
+        let t = &self.target_label;
+        push(&self.target_netns, t, &self.ctr, Place::Container, Direction::Egress, Role::SourceOut);
+        push(&self.target_netns, t, &self.ctr, Place::Container, Direction::Ingress, Role::SourceIn);
+        push(&self.host_netns, "host", &self.host_veth, Place::Veth, Direction::Ingress, Role::SourceOut);
+        push(&self.host_netns, "host", &self.host_veth, Place::Veth, Direction::Egress, Role::SourceIn);
+        if let Some(b) = &self.bridge {
+            push(&self.host_netns, "host", b, Place::Bridge, Direction::Ingress, Role::Shared);
+            push(&self.host_netns, "host", b, Place::Bridge, Direction::Egress, Role::Shared);
+        }
+        if let Some(u) = &self.uplink {
+            push(&self.host_netns, "host", u, Place::Uplink, Direction::Egress, Role::Shared);
+            push(&self.host_netns, "host", u, Place::Uplink, Direction::Ingress, Role::Shared);
+        }
+        out
+    }
+}
