@@ -158,35 +158,13 @@ impl Tracer {
     /// Attaches one hook: loads its slot's program, writes the slot's role, attaches in the
     /// hook's namespace. On error nothing of this hook stays attached.
     pub fn attach(&mut self, target: AttachTarget) -> Result<(), AttachError> {
+        let tcx = self.tcx;
         let hook = &target.hook;
-        let name = format!("pathtrace_h{}", hook.slot);
-        let cfg = HookConfig {
-            direction: hook.direction.raw(),
-            role: hook.role.raw(),
-        };
-        let mut hooks: Array<&mut MapData, HookConfig> = Array::try_from(
-            self.ebpf.map_mut("HOOKS").ok_or(AttachError::MissingMap("HOOKS"))?,
-        )
-        .map_err(|source| AttachError::Map { name: "HOOKS", source })?;
-        hooks
-            .set(u32::from(hook.slot), cfg, 0)
-            .map_err(|source| AttachError::Map { name: "HOOKS", source })?;
-
-        let prog: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(&name)
-            .ok_or(AttachError::NoSlot)?
-            .try_into()
-            .map_err(|source| AttachError::Program { name: name.clone(), source })?;
-        if prog.fd().is_err() {
-            prog.load()
-                .map_err(|source| AttachError::Program { name: name.clone(), source })?;
-        }
+        let prog = self.prepare_slot(hook)?;
         let attach_type = match hook.direction {
             Direction::Ingress => TcAttachType::Ingress,
             Direction::Egress => TcAttachType::Egress,
         };
-        let tcx = self.tcx;
         let ifname = hook.ifname.clone();
         let label = hook.label();
         let dir = hook.direction;
@@ -222,6 +200,34 @@ impl Tracer {
             created_qdisc,
         });
         Ok(())
+    }
+
+    /// Writes a hook's direction and role into its slot and loads the slot's program (once).
+    /// `attach` does this itself; tests use it to run a slot's program with `test_run`.
+    pub fn prepare_slot(&mut self, hook: &Hook) -> Result<&mut SchedClassifier, AttachError> {
+        let name = slot_program_name(hook.slot);
+        let cfg = HookConfig {
+            direction: hook.direction.raw(),
+            role: hook.role.raw(),
+        };
+        let mut hooks: Array<&mut MapData, HookConfig> = Array::try_from(
+            self.ebpf.map_mut("HOOKS").ok_or(AttachError::MissingMap("HOOKS"))?,
+        )
+        .map_err(|source| AttachError::Map { name: "HOOKS", source })?;
+        hooks
+            .set(u32::from(hook.slot), cfg, 0)
+            .map_err(|source| AttachError::Map { name: "HOOKS", source })?;
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(&name)
+            .ok_or(AttachError::NoSlot)?
+            .try_into()
+            .map_err(|source| AttachError::Program { name: name.clone(), source })?;
+        if prog.fd().is_err() {
+            prog.load()
+                .map_err(|source| AttachError::Program { name: name.clone(), source })?;
+        }
+        Ok(prog)
     }
 
     /// The hooks attached so far.
@@ -302,6 +308,12 @@ impl Drop for Tracer {
     fn drop(&mut self) {
         self.detach_all();
     }
+}
+
+/// The kernel program of a slot: `pathtrace_h<slot>` (also the name `tc filter show` prints in
+/// netlink mode, and what `pathtrace cleanup` looks for).
+pub fn slot_program_name(slot: u8) -> String {
+    format!("pathtrace_h{slot}")
 }
 
 fn detach_one(mut a: Attached) {

@@ -1,6 +1,8 @@
 //! One module per CLI verb; `session` is the trace engine they share.
 
 pub mod filter;
+pub mod live;
+pub mod output;
 pub mod session;
 pub mod trace;
 

@@ -7,17 +7,20 @@ use tokio::sync::Notify;
 
 use super::{
     filter::filter_config,
-    session::{self, Observer, SessionSpec, StopReason},
+    live::{LiveView, ViewOptions},
+    output::Output,
+    session::{self, SessionSpec},
 };
 use crate::{
-    attach::LoadOptions,
+    attach::{AttachTarget, LoadOptions},
     cli::TraceArgs,
-    collect::Event,
     discover::{
+        nat_rules::{self, NatRuleset},
         netns::Netns,
-        path::{self, PathQuery},
+        path::{self, DiscoveredPath, PathQuery},
     },
-    model::{Hook, HookStats},
+    model::{RuleAttributor, Topology},
+    render::Format,
 };
 
 pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
@@ -35,58 +38,84 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
             to: args.to,
         },
     )?;
-    let targets = found.hooks(0);
+    let plan = Plan::new(&found)?;
+    let view = plan.view(&args, Output::stdout());
+    let load = LoadOptions {
+        filter,
+        ring_bytes: ring_bytes(args.ring_size)?,
+        kernel_log: args.kernel_log,
+    };
+    trace_with(plan.targets, load, &args, view)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Hooks, topology and NAT rules for one discovered path.
+pub struct Plan {
+    pub targets: Vec<AttachTarget>,
+    pub topology: Arc<Topology>,
+    pub rules: Arc<NatRuleset>,
+}
+
+impl Plan {
+    pub fn new(found: &DiscoveredPath) -> anyhow::Result<Self> {
+        let targets = found.hooks(0);
+        let rules = nat_rules::snapshot().context("reading the NAT ruleset")?;
+        let topology = Arc::new(found.topology(&targets, rules.rules()));
+        Ok(Self {
+            targets,
+            topology,
+            rules: Arc::new(rules),
+        })
+    }
+
+    pub fn view(&self, args: &TraceArgs, out: Output) -> LiveView {
+        let attributor: Arc<dyn RuleAttributor> = self.rules.clone();
+        LiveView::new(
+            self.topology.clone(),
+            Some(attributor),
+            ViewOptions {
+                format: if args.json { Format::Json } else { Format::Text },
+                max_flows: args.max_flows,
+                confirm_conntrack: true,
+                updates: true,
+            },
+            out,
+        )
+    }
+}
+
+/// Runs a session on `targets` into `view` and prints the final report.
+pub fn trace_with(
+    targets: Vec<AttachTarget>,
+    load: LoadOptions,
+    args: &TraceArgs,
+    mut view: LiveView,
+) -> anyhow::Result<LiveView> {
     let session = SessionSpec {
         targets,
-        load: LoadOptions {
-            filter,
-            ring_bytes: ring_bytes(args.ring_size)?,
-            kernel_log: args.kernel_log,
-        },
+        load,
         mode: args.tc_mode,
         duration: args.duration,
         count: args.count,
         interest: Vec::new(),
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let rt = runtime()?;
+    let result = rt.block_on(session::run(session, &mut view, Arc::new(Notify::new())));
+    result?;
+    view.finish_output();
+    Ok(view)
+}
+
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .context("starting the async runtime")?;
-    let mut observer = RawObserver::default();
-    rt.block_on(session::run(session, &mut observer, Arc::new(Notify::new())))?;
-    Ok(ExitCode::SUCCESS)
+        .context("starting the async runtime")
 }
 
 /// `--ring-size` in KiB to bytes: a power of two of at least one page.
 pub fn ring_bytes(kib: u32) -> anyhow::Result<u32> {
     let bytes = kib.checked_mul(1024).filter(|b| b.is_power_of_two() && *b >= 4096 && *b <= 1 << 30);
     bytes.with_context(|| format!("--ring-size {kib}: expected a power of two between 4 and 1048576 (KiB)"))
-}
-
-#[derive(Default)]
-struct RawObserver {
-    hooks: Vec<Hook>,
-}
-
-impl Observer for RawObserver {
-    fn attached(&mut self, mode: &str, hooks: &[Hook]) {
-        eprintln!("attached {} hooks ({mode})", hooks.len());
-        self.hooks = hooks.to_vec();
-    }
-    fn events(&mut self, events: &[Event]) {
-        for e in events {
-            if let Event::Packet(p) = e {
-                let label = self.hooks.iter().find(|h| h.slot == p.slot).map(|h| h.label()).unwrap_or_default();
-                println!("{} {label} {} {} {} -> {} fp={:016x}", p.ktime_ns, p.direction, p.proto, p.src, p.dst, p.fingerprint);
-            }
-        }
-    }
-    fn tick(&mut self, _now_ns: u64, _stats: &[(Hook, HookStats)]) {}
-    fn finished(&mut self, why: StopReason, stats: &[(Hook, HookStats)]) {
-        eprintln!("stopped: {why}");
-        for (h, s) in stats {
-            eprintln!("{} {} seen={} filtered={} emitted={} lost={}", h.label(), h.direction, s.seen, s.filtered, s.emitted, s.lost);
-        }
-    }
 }

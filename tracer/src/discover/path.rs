@@ -246,3 +246,16 @@ impl DiscoveredPath {
         out
     }
 }
+
+impl DiscoveredPath {
+    /// The topology snapshot for correlation, rendering and captures.
+    pub fn topology(&self, targets: &[AttachTarget], nat_rules: Vec<crate::model::NatRule>) -> crate::model::Topology {
+        crate::model::Topology {
+            target: self.target_label.clone(),
+            hooks: targets.iter().map(|t| t.hook.clone()).collect(),
+            target_addrs: self.ctr_addrs.iter().map(|a| a.addr).collect(),
+            uplink_addrs: self.uplink_addrs.iter().map(|a| a.addr).collect(),
+            nat_rules,
+        }
+    }
+}

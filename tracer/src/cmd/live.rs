@@ -1,0 +1,215 @@
+//! The live view: correlates a session's events into flows and prints them as they settle.
+//! `show` replays a capture through the same code, so live and replayed output agree.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
+
+use super::{
+    output::Output,
+    session::{Observer, StopReason},
+};
+use crate::{
+    collect::Event,
+    correlate::{CorrelateConfig, Correlator, FlowId, FlowReport},
+    discover::conntrack,
+    model::{Hook, HookStats, NatKind, RuleAttributor, Topology},
+    render::{Format, Summary},
+};
+
+/// How the view behaves.
+#[derive(Clone, Copy, Debug)]
+pub struct ViewOptions {
+    pub format: Format,
+    pub max_flows: usize,
+    /// Ask the kernel's conntrack table to confirm NAT steps (live only, in this namespace).
+    pub confirm_conntrack: bool,
+    /// Print flow updates while tracing (otherwise only the final report).
+    pub updates: bool,
+}
+
+pub struct LiveView {
+    opts: ViewOptions,
+    correlator: Correlator,
+    out: Output,
+    /// What each flow looked like when last printed (text mode prints only real changes).
+    printed: HashMap<FlowId, String>,
+    /// Conntrack verdicts per flow, asked once per flow and NAT mapping.
+    confirmed: HashMap<(FlowId, usize), Option<bool>>,
+    hooks_lost: HashSet<(u8, u64)>,
+    pub final_flows: Vec<FlowReport>,
+    pub final_stats: Vec<(Hook, HookStats)>,
+    pub stop: Option<StopReason>,
+}
+
+impl LiveView {
+    pub fn new(
+        topology: Arc<Topology>,
+        attributor: Option<Arc<dyn RuleAttributor>>,
+        opts: ViewOptions,
+        out: Output,
+    ) -> Self {
+        let cfg = CorrelateConfig {
+            max_flows: opts.max_flows,
+            ..CorrelateConfig::default()
+        };
+        Self {
+            opts,
+            correlator: Correlator::new(topology, attributor, cfg),
+            out,
+            printed: HashMap::new(),
+            confirmed: HashMap::new(),
+            hooks_lost: HashSet::new(),
+            final_flows: Vec::new(),
+            final_stats: Vec::new(),
+            stop: None,
+        }
+    }
+
+    /// Feeds events without a session (replay).
+    pub fn feed(&mut self, events: &[Event]) {
+        self.events(events);
+    }
+
+    fn annotate(&mut self, mut flow: FlowReport) -> FlowReport {
+        if !self.opts.confirm_conntrack {
+            return flow;
+        }
+        for (i, entry) in flow.nat.iter_mut().enumerate() {
+            let step = &mut entry.step;
+            let key = (flow.id, i);
+            let verdict = match self.confirmed.get(&key) {
+                Some(v) => *v,
+                None => {
+                    let peer = match step.kind {
+                        NatKind::Snat => flow.dst,
+                        NatKind::Dnat => flow.src,
+                    };
+                    let v = conntrack::confirms(step, peer, flow.proto).unwrap_or_else(|e| {
+                        tracing::debug!("conntrack lookup: {e}");
+                        None
+                    });
+                    // Ask again later when the entry was not there yet.
+                    if v.is_some() {
+                        self.confirmed.insert(key, v);
+                    }
+                    v
+                }
+            };
+            step.conntrack = verdict;
+        }
+        flow
+    }
+
+    fn print_changed(&mut self, ids: Vec<FlowId>) {
+        if !self.opts.updates {
+            return;
+        }
+        for id in ids {
+            let Some(flow) = self.correlator.flow(id) else {
+                continue;
+            };
+            let flow = self.annotate(flow);
+            let rendered = match self.opts.format.flow(&flow) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!("rendering flow {id:?}: {e}");
+                    continue;
+                }
+            };
+            // Text: reprint a flow only when its path, NAT or losses changed, not its counts.
+            let shape = match self.opts.format {
+                Format::Text => shape_of(&flow),
+                Format::Json => rendered.clone(),
+            };
+            if self.printed.get(&id) == Some(&shape) {
+                continue;
+            }
+            self.printed.insert(id, shape);
+            self.out.send(rendered);
+        }
+    }
+
+    /// Final report: every flow, then the summary; blocks until written.
+    pub fn finish_output(&mut self) {
+        let ids = self.correlator.finish();
+        drop(ids);
+        let flows: Vec<FlowReport> = self
+            .correlator
+            .flows()
+            .into_iter()
+            .map(|f| self.annotate(f))
+            .collect();
+        if self.opts.format == Format::Text && self.opts.updates {
+            self.out.send_blocking("--- final ---\n".to_string());
+        }
+        for f in &flows {
+            match self.opts.format.flow(f) {
+                Ok(r) => self.out.send_blocking(r),
+                Err(e) => tracing::warn!("rendering flow: {e}"),
+            }
+        }
+        let summary = Summary {
+            flows: flows.len(),
+            evicted: self.correlator.evicted_flows(),
+            hooks: &self.final_stats,
+        };
+        match self.opts.format.summary(&summary) {
+            Ok(r) => self.out.send_blocking(r),
+            Err(e) => tracing::warn!("rendering summary: {e}"),
+        }
+        self.out.close();
+        let shed = self.out.shed();
+        if shed > 0 {
+            eprintln!("pathtrace: {shed} output updates were dropped because the output was too slow");
+        }
+        self.final_flows = flows;
+    }
+}
+
+/// The parts of a flow worth reprinting for.
+fn shape_of(f: &FlowReport) -> String {
+    let hops: Vec<_> = f.hops.iter().map(|h| (h.hook.as_str(), h.dir)).collect();
+    let back: Vec<_> = f.hops_back.iter().map(|h| (h.hook.as_str(), h.dir)).collect();
+    let nat: Vec<_> = f
+        .nat
+        .iter()
+        .map(|n| (n.step.before, n.step.after, n.step.rule.clone(), n.step.conntrack))
+        .collect();
+    let stops: Vec<_> = f.stops.iter().map(|s| (s.after_hook.as_str(), s.reason.clone())).collect();
+    format!("{hops:?}{back:?}{nat:?}{stops:?}")
+}
+
+impl Observer for LiveView {
+    fn attached(&mut self, mode: &str, hooks: &[Hook]) {
+        if self.opts.format == Format::Text {
+            let names: Vec<String> = hooks.iter().map(|h| format!("{} {}", h.label(), h.direction)).collect();
+            self.out.send(format!("tracing {} hooks ({mode}): {}\n", hooks.len(), names.join(", ")));
+        }
+    }
+
+    fn events(&mut self, events: &[Event]) {
+        for e in events {
+            match e {
+                Event::Packet(p) => self.correlator.push(p.clone()),
+                Event::Drop(d) => self.correlator.push_drop(d.clone()),
+            }
+        }
+    }
+
+    fn tick(&mut self, now_ns: u64, stats: &[(Hook, HookStats)]) {
+        let ids = self.correlator.advance(now_ns);
+        self.print_changed(ids);
+        for (h, s) in stats {
+            if s.lost > 0 && self.hooks_lost.insert((h.slot, s.lost)) {
+                tracing::warn!("{} events lost at {} {}: ring buffer full", s.lost, h.label(), h.direction);
+            }
+        }
+    }
+
+    fn finished(&mut self, why: StopReason, stats: &[(Hook, HookStats)]) {
+        self.stop = Some(why);
+        self.final_stats = stats.to_vec();
+    }
+}
