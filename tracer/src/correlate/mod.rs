@@ -1,1 +1,192 @@
-//! TODO
+//! Correlation: events → packets → hops → flows → NAT steps.
+//!
+//! Events are buffered by fingerprint (`packets`) until no more sightings of the packet can be
+//! on their way (`settle_ns`), then split into packet instances: one packet crosses each hook at
+//! most once, so a repeated hook, a long gap or a tuple changed on both sides starts a new
+//! instance (retransmissions and chance collisions share a tag). Each instance joins a flow
+//! (`flows`) keyed by the tuple the traced side uses; packets seen only beyond NAT find their
+//! flow through the NAT mappings earlier packets showed. A flow reports its hop chain per
+//! direction, the NAT rewrites between hops (`nat`), and the packets that stopped short.
+//!
+//! Pure logic: feed it [`PacketRecord`]s and [`DropRecord`]s, recorded or live.
+
+mod flows;
+mod nat;
+mod packets;
+mod path;
+mod report;
+
+#[cfg(test)]
+pub(crate) mod tests;
+
+use std::{collections::BTreeSet, sync::Arc};
+
+use crate::model::{DropRecord, PacketRecord, RuleAttributor, Topology};
+
+use flows::{Context, FlowTable};
+use packets::{Instance, Pending, Sighting};
+
+pub use nat::NatEntry;
+pub use path::Orientation;
+pub use report::{FlowId, FlowReport, HopTiming, Leg, Stop};
+
+/// Tuning of the correlator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CorrelateConfig {
+    /// How long to wait for more sightings of a packet before finalising it.
+    pub settle_ns: u64,
+    /// Sightings of one tag further apart than this belong to different packets.
+    pub instance_gap_ns: u64,
+    /// Flows kept at most; the least recently updated is evicted (and counted) beyond.
+    pub max_flows: usize,
+    /// Sightings buffered at most; the least recently seen packets are finalised early beyond.
+    pub max_pending: usize,
+}
+
+impl Default for CorrelateConfig {
+    fn default() -> Self {
+        Self {
+            settle_ns: 200_000_000,
+            instance_gap_ns: 1_000_000_000,
+            max_flows: 65_536,
+            max_pending: 262_144,
+        }
+    }
+}
+
+/// Turns hook events into flow reports.
+pub struct Correlator {
+    topology: Arc<Topology>,
+    attributor: Option<Arc<dyn RuleAttributor>>,
+    cfg: CorrelateConfig,
+    pending: Pending,
+    table: FlowTable,
+    /// Flows updated since the last [`Correlator::advance`].
+    changed: BTreeSet<FlowId>,
+    ignored_events: u64,
+}
+
+impl Correlator {
+    /// A correlator for the hooks of `topology`; `attributor`, when given, names the rule of each
+    /// NAT step.
+    pub fn new(
+        topology: Arc<Topology>,
+        attributor: Option<Arc<dyn RuleAttributor>>,
+        cfg: CorrelateConfig,
+    ) -> Self {
+        Self {
+            topology,
+            attributor,
+            cfg,
+            pending: Pending::default(),
+            table: FlowTable::new(cfg.max_flows),
+            changed: BTreeSet::new(),
+            ignored_events: 0,
+        }
+    }
+
+    /// Buffers one packet event. Events may arrive out of time order (per-CPU buffers) by up to
+    /// `settle_ns`. Events of unknown hooks or without a fingerprint (not IP) are counted and
+    /// ignored.
+    pub fn push(&mut self, rec: PacketRecord) {
+        let mut hooks = self.topology.hooks.iter().enumerate();
+        let Some((idx, h)) = hooks.find(|(_, h)| h.slot == rec.slot) else {
+            self.ignored_events += 1;
+            return;
+        };
+        if rec.fingerprint == 0 {
+            self.ignored_events += 1;
+            return;
+        }
+        let sighting = Sighting {
+            hook: idx,
+            place: h.place,
+            direction: h.direction,
+            ktime_ns: rec.ktime_ns,
+            tuple: path::Tuple::of(&rec),
+            pkt_len: rec.pkt_len,
+        };
+        self.pending.push(rec.fingerprint, sighting);
+        if self.pending.len() > self.cfg.max_pending {
+            let keep = self.cfg.max_pending / 4 * 3;
+            let early = self.pending.take_oldest(keep, self.cfg.instance_gap_ns);
+            self.ingest(early);
+        }
+    }
+
+    /// Buffers a kernel drop; it names the reason of the packet instance with its fingerprint
+    /// that started last before it.
+    pub fn push_drop(&mut self, drop: DropRecord) {
+        self.pending.push_drop(drop);
+    }
+
+    /// Finalises the packets whose last sighting is `settle_ns` older than `now_ns` (kernel
+    /// monotonic time) and returns the flows updated since the last call, in id order.
+    pub fn advance(&mut self, now_ns: u64) -> Vec<FlowId> {
+        let cutoff = now_ns.saturating_sub(self.cfg.settle_ns);
+        let settled = self.pending.take_settled(cutoff, self.cfg.instance_gap_ns);
+        self.ingest(settled);
+        self.take_changed()
+    }
+
+    /// Finalises every buffered packet (end of trace) and returns the flows updated since the
+    /// last [`Correlator::advance`].
+    pub fn finish(&mut self) -> Vec<FlowId> {
+        self.advance(u64::MAX)
+    }
+
+    /// Every flow in the table, in the order first seen.
+    pub fn flows(&self) -> Vec<FlowReport> {
+        let topology = &self.topology;
+        self.table
+            .iter()
+            .map(|f| FlowReport::build(f, topology))
+            .collect()
+    }
+
+    /// One flow, unless it was evicted.
+    pub fn flow(&self, id: FlowId) -> Option<FlowReport> {
+        let flow = self.table.get(id)?;
+        Some(FlowReport::build(flow, &self.topology))
+    }
+
+    /// Flows dropped from the table to stay within `max_flows`.
+    pub fn evicted_flows(&self) -> u64 {
+        self.table.evicted()
+    }
+
+    /// Drop events that matched no packet.
+    pub fn unmatched_drops(&self) -> u64 {
+        self.pending.unmatched_drops()
+    }
+
+    /// Events ignored: unknown hook slot, or no fingerprint.
+    pub fn ignored_events(&self) -> u64 {
+        self.ignored_events
+    }
+
+    /// Sightings still waiting to settle.
+    pub fn pending_sightings(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn ingest(&mut self, instances: Vec<Instance>) {
+        let ctx = Context {
+            topology: &self.topology,
+            attributor: self.attributor.as_deref(),
+        };
+        for inst in &instances {
+            if let Some(id) = self.table.add(inst, &ctx) {
+                self.changed.insert(id);
+            }
+        }
+    }
+
+    fn take_changed(&mut self) -> Vec<FlowId> {
+        let changed = std::mem::take(&mut self.changed);
+        changed
+            .into_iter()
+            .filter(|id| self.table.get(*id).is_some())
+            .collect()
+    }
+}

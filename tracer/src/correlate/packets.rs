@@ -1,0 +1,281 @@
+//! From events to packets: sightings buffered by fingerprint until they settle, then split into
+//! packet instances (one packet's crossings of the hooks, in path order).
+
+use std::{collections::HashMap, net::IpAddr, ops::Range};
+
+use crate::model::{Direction, DropRecord, Place};
+
+use super::path::{is_traced_side, Orientation, Tuple};
+
+/// One packet seen at one hook, reduced to what correlation needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sighting {
+    /// Index of the hook in `Topology::hooks`.
+    pub hook: usize,
+    pub place: Place,
+    pub direction: Direction,
+    pub ktime_ns: u64,
+    pub tuple: Tuple,
+    pub pkt_len: u32,
+}
+
+/// One packet's path: its sightings in time order, at most one per hook.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Instance {
+    pub fingerprint: u64,
+    /// Never empty.
+    pub sightings: Vec<Sighting>,
+    /// Name of the kernel drop reason of a drop event that matched this packet.
+    pub drop_reason: Option<String>,
+}
+
+impl Instance {
+    pub fn first(&self) -> Option<&Sighting> {
+        self.sightings.first()
+    }
+
+    pub fn first_ns(&self) -> u64 {
+        self.first().map_or(0, |s| s.ktime_ns)
+    }
+
+    pub fn last_ns(&self) -> u64 {
+        self.sightings.last().map_or(0, |s| s.ktime_ns)
+    }
+
+    /// Which way the packet went: told by its first hook, or (first seen at the bridge) by
+    /// whether its source is one of the traced side's addresses.
+    pub fn orientation(&self, target_addrs: &[IpAddr]) -> Orientation {
+        let Some(first) = self.first() else {
+            return Orientation::Outbound;
+        };
+        if let Some(o) = Orientation::of_hook(first.place, first.direction) {
+            return o;
+        }
+        if first.tuple.src_in(target_addrs) {
+            Orientation::Outbound
+        } else if first.tuple.reversed().src_in(target_addrs) {
+            Orientation::Inbound
+        } else {
+            majority_orientation(&self.sightings)
+        }
+    }
+
+    /// The tuple as the traced side sees it, when the packet was seen at a container or veth hook.
+    pub fn traced_tuple(&self) -> Option<Tuple> {
+        let traced = self.sightings.iter().find(|s| is_traced_side(s.place));
+        traced.map(|s| s.tuple)
+    }
+
+    /// The tuple at the hook nearest the traced side: the first for an outbound packet, the
+    /// last for an inbound one.
+    pub fn nearest_tuple(&self, orientation: Orientation) -> Option<Tuple> {
+        let nearest = match orientation {
+            Orientation::Outbound => self.sightings.first(),
+            Orientation::Inbound => self.sightings.last(),
+        };
+        nearest.map(|s| s.tuple)
+    }
+}
+
+/// The orientation most of the sightings' hooks imply (outbound on a tie).
+fn majority_orientation(sightings: &[Sighting]) -> Orientation {
+    let vote: i64 = sightings
+        .iter()
+        .filter_map(|s| Orientation::of_hook(s.place, s.direction))
+        .map(|o| if o == Orientation::Outbound { 1 } else { -1 })
+        .sum();
+    if vote >= 0 {
+        Orientation::Outbound
+    } else {
+        Orientation::Inbound
+    }
+}
+
+/// Sightings (and drops) of one fingerprint not yet turned into instances.
+#[derive(Debug, Default)]
+struct Group {
+    sightings: Vec<Sighting>,
+    drops: Vec<DropRecord>,
+    /// Arrival number of the latest sighting (see [`Pending::take_oldest`]).
+    touched: u64,
+}
+
+impl Group {
+    fn oldest_ns(&self) -> u64 {
+        let s = self.sightings.iter().map(|s| s.ktime_ns);
+        s.chain(self.drops.iter().map(|d| d.ktime_ns))
+            .min()
+            .unwrap_or(0)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.sightings.is_empty() && self.drops.is_empty()
+    }
+
+    /// Splits the sightings into instances and takes the leading ones whose last sighting is at
+    /// or before `cutoff_ns`, with the drops that belong to them. Returns them and the number of
+    /// drops given up (due, but no packet to match).
+    fn take(&mut self, fp: u64, cutoff_ns: u64, gap_ns: u64) -> (Vec<Instance>, u64) {
+        let orientation = majority_orientation(&self.sightings);
+        self.sightings
+            .sort_by_key(|s| (s.ktime_ns, orientation.rank(s.place, s.direction)));
+        let bounds = split(&self.sightings, gap_ns);
+        let due = bounds
+            .iter()
+            .take_while(|r| self.sightings[r.end - 1].ktime_ns <= cutoff_ns)
+            .count();
+        let starts: Vec<u64> = bounds
+            .iter()
+            .map(|r| self.sightings[r.start].ktime_ns)
+            .collect();
+        let keep_from = bounds.get(due).map_or(self.sightings.len(), |r| r.start);
+        let rest = self.sightings.split_off(keep_from);
+        let mut taken = std::mem::replace(&mut self.sightings, rest).into_iter();
+        let mut out: Vec<Instance> = bounds[..due]
+            .iter()
+            .map(|r| Instance {
+                fingerprint: fp,
+                sightings: taken.by_ref().take(r.len()).collect(),
+                drop_reason: None,
+            })
+            .collect();
+        let given_up = self.attach_drops(&starts, &mut out, cutoff_ns);
+        (out, given_up)
+    }
+
+    /// Gives each drop to the instance that started last before it; drops that belong to a
+    /// pending instance stay. Returns how many due drops matched no packet at all.
+    fn attach_drops(&mut self, starts: &[u64], taken: &mut [Instance], cutoff_ns: u64) -> u64 {
+        let mut given_up = 0;
+        self.drops.retain(|d| {
+            if starts.is_empty() {
+                // No packet with this tag (yet): wait for one until the drop itself is due.
+                let due = d.ktime_ns <= cutoff_ns;
+                given_up += u64::from(due);
+                return !due;
+            }
+            // The instance that started last before the drop (the first, if none did).
+            let owner = starts.iter().rposition(|&t| t <= d.ktime_ns).unwrap_or(0);
+            let Some(inst) = taken.get_mut(owner) else {
+                return true; // its packet is still pending
+            };
+            let name = || {
+                d.reason_name
+                    .clone()
+                    .unwrap_or_else(|| format!("reason {}", d.reason))
+            };
+            inst.drop_reason.get_or_insert_with(name);
+            false
+        });
+        given_up
+    }
+}
+
+/// Index ranges of the instances in time-sorted sightings: a new instance starts at a hook the
+/// current one already crossed, after a gap longer than `gap_ns`, or where the tuple changes on
+/// both sides at once (NAT rewrites one side; such a pair is two packets sharing a tag).
+fn split(sightings: &[Sighting], gap_ns: u64) -> Vec<Range<usize>> {
+    let mut bounds = Vec::new();
+    let mut start = 0;
+    for i in 1..sightings.len() {
+        let (prev, cur) = (&sightings[i - 1], &sightings[i]);
+        let repeated = sightings[start..i].iter().any(|s| s.hook == cur.hook);
+        let gap = cur.ktime_ns.saturating_sub(prev.ktime_ns) > gap_ns;
+        let (a, b) = (prev.tuple, cur.tuple);
+        let foreign = a.proto != b.proto || (a.src != b.src && a.dst != b.dst);
+        if repeated || gap || foreign {
+            bounds.push(start..i);
+            start = i;
+        }
+    }
+    if start < sightings.len() {
+        bounds.push(start..sightings.len());
+    }
+    bounds
+}
+
+/// The settle buffer: sightings and drops by fingerprint.
+#[derive(Debug, Default)]
+pub struct Pending {
+    groups: HashMap<u64, Group>,
+    sightings: usize,
+    arrivals: u64,
+    unmatched_drops: u64,
+}
+
+impl Pending {
+    pub fn push(&mut self, fingerprint: u64, sighting: Sighting) {
+        self.arrivals += 1;
+        let group = self.groups.entry(fingerprint).or_default();
+        group.sightings.push(sighting);
+        group.touched = self.arrivals;
+        self.sightings += 1;
+    }
+
+    pub fn push_drop(&mut self, drop: DropRecord) {
+        self.groups
+            .entry(drop.fingerprint)
+            .or_default()
+            .drops
+            .push(drop);
+    }
+
+    /// Sightings waiting to settle.
+    pub fn len(&self) -> usize {
+        self.sightings
+    }
+
+    /// Drops that matched no packet.
+    pub fn unmatched_drops(&self) -> u64 {
+        self.unmatched_drops
+    }
+
+    /// Takes every instance whose last sighting is at or before `cutoff_ns`, oldest first.
+    pub fn take_settled(&mut self, cutoff_ns: u64, gap_ns: u64) -> Vec<Instance> {
+        let due: Vec<u64> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| g.oldest_ns() <= cutoff_ns)
+            .map(|(fp, _)| *fp)
+            .collect();
+        self.take_groups(&due, cutoff_ns, gap_ns)
+    }
+
+    /// Takes whole fingerprint groups, least recently pushed to first, until at most `keep`
+    /// sightings are left. (Arrival order, not kernel time: a packet still crossing the hooks
+    /// can carry older timestamps than one finished on another CPU.)
+    pub fn take_oldest(&mut self, keep: usize, gap_ns: u64) -> Vec<Instance> {
+        let mut by_age: Vec<(u64, u64)> =
+            self.groups.iter().map(|(fp, g)| (g.touched, *fp)).collect();
+        by_age.sort_unstable();
+        let mut left = self.sightings;
+        let chosen: Vec<u64> = by_age
+            .into_iter()
+            .take_while(|(_, fp)| {
+                let over = left > keep;
+                left -= self.groups.get(fp).map_or(0, |g| g.sightings.len());
+                over
+            })
+            .map(|(_, fp)| fp)
+            .collect();
+        self.take_groups(&chosen, u64::MAX, gap_ns)
+    }
+
+    fn take_groups(&mut self, fps: &[u64], cutoff_ns: u64, gap_ns: u64) -> Vec<Instance> {
+        let mut out = Vec::new();
+        for fp in fps {
+            let Some(group) = self.groups.get_mut(fp) else {
+                continue;
+            };
+            let (taken, given_up) = group.take(*fp, cutoff_ns, gap_ns);
+            self.unmatched_drops += given_up;
+            self.sightings -= taken.iter().map(|i| i.sightings.len()).sum::<usize>();
+            out.extend(taken);
+            if group.is_empty() {
+                self.groups.remove(fp);
+            }
+        }
+        out.sort_by_key(|i| (i.first_ns(), i.fingerprint, i.first().map(|s| s.hook)));
+        out
+    }
+}

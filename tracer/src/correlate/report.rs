@@ -1,0 +1,191 @@
+//! What correlation reports about a flow: the renderers' input.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::model::{Direction, Endpoint, Proto, Topology};
+
+use super::{
+    flows::{FlowState, LegState},
+    nat::NatEntry,
+    path::Orientation,
+};
+
+/// Identifies a flow; ids grow in the order flows are first seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct FlowId(pub u64);
+
+impl fmt::Display for FlowId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// One direction of a flow: `Out` is the direction of the packet that opened it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Leg {
+    Out,
+    Back,
+}
+
+impl Leg {
+    pub fn other(self) -> Self {
+        match self {
+            Self::Out => Self::Back,
+            Self::Back => Self::Out,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Out => "out",
+            Self::Back => "back",
+        }
+    }
+}
+
+/// One hook of a leg's path and how long after their first sighting packets got there.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HopTiming {
+    /// `<ns>:<ifname>`.
+    pub hook: String,
+    pub dir: Direction,
+    /// Mean over the packets seen here, in microseconds.
+    pub delta_us: f64,
+    pub slot: u8,
+    /// Packets of the leg seen at this hook.
+    pub packets: u64,
+}
+
+/// Packets of a leg that were last seen at one hook, short of where that leg's packets go.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Stop {
+    pub leg: Leg,
+    /// `<ns>:<ifname>` of the last hook the packets were seen at.
+    pub after_hook: String,
+    pub after_dir: Direction,
+    pub count: u64,
+    /// Kernel drop reason, when a drop event matched these packets.
+    pub reason: Option<String>,
+}
+
+/// Everything known about one flow.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FlowReport {
+    pub id: FlowId,
+    pub proto: Proto,
+    /// Which way the opening packet went (`inbound` for a published port).
+    pub origin: Orientation,
+    /// Traced-side addresses of the opening direction.
+    pub src: Endpoint,
+    pub dst: Endpoint,
+    pub packets_out: u64,
+    pub packets_back: u64,
+    pub bytes_out: u64,
+    pub bytes_back: u64,
+    /// Kernel monotonic time of the first and last sighting.
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// Path of the opening direction, in path order.
+    pub hops: Vec<HopTiming>,
+    pub hops_back: Vec<HopTiming>,
+    /// NAT of the opening direction (MASQUERADE of outbound, DNAT of a published port).
+    pub nat: Vec<NatEntry>,
+    /// The reverse translations on replies (de-NAT).
+    pub nat_back: Vec<NatEntry>,
+    pub stops: Vec<Stop>,
+}
+
+impl FlowReport {
+    /// Builds the report of a flow.
+    pub fn build(flow: &FlowState, topology: &Topology) -> Self {
+        let mut stops = lost(flow, Leg::Out, topology);
+        stops.extend(lost(flow, Leg::Back, topology));
+        Self {
+            id: flow.id,
+            proto: flow.key.proto,
+            origin: flow.origin,
+            src: flow.key.src,
+            dst: flow.key.dst,
+            packets_out: flow.out.packets,
+            packets_back: flow.back.packets,
+            bytes_out: flow.out.bytes,
+            bytes_back: flow.back.bytes,
+            first_ns: flow.first_ns,
+            last_ns: flow.last_ns,
+            hops: hops(flow, Leg::Out, topology),
+            hops_back: hops(flow, Leg::Back, topology),
+            nat: flow.out.nat.clone(),
+            nat_back: flow.back.nat.clone(),
+            stops,
+        }
+    }
+}
+
+fn hops(flow: &FlowState, leg: Leg, topology: &Topology) -> Vec<HopTiming> {
+    let (state, orientation) = flow.leg(leg);
+    let mut out: Vec<(u32, HopTiming)> = state
+        .hops
+        .iter()
+        .filter_map(|(idx, acc)| {
+            let hook = topology.hooks.get(*idx)?;
+            let mean_ns = acc.sum_ns as f64 / acc.packets.max(1) as f64;
+            let timing = HopTiming {
+                hook: hook.label(),
+                dir: hook.direction,
+                delta_us: mean_ns / 1000.0,
+                slot: hook.slot,
+                packets: acc.packets,
+            };
+            Some((orientation.rank(hook.place, hook.direction), timing))
+        })
+        .collect();
+    out.sort_by_key(|(rank, t)| (*rank, t.slot));
+    out.into_iter().map(|(_, t)| t).collect()
+}
+
+/// Packets of a leg that ended before the leg's terminal hook, or that the kernel dropped.
+fn lost(flow: &FlowState, leg: Leg, topology: &Topology) -> Vec<Stop> {
+    let (state, orientation) = flow.leg(leg);
+    let terminal = terminal_rank(state, flow.leg(leg.other()).0, orientation, topology);
+    state
+        .ends
+        .iter()
+        .filter_map(|((idx, reason), count)| {
+            let hook = topology.hooks.get(*idx)?;
+            let short = orientation.rank(hook.place, hook.direction) < terminal;
+            (short || reason.is_some()).then(|| Stop {
+                leg,
+                after_hook: hook.label(),
+                after_dir: hook.direction,
+                count: *count,
+                reason: reason.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Where a leg's packets are expected to end: the farthest any of them got, and no nearer than
+/// the mirror of where the other leg's packets come in (a reply entering at the uplink means
+/// the request left by it); with no packets the other way, the topology's main path end.
+fn terminal_rank(
+    state: &LegState,
+    other: &LegState,
+    orientation: Orientation,
+    topology: &Topology,
+) -> u32 {
+    let reached = state
+        .ends
+        .keys()
+        .filter_map(|(idx, _)| topology.hooks.get(*idx))
+        .map(|h| orientation.rank(h.place, h.direction))
+        .max();
+    let expected = match other.entry {
+        Some((_, place, dir)) => Some(orientation.mirror_rank(place, dir)),
+        None => orientation.main_path_end(topology),
+    };
+    reached.max(expected).unwrap_or(0)
+}

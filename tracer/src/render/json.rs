@@ -1,0 +1,160 @@
+//! The JSON-lines renderer. Each line is built from a struct (fixed key order); endpoints are
+//! `ip:port` strings (`[ip]:port` for IPv6); no wall-clock time, so replay output can be
+//! compared with live output line by line.
+
+use serde::Serialize;
+
+use crate::{
+    correlate::{FlowReport, HopTiming, Leg, NatEntry, Orientation, Stop},
+    model::{Direction, NatKind},
+};
+
+use super::Summary;
+
+#[derive(Serialize)]
+struct FlowLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    id: u64,
+    proto: String,
+    origin: Orientation,
+    src: String,
+    dst: String,
+    packets_out: u64,
+    packets_back: u64,
+    bytes_out: u64,
+    bytes_back: u64,
+    hops: Vec<HopLine<'a>>,
+    hops_back: Vec<HopLine<'a>>,
+    nat: Vec<NatLine<'a>>,
+    nat_back: Vec<NatLine<'a>>,
+    stops: Vec<StopLine<'a>>,
+    /// Kernel monotonic time (the same in a replay of a capture).
+    first_ns: u64,
+    last_ns: u64,
+}
+
+#[derive(Serialize)]
+struct HopLine<'a> {
+    hook: &'a str,
+    dir: Direction,
+    delta_us: f64,
+    packets: u64,
+}
+
+#[derive(Serialize)]
+struct NatLine<'a> {
+    kind: NatKind,
+    before: String,
+    after: String,
+    between: [&'a str; 2],
+    rule: Option<&'a str>,
+    conntrack: Option<bool>,
+    packets: u64,
+}
+
+#[derive(Serialize)]
+struct StopLine<'a> {
+    leg: Leg,
+    after: &'a str,
+    dir: Direction,
+    count: u64,
+    reason: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct SummaryLine {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    flows: usize,
+    evicted: u64,
+    hooks: Vec<HookLine>,
+}
+
+#[derive(Serialize)]
+struct HookLine {
+    hook: String,
+    dir: Direction,
+    seen: u64,
+    filtered: u64,
+    emitted: u64,
+    lost: u64,
+}
+
+/// A flow as one JSON object (no trailing newline).
+pub fn flow_line(f: &FlowReport) -> serde_json::Result<String> {
+    serde_json::to_string(&FlowLine {
+        kind: "flow",
+        id: f.id.0,
+        proto: f.proto.to_string(),
+        origin: f.origin,
+        src: f.src.to_string(),
+        dst: f.dst.to_string(),
+        packets_out: f.packets_out,
+        packets_back: f.packets_back,
+        bytes_out: f.bytes_out,
+        bytes_back: f.bytes_back,
+        hops: f.hops.iter().map(hop).collect(),
+        hops_back: f.hops_back.iter().map(hop).collect(),
+        nat: f.nat.iter().map(nat).collect(),
+        nat_back: f.nat_back.iter().map(nat).collect(),
+        stops: f.stops.iter().map(stop).collect(),
+        first_ns: f.first_ns,
+        last_ns: f.last_ns,
+    })
+}
+
+/// The summary as one JSON object (no trailing newline).
+pub fn summary_line(s: &Summary<'_>) -> serde_json::Result<String> {
+    let hooks = s
+        .hooks
+        .iter()
+        .map(|(h, st)| HookLine {
+            hook: h.label(),
+            dir: h.direction,
+            seen: st.seen,
+            filtered: st.filtered,
+            emitted: st.emitted,
+            lost: st.lost,
+        })
+        .collect();
+    serde_json::to_string(&SummaryLine {
+        kind: "summary",
+        flows: s.flows,
+        evicted: s.evicted,
+        hooks,
+    })
+}
+
+fn hop(h: &HopTiming) -> HopLine<'_> {
+    HopLine {
+        hook: &h.hook,
+        dir: h.dir,
+        // Nanosecond resolution: no float noise in the last digits.
+        delta_us: (h.delta_us * 1000.0).round() / 1000.0,
+        packets: h.packets,
+    }
+}
+
+fn nat(e: &NatEntry) -> NatLine<'_> {
+    let s = &e.step;
+    NatLine {
+        kind: s.kind,
+        before: s.before.to_string(),
+        after: s.after.to_string(),
+        between: [&s.between.0, &s.between.1],
+        rule: s.rule.as_deref(),
+        conntrack: s.conntrack,
+        packets: e.packets,
+    }
+}
+
+fn stop(s: &Stop) -> StopLine<'_> {
+    StopLine {
+        leg: s.leg,
+        after: &s.after_hook,
+        dir: s.after_dir,
+        count: s.count,
+        reason: s.reason.as_deref(),
+    }
+}
