@@ -5,10 +5,7 @@
 //! by the implementation (`bpf_skb_load_bytes` in the kernel, slice bounds here); a read that does
 //! not fit ends parsing with what was learnt so far. The parser never writes.
 
-use crate::{
-    event::PacketMeta,
-    fingerprint::Fingerprint,
-};
+use crate::{event::PacketMeta, fingerprint::Fingerprint};
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
@@ -135,9 +132,7 @@ fn parse_ipv6<F: Frame + ?Sized>(frame: &F, l3: usize, meta: &mut PacketMeta) {
     meta.l3_offset = l3 as u16;
     let mut next = ip[6];
     let mut off = l3 + 40;
-    let mut fp = Fingerprint::new()
-        .word(u32::from(payload_len))
-        .word(flow);
+    let mut fp = Fingerprint::new().word(u32::from(payload_len)).word(flow);
     let mut i = 0;
     while i < IPV6_MAX_EXT {
         i += 1;

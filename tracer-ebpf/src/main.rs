@@ -34,12 +34,30 @@ mod programs {
     }
 
     hook_programs!(
-        pathtrace_h0 = 0, pathtrace_h1 = 1, pathtrace_h2 = 2, pathtrace_h3 = 3,
-        pathtrace_h4 = 4, pathtrace_h5 = 5, pathtrace_h6 = 6, pathtrace_h7 = 7,
-        pathtrace_h8 = 8, pathtrace_h9 = 9, pathtrace_h10 = 10, pathtrace_h11 = 11,
-        pathtrace_h12 = 12, pathtrace_h13 = 13, pathtrace_h14 = 14, pathtrace_h15 = 15,
-        pathtrace_h16 = 16, pathtrace_h17 = 17, pathtrace_h18 = 18, pathtrace_h19 = 19,
-        pathtrace_h20 = 20, pathtrace_h21 = 21, pathtrace_h22 = 22, pathtrace_h23 = 23,
+        pathtrace_h0 = 0,
+        pathtrace_h1 = 1,
+        pathtrace_h2 = 2,
+        pathtrace_h3 = 3,
+        pathtrace_h4 = 4,
+        pathtrace_h5 = 5,
+        pathtrace_h6 = 6,
+        pathtrace_h7 = 7,
+        pathtrace_h8 = 8,
+        pathtrace_h9 = 9,
+        pathtrace_h10 = 10,
+        pathtrace_h11 = 11,
+        pathtrace_h12 = 12,
+        pathtrace_h13 = 13,
+        pathtrace_h14 = 14,
+        pathtrace_h15 = 15,
+        pathtrace_h16 = 16,
+        pathtrace_h17 = 17,
+        pathtrace_h18 = 18,
+        pathtrace_h19 = 19,
+        pathtrace_h20 = 20,
+        pathtrace_h21 = 21,
+        pathtrace_h22 = 22,
+        pathtrace_h23 = 23,
     );
 }
 

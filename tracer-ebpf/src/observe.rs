@@ -101,7 +101,11 @@ fn prefix_match(a: &[u8; 16], b: &[u8; 16], bits: u32) -> bool {
         let wa = u32::from_be_bytes([a[i * 4], a[i * 4 + 1], a[i * 4 + 2], a[i * 4 + 3]]);
         let wb = u32::from_be_bytes([b[i * 4], b[i * 4 + 1], b[i * 4 + 2], b[i * 4 + 3]]);
         let take = bits - start;
-        let mask = if take >= 32 { u32::MAX } else { !(u32::MAX >> take) };
+        let mask = if take >= 32 {
+            u32::MAX
+        } else {
+            !(u32::MAX >> take)
+        };
         if (wa ^ wb) & mask != 0 {
             return false;
         }
@@ -122,7 +126,11 @@ fn remote_key(meta: &PacketMeta, towards_dst: bool) -> EndpointKey {
     EndpointKey {
         addr,
         // ICMP echo ids are rewritten by NAT, and error messages carry none: key on the address.
-        port: if ported && !is_echo(meta.proto, meta.icmp_type) { port } else { 0 },
+        port: if ported && !is_echo(meta.proto, meta.icmp_type) {
+            port
+        } else {
+            0
+        },
         proto: meta.proto,
         family: meta.family,
     }
@@ -144,7 +152,13 @@ fn of_interest(key: &EndpointKey) -> bool {
 }
 
 #[inline(never)]
-fn emit(ctx: &TcContext, slot: u32, direction: u32, meta: &PacketMeta, counters: &mut HookCounters) {
+fn emit(
+    ctx: &TcContext,
+    slot: u32,
+    direction: u32,
+    meta: &PacketMeta,
+    counters: &mut HookCounters,
+) {
     let Some(mut entry) = EVENTS.reserve::<PacketEvent>(0) else {
         counters.lost += 1;
         return;

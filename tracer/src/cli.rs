@@ -146,7 +146,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         _ => return Err(format!("bad duration unit in {s:?}: use ms, s, m or h")),
     };
     if !secs.is_finite() || secs <= 0.0 || secs > 7.0 * 86400.0 {
-        return Err(format!("duration {s:?} out of range (more than 0, at most a week)"));
+        return Err(format!(
+            "duration {s:?} out of range (more than 0, at most a week)"
+        ));
     }
     Ok(Duration::from_secs_f64(secs))
 }

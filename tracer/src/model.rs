@@ -251,7 +251,8 @@ impl PacketRecord {
         if ev.header.kind != KIND_PACKET {
             return Err(DecodeError::UnknownKind(ev.header.kind));
         }
-        let direction = Direction::try_from(ev.header.direction).map_err(DecodeError::BadDirection)?;
+        let direction =
+            Direction::try_from(ev.header.direction).map_err(DecodeError::BadDirection)?;
         let m = &ev.meta;
         let (src, dst) = match m.family {
             4 => {

@@ -178,10 +178,17 @@ impl Tracer {
             };
             let id = prog
                 .attach_with_options(&ifname, attach_type, options)
-                .map_err(|source| AttachError::Attach { hook: label.clone(), dir, source });
+                .map_err(|source| AttachError::Attach {
+                    hook: label.clone(),
+                    dir,
+                    source,
+                });
             let link = match id.and_then(|id| {
-                prog.take_link(id)
-                    .map_err(|source| AttachError::Attach { hook: label.clone(), dir, source })
+                prog.take_link(id).map_err(|source| AttachError::Attach {
+                    hook: label.clone(),
+                    dir,
+                    source,
+                })
             }) {
                 Ok(link) => link,
                 Err(e) => {
@@ -211,28 +218,44 @@ impl Tracer {
             role: hook.role.raw(),
         };
         let mut hooks: Array<&mut MapData, HookConfig> = Array::try_from(
-            self.ebpf.map_mut("HOOKS").ok_or(AttachError::MissingMap("HOOKS"))?,
+            self.ebpf
+                .map_mut("HOOKS")
+                .ok_or(AttachError::MissingMap("HOOKS"))?,
         )
-        .map_err(|source| AttachError::Map { name: "HOOKS", source })?;
+        .map_err(|source| AttachError::Map {
+            name: "HOOKS",
+            source,
+        })?;
         hooks
             .set(u32::from(hook.slot), cfg, 0)
-            .map_err(|source| AttachError::Map { name: "HOOKS", source })?;
+            .map_err(|source| AttachError::Map {
+                name: "HOOKS",
+                source,
+            })?;
         let prog: &mut SchedClassifier = self
             .ebpf
             .program_mut(&name)
             .ok_or(AttachError::NoSlot)?
             .try_into()
-            .map_err(|source| AttachError::Program { name: name.clone(), source })?;
+            .map_err(|source| AttachError::Program {
+                name: name.clone(),
+                source,
+            })?;
         if prog.fd().is_err() {
-            prog.load()
-                .map_err(|source| AttachError::Program { name: name.clone(), source })?;
+            prog.load().map_err(|source| AttachError::Program {
+                name: name.clone(),
+                source,
+            })?;
         }
         Ok(prog)
     }
 
     /// The hooks attached so far.
     pub fn hooks(&self) -> Vec<Hook> {
-        self.attached.iter().map(|a| a.target.hook.clone()).collect()
+        self.attached
+            .iter()
+            .map(|a| a.target.hook.clone())
+            .collect()
     }
 
     /// Detaches the hooks on one interface (moved away or deleted while traced).
@@ -260,20 +283,35 @@ impl Tracer {
 
     /// The event ring buffer (taken once, by the collector).
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, AttachError> {
-        let map = self.ebpf.take_map("EVENTS").ok_or(AttachError::MissingMap("EVENTS"))?;
-        RingBuf::try_from(map).map_err(|source| AttachError::Map { name: "EVENTS", source })
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or(AttachError::MissingMap("EVENTS"))?;
+        RingBuf::try_from(map).map_err(|source| AttachError::Map {
+            name: "EVENTS",
+            source,
+        })
     }
 
     /// Per-hook counters summed over CPUs, for the attached slots.
     pub fn counters(&self) -> Result<Vec<(Hook, HookStats)>, AttachError> {
-        let map = self.ebpf.map("COUNTERS").ok_or(AttachError::MissingMap("COUNTERS"))?;
-        let counters: PerCpuArray<&MapData, HookCounters> = PerCpuArray::try_from(map)
-            .map_err(|source| AttachError::Map { name: "COUNTERS", source })?;
+        let map = self
+            .ebpf
+            .map("COUNTERS")
+            .ok_or(AttachError::MissingMap("COUNTERS"))?;
+        let counters: PerCpuArray<&MapData, HookCounters> =
+            PerCpuArray::try_from(map).map_err(|source| AttachError::Map {
+                name: "COUNTERS",
+                source,
+            })?;
         let mut out = Vec::new();
         for a in &self.attached {
             let per_cpu = counters
                 .get(&u32::from(a.target.hook.slot), 0)
-                .map_err(|source| AttachError::Map { name: "COUNTERS", source })?;
+                .map_err(|source| AttachError::Map {
+                    name: "COUNTERS",
+                    source,
+                })?;
             let mut sum = HookStats::default();
             for c in per_cpu.iter() {
                 sum.seen += c.seen;
@@ -288,14 +326,28 @@ impl Tracer {
 
     /// Declares a remote endpoint of interest up front (e.g. a published port's host address),
     /// so shared hooks emit its packets before the traced side has sent any.
-    pub fn add_interest(&mut self, key: tracer_common::config::EndpointKey) -> Result<(), AttachError> {
-        let map = self.ebpf.map_mut("INTEREST").ok_or(AttachError::MissingMap("INTEREST"))?;
-        let mut interest: aya::maps::HashMap<&mut MapData, tracer_common::config::EndpointKey, u32> =
-            aya::maps::HashMap::try_from(map)
-                .map_err(|source| AttachError::Map { name: "INTEREST", source })?;
+    pub fn add_interest(
+        &mut self,
+        key: tracer_common::config::EndpointKey,
+    ) -> Result<(), AttachError> {
+        let map = self
+            .ebpf
+            .map_mut("INTEREST")
+            .ok_or(AttachError::MissingMap("INTEREST"))?;
+        let mut interest: aya::maps::HashMap<
+            &mut MapData,
+            tracer_common::config::EndpointKey,
+            u32,
+        > = aya::maps::HashMap::try_from(map).map_err(|source| AttachError::Map {
+            name: "INTEREST",
+            source,
+        })?;
         interest
             .insert(key, 1, 0)
-            .map_err(|source| AttachError::Map { name: "INTEREST", source })
+            .map_err(|source| AttachError::Map {
+                name: "INTEREST",
+                source,
+            })
     }
 
     /// The kernel object, for callers that need more (drop tracing).
@@ -341,7 +393,10 @@ fn ensure_clsact(ifname: &str, label: &str) -> Result<bool, AttachError> {
     match tc::qdisc_add_clsact(ifname) {
         Ok(()) => Ok(true),
         Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
-        Err(source) => Err(AttachError::Qdisc { hook: label.to_string(), source }),
+        Err(source) => Err(AttachError::Qdisc {
+            hook: label.to_string(),
+            source,
+        }),
     }
 }
 

@@ -87,11 +87,19 @@ fn parse_prefix(s: &str) -> Option<(IpAddr, u8)> {
 fn prefix_contains(net: IpAddr, len: u8, a: IpAddr) -> bool {
     match (net, a) {
         (IpAddr::V4(n), IpAddr::V4(a)) => {
-            let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
+            let mask = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(len))
+            };
             u32::from(n) & mask == u32::from(a) & mask
         }
         (IpAddr::V6(n), IpAddr::V6(a)) => {
-            let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+            let mask = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(len))
+            };
             u128::from(n) & mask == u128::from(a) & mask
         }
         _ => false,
@@ -134,7 +142,10 @@ mod tests {
         a.filter_host = Some("2001:db8::/32".into());
         let cfg = filter_config(&a).unwrap();
         assert_eq!(cfg.flags, FILTER_ADDR | FILTER_PORT | FILTER_PROTO);
-        assert_eq!((cfg.proto, cfg.port, cfg.family, cfg.prefix_len), (17, 53, 6, 32));
+        assert_eq!(
+            (cfg.proto, cfg.port, cfg.family, cfg.prefix_len),
+            (17, 53, 6, 32)
+        );
     }
 
     #[test]

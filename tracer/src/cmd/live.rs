@@ -162,7 +162,9 @@ impl LiveView {
         self.out.close();
         let shed = self.out.shed();
         if shed > 0 {
-            eprintln!("pathtrace: {shed} output updates were dropped because the output was too slow");
+            eprintln!(
+                "pathtrace: {shed} output updates were dropped because the output was too slow"
+            );
         }
         self.final_flows = flows;
     }
@@ -171,21 +173,43 @@ impl LiveView {
 /// The parts of a flow worth reprinting for.
 fn shape_of(f: &FlowReport) -> String {
     let hops: Vec<_> = f.hops.iter().map(|h| (h.hook.as_str(), h.dir)).collect();
-    let back: Vec<_> = f.hops_back.iter().map(|h| (h.hook.as_str(), h.dir)).collect();
+    let back: Vec<_> = f
+        .hops_back
+        .iter()
+        .map(|h| (h.hook.as_str(), h.dir))
+        .collect();
     let nat: Vec<_> = f
         .nat
         .iter()
-        .map(|n| (n.step.before, n.step.after, n.step.rule.clone(), n.step.conntrack))
+        .map(|n| {
+            (
+                n.step.before,
+                n.step.after,
+                n.step.rule.clone(),
+                n.step.conntrack,
+            )
+        })
         .collect();
-    let stops: Vec<_> = f.stops.iter().map(|s| (s.after_hook.as_str(), s.reason.clone())).collect();
+    let stops: Vec<_> = f
+        .stops
+        .iter()
+        .map(|s| (s.after_hook.as_str(), s.reason.clone()))
+        .collect();
     format!("{hops:?}{back:?}{nat:?}{stops:?}")
 }
 
 impl Observer for LiveView {
     fn attached(&mut self, mode: &str, hooks: &[Hook]) {
         if self.opts.format == Format::Text {
-            let names: Vec<String> = hooks.iter().map(|h| format!("{} {}", h.label(), h.direction)).collect();
-            self.out.send(format!("tracing {} hooks ({mode}): {}\n", hooks.len(), names.join(", ")));
+            let names: Vec<String> = hooks
+                .iter()
+                .map(|h| format!("{} {}", h.label(), h.direction))
+                .collect();
+            self.out.send(format!(
+                "tracing {} hooks ({mode}): {}\n",
+                hooks.len(),
+                names.join(", ")
+            ));
         }
     }
 
@@ -203,7 +227,12 @@ impl Observer for LiveView {
         self.print_changed(ids);
         for (h, s) in stats {
             if s.lost > 0 && self.hooks_lost.insert((h.slot, s.lost)) {
-                tracing::warn!("{} events lost at {} {}: ring buffer full", s.lost, h.label(), h.direction);
+                tracing::warn!(
+                    "{} events lost at {} {}: ring buffer full",
+                    s.lost,
+                    h.label(),
+                    h.direction
+                );
             }
         }
     }

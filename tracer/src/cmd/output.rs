@@ -35,7 +35,11 @@ impl Output {
             .name("pathtrace-out".into())
             .spawn(move || {
                 for chunk in rx {
-                    if sink.write_all(chunk.as_bytes()).and_then(|()| sink.flush()).is_err() {
+                    if sink
+                        .write_all(chunk.as_bytes())
+                        .and_then(|()| sink.flush())
+                        .is_err()
+                    {
                         errors.fetch_add(1, Ordering::Relaxed);
                     }
                 }

@@ -74,7 +74,11 @@ impl Plan {
             self.topology.clone(),
             Some(attributor),
             ViewOptions {
-                format: if args.json { Format::Json } else { Format::Text },
+                format: if args.json {
+                    Format::Json
+                } else {
+                    Format::Text
+                },
                 max_flows: args.max_flows,
                 confirm_conntrack: true,
                 updates: true,
@@ -116,6 +120,10 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// `--ring-size` in KiB to bytes: a power of two of at least one page.
 pub fn ring_bytes(kib: u32) -> anyhow::Result<u32> {
-    let bytes = kib.checked_mul(1024).filter(|b| b.is_power_of_two() && *b >= 4096 && *b <= 1 << 30);
-    bytes.with_context(|| format!("--ring-size {kib}: expected a power of two between 4 and 1048576 (KiB)"))
+    let bytes = kib
+        .checked_mul(1024)
+        .filter(|b| b.is_power_of_two() && *b >= 4096 && *b <= 1 << 30);
+    bytes.with_context(|| {
+        format!("--ring-size {kib}: expected a power of two between 4 and 1048576 (KiB)")
+    })
 }

@@ -48,8 +48,9 @@ impl Collector {
     pub fn new(ring: RingBuf<MapData>) -> std::io::Result<Self> {
         // SAFETY: the ring buffer owns its map fd, which stays open and unchanged while the
         // AsyncFd owns it.
-        let ring = unsafe { AsyncFd::register_with_interest(RingFd(ring), tokio::io::Interest::READABLE) }
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let ring =
+            unsafe { AsyncFd::register_with_interest(RingFd(ring), tokio::io::Interest::READABLE) }
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok(Self {
             ring,
             decode_errors: 0,

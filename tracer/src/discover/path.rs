@@ -27,7 +27,9 @@ pub enum PathError {
     },
     #[error("interface {iface:?} not found in {ns}; list them with `ip -n {ns} link`")]
     NoIface { ns: String, iface: String },
-    #[error("{ns} has no default route; name the interface with --iface or the destination with --to")]
+    #[error(
+        "{ns} has no default route; name the interface with --iface or the destination with --to"
+    )]
     NoDefaultRoute { ns: String },
     #[error("{ns}:{iface} is not a veth (it is {kind}); pathtrace follows veth pairs to the host")]
     NotVeth {
@@ -38,7 +40,11 @@ pub enum PathError {
     #[error("{0} is the host's own network namespace: there is no veth to follow; trace host interfaces with --iface")]
     HostNamespace(String),
     #[error("the veth peer of {ns}:{iface} (ifindex {peer}) is not in the host namespace")]
-    PeerNotOnHost { ns: String, iface: String, peer: u32 },
+    PeerNotOnHost {
+        ns: String,
+        iface: String,
+        peer: u32,
+    },
     #[error("no route from the host to {0}; check `ip route get {0}`")]
     Unroutable(IpAddr),
 }
@@ -76,7 +82,11 @@ fn rtnl_err(ns: &str) -> impl Fn(RtnlError) -> PathError + '_ {
 }
 
 /// Discovers the path from `netns` (labelled `label`) to the host's uplink.
-pub fn discover(label: &str, netns: Arc<Netns>, q: &PathQuery) -> Result<DiscoveredPath, PathError> {
+pub fn discover(
+    label: &str,
+    netns: Arc<Netns>,
+    q: &PathQuery,
+) -> Result<DiscoveredPath, PathError> {
     let host = Arc::new(Netns::current()?);
     if netns.same_as(&host) {
         return Err(PathError::HostNamespace(label.to_string()));
@@ -86,7 +96,10 @@ pub fn discover(label: &str, netns: Arc<Netns>, q: &PathQuery) -> Result<Discove
         return Err(PathError::NotVeth {
             ns: label.to_string(),
             iface: ctr.name.clone(),
-            kind: ctr.kind.clone().unwrap_or_else(|| "a device without a kind".into()),
+            kind: ctr
+                .kind
+                .clone()
+                .unwrap_or_else(|| "a device without a kind".into()),
         });
     }
     let peer = ctr.peer_ifindex.ok_or_else(|| PathError::NotVeth {
@@ -99,7 +112,11 @@ pub fn discover(label: &str, netns: Arc<Netns>, q: &PathQuery) -> Result<Discove
     // The peer ifindex names an interface in the peer's namespace; check it points back at us.
     let host_veth = links
         .iter()
-        .find(|l| l.ifindex == peer && l.kind.as_deref() == Some("veth") && l.peer_ifindex == Some(ctr.ifindex))
+        .find(|l| {
+            l.ifindex == peer
+                && l.kind.as_deref() == Some("veth")
+                && l.peer_ifindex == Some(ctr.ifindex)
+        })
         .cloned()
         .ok_or_else(|| PathError::PeerNotOnHost {
             ns: label.to_string(),
@@ -108,10 +125,18 @@ pub fn discover(label: &str, netns: Arc<Netns>, q: &PathQuery) -> Result<Discove
         })?;
     let bridge = host_veth
         .master
-        .and_then(|m| links.iter().find(|l| l.ifindex == m && l.kind.as_deref() == Some("bridge")))
+        .and_then(|m| {
+            links
+                .iter()
+                .find(|l| l.ifindex == m && l.kind.as_deref() == Some("bridge"))
+        })
         .cloned();
     let bridge_ports = match &bridge {
-        Some(b) => links.iter().filter(|l| l.master == Some(b.ifindex)).cloned().collect(),
+        Some(b) => links
+            .iter()
+            .filter(|l| l.master == Some(b.ifindex))
+            .cloned()
+            .collect(),
         None => Vec::new(),
     };
     let uplink_ifindex = match q.to {
@@ -119,7 +144,10 @@ pub fn discover(label: &str, netns: Arc<Netns>, q: &PathQuery) -> Result<Discove
             rtnl.route_get(to)
                 .map_err(|e| match e {
                     RtnlError::NoRoute(a) => PathError::Unroutable(a),
-                    other => PathError::Rtnl { ns: "host".into(), source: other },
+                    other => PathError::Rtnl {
+                        ns: "host".into(),
+                        source: other,
+                    },
                 })?
                 .oif
         }
@@ -170,7 +198,10 @@ fn inside(label: &str, q: &PathQuery) -> Result<(Link, Vec<IfAddr>), PathError> 
             .iter()
             .find(|l| &l.name == name)
             .map(|l| l.ifindex)
-            .ok_or_else(|| PathError::NoIface { ns: label.into(), iface: name.clone() })?,
+            .ok_or_else(|| PathError::NoIface {
+                ns: label.into(),
+                iface: name.clone(),
+            })?,
         (None, Some(to)) => match rtnl.route_get(to) {
             Ok(r) => r.oif,
             Err(_) => default_or_eth0(&mut rtnl, &links, label)?,
@@ -180,7 +211,10 @@ fn inside(label: &str, q: &PathQuery) -> Result<(Link, Vec<IfAddr>), PathError> 
     let link = links
         .into_iter()
         .find(|l| l.ifindex == ifindex)
-        .ok_or_else(|| PathError::NoIface { ns: label.into(), iface: format!("ifindex {ifindex}") })?;
+        .ok_or_else(|| PathError::NoIface {
+            ns: label.into(),
+            iface: format!("ifindex {ifindex}"),
+        })?;
     let addrs = rtnl
         .addrs()
         .map_err(rtnl_err(label))?
@@ -191,7 +225,10 @@ fn inside(label: &str, q: &PathQuery) -> Result<(Link, Vec<IfAddr>), PathError> 
 }
 
 fn default_or_eth0(rtnl: &mut Rtnl, links: &[Link], label: &str) -> Result<u32, PathError> {
-    if let Some(oif) = rtnl.default_route_oif(AddressFamily::Inet).map_err(rtnl_err(label))? {
+    if let Some(oif) = rtnl
+        .default_route_oif(AddressFamily::Inet)
+        .map_err(rtnl_err(label))?
+    {
         return Ok(oif);
     }
     links
@@ -215,7 +252,12 @@ impl DiscoveredPath {
     pub fn hooks(&self, first_slot: u8) -> Vec<AttachTarget> {
         let mut out = Vec::new();
         let mut slot = first_slot;
-        let mut push = |netns: &Arc<Netns>, ns_label: &str, link: &Link, place: Place, dir: Direction, role: Role| {
+        let mut push = |netns: &Arc<Netns>,
+                        ns_label: &str,
+                        link: &Link,
+                        place: Place,
+                        dir: Direction,
+                        role: Role| {
             out.push(AttachTarget {
                 hook: Hook {
                     slot,
@@ -231,17 +273,73 @@ impl DiscoveredPath {
             slot += 1;
         };
         let t = &self.target_label;
-        push(&self.target_netns, t, &self.ctr, Place::Container, Direction::Egress, Role::SourceOut);
-        push(&self.target_netns, t, &self.ctr, Place::Container, Direction::Ingress, Role::SourceIn);
-        push(&self.host_netns, "host", &self.host_veth, Place::Veth, Direction::Ingress, Role::SourceOut);
-        push(&self.host_netns, "host", &self.host_veth, Place::Veth, Direction::Egress, Role::SourceIn);
+        push(
+            &self.target_netns,
+            t,
+            &self.ctr,
+            Place::Container,
+            Direction::Egress,
+            Role::SourceOut,
+        );
+        push(
+            &self.target_netns,
+            t,
+            &self.ctr,
+            Place::Container,
+            Direction::Ingress,
+            Role::SourceIn,
+        );
+        push(
+            &self.host_netns,
+            "host",
+            &self.host_veth,
+            Place::Veth,
+            Direction::Ingress,
+            Role::SourceOut,
+        );
+        push(
+            &self.host_netns,
+            "host",
+            &self.host_veth,
+            Place::Veth,
+            Direction::Egress,
+            Role::SourceIn,
+        );
         if let Some(b) = &self.bridge {
-            push(&self.host_netns, "host", b, Place::Bridge, Direction::Ingress, Role::Shared);
-            push(&self.host_netns, "host", b, Place::Bridge, Direction::Egress, Role::Shared);
+            push(
+                &self.host_netns,
+                "host",
+                b,
+                Place::Bridge,
+                Direction::Ingress,
+                Role::Shared,
+            );
+            push(
+                &self.host_netns,
+                "host",
+                b,
+                Place::Bridge,
+                Direction::Egress,
+                Role::Shared,
+            );
         }
         if let Some(u) = &self.uplink {
-            push(&self.host_netns, "host", u, Place::Uplink, Direction::Egress, Role::Shared);
-            push(&self.host_netns, "host", u, Place::Uplink, Direction::Ingress, Role::Shared);
+            push(
+                &self.host_netns,
+                "host",
+                u,
+                Place::Uplink,
+                Direction::Egress,
+                Role::Shared,
+            );
+            push(
+                &self.host_netns,
+                "host",
+                u,
+                Place::Uplink,
+                Direction::Ingress,
+                Role::Shared,
+            );
         }
         out
     }
@@ -249,7 +347,11 @@ impl DiscoveredPath {
 
 impl DiscoveredPath {
     /// The topology snapshot for correlation, rendering and captures.
-    pub fn topology(&self, targets: &[AttachTarget], nat_rules: Vec<crate::model::NatRule>) -> crate::model::Topology {
+    pub fn topology(
+        &self,
+        targets: &[AttachTarget],
+        nat_rules: Vec<crate::model::NatRule>,
+    ) -> crate::model::Topology {
         crate::model::Topology {
             target: self.target_label.clone(),
             hooks: targets.iter().map(|t| t.hook.clone()).collect(),

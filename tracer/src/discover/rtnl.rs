@@ -150,7 +150,10 @@ impl Rtnl {
     pub fn default_route_oif(&mut self, family: AddressFamily) -> Result<Option<u32>, RtnlError> {
         let mut msg = RouteMessage::default();
         msg.header.address_family = family;
-        let msgs = self.request(RouteNetlinkMessage::GetRoute(msg), NLM_F_REQUEST | NLM_F_DUMP)?;
+        let msgs = self.request(
+            RouteNetlinkMessage::GetRoute(msg),
+            NLM_F_REQUEST | NLM_F_DUMP,
+        )?;
         Ok(msgs.into_iter().find_map(|m| match m {
             RouteNetlinkMessage::NewRoute(r)
                 if r.header.destination_prefix_length == 0
@@ -223,7 +226,10 @@ impl Rtnl {
     pub fn del_clsact(&mut self, ifindex: u32) -> Result<(), RtnlError> {
         let mut msg = TcMessage::with_index(ifindex as i32);
         msg.header.parent = TcHandle::CLSACT;
-        msg.header.handle = TcHandle { major: 0xffff, minor: 0 };
+        msg.header.handle = TcHandle {
+            major: 0xffff,
+            minor: 0,
+        };
         msg.attributes.push(TcAttribute::Kind("clsact".to_string()));
         self.request(
             RouteNetlinkMessage::DelQueueDiscipline(msg),
@@ -246,7 +252,9 @@ impl Rtnl {
             .request(RouteNetlinkMessage::GetRoute(msg), NLM_F_REQUEST)
             .map_err(|e| match e {
                 // ENETUNREACH / EHOSTUNREACH
-                RtnlError::Kernel(code) if code == -libc::ENETUNREACH || code == -libc::EHOSTUNREACH => {
+                RtnlError::Kernel(code)
+                    if code == -libc::ENETUNREACH || code == -libc::EHOSTUNREACH =>
+                {
                     RtnlError::NoRoute(dst)
                 }
                 other => other,
