@@ -1,6 +1,7 @@
 //! One module per CLI verb; `session` is the trace engine they share.
 
 pub mod filter;
+pub mod lab;
 pub mod live;
 pub mod output;
 pub mod session;
@@ -14,7 +15,7 @@ use crate::cli::{Cli, Command};
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         None => trace::run(cli.trace),
-        Some(Command::Lab { .. }) => anyhow::bail!("lab: not yet available"),
+        Some(Command::Lab { action }) => lab::run(action),
     }
 }
 
