@@ -1,4 +1,8 @@
 //! Discovery: which namespaces, interfaces, bridges, routes and NAT rules make up the path.
 
 pub mod netns;
+pub mod path;
 pub mod rtnl;
+pub mod conntrack;
+pub mod nat_rules;
+pub mod docker;
