@@ -1,0 +1,310 @@
+//! End to end on the built-in lab, with the real binary: the hop paths and the MASQUERADE step
+//! for ICMP, TCP and UDP, in both tc modes, and nothing of ours left attached after a normal
+//! end, SIGINT or SIGTERM.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tracer::lab::{Lab, LabSpec, LabTrafficOptions};
+
+/// The tests share the kernel (program lists, tc filters): one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const BIN: &str = env!("CARGO_BIN_EXE_pathtrace");
+
+fn privileged(test: &str) -> bool {
+    let root = nix::unistd::Uid::effective().is_root();
+    let built = !tracer::attach::object_bytes().is_empty();
+    if root && built {
+        return true;
+    }
+    let why = if root {
+        "the kernel object was not built (PATHTRACE_BUILD_EBPF=1)"
+    } else {
+        "needs root"
+    };
+    let msg = format!("!!! {test}: {why} — NOT RUN");
+    if std::env::var_os("CI").is_some() {
+        panic!("{msg} (CI is set: failing)");
+    }
+    eprintln!("{msg}");
+    false
+}
+
+/// A lab that goes away with the test, also when it fails.
+struct TestLab(Lab);
+
+impl TestLab {
+    fn up(tag: &str) -> Self {
+        let name = format!("t{}{}", tag, std::process::id() % 10_000);
+        Self(Lab::up(&LabSpec { name: Some(name) }).expect("lab up"))
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        if let Err(e) = Lab::down(&self.0.name) {
+            eprintln!("removing lab {}: {e}", self.0.name);
+        }
+    }
+}
+
+/// Names of loaded BPF programs that are ours.
+fn our_programs() -> Vec<String> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter_map(|p| p.name_as_str().map(str::to_string))
+        .filter(|n| n.starts_with("pathtrace_h"))
+        .collect()
+}
+
+fn tc_state(lab: &Lab) -> String {
+    let mut all = String::new();
+    for (ns, dev) in [
+        (None, lab.host_veth.as_str()),
+        (None, lab.bridge.as_str()),
+        (None, lab.uplink.as_str()),
+        (Some(lab.ctr_netns.as_str()), lab.ctr_ifname.as_str()),
+    ] {
+        for args in [
+            vec!["qdisc", "show", "dev", dev],
+            vec!["filter", "show", "dev", dev, "ingress"],
+            vec!["filter", "show", "dev", dev, "egress"],
+        ] {
+            let mut cmd = Command::new("tc");
+            if let Some(ns) = ns {
+                cmd.args(["-n", ns]);
+            }
+            let out = cmd.args(&args).output().expect("tc");
+            all.push_str(&String::from_utf8_lossy(&out.stdout));
+        }
+    }
+    all
+}
+
+fn assert_nothing_left(lab: &Lab, before_tc: &str, when: &str) {
+    // A deleted cls_bpf filter releases its program after an RCU grace period: allow a moment.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !our_programs().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        our_programs(),
+        Vec::<String>::new(),
+        "{when}: pathtrace programs still loaded"
+    );
+    assert_eq!(
+        tc_state(lab),
+        before_tc,
+        "{when}: tc qdiscs/filters differ from before"
+    );
+}
+
+fn json_trace(lab: &Lab, mode: &str) -> Vec<Value> {
+    let out = Command::new(BIN)
+        .args([
+            "--netns",
+            &lab.ctr_netns,
+            "--to",
+            &lab.wan_addr.to_string(),
+            "--json",
+            "--duration",
+            "4",
+            "--tc-mode",
+            mode,
+        ])
+        .output()
+        .expect("run pathtrace");
+    assert!(
+        out.status.success(),
+        "pathtrace failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect()
+}
+
+fn check_flows(lab: &Lab, lines: &[Value], mode: &str) {
+    let ctr = lab.ctr_addr.to_string();
+    let up = lab.uplink_addr.to_string();
+    let outbound = [
+        format!("{}:{} egress", lab.ctr_netns, lab.ctr_ifname),
+        format!("host:{} ingress", lab.host_veth),
+        format!("host:{} ingress", lab.bridge),
+        format!("host:{} egress", lab.uplink),
+    ];
+    let inbound = [
+        format!("host:{} ingress", lab.uplink),
+        format!("host:{} egress", lab.bridge),
+        format!("host:{} egress", lab.host_veth),
+        format!("{}:{} ingress", lab.ctr_netns, lab.ctr_ifname),
+    ];
+    let hops = |v: &Value, key: &str| -> Vec<String> {
+        v[key]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|h| {
+                        format!(
+                            "{} {}",
+                            h["hook"].as_str().unwrap_or(""),
+                            h["dir"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for proto in ["icmp", "tcp", "udp"] {
+        // The last line of each flow is its final state.
+        let flow = lines
+            .iter()
+            .rev()
+            .find(|v| {
+                v["type"] == "flow" && v["proto"] == proto && v["packets_back"].as_u64() > Some(0)
+            })
+            .unwrap_or_else(|| panic!("[{mode}] no {proto} flow with replies in {lines:#?}"));
+        assert_eq!(
+            hops(flow, "hops"),
+            outbound,
+            "[{mode}] {proto} outbound hops"
+        );
+        assert_eq!(
+            hops(flow, "hops_back"),
+            inbound,
+            "[{mode}] {proto} reply hops"
+        );
+        let nat = flow["nat"].as_array().expect("nat array");
+        assert_eq!(nat.len(), 1, "[{mode}] {proto}: one NAT step: {nat:?}");
+        let step = &nat[0];
+        assert_eq!(step["kind"], "snat");
+        assert!(
+            step["before"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{ctr}:")),
+            "[{mode}] {proto} before: {step}"
+        );
+        assert!(
+            step["after"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{up}:")),
+            "[{mode}] {proto} after: {step}"
+        );
+        assert_eq!(
+            step["rule"],
+            lab.masquerade_rule_text.as_str(),
+            "[{mode}] {proto} rule"
+        );
+        assert_eq!(step["between"][0], format!("host:{}", lab.bridge));
+        assert_eq!(step["between"][1], format!("host:{}", lab.uplink));
+        assert_eq!(
+            flow["src"].as_str().unwrap().split(':').next(),
+            Some(ctr.as_str())
+        );
+    }
+    let summary = lines.last().expect("summary");
+    assert_eq!(summary["type"], "summary");
+    let hooks = summary["hooks"].as_array().expect("hooks");
+    assert_eq!(hooks.len(), 8, "[{mode}] 8 hooks");
+    for h in hooks {
+        let (seen, filtered, emitted, lost) = (
+            h["seen"].as_u64().unwrap(),
+            h["filtered"].as_u64().unwrap(),
+            h["emitted"].as_u64().unwrap(),
+            h["lost"].as_u64().unwrap(),
+        );
+        assert_eq!(
+            seen,
+            filtered + emitted + lost,
+            "[{mode}] counters add up: {h}"
+        );
+        assert!(emitted > 0, "[{mode}] {h}");
+        assert_eq!(lost, 0, "[{mode}] {h}");
+    }
+}
+
+#[test]
+fn lab_paths_and_masquerade_in_both_tc_modes() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !privileged("lab_paths_and_masquerade_in_both_tc_modes") {
+        return;
+    }
+    let lab = TestLab::up("p");
+    let before = tc_state(&lab.0);
+    let traffic = lab
+        .0
+        .start_traffic(&LabTrafficOptions {
+            tcp_port: 0,
+            udp_port: 0,
+            ..Default::default()
+        })
+        .expect("traffic");
+    for mode in ["tcx", "netlink"] {
+        let lines = json_trace(&lab.0, mode);
+        check_flows(&lab.0, &lines, mode);
+        assert_nothing_left(&lab.0, &before, &format!("after a normal end ({mode})"));
+    }
+    let report = traffic.stop();
+    assert!(report.rounds.tcp_exchanges_ok > 0);
+}
+
+#[test]
+fn signals_detach_everything() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !privileged("signals_detach_everything") {
+        return;
+    }
+    let lab = TestLab::up("s");
+    let before = tc_state(&lab.0);
+    for mode in ["tcx", "netlink"] {
+        for (sig, name) in [
+            (nix::sys::signal::SIGINT, "SIGINT"),
+            (nix::sys::signal::SIGTERM, "SIGTERM"),
+        ] {
+            let mut child = Command::new(BIN)
+                .args([
+                    "--netns",
+                    &lab.0.ctr_netns,
+                    "--to",
+                    &lab.0.wan_addr.to_string(),
+                    "--tc-mode",
+                    mode,
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn pathtrace");
+            // Wait until it says it is tracing.
+            let stdout = child.stdout.take().expect("stdout");
+            let mut lines = BufReader::new(stdout).lines();
+            let started = Instant::now();
+            let first = lines.next().and_then(Result::ok).unwrap_or_default();
+            assert!(
+                first.starts_with("tracing 8 hooks"),
+                "[{mode} {name}] unexpected first line {first:?}"
+            );
+            assert!(
+                !our_programs().is_empty(),
+                "[{mode}] programs should be loaded while tracing"
+            );
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig)
+                .expect("kill");
+            let status = child.wait().expect("wait");
+            assert!(status.success(), "[{mode} {name}] exit status {status:?}");
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "[{mode} {name}] slow to stop"
+            );
+            assert_nothing_left(&lab.0, &before, &format!("after {name} ({mode})"));
+        }
+    }
+}
