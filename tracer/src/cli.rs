@@ -40,6 +40,26 @@ pub enum Command {
         #[command(subcommand)]
         action: LabAction,
     },
+    /// The static path of each running container (or one): veth pairs, bridge and its ports,
+    /// NAT rules, published ports, the host's route out.
+    Inspect(InspectArgs),
+}
+
+/// What `pathtrace inspect` shows.
+#[derive(Debug, Args, Clone, Default)]
+pub struct InspectArgs {
+    /// Only this Docker container (name, id or unique id prefix); default: every running one.
+    #[arg(long, short = 'c', value_name = "NAME|ID")]
+    pub container: Option<String>,
+    /// A network namespace instead of a container: a name under /var/run/netns or a path.
+    #[arg(long, value_name = "NAME|PATH", conflicts_with = "container")]
+    pub netns: Option<String>,
+    /// Destination: the host's route toward it (default: the default route).
+    #[arg(long, value_name = "ADDR")]
+    pub to: Option<IpAddr>,
+    /// One JSON object per container on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -81,6 +101,10 @@ pub struct TraceArgs {
     /// Docker container to trace (name, id or unique id prefix).
     #[arg(long, short = 'c', value_name = "NAME|ID")]
     pub container: Option<String>,
+    /// With --container: exit when the container stops or is removed (default: keep what was
+    /// seen and wait for it to start again).
+    #[arg(long, requires = "container")]
+    pub exit_on_stop: bool,
     /// Interface inside the namespace (default: the one with the default route).
     #[arg(long, value_name = "IFACE")]
     pub iface: Option<String>,

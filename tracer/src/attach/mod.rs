@@ -274,6 +274,42 @@ impl Tracer {
         gone
     }
 
+    /// Finds hooks whose interface was deleted or moved to another namespace (its ifindex no
+    /// longer names it in the hook's namespace), detaches them and returns them.
+    pub fn release_vanished(&mut self) -> Vec<Hook> {
+        let mut vanished: Vec<(u8, Direction)> = Vec::new();
+        let mut checked: Vec<(Arc<Netns>, Vec<(u32, String)>)> = Vec::new();
+        for a in &self.attached {
+            let links = match checked
+                .iter()
+                .find(|(ns, _)| Arc::ptr_eq(ns, &a.target.netns))
+            {
+                Some((_, links)) => links.clone(),
+                None => {
+                    let listed = a
+                        .target
+                        .netns
+                        .run(|| Rtnl::open().and_then(|mut r| r.links()))
+                        .ok()
+                        .and_then(Result::ok)
+                        .map(|ls| {
+                            ls.into_iter()
+                                .map(|l| (l.ifindex, l.name))
+                                .collect::<Vec<_>>()
+                        })
+                        .unwrap_or_default();
+                    checked.push((a.target.netns.clone(), listed.clone()));
+                    listed
+                }
+            };
+            let h = &a.target.hook;
+            if !links.iter().any(|(i, n)| *i == h.ifindex && *n == h.ifname) {
+                vanished.push((h.slot, h.direction));
+            }
+        }
+        self.detach_where(|h| vanished.contains(&(h.slot, h.direction)))
+    }
+
     /// Detaches everything, each link inside its own namespace, and removes qdiscs we added.
     pub fn detach_all(&mut self) {
         for a in self.attached.drain(..).rev() {

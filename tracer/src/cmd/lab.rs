@@ -83,7 +83,10 @@ impl Drop for LabGuard {
     fn drop(&mut self) {
         if let Some(lab) = self.0.take() {
             if let Err(e) = Lab::down(&lab.name) {
-                eprintln!("pathtrace: removing lab {}: {e}; run `pathtrace lab down {}`", lab.name, lab.name);
+                eprintln!(
+                    "pathtrace: removing lab {}: {e}; run `pathtrace lab down {}`",
+                    lab.name, lab.name
+                );
             }
         }
     }

@@ -237,6 +237,22 @@ impl Observer for LiveView {
         }
     }
 
+    fn hooks_changed(&mut self, hooks: &[Hook], target_addrs: Option<&[std::net::IpAddr]>) {
+        self.correlator.update_topology(hooks, target_addrs);
+    }
+
+    fn note(&mut self, msg: &str) {
+        match self.opts.format {
+            Format::Text => self.out.send(format!("** {msg}\n")),
+            Format::Json => {
+                match serde_json::to_string(&serde_json::json!({"type": "note", "message": msg})) {
+                    Ok(line) => self.out.send(line + "\n"),
+                    Err(e) => tracing::warn!("note: {e}"),
+                }
+            }
+        }
+    }
+
     fn finished(&mut self, why: StopReason, stats: &[(Hook, HookStats)]) {
         self.stop = Some(why);
         self.final_stats = stats.to_vec();

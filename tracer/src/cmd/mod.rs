@@ -1,6 +1,8 @@
 //! One module per CLI verb; `session` is the trace engine they share.
 
+pub mod container;
 pub mod filter;
+pub mod inspect;
 pub mod lab;
 pub mod live;
 pub mod output;
@@ -14,8 +16,12 @@ use crate::cli::{Cli, Command};
 /// Runs the verb the command line asked for.
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        None => trace::run(cli.trace),
+        None => match cli.trace.container.clone() {
+            Some(name) => container::run(cli.trace, &name),
+            None => trace::run(cli.trace),
+        },
         Some(Command::Lab { action }) => lab::run(action),
+        Some(Command::Inspect(a)) => inspect::run(a),
     }
 }
 

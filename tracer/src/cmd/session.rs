@@ -4,7 +4,7 @@
 //! Detaching is tied to the [`Tracer`]'s `Drop`, so it happens on every way out of [`run`]:
 //! the end of `--duration`/`--count`, SIGINT, SIGTERM, a stop request, an error, or a panic.
 
-use std::{sync::Arc, time::Duration};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use tokio::{
     signal::unix::{signal, SignalKind},
@@ -29,6 +29,29 @@ pub trait Observer {
     fn tick(&mut self, now_ns: u64, stats: &[(Hook, HookStats)]);
     /// The session ended; final counters.
     fn finished(&mut self, why: StopReason, stats: &[(Hook, HookStats)]);
+    /// The set of attached hooks changed (re-attach after a restart, an interface gone).
+    fn hooks_changed(&mut self, _hooks: &[Hook], _target_addrs: Option<&[IpAddr]>) {}
+    /// Something the user should know (container restarted, interface moved away).
+    fn note(&mut self, msg: &str) {
+        eprintln!("pathtrace: {msg}");
+    }
+}
+
+/// Requests to a running session from outside its loop (e.g. a Docker event watcher).
+#[derive(Debug)]
+pub enum Control {
+    /// Detaches the hooks on these slots and attaches these targets (after a restart).
+    Replace {
+        detach_slots: Vec<u8>,
+        attach: Vec<AttachTarget>,
+        /// The traced side's addresses after the change.
+        target_addrs: Vec<IpAddr>,
+        note: String,
+    },
+    /// Tells the user something.
+    Note(String),
+    /// Ends the session.
+    Stop(String),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +83,8 @@ pub struct SessionSpec {
     pub count: Option<u64>,
     /// Remote endpoints known to be of interest before any packet is seen.
     pub interest: Vec<EndpointKey>,
+    /// Requests from outside (Docker events).
+    pub control: Option<tokio::sync::mpsc::Receiver<Control>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +132,9 @@ pub async fn run(
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(BATCH);
     let mut packets = 0u64;
+    let mut control = spec.control;
+    let mut link_check = interval(Duration::from_secs(1));
+    link_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let reason = loop {
         tokio::select! {
             biased;
@@ -118,6 +146,32 @@ pub async fn run(
                 let stats = tracer.counters()?;
                 observer.tick(monotonic_ns(), &stats);
             }
+            _ = link_check.tick() => {
+                let gone = tracer.release_vanished();
+                if !gone.is_empty() {
+                    let names: Vec<String> = gone.iter().map(|h| format!("{} {}", h.label(), h.direction)).collect();
+                    observer.note(&format!("interface deleted or moved to another namespace; released hooks: {}", names.join(", ")));
+                    observer.hooks_changed(&tracer.hooks(), None);
+                }
+            }
+            Some(msg) = recv_opt(&mut control) => match msg {
+                Control::Note(n) => observer.note(&n),
+                Control::Stop(n) => {
+                    observer.note(&n);
+                    break StopReason::Requested;
+                }
+                Control::Replace { detach_slots, attach, target_addrs, note } => {
+                    tracer.detach_where(|h| detach_slots.contains(&h.slot));
+                    for target in attach {
+                        let label = format!("{} {}", target.hook.label(), target.hook.direction);
+                        if let Err(e) = tracer.attach(target) {
+                            observer.note(&format!("re-attaching {label}: {e}"));
+                        }
+                    }
+                    observer.note(&note);
+                    observer.hooks_changed(&tracer.hooks(), Some(&target_addrs));
+                }
+            },
             read = collector.read(&mut batch, BATCH) => {
                 read?;
                 packets += batch.iter().filter(|e| matches!(e, Event::Packet(_))).count() as u64;
@@ -136,6 +190,13 @@ pub async fn run(
     observer.events(&batch);
     observer.finished(reason, &stats);
     Ok(reason)
+}
+
+async fn recv_opt(rx: &mut Option<tokio::sync::mpsc::Receiver<Control>>) -> Option<Control> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

@@ -102,6 +102,7 @@ pub fn trace_with(
         duration: args.duration,
         count: args.count,
         interest: Vec::new(),
+        control: None,
     };
     let rt = runtime()?;
     let result = rt.block_on(session::run(session, &mut view, Arc::new(Notify::new())));

@@ -21,7 +21,7 @@ pub(crate) mod tests;
 
 use std::{collections::BTreeSet, sync::Arc};
 
-use crate::model::{DropRecord, PacketRecord, RuleAttributor, Topology};
+use crate::model::{DropRecord, Hook, PacketRecord, RuleAttributor, Topology};
 
 use flows::{Context, FlowTable};
 use packets::{Instance, Pending, Sighting};
@@ -85,11 +85,33 @@ impl Correlator {
         }
     }
 
+    /// Updates the topology after hooks were re-attached (a restarted container). Changed hooks
+    /// are appended, never replaced: packets already recorded keep pointing at the hook (and
+    /// label) they were seen at, and new events of a reused slot go to its newest hook.
+    pub fn update_topology(&mut self, hooks: &[Hook], target_addrs: Option<&[std::net::IpAddr]>) {
+        let mut topo = (*self.topology).clone();
+        for h in hooks {
+            let current = topo.hooks.iter().rev().find(|old| old.slot == h.slot);
+            if current != Some(h) {
+                topo.hooks.push(h.clone());
+            }
+        }
+        if let Some(addrs) = target_addrs {
+            for a in addrs {
+                if !topo.target_addrs.contains(a) {
+                    topo.target_addrs.push(*a);
+                }
+            }
+        }
+        self.topology = Arc::new(topo);
+    }
+
     /// Buffers one packet event. Events may arrive out of time order (per-CPU buffers) by up to
     /// `settle_ns`. Events of unknown hooks or without a fingerprint (not IP) are counted and
     /// ignored.
     pub fn push(&mut self, rec: PacketRecord) {
-        let mut hooks = self.topology.hooks.iter().enumerate();
+        // The newest hook of the slot (slots are reused when a container restarts).
+        let mut hooks = self.topology.hooks.iter().enumerate().rev();
         let Some((idx, h)) = hooks.find(|(_, h)| h.slot == rec.slot) else {
             self.ignored_events += 1;
             return;
