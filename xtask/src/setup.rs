@@ -311,9 +311,16 @@ fn cargo_home() -> Result<PathBuf> {
 
 // ---- docker -------------------------------------------------------------------------------------
 
+/// dockerd's version if it answers. Under `timeout`: a wedged dockerd must not hang setup.
 fn docker_answers() -> Option<String> {
-    probe(Command::new("docker").args(["version", "--format", "{{.Server.Version}}"]))
-        .map(|v| v.trim().to_owned())
+    probe(Command::new("timeout").args([
+        "10",
+        "docker",
+        "version",
+        "--format",
+        "{{.Server.Version}}",
+    ]))
+    .map(|v| v.trim().to_owned())
 }
 
 fn dockerd(root: bool) -> Result<Outcome> {
