@@ -7,6 +7,7 @@
 //! pcapng). [`cmd`] holds one file per CLI verb; [`lab`] builds the built-in test topology.
 
 pub mod attach;
+pub mod capture;
 pub mod cli;
 pub mod cmd;
 pub mod collect;
