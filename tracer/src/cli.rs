@@ -35,6 +35,12 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Remove what a killed pathtrace left in netlink mode (its filters, the qdiscs it added).
+    Cleanup {
+        /// Even while another pathtrace runs (its hooks are removed too).
+        #[arg(long)]
+        force: bool,
+    },
     /// The built-in lab: a Docker-like topology in its own network namespaces.
     Lab {
         #[command(subcommand)]
@@ -129,7 +135,7 @@ pub struct TraceArgs {
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
     /// Stop after this many packet events.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
     /// Write a pcapng capture (one interface per hook).
     #[arg(short = 'w', long = "write", value_name = "FILE")]

@@ -1,6 +1,8 @@
 //! Load the kernel programs and attach them at the discovered hooks; detach all of it on every
 //! exit path (the [`Tracer`] detaches in `Drop`, inside each hook's own namespace).
 
+mod drops;
+pub mod markers;
 mod object;
 
 use std::sync::Arc;
@@ -24,6 +26,7 @@ use crate::{
     model::{Direction, Hook, HookStats},
 };
 
+pub use drops::{DropNamer, DropSupport, DROP_PROGRAM};
 pub use object::object_bytes;
 
 /// How programs are attached at tc.
@@ -52,6 +55,8 @@ pub enum AttachError {
     },
     #[error("map {0} is missing from the kernel object")]
     MissingMap(&'static str),
+    #[error("program {0} is missing from the kernel object")]
+    MissingProgram(&'static str),
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,
@@ -87,6 +92,9 @@ pub struct LoadOptions {
     pub ring_bytes: u32,
     /// Kernel-side debug messages (aya-log), off unless asked.
     pub kernel_log: bool,
+    /// Prepare drop reasons (read `struct sk_buff` offsets from the kernel's BTF into the
+    /// object); [`Tracer::enable_drop_reasons`] then attaches them.
+    pub drop_reasons: bool,
 }
 
 /// A hook to attach: where, and in which namespace.
@@ -99,8 +107,8 @@ pub struct AttachTarget {
 struct Attached {
     target: AttachTarget,
     link: Option<SchedClassifierLink>,
-    /// Whether we added the interface's clsact qdisc (netlink mode) and so must remove it.
-    created_qdisc: bool,
+    /// The clsact qdisc we added (netlink mode), which we must remove.
+    created_qdisc: Option<markers::QdiscMarker>,
 }
 
 /// The loaded object and everything attached from it.
@@ -109,6 +117,7 @@ pub struct Tracer {
     attached: Vec<Attached>,
     mode: TcMode,
     tcx: bool,
+    drops: drops::DropState,
 }
 
 impl Tracer {
@@ -125,8 +134,10 @@ impl Tracer {
             TcMode::Netlink => false,
         };
         let log_level: u8 = if opts.kernel_log { 0xff } else { 0 };
+        let (drops, skb_offsets) = drops::DropState::prepare(opts.drop_reasons);
         let mut ebpf = EbpfLoader::new()
             .override_global("FILTER", &opts.filter, true)
+            .override_global("SKB_OFFSETS", &skb_offsets, true)
             .override_global("AYA_LOG_LEVEL", &log_level, false)
             .map_max_entries("EVENTS", opts.ring_bytes)
             .load(bytes)
@@ -139,6 +150,7 @@ impl Tracer {
             attached: Vec::new(),
             mode,
             tcx,
+            drops,
         })
     }
 
@@ -168,12 +180,22 @@ impl Tracer {
         let ifname = hook.ifname.clone();
         let label = hook.label();
         let dir = hook.direction;
+        let marker = markers::QdiscMarker {
+            netns_inode: target.netns.inode(),
+            netns_path: target.netns.path().to_path_buf(),
+            ifindex: hook.ifindex,
+            ifname: hook.ifname.clone(),
+            pid: std::process::id(),
+        };
         let (link, created_qdisc) = target.netns.run(|| -> Result<_, AttachError> {
             let mut created = false;
             let options = if tcx {
                 TcAttachOptions::TcxOrder(LinkOrder::first())
             } else {
                 created = ensure_clsact(&ifname, &label)?;
+                if created {
+                    markers::record(&marker);
+                }
                 TcAttachOptions::Netlink(NlOptions::default())
             };
             let id = prog
@@ -194,11 +216,12 @@ impl Tracer {
                 Err(e) => {
                     if created {
                         remove_clsact(&ifname);
+                        markers::forget(&marker);
                     }
                     return Err(e);
                 }
             };
-            Ok((link, created))
+            Ok((link, created.then(|| marker.clone())))
         })??;
         tracing::debug!(hook = %target.hook.label(), dir = %target.hook.direction, slot = target.hook.slot, mode = self.mode_name(), "attached");
         self.attached.push(Attached {
@@ -312,6 +335,7 @@ impl Tracer {
 
     /// Detaches everything, each link inside its own namespace, and removes qdiscs we added.
     pub fn detach_all(&mut self) {
+        self.drops.detach();
         for a in self.attached.drain(..).rev() {
             detach_one(a);
         }
@@ -409,13 +433,14 @@ fn detach_one(mut a: Attached) {
     let dir = a.target.hook.direction;
     let ifname = a.target.hook.ifname.clone();
     let link = a.link.take();
-    let created = a.created_qdisc;
+    let created = a.created_qdisc.take();
     // Netlink filters are found by ifindex in the namespace of the calling thread, so the link is
     // dropped (detached) inside the hook's namespace. A TCX link just closes its fd.
     let result = a.target.netns.run(move || {
         drop(link);
-        if created {
+        if let Some(marker) = created {
             remove_clsact(&ifname);
+            markers::forget(&marker);
         }
     });
     match result {
@@ -436,12 +461,22 @@ fn ensure_clsact(ifname: &str, label: &str) -> Result<bool, AttachError> {
     }
 }
 
-/// Removes a clsact qdisc this process added (called inside the interface's namespace).
+/// Removes a clsact qdisc this process added (called inside the interface's namespace), unless
+/// another tool attached filters to it meanwhile: then it stays, theirs.
 fn remove_clsact(ifname: &str) {
     let result = Rtnl::open().and_then(|mut rtnl| {
         let Some(link) = rtnl.link_by_name(ifname)? else {
             return Ok(());
         };
+        let others = rtnl.clsact_filter_count(link.ifindex)?;
+        if others > 0 {
+            tracing::info!(
+                iface = ifname,
+                others,
+                "keeping the clsact qdisc we added: other filters use it now"
+            );
+            return Ok(());
+        }
         rtnl.del_clsact(link.ifindex)
     });
     if let Err(e) = result {

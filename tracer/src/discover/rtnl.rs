@@ -221,6 +221,37 @@ impl Rtnl {
         }))
     }
 
+    /// Number of tc filters under the interface's clsact qdisc (ingress and egress together).
+    pub fn clsact_filter_count(&mut self, ifindex: u32) -> Result<usize, RtnlError> {
+        let mut n = 0;
+        // TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS / TC_H_MIN_EGRESS)
+        for minor in [0xfff2u16, 0xfff3] {
+            let mut msg = TcMessage::with_index(ifindex as i32);
+            msg.header.parent = TcHandle {
+                major: 0xffff,
+                minor,
+            };
+            let msgs = match self.request(
+                RouteNetlinkMessage::GetTrafficFilter(msg),
+                NLM_F_REQUEST | NLM_F_DUMP,
+            ) {
+                Ok(m) => m,
+                // No such qdisc: no filters.
+                Err(RtnlError::Kernel(code)) if code == -libc::EINVAL || code == -libc::ENOENT => {
+                    continue
+                }
+                Err(e) => return Err(e),
+            };
+            // A filter shows up once as a chain/prio entry and once per handle; count entries that
+            // carry options (a real filter).
+            n += msgs
+                .iter()
+                .filter(|m| matches!(m, RouteNetlinkMessage::NewTrafficFilter(f) if f.header.handle != TcHandle { major: 0, minor: 0 }))
+                .count();
+        }
+        Ok(n)
+    }
+
     /// Deletes the interface's `clsact` qdisc (and every filter under it). Only for a qdisc this
     /// process created.
     pub fn del_clsact(&mut self, ifindex: u32) -> Result<(), RtnlError> {
