@@ -35,6 +35,13 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Replay a capture (`-w FILE`) into the same view as live; no root or eBPF needed.
+    Show {
+        file: PathBuf,
+        /// JSON lines, as the live `--json`.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove what a killed pathtrace left in netlink mode (its filters, the qdiscs it added).
     Cleanup {
         /// Even while another pathtrace runs (its hooks are removed too).
@@ -140,6 +147,12 @@ pub struct TraceArgs {
     /// Write a pcapng capture (one interface per hook).
     #[arg(short = 'w', long = "write", value_name = "FILE")]
     pub write: Option<PathBuf>,
+    /// With -w: start a new file (FILE.1, FILE.2, ...) when this one would pass this many bytes.
+    #[arg(long, value_name = "BYTES", requires = "write")]
+    pub max_size: Option<u64>,
+    /// With -w: keep at most this many files (the oldest are deleted).
+    #[arg(long, value_name = "N", requires = "write", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_files: Option<u32>,
     /// Bytes of each packet captured in the kernel (max 256).
     #[arg(long, default_value_t = tracer_common::event::CAPTURE_DEFAULT)]
     pub snaplen: u16,

@@ -1,28 +1,37 @@
 //! `pathtrace --container NAME`: resolve the container through the Docker API, trace every one
 //! of its interfaces, and follow it across restarts (new namespace, new veth) by Docker events.
 
-use std::{net::IpAddr, process::ExitCode, sync::Arc};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    process::ExitCode,
+    sync::{Arc, Mutex},
+};
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 use tracer_common::config::EndpointKey;
 
 use super::{
     filter::filter_config,
-    live::{LiveView, ViewOptions},
+    live::{FlowNotes, LiveView, ViewOptions},
     output::Output,
-    session::{self, Control, SessionSpec},
-    trace::{ring_bytes, runtime},
+    session::Control,
+    trace::{open_capture, ring_bytes, runtime, trace_with, Extras},
 };
 use crate::{
     attach::{AttachTarget, LoadOptions},
     cli::TraceArgs,
+    correlate::{FlowId, FlowReport, Orientation},
     discover::{
+        conntrack,
         docker::{ContainerEvent, ContainerInfo, ContainerPath, Docker, PublishedPort},
         nat_rules,
+        path::DiscoveredPath,
+        rtnl::{Link, Rtnl},
     },
-    model::{Place, RuleAttributor, Topology},
+    model::{Direction, Endpoint, Hook, Place, Proto, Role, RuleAttributor, Topology},
     render::Format,
 };
 
@@ -35,10 +44,19 @@ pub fn run(args: TraceArgs, spec: &str) -> anyhow::Result<ExitCode> {
     let docker = rt.block_on(Docker::connect())?;
     let info = rt.block_on(docker.resolve(spec))?;
     let paths = info.paths(args.to)?;
-    let targets = container_targets(&paths)?;
+    let mut targets = container_targets(&paths)?;
+    if let Some(to) = args.to {
+        let peer = rt.block_on(peer_targets(&docker, &info, &paths, to))?;
+        add_shared(&mut targets, peer)?;
+    }
     let rules = Arc::new(nat_rules::snapshot().context("reading the NAT ruleset")?);
     let topology = Arc::new(topology(&info, &paths, &targets, rules.rules()));
-    let interest = published_interest(&info.published, &topology.uplink_addrs);
+    let view_topology = topology.clone();
+    let interest = published_interest(
+        &info.published,
+        &topology.uplink_addrs,
+        &topology.target_addrs,
+    );
     let attributor: Arc<dyn RuleAttributor> = rules.clone();
     let mut view = LiveView::new(
         topology,
@@ -55,25 +73,24 @@ pub fn run(args: TraceArgs, spec: &str) -> anyhow::Result<ExitCode> {
         },
         Output::stdout(),
     );
+    view.set_flow_notes(ProxyHint::new(&info, &paths).into_notes());
     let (tx, rx) = mpsc::channel(16);
     let follower = rt.spawn(follow(docker, info.clone(), args.to, tx, args.exit_on_stop));
-    let session = SessionSpec {
-        targets,
-        load: LoadOptions {
-            filter,
-            ring_bytes: ring_bytes(args.ring_size)?,
-            kernel_log: args.kernel_log,
-        },
-        mode: args.tc_mode,
-        duration: args.duration,
-        count: args.count,
+    let capture = open_capture(&args, &view_topology)?;
+    let load = LoadOptions {
+        filter,
+        ring_bytes: ring_bytes(args.ring_size)?,
+        kernel_log: args.kernel_log,
+        drop_reasons: false,
+    };
+    let extras = Extras {
         interest,
         control: Some(rx),
+        capture,
     };
-    let result = rt.block_on(session::run(session, &mut view, Arc::new(Notify::new())));
+    let result = trace_with(&rt, targets, load, &args, view, extras);
     follower.abort();
     result?;
-    view.finish_output();
     Ok(ExitCode::SUCCESS)
 }
 
@@ -119,6 +136,190 @@ pub fn container_targets(paths: &[ContainerPath]) -> anyhow::Result<Vec<AttachTa
     Ok(own)
 }
 
+/// Appends shared hooks after those of [`container_targets`], on the next free slots.
+fn add_shared(targets: &mut Vec<AttachTarget>, more: Vec<AttachTarget>) -> anyhow::Result<()> {
+    let mut next = targets.iter().map(|t| t.hook.slot + 1).max().unwrap_or(0);
+    for mut t in more {
+        t.hook.slot = next;
+        next += 1;
+        targets.push(t);
+    }
+    anyhow::ensure!(
+        usize::from(next) <= tracer_common::MAX_HOOKS,
+        "{next} hooks needed, at most {} can be traced at once",
+        tracer_common::MAX_HOOKS
+    );
+    Ok(())
+}
+
+/// With `--to` another container on one of the traced container's bridges: that container's
+/// host veth and interface. Bridged traffic never crosses the bridge device's own tc hooks, so
+/// these are where it shows on the far side. Empty when no other running container holds `to`.
+async fn peer_targets(
+    docker: &Docker,
+    info: &ContainerInfo,
+    paths: &[ContainerPath],
+    to: IpAddr,
+) -> anyhow::Result<Vec<AttachTarget>> {
+    let bridged = paths
+        .iter()
+        .any(|p| p.path.bridge.is_some() && p.path.uplink.is_none());
+    if !bridged {
+        return Ok(Vec::new());
+    }
+    for c in docker.list_running().await? {
+        if c.id == info.id {
+            continue;
+        }
+        let peer = match docker.resolve(&c.id).await {
+            Ok(peer) => peer,
+            // Stopped meanwhile, host network, shared namespace, ...: not a peer to attach to.
+            Err(e) => {
+                tracing::debug!("container {}: {e}", c.name);
+                continue;
+            }
+        };
+        if peer.pid == info.pid || !peer.networks.iter().any(|n| n.ip == Some(to)) {
+            continue;
+        }
+        let paths = peer.paths(Some(to))?;
+        if let Some(p) = paths.iter().find(|p| p.iface.network.ip == Some(to)) {
+            return Ok(peer_hooks(&peer.name, &p.path));
+        }
+    }
+    Ok(Vec::new())
+}
+
+/// The peer container's host veth and interface, both directions, labelled with its name. Shared:
+/// they emit packets to and from the traced container's endpoints of interest only.
+fn peer_hooks(name: &str, path: &DiscoveredPath) -> Vec<AttachTarget> {
+    let hook = |label: &str, link: &Link, place: Place, direction: Direction| Hook {
+        slot: 0,
+        ns_label: label.to_string(),
+        ifname: link.name.clone(),
+        ifindex: link.ifindex,
+        direction,
+        place,
+        role: Role::Shared,
+    };
+    let host = |place, direction| AttachTarget {
+        hook: hook("host", &path.host_veth, place, direction),
+        netns: path.host_netns.clone(),
+    };
+    let inside = |place, direction| AttachTarget {
+        hook: hook(name, &path.ctr, place, direction),
+        netns: path.target_netns.clone(),
+    };
+    vec![
+        host(Place::PeerVeth, Direction::Egress),
+        host(Place::PeerVeth, Direction::Ingress),
+        inside(Place::PeerContainer, Direction::Ingress),
+        inside(Place::PeerContainer, Direction::Egress),
+    ]
+}
+
+/// The note for connections to a published port that docker-proxy (the userland proxy) opened
+/// from the host: the container sees them come from the bridge's own address, and no DNAT step
+/// exists to show, so the path alone would mislead.
+pub const PROXY_NOTE: &str = "carried by docker-proxy (userland proxy) from the host, not by DNAT";
+
+/// Recognises docker-proxy's connections: from an address of the container's bridge to a
+/// published container port, with no DNAT in their conntrack entry (a host process connecting to
+/// the bridge address is DNATed in OUTPUT and also comes from there).
+struct ProxyHint {
+    bridge_addrs: Vec<IpAddr>,
+    published: Vec<PublishedPort>,
+    /// Verdicts per flow, once conntrack answered.
+    seen: Mutex<HashMap<FlowId, Option<String>>>,
+}
+
+impl ProxyHint {
+    fn new(info: &ContainerInfo, paths: &[ContainerPath]) -> Self {
+        let bridges: Vec<u32> = paths
+            .iter()
+            .filter_map(|p| p.path.bridge.as_ref().map(|b| b.ifindex))
+            .collect();
+        let mut bridge_addrs: Vec<IpAddr> = info
+            .networks
+            .iter()
+            .filter(|n| n.bridge_name.is_some())
+            .filter_map(|n| n.gateway)
+            .collect();
+        match Rtnl::open().and_then(|mut r| r.addrs()) {
+            Ok(addrs) => bridge_addrs.extend(
+                addrs
+                    .into_iter()
+                    .filter(|a| bridges.contains(&a.ifindex))
+                    .map(|a| a.addr),
+            ),
+            Err(e) => tracing::debug!("bridge addresses: {e}"),
+        }
+        Self {
+            bridge_addrs,
+            published: info.published.clone(),
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn into_notes(self) -> FlowNotes {
+        Box::new(move |f| self.notes(f))
+    }
+
+    fn notes(&self, f: &FlowReport) -> Vec<String> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(known) = seen.get(&f.id) {
+            return known.iter().cloned().collect();
+        }
+        let (client, server) = match f.origin {
+            Orientation::Inbound => (f.src, f.dst),
+            Orientation::Outbound => (f.dst, f.src),
+        };
+        let Some(port) = self.published_port(f.proto, client, server) else {
+            seen.insert(f.id, None);
+            return Vec::new();
+        };
+        let note = format!(
+            "{PROXY_NOTE}: a client of host port {}/{} reached docker-proxy, which connected to \
+             the container from the bridge address {}",
+            port.host_port, port.proto, client.addr
+        );
+        match conntrack::lookup(f.proto, client, server) {
+            // No entry with this original tuple: DNATed (its original destination was the
+            // host port), or gone already; ask again on the next update when it was gone.
+            Ok(None) => match conntrack::lookup_reply(f.proto, server, client) {
+                Ok(Some(_)) => {
+                    seen.insert(f.id, None);
+                    Vec::new()
+                }
+                _ => vec![note],
+            },
+            Ok(Some(_)) => {
+                seen.insert(f.id, Some(note.clone()));
+                vec![note]
+            }
+            Err(e) => {
+                tracing::debug!("conntrack: {e}");
+                vec![note]
+            }
+        }
+    }
+
+    /// The published port `server` is the container end of, when `client` is the bridge.
+    fn published_port(
+        &self,
+        proto: Proto,
+        client: Endpoint,
+        server: Endpoint,
+    ) -> Option<&PublishedPort> {
+        if !self.bridge_addrs.contains(&client.addr) {
+            return None;
+        }
+        self.published
+            .iter()
+            .find(|p| p.container_port == server.port && p.proto == proto.to_string())
+    }
+}
+
 fn topology(
     info: &ContainerInfo,
     paths: &[ContainerPath],
@@ -145,11 +346,14 @@ fn topology(
     }
 }
 
-/// The host ends of published ports: shared hooks emit packets to them from the first SYN on,
-/// before the container has answered anything.
+/// The endpoints of published ports: their host ends, so that shared hooks emit packets to them
+/// from the first SYN on, before the container has answered anything; and their container ends,
+/// so that the bridge's egress hook sees that SYN after DNAT too (its client becomes of interest
+/// only at the container's own hooks, one hop later).
 pub fn published_interest(
     published: &[PublishedPort],
     uplink_addrs: &[IpAddr],
+    ctr_addrs: &[IpAddr],
 ) -> Vec<EndpointKey> {
     let mut keys = Vec::new();
     for p in published {
@@ -158,30 +362,36 @@ pub fn published_interest(
             "udp" => 17,
             _ => continue,
         };
-        let addrs: Vec<IpAddr> = match p.host_ip {
+        let host: Vec<IpAddr> = match p.host_ip {
             Some(ip) if !ip.is_unspecified() => vec![ip],
             _ => uplink_addrs.to_vec(),
         };
-        for addr in addrs {
-            let mut key = EndpointKey {
-                port: p.host_port,
-                proto,
-                ..EndpointKey::default()
-            };
-            match addr {
-                IpAddr::V4(a) => {
-                    key.family = 4;
-                    key.addr[..4].copy_from_slice(&a.octets());
-                }
-                IpAddr::V6(a) => {
-                    key.family = 6;
-                    key.addr = a.octets();
-                }
-            }
-            keys.push(key);
+        let host = host.into_iter().map(|a| (a, p.host_port));
+        let ctr = ctr_addrs.iter().map(|a| (*a, p.container_port));
+        for (addr, port) in host.chain(ctr) {
+            keys.push(endpoint_key(addr, port, proto));
         }
     }
     keys
+}
+
+fn endpoint_key(addr: IpAddr, port: u16, proto: u8) -> EndpointKey {
+    let mut key = EndpointKey {
+        port,
+        proto,
+        ..EndpointKey::default()
+    };
+    match addr {
+        IpAddr::V4(a) => {
+            key.family = 4;
+            key.addr[..4].copy_from_slice(&a.octets());
+        }
+        IpAddr::V6(a) => {
+            key.family = 6;
+            key.addr = a.octets();
+        }
+    }
+    key
 }
 
 /// Follows the container's lifecycle: re-attaches after a restart, reports stops.

@@ -127,9 +127,11 @@ fn demo(json: bool, tc_mode: TcMode, duration: Duration) -> anyhow::Result<ExitC
         filter: filter_config(&args)?,
         ring_bytes: ring_bytes(args.ring_size)?,
         kernel_log: false,
+        drop_reasons: false,
     };
     let traffic = lab.start_traffic(&LabTrafficOptions::default())?;
-    let traced = trace_with(plan.targets, load, &args, view);
+    let rt = super::trace::runtime()?;
+    let traced = trace_with(&rt, plan.targets, load, &args, view, Default::default());
     let report = traffic.stop();
     let view = traced?;
     if !json {

@@ -7,7 +7,9 @@ pub mod inspect;
 pub mod lab;
 pub mod live;
 pub mod output;
+pub mod record;
 pub mod session;
+pub mod show;
 pub mod trace;
 
 use std::process::ExitCode;
@@ -63,6 +65,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Some(Command::Lab { action }) => lab::run(action),
         Some(Command::Cleanup { force }) => cleanup::run(force),
+        Some(Command::Show { file, json }) => show::run(&file, json),
         Some(Command::Inspect(a)) => inspect::run(a),
     }
 }

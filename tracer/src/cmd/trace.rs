@@ -9,6 +9,7 @@ use super::{
     filter::filter_config,
     live::{LiveView, ViewOptions},
     output::Output,
+    record::{self, Recorder},
     session::{self, SessionSpec},
 };
 use crate::{
@@ -39,13 +40,20 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         },
     )?;
     let plan = Plan::new(&found)?;
+    let capture = open_capture(&args, &plan.topology)?;
     let view = plan.view(&args, Output::stdout());
     let load = LoadOptions {
         filter,
         ring_bytes: ring_bytes(args.ring_size)?,
         kernel_log: args.kernel_log,
+        drop_reasons: false,
     };
-    trace_with(plan.targets, load, &args, view)?;
+    let rt = runtime()?;
+    let extras = Extras {
+        capture,
+        ..Extras::default()
+    };
+    trace_with(&rt, plan.targets, load, &args, view, extras)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -88,12 +96,25 @@ impl Plan {
     }
 }
 
+/// What a session needs besides its hooks.
+#[derive(Default)]
+pub struct Extras {
+    /// Remote endpoints of interest from the start (published ports).
+    pub interest: Vec<tracer_common::config::EndpointKey>,
+    /// Requests from outside the loop (Docker events).
+    pub control: Option<tokio::sync::mpsc::Receiver<session::Control>>,
+    /// `-w FILE`, opened before anything is attached.
+    pub capture: Option<crate::capture::CaptureWriter>,
+}
+
 /// Runs a session on `targets` into `view` and prints the final report.
 pub fn trace_with(
+    rt: &tokio::runtime::Runtime,
     targets: Vec<AttachTarget>,
     load: LoadOptions,
     args: &TraceArgs,
     mut view: LiveView,
+    extras: Extras,
 ) -> anyhow::Result<LiveView> {
     let session = SessionSpec {
         targets,
@@ -101,14 +122,41 @@ pub fn trace_with(
         mode: args.tc_mode,
         duration: args.duration,
         count: args.count,
-        interest: Vec::new(),
-        control: None,
+        interest: extras.interest,
+        control: extras.control,
     };
-    let rt = runtime()?;
-    let result = rt.block_on(session::run(session, &mut view, Arc::new(Notify::new())));
-    result?;
+    let stop = Arc::new(Notify::new());
+    let capture_error = match extras.capture {
+        Some(writer) => {
+            let mut recorder = Recorder::new(&mut view, writer, stop.clone());
+            rt.block_on(session::run(session, &mut recorder, stop))?;
+            recorder.error.take()
+        }
+        None => {
+            rt.block_on(session::run(session, &mut view, stop))?;
+            None
+        }
+    };
     view.finish_output();
+    if let Some(e) = capture_error {
+        return Err(e.into());
+    }
     Ok(view)
+}
+
+/// Opens `-w FILE` for a topology, if asked.
+pub fn open_capture(
+    args: &TraceArgs,
+    topology: &Topology,
+) -> anyhow::Result<Option<crate::capture::CaptureWriter>> {
+    let Some(path) = &args.write else {
+        return Ok(None);
+    };
+    let opts = crate::capture::WriterOptions {
+        max_size: args.max_size,
+        max_files: args.max_files,
+    };
+    record::open(path, topology, args.snaplen, opts).map(Some)
 }
 
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
