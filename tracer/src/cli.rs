@@ -35,6 +35,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Send one probe from the container / namespace, trace it, and check it against expectations
+    /// (exit 0 pass, 1 fail, 2 error): what to run after a firewall change.
+    Verify(VerifyArgs),
     /// Replay a capture (`-w FILE`) into the same view as live; no root or eBPF needed.
     Show {
         file: PathBuf,
@@ -103,6 +106,37 @@ pub enum LabAction {
     },
     /// List labs.
     List,
+}
+
+/// `pathtrace verify`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct VerifyArgs {
+    #[arg(long, short = 'c', value_name = "NAME|ID", conflicts_with = "netns")]
+    pub container: Option<String>,
+    #[arg(long, value_name = "NAME|PATH")]
+    pub netns: Option<String>,
+    /// Where the probe goes: HOST (ICMP echo) or HOST:PORT (TCP connect by default).
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub to: String,
+    /// tcp, udp or icmp.
+    #[arg(long)]
+    pub proto: Option<String>,
+    /// The source address the probe must be rewritten to (MASQUERADE/SNAT).
+    #[arg(long, value_name = "ADDR")]
+    pub expect_snat: Option<IpAddr>,
+    /// The interface the probe must leave the host by.
+    #[arg(long, value_name = "IFACE")]
+    pub expect_via: Option<String>,
+    /// The hops the probe must take, comma-separated (`host:docker0` or `host:docker0 ingress`).
+    #[arg(long, value_name = "HOOK,HOOK,...")]
+    pub expect_path: Option<String>,
+    /// The probe must be dropped (a firewall rule that should block it).
+    #[arg(long)]
+    pub expect_drop: bool,
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, value_enum, default_value_t = TcMode::Auto)]
+    pub tc_mode: TcMode,
 }
 
 /// What to trace and how to show it.

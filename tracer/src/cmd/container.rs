@@ -320,7 +320,7 @@ impl ProxyHint {
     }
 }
 
-fn topology(
+pub fn topology(
     info: &ContainerInfo,
     paths: &[ContainerPath],
     targets: &[AttachTarget],

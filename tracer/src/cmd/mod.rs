@@ -11,6 +11,7 @@ pub mod record;
 pub mod session;
 pub mod show;
 pub mod trace;
+pub mod verify;
 
 use std::process::ExitCode;
 
@@ -66,6 +67,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Lab { action }) => lab::run(action),
         Some(Command::Cleanup { force }) => cleanup::run(force),
         Some(Command::Show { file, json }) => show::run(&file, json),
+        Some(Command::Verify(a)) => verify::run(a),
         Some(Command::Inspect(a)) => inspect::run(a),
     }
 }
