@@ -6,13 +6,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod build;
 mod demo;
 mod run;
 mod setup;
 mod test;
-// `bench`: a later subcommand, written by the performance work. Add `mod bench;` here, a
-// `Bench(bench::Args)` variant to `Command` and its arm in `main`, following `build`.
 
 #[derive(Parser)]
 #[command(
@@ -35,6 +34,9 @@ enum Command {
     Test,
     /// Setup, build --release, then run the built-in lab demo as root.
     Demo,
+    /// Build --release, then measure pathtrace's overhead on a lab of its own (as root, a few
+    /// minutes; not part of `test`).
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
         Command::Build(args) => build::run(&args),
         Command::Test => test::run(),
         Command::Demo => demo::run(),
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,423 @@
+//! `cargo xtask bench`: pathtrace's overhead, measured side by side in one run on a lab of its
+//! own (`pathtrace lab up`), and printed as one table (metric | measured | target | result).
+//!
+//! The rows: TCP bulk and 64-byte UDP throughput untraced / traced / under tcpdump (alternating
+//! rounds, medians); events consumed and lost at rising offered rates; the programs' kernel run
+//! time per packet (kernel BPF statistics), traced and filtered; time to attach; peak RSS with
+//! 100,000 flows. It drives the built `pathtrace` binary as a user would. Everything it starts or
+//! changes sits behind a guard (`bench/proc.rs`) and is undone on every way out.
+//!
+//! Not part of `cargo xtask test`: it takes minutes and its figures depend on the machine.
+mod flows;
+mod measure;
+mod proc;
+mod report;
+mod trace;
+mod traffic;
+
+use std::{fs, path::PathBuf, process::Command, time::Duration};
+
+use anyhow::{bail, Result};
+
+use crate::{
+    build,
+    run::{is_root, say},
+    setup,
+};
+use measure::{Run, Watcher};
+use proc::LabGuard;
+use report::{median, Row, Verdict};
+use traffic::{IperfServer, Load};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Use this pathtrace binary instead of building target/release/pathtrace first.
+    #[arg(long, value_name = "PATH")]
+    pub pathtrace: Option<PathBuf>,
+    /// Alternating rounds of the throughput measurements (medians are reported).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=10))]
+    pub rounds: u64,
+    /// Seconds per throughput run.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=30))]
+    pub seconds: u64,
+}
+
+/// Offered 64-byte UDP rates for the event ladder, in packets per second. One packet crosses 4
+/// hooks one way (eth0 egress, host veth ingress, bridge ingress, uplink egress): 4 events.
+const LADDER_PPS: [u64; 7] = [10_000, 50_000, 75_000, 100_000, 200_000, 300_000, 500_000];
+const EVENTS_PER_PACKET: u64 = 4;
+const LADDER_SECS: u64 = 3;
+/// Events per second up to which no event may be lost.
+const LOSSLESS_EVENTS: u64 = 300_000;
+/// The paced rate the program cost is measured at.
+const COST_PPS: u64 = 50_000;
+const ATTACH_RUNS: usize = 5;
+/// Source ports for the flow run: 36,667 ports × 3 sink ports = 110,001 flows, 10,001 more than
+/// the tracer may keep, so that eviction is exercised too.
+const FLOW_PORTS: std::ops::Range<u16> = 10_000..46_667;
+const MAX_FLOWS: u64 = 100_000;
+/// New flows per second: slow enough for the tracer to take them all in (~11 s).
+const FLOW_PPS: u64 = 10_000;
+
+const TARGET_BULK: f64 = 0.97;
+const TARGET_SMALL: f64 = 0.95;
+const TARGET_FILTERED_NS: f64 = 50.0;
+const TARGET_ATTACH_MS: f64 = 150.0;
+const TARGET_RSS_MIB: f64 = 64.0;
+
+pub fn run(args: &Args) -> Result<()> {
+    if !is_root() {
+        bail!("the bench loads eBPF programs and builds network namespaces: run it as root");
+    }
+    proc::catch_signals()?;
+    let pathtrace = match &args.pathtrace {
+        Some(p) => p.clone(),
+        None => {
+            setup::toolchain()?;
+            build::build(true)?.pathtrace
+        }
+    };
+    let load_before = loadavg();
+    let name = format!("bn{}", std::process::id() % 10_000_000);
+    say(format!(
+        "bench: lab {name}, pathtrace {}",
+        pathtrace.display()
+    ));
+    let lab = LabGuard::up(&pathtrace, &name)?;
+    let mut bench = Bench {
+        pathtrace,
+        lab: &lab.lab,
+        rounds: args.rounds as usize,
+        secs: args.seconds,
+        rows: Vec::new(),
+        counts_checked: (0, 0),
+        errors: 0,
+    };
+    let server = IperfServer::start(bench.lab)?;
+    // A short warm-up: ARP, conntrack and page cache, so that round 1 is not the odd one out.
+    traffic::iperf(bench.lab, Load::TcpBulk, 1)?;
+    bench.section("TCP bulk", Bench::bulk)?;
+    bench.section("UDP 64 B", Bench::small)?;
+    bench.section("event rates", Bench::ladder)?;
+    bench.section("eBPF cost", Bench::cost)?;
+    bench.section("attach latency", Bench::attach)?;
+    drop(server);
+    bench.section("100k flows", Bench::flows)?;
+    let (ok, runs) = bench.counts_checked;
+    bench.rows.push(Row::new(
+        "per hook: seen = filtered + emitted + lost",
+        format!("{ok} of {runs} hook summaries"),
+        "all",
+        Verdict::of(ok == runs && runs > 0),
+    ));
+    let rows = std::mem::take(&mut bench.rows);
+    let errors = bench.errors;
+    drop(lab);
+
+    println!();
+    print!("{}", report::table(&rows));
+    println!();
+    println!(
+        "{} · kernel {} · {} CPUs · load average {} before, {} after · `cargo xtask bench` (--rounds {} --seconds {})",
+        today(),
+        fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_before,
+        loadavg(),
+        args.rounds,
+        args.seconds
+    );
+    let failed: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.verdict == Verdict::Fail)
+        .map(|r| r.metric.as_str())
+        .collect();
+    if !failed.is_empty() {
+        println!("targets not met: {}", failed.join("; "));
+    }
+    if errors > 0 {
+        bail!("{errors} measurement(s) failed (see ERROR rows)");
+    }
+    Ok(())
+}
+
+struct Bench<'a> {
+    pathtrace: PathBuf,
+    lab: &'a proc::Lab,
+    rounds: usize,
+    secs: u64,
+    rows: Vec<Row>,
+    /// Hook summaries checked for seen = filtered + emitted + lost: (adding up, all).
+    counts_checked: (usize, usize),
+    errors: usize,
+}
+
+impl Bench<'_> {
+    /// Runs one section; its failure becomes an ERROR row and the next section runs, unless the
+    /// bench was interrupted.
+    fn section(&mut self, name: &str, f: fn(&mut Self) -> Result<()>) -> Result<()> {
+        say(format!("bench: {name}"));
+        if let Err(e) = f(self) {
+            proc::check_stop()?;
+            say(format!("bench: {name} failed: {e:#}"));
+            self.errors += 1;
+            self.rows
+                .push(Row::new(name, format!("error: {e:#}"), "-", Verdict::Error));
+        }
+        Ok(())
+    }
+
+    fn check_counts(&mut self, summary: &trace::Summary) {
+        for h in &summary.hooks {
+            self.counts_checked.1 += 1;
+            if h.adds_up() {
+                self.counts_checked.0 += 1;
+            } else {
+                say(format!(
+                    "bench: {} {}: seen {} != filtered {} + emitted {} + lost {}",
+                    h.hook, h.dir, h.seen, h.filtered, h.emitted, h.lost
+                ));
+            }
+        }
+    }
+
+    fn medians(&mut self, runs: &[(Watcher, Run)], of: fn(&Run) -> f64) -> [f64; 3] {
+        let m = |w: Watcher| {
+            let v: Vec<f64> = runs
+                .iter()
+                .filter(|(x, _)| *x == w)
+                .map(|(_, r)| of(r))
+                .collect();
+            median(&v)
+        };
+        for (_, r) in runs {
+            if let Some(s) = &r.summary {
+                self.check_counts(s);
+            }
+        }
+        [
+            m(Watcher::Untraced),
+            m(Watcher::Traced),
+            m(Watcher::Tcpdump),
+        ]
+    }
+
+    fn how(&self) -> String {
+        format!("median of {}×{} s", self.rounds, self.secs)
+    }
+
+    fn bulk(&mut self) -> Result<()> {
+        let watchers = [Watcher::Untraced, Watcher::Traced, Watcher::Tcpdump];
+        let runs = measure::rounds(
+            &self.pathtrace,
+            self.lab,
+            &watchers,
+            Load::TcpBulk,
+            self.rounds,
+            self.secs,
+        )?;
+        let [plain, traced, dump] = self.medians(&runs, |r| r.iperf.bits_per_second / 1e9);
+        let ratio = traced / plain;
+        self.rows.push(Row::info(
+            format!("TCP bulk, untraced ({})", self.how()),
+            format!("{plain:.2} Gbit/s"),
+        ));
+        self.rows.push(Row::new(
+            "TCP bulk, traced: 8 hooks, every packet",
+            format!("{traced:.2} Gbit/s = {ratio:.3} × untraced"),
+            format!(">= {TARGET_BULK} × untraced"),
+            Verdict::of(ratio >= TARGET_BULK),
+        ));
+        self.rows.push(Row::new(
+            "TCP bulk, tcpdump -s 128 on the 4 interfaces",
+            format!("{dump:.2} Gbit/s = {:.3} × untraced", dump / plain),
+            "yardstick",
+            Verdict::Info,
+        ));
+        let summaries: Vec<&trace::Summary> = runs
+            .iter()
+            .filter_map(|(_, r)| r.summary.as_ref())
+            .collect();
+        let share = summaries
+            .iter()
+            .map(|s| s.min_unfiltered_share())
+            .fold(1.0, f64::min);
+        let hooks_ok = summaries
+            .iter()
+            .all(|s| s.hooks.len() == trace::HOOKS && s.hooks.iter().all(|h| h.seen > 0));
+        let lost: u64 = summaries.iter().map(|s| s.lost()).sum();
+        let emitted: u64 = summaries.iter().map(|s| s.emitted()).sum();
+        self.rows.push(Row::new(
+            "TCP traced: packets emitted per packet seen",
+            format!("min {share:.4} over 8 hooks; {emitted} events, {lost} lost"),
+            "≈ 1 on all 8 hooks",
+            Verdict::of(hooks_ok && share >= 0.99),
+        ));
+        Ok(())
+    }
+
+    fn small(&mut self) -> Result<()> {
+        let watchers = [Watcher::Untraced, Watcher::Traced];
+        let runs = measure::rounds(
+            &self.pathtrace,
+            self.lab,
+            &watchers,
+            Load::UdpFlood,
+            self.rounds,
+            self.secs,
+        )?;
+        let [plain, traced, _] = self.medians(&runs, |r| r.iperf.packets_per_second / 1e3);
+        let ratio = traced / plain;
+        self.rows.push(Row::info(
+            format!("UDP 64 B, -b 0, untraced ({})", self.how()),
+            format!("{plain:.0} kpps received"),
+        ));
+        let (lost, events): (u64, u64) = runs
+            .iter()
+            .filter_map(|(_, r)| r.summary.as_ref())
+            .fold((0, 0), |(l, e), s| {
+                (l + s.lost(), e + s.lost() + s.emitted())
+            });
+        self.rows.push(Row::new(
+            "UDP 64 B, -b 0, traced",
+            format!(
+                "{traced:.0} kpps = {ratio:.3} × untraced ({:.1}% of events lost)",
+                100.0 * lost as f64 / events.max(1) as f64
+            ),
+            format!(">= {TARGET_SMALL} × untraced"),
+            Verdict::of(ratio >= TARGET_SMALL),
+        ));
+        Ok(())
+    }
+
+    fn ladder(&mut self) -> Result<()> {
+        let steps = measure::rate_ladder(&self.pathtrace, self.lab, &LADDER_PPS, LADDER_SECS)?;
+        for s in &steps {
+            self.check_counts(&s.summary);
+            let nominal = s.offered_pps * EVENTS_PER_PACKET;
+            let lost = s.summary.lost();
+            let (target, verdict) = if nominal <= LOSSLESS_EVENTS {
+                ("0 lost".to_string(), Verdict::of(lost == 0))
+            } else {
+                ("-".to_string(), Verdict::Info)
+            };
+            self.rows.push(Row::new(
+                format!(
+                    "events, UDP 64 B paced at {}k pps ({}k events/s)",
+                    s.offered_pps / 1000,
+                    nominal / 1000
+                ),
+                format!(
+                    "path {:.0}k pps, {:.0}k events/s consumed, {lost} lost ({:.2}%)",
+                    s.path_pps() / 1e3,
+                    s.emitted_per_sec() / 1e3,
+                    100.0 * lost as f64 / (s.offered_events_per_sec() * s.seconds).max(1.0)
+                ),
+                target,
+                verdict,
+            ));
+        }
+        if let Some(first) = steps.first() {
+            self.rows.push(Row::info(
+                format!(
+                    "peak RSS, {} flows ({}k pps run)",
+                    first.summary.flows,
+                    first.offered_pps / 1000
+                ),
+                format!("{:.1} MiB", first.max_rss_kib as f64 / 1024.0),
+            ));
+        }
+        Ok(())
+    }
+
+    fn cost(&mut self) -> Result<()> {
+        let (traced, filtered) =
+            measure::program_cost(&self.pathtrace, self.lab, COST_PPS, self.secs)?;
+        self.rows.push(Row::info(
+            format!(
+                "eBPF run time per packet per hook, traced ({}k pps)",
+                COST_PPS / 1000
+            ),
+            format!(
+                "{:.0} ns ({} runs); slowest {}: {:.0} ns",
+                traced.ns_per_run, traced.runs, traced.slowest.0, traced.slowest.1
+            ),
+        ));
+        self.rows.push(Row::new(
+            "eBPF run time per packet per hook, filtered (--filter-port 1)",
+            format!(
+                "{:.0} ns ({} runs); slowest {}: {:.0} ns",
+                filtered.ns_per_run, filtered.runs, filtered.slowest.0, filtered.slowest.1
+            ),
+            format!("<= {TARGET_FILTERED_NS} ns"),
+            Verdict::of(filtered.runs > 0 && filtered.ns_per_run <= TARGET_FILTERED_NS),
+        ));
+        Ok(())
+    }
+
+    fn attach(&mut self) -> Result<()> {
+        let times = measure::attach_times(&self.pathtrace, self.lab, ATTACH_RUNS)?;
+        let ms: Vec<f64> = times.iter().map(|t| t.as_secs_f64() * 1e3).collect();
+        let med = median(&ms);
+        let (lo, hi) = ms
+            .iter()
+            .fold((f64::MAX, 0.0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+        self.rows.push(Row::new(
+            format!("start to \"tracing 8 hooks\" (median of {ATTACH_RUNS})"),
+            format!("{med:.0} ms (min {lo:.0}, max {hi:.0})"),
+            format!("<= {TARGET_ATTACH_MS} ms"),
+            Verdict::of(med <= TARGET_ATTACH_MS),
+        ));
+        Ok(())
+    }
+
+    fn flows(&mut self) -> Result<()> {
+        let run = measure::many_flows(&self.pathtrace, self.lab, FLOW_PORTS, MAX_FLOWS, FLOW_PPS)?;
+        self.check_counts(&run.summary);
+        let mib = run.max_rss_kib as f64 / 1024.0;
+        let s = &run.summary;
+        self.rows.push(Row::new(
+            format!("peak RSS with {}k live flows", run.max_flows / 1000),
+            format!(
+                "{mib:.1} MiB ({:.1} MiB before the final report; {} flows kept, {} events lost)",
+                run.live_rss_kib as f64 / 1024.0,
+                s.flows,
+                s.lost()
+            ),
+            format!("<= {TARGET_RSS_MIB} MiB"),
+            Verdict::of(s.flows >= run.max_flows * 95 / 100 && mib <= TARGET_RSS_MIB),
+        ));
+        self.rows.push(Row::new(
+            format!("flows beyond --max-flows {}", run.max_flows),
+            format!(
+                "{} sent, {} kept, {} evicted",
+                run.sent.flows, s.flows, s.evicted
+            ),
+            "evicted and counted",
+            Verdict::of(s.flows <= run.max_flows && s.evicted > 0),
+        ));
+        say(format!(
+            "bench: flow run printed {} lines; sent {} flows in {:.1} s",
+            run.output_lines,
+            run.sent.flows,
+            run.sent.elapsed.as_secs_f64()
+        ));
+        Ok(())
+    }
+}
+
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn today() -> String {
+    proc::output(
+        "date",
+        Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]),
+        Duration::from_secs(5),
+    )
+    .map(|s| s.trim().to_string())
+    .unwrap_or_else(|_| "date unknown".into())
+}

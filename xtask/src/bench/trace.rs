@@ -1,0 +1,196 @@
+//! Running the built `pathtrace` on the lab, the way a user does, and reading what it reports:
+//! the JSON summary's per-hook counters, its peak RSS, and its programs' kernel run time.
+use std::{
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use nix::sys::signal::Signal;
+
+use super::proc::{self, bpf_fds, Lab, Proc, ProgStats};
+
+/// Hooks on the lab's path: eth0, host veth, bridge, uplink, each ingress and egress.
+pub const HOOKS: usize = 8;
+
+/// One hook's line of the summary.
+#[derive(Clone, Debug, Default)]
+pub struct HookCounts {
+    pub hook: String,
+    pub dir: String,
+    pub seen: u64,
+    pub filtered: u64,
+    pub emitted: u64,
+    pub lost: u64,
+}
+
+impl HookCounts {
+    /// The kernel counts every packet once as filtered, emitted or lost.
+    pub fn adds_up(&self) -> bool {
+        self.seen == self.filtered + self.emitted + self.lost
+    }
+}
+
+/// `{"type":"summary",...}`: the last line of `pathtrace --json`.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    pub flows: u64,
+    pub evicted: u64,
+    pub hooks: Vec<HookCounts>,
+}
+
+impl Summary {
+    fn parse(line: &str) -> Result<Self> {
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("parsing summary {line}"))?;
+        let n = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
+        let hooks = v["hooks"]
+            .as_array()
+            .with_context(|| format!("summary without hooks: {line}"))?
+            .iter()
+            .map(|h| HookCounts {
+                hook: h["hook"].as_str().unwrap_or("?").to_string(),
+                dir: h["dir"].as_str().unwrap_or("?").to_string(),
+                seen: n(h, "seen"),
+                filtered: n(h, "filtered"),
+                emitted: n(h, "emitted"),
+                lost: n(h, "lost"),
+            })
+            .collect();
+        Ok(Self {
+            flows: n(&v, "flows"),
+            evicted: n(&v, "evicted"),
+            hooks,
+        })
+    }
+
+    pub fn emitted(&self) -> u64 {
+        self.hooks.iter().map(|h| h.emitted).sum()
+    }
+
+    pub fn lost(&self) -> u64 {
+        self.hooks.iter().map(|h| h.lost).sum()
+    }
+
+    /// The smallest share of packets seen that were emitted or lost (i.e. not filtered), over
+    /// the hooks that saw any.
+    pub fn min_unfiltered_share(&self) -> f64 {
+        self.hooks
+            .iter()
+            .filter(|h| h.seen > 0)
+            .map(|h| (h.emitted + h.lost) as f64 / h.seen as f64)
+            .fold(1.0, f64::min)
+    }
+
+    /// Packets seen at the container's eth0 on the way out: the rate offered to the path.
+    pub fn ctr_egress_seen(&self) -> u64 {
+        self.hooks
+            .iter()
+            .find(|h| h.dir == "egress" && h.hook.contains("eth0"))
+            .map_or(0, |h| h.seen)
+    }
+}
+
+/// What a finished trace reported.
+pub struct Traced {
+    pub summary: Summary,
+    pub max_rss_kib: u64,
+    pub output_lines: u64,
+}
+
+/// A running `pathtrace --netns <ctr> --to <wan> --json`; killed if dropped.
+pub struct Trace {
+    proc: Proc,
+}
+
+impl Trace {
+    /// Starts pathtrace with `extra` flags and returns once all its hooks are attached (it then
+    /// holds [`HOOKS`] BPF links), within `limit`.
+    pub fn start(pathtrace: &Path, lab: &Lab, extra: &[&str], limit: Duration) -> Result<Self> {
+        let mut cmd = command(pathtrace, lab);
+        cmd.arg("--json").args(extra);
+        let (proc, _) = Proc::spawn("pathtrace", &mut cmd, |l| {
+            l.starts_with(r#"{"type":"summary""#)
+        })?;
+        let pid = proc.pid().context("pathtrace has no pid")?;
+        let end = Instant::now() + limit;
+        loop {
+            proc::check_stop()?;
+            // fdinfo can be unreadable for a moment while the process starts.
+            if bpf_fds(pid).is_ok_and(|f| f.links >= HOOKS) {
+                return Ok(Self { proc });
+            }
+            if proc.ended() {
+                let exit = proc.wait_ok(Duration::from_secs(5))?;
+                bail!("pathtrace ended before attaching ({})", exit.status);
+            }
+            if Instant::now() >= end {
+                bail!("pathtrace did not attach {HOOKS} hooks within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Its tc programs' kernel run-time counters now.
+    pub fn prog_stats(&self) -> Result<Vec<ProgStats>> {
+        let pid = self.proc.pid().context("pathtrace has ended")?;
+        Ok(bpf_fds(pid)?.tc_progs)
+    }
+
+    /// Its resident set size now (`VmRSS`), in KiB.
+    pub fn rss_kib(&self) -> Result<u64> {
+        let pid = self.proc.pid().context("pathtrace has ended")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .context("reading pathtrace's /proc status")?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmRSS in /proc/PID/status")
+    }
+
+    /// SIGINT, then its summary and peak RSS once it has printed everything.
+    pub fn stop(self, limit: Duration) -> Result<Traced> {
+        self.proc.signal(Signal::SIGINT)?;
+        let exit = self.proc.wait_ok(limit)?;
+        let line = exit
+            .stdout
+            .lines
+            .last()
+            .context("pathtrace printed no summary")?;
+        Ok(Traced {
+            summary: Summary::parse(line)?,
+            max_rss_kib: exit.max_rss_kib,
+            output_lines: exit.stdout.count,
+        })
+    }
+}
+
+/// `pathtrace --netns <ctr> --to <wan>`. `--to` is what makes pathtrace pick the lab's uplink
+/// (by route lookup); without it, it would take the host's default route's interface. It also
+/// sets an address filter, which every packet of the bench matches.
+pub fn command(pathtrace: &Path, lab: &Lab) -> Command {
+    let mut cmd = Command::new(pathtrace);
+    cmd.args(["--netns", &lab.ctr_netns, "--to", &lab.wan_addr]);
+    cmd
+}
+
+/// Time from starting `pathtrace` (text mode) until it prints "tracing 8 hooks": discovery,
+/// loading and verifying the programs, attaching them.
+pub fn time_to_attach(pathtrace: &Path, lab: &Lab) -> Result<Duration> {
+    let mut cmd = command(pathtrace, lab);
+    cmd.args(["--duration", "30s"]);
+    let started = Instant::now();
+    let (proc, first) = Proc::spawn("pathtrace", &mut cmd, |l| l.starts_with("tracing "))?;
+    let at = first
+        .recv_timeout(Duration::from_secs(15))
+        .context("pathtrace printed nothing within 15 s")?;
+    proc.signal(Signal::SIGINT)?;
+    let exit = proc.wait_ok(Duration::from_secs(15))?;
+    let line = exit.stdout.lines.first().cloned().unwrap_or_default();
+    if !line.starts_with(&format!("tracing {HOOKS} hooks")) {
+        bail!("pathtrace's first line is not \"tracing {HOOKS} hooks ...\": {line:?}");
+    }
+    Ok(at - started)
+}
