@@ -38,6 +38,13 @@ pub enum Command {
     /// Send one probe from the container / namespace, trace it, and check it against expectations
     /// (exit 0 pass, 1 fail, 2 error): what to run after a firewall change.
     Verify(VerifyArgs),
+    /// Compare two captures: changed paths, NAT mappings, rules, drops (exit 0 same, 1 different).
+    Diff {
+        before: PathBuf,
+        after: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Replay a capture (`-w FILE`) into the same view as live; no root or eBPF needed.
     Show {
         file: PathBuf,

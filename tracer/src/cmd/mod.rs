@@ -2,6 +2,7 @@
 
 pub mod cleanup;
 pub mod container;
+pub mod diff;
 pub mod filter;
 pub mod inspect;
 pub mod lab;
@@ -68,6 +69,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Cleanup { force }) => cleanup::run(force),
         Some(Command::Show { file, json }) => show::run(&file, json),
         Some(Command::Verify(a)) => verify::run(a),
+        Some(Command::Diff {
+            before,
+            after,
+            json,
+        }) => diff::run(&before, &after, json),
         Some(Command::Inspect(a)) => inspect::run(a),
     }
 }
