@@ -1,0 +1,117 @@
+//! Shared pieces of the privileged lab tests: the privilege gate, a lab that removes itself, and
+//! running the real binary.
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use std::{
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+use tracer::lab::{Lab, LabSpec};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_pathtrace");
+
+/// Root and a built kernel object; otherwise a loud skip, or a failure under CI.
+pub fn privileged(test: &str) -> bool {
+    let root = nix::unistd::Uid::effective().is_root();
+    let built = !tracer::attach::object_bytes().is_empty();
+    if root && built {
+        return true;
+    }
+    let why = if root {
+        "the kernel object was not built (PATHTRACE_BUILD_EBPF=1)"
+    } else {
+        "needs root"
+    };
+    let msg = format!("!!! {test}: {why} — NOT RUN");
+    if std::env::var_os("CI").is_some() {
+        panic!("{msg} (CI is set: failing)");
+    }
+    eprintln!("{msg}");
+    false
+}
+
+/// A lab that goes away with the test, also when it fails.
+pub struct TestLab(pub Lab);
+
+impl TestLab {
+    pub fn up(tag: &str) -> Self {
+        let name = format!("{}{}", tag, std::process::id() % 10_000);
+        Self(Lab::up(&LabSpec { name: Some(name) }).expect("lab up"))
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        if let Err(e) = Lab::down(&self.0.name) {
+            eprintln!("removing lab {}: {e}", self.0.name);
+        }
+    }
+}
+
+/// Runs the binary and returns its output.
+pub fn pathtrace(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run pathtrace")
+}
+
+/// Runs a command; panics with its stderr when it fails.
+pub fn sh(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Names of loaded BPF programs that are ours, after cls_bpf's RCU-delayed release settles.
+pub fn our_programs_settled() -> Vec<String> {
+    let ours = || -> Vec<String> {
+        aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .filter_map(|p| p.name_as_str().map(str::to_string))
+            .filter(|n| n.starts_with("pathtrace_"))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !ours().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ours()
+}
+
+/// Parses JSON lines.
+pub fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect()
+}
+
+/// The last line of each flow id (its final state), `conntrack` removed (a live-only field).
+pub fn final_flows(
+    lines: &[serde_json::Value],
+) -> std::collections::BTreeMap<u64, serde_json::Value> {
+    let mut out = std::collections::BTreeMap::new();
+    for l in lines.iter().filter(|l| l["type"] == "flow") {
+        let mut f = l.clone();
+        for key in ["nat", "nat_back"] {
+            if let Some(steps) = f[key].as_array_mut() {
+                for s in steps {
+                    if let Some(o) = s.as_object_mut() {
+                        o.remove("conntrack");
+                    }
+                }
+            }
+        }
+        out.insert(l["id"].as_u64().expect("flow id"), f);
+    }
+    out
+}
