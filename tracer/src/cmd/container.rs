@@ -10,15 +10,15 @@ use std::{
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tracer_common::config::EndpointKey;
 
 use super::{
     filter::filter_config,
     live::{FlowNotes, LiveView, ViewOptions},
     output::Output,
-    session::Control,
-    trace::{open_capture, ring_bytes, runtime, trace_with, Extras},
+    session::{self, Control, SessionSpec},
+    trace::{ring_bytes, runtime},
 };
 use crate::{
     attach::{AttachTarget, LoadOptions},
@@ -51,7 +51,6 @@ pub fn run(args: TraceArgs, spec: &str) -> anyhow::Result<ExitCode> {
     }
     let rules = Arc::new(nat_rules::snapshot().context("reading the NAT ruleset")?);
     let topology = Arc::new(topology(&info, &paths, &targets, rules.rules()));
-    let view_topology = topology.clone();
     let interest = published_interest(
         &info.published,
         &topology.uplink_addrs,
@@ -76,21 +75,24 @@ pub fn run(args: TraceArgs, spec: &str) -> anyhow::Result<ExitCode> {
     view.set_flow_notes(ProxyHint::new(&info, &paths).into_notes());
     let (tx, rx) = mpsc::channel(16);
     let follower = rt.spawn(follow(docker, info.clone(), args.to, tx, args.exit_on_stop));
-    let capture = open_capture(&args, &view_topology)?;
-    let load = LoadOptions {
-        filter,
-        ring_bytes: ring_bytes(args.ring_size)?,
-        kernel_log: args.kernel_log,
-        drop_reasons: false,
-    };
-    let extras = Extras {
+    let session = SessionSpec {
+        targets,
+        load: LoadOptions {
+            filter,
+            ring_bytes: ring_bytes(args.ring_size)?,
+            kernel_log: args.kernel_log,
+            drop_reasons: false,
+        },
+        mode: args.tc_mode,
+        duration: args.duration,
+        count: args.count,
         interest,
         control: Some(rx),
-        capture,
     };
-    let result = trace_with(&rt, targets, load, &args, view, extras);
+    let result = rt.block_on(session::run(session, &mut view, Arc::new(Notify::new())));
     follower.abort();
     result?;
+    view.finish_output();
     Ok(ExitCode::SUCCESS)
 }
 
@@ -320,7 +322,7 @@ impl ProxyHint {
     }
 }
 
-pub fn topology(
+fn topology(
     info: &ContainerInfo,
     paths: &[ContainerPath],
     targets: &[AttachTarget],

@@ -29,8 +29,13 @@ pub struct ViewOptions {
     pub updates: bool,
 }
 
+/// What a verb knows about flows that correlation cannot (e.g. `--container`: which connections
+/// docker-proxy carries): notes to add to a flow before it is printed.
+pub type FlowNotes = Box<dyn Fn(&FlowReport) -> Vec<String> + Send + Sync>;
+
 pub struct LiveView {
     opts: ViewOptions,
+    notes: Option<FlowNotes>,
     correlator: Correlator,
     out: Output,
     /// What each flow looked like when last printed (text mode prints only real changes).
@@ -56,6 +61,7 @@ impl LiveView {
         };
         Self {
             opts,
+            notes: None,
             correlator: Correlator::new(topology, attributor, cfg),
             out,
             printed: HashMap::new(),
@@ -67,12 +73,21 @@ impl LiveView {
         }
     }
 
+    /// Adds `notes` to every flow printed from now on.
+    pub fn set_flow_notes(&mut self, notes: FlowNotes) {
+        self.notes = Some(notes);
+    }
+
     /// Feeds events without a session (replay).
     pub fn feed(&mut self, events: &[Event]) {
         self.events(events);
     }
 
     fn annotate(&mut self, mut flow: FlowReport) -> FlowReport {
+        if let Some(notes) = &self.notes {
+            let extra = notes(&flow);
+            flow.notes.extend(extra);
+        }
         if !self.opts.confirm_conntrack {
             return flow;
         }

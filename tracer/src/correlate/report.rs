@@ -97,6 +97,10 @@ pub struct FlowReport {
     /// The reverse translations on replies (de-NAT).
     pub nat_back: Vec<NatEntry>,
     pub stops: Vec<Stop>,
+    /// What the path alone does not tell (e.g. a connection carried by docker-proxy); added by
+    /// the view, which knows more of the world than correlation does.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 impl FlowReport {
@@ -121,6 +125,7 @@ impl FlowReport {
             nat: flow.out.nat.clone(),
             nat_back: flow.back.nat.clone(),
             stops,
+            notes: Vec::new(),
         }
     }
 }

@@ -29,6 +29,9 @@ struct FlowLine<'a> {
     nat: Vec<NatLine<'a>>,
     nat_back: Vec<NatLine<'a>>,
     stops: Vec<StopLine<'a>>,
+    /// Only when there is something to say (golden outputs without notes stay as they were).
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    notes: &'a [String],
     /// Kernel monotonic time (the same in a replay of a capture).
     first_ns: u64,
     last_ns: u64,
@@ -99,6 +102,7 @@ pub fn flow_line(f: &FlowReport) -> serde_json::Result<String> {
         nat: f.nat.iter().map(nat).collect(),
         nat_back: f.nat_back.iter().map(nat).collect(),
         stops: f.stops.iter().map(stop).collect(),
+        notes: &f.notes,
         first_ns: f.first_ns,
         last_ns: f.last_ns,
     })

@@ -83,6 +83,7 @@ fn masq_flow() -> FlowReport {
             count: 1,
             reason: Some("NETFILTER_DROP".into()),
         }],
+        notes: Vec::new(),
     }
 }
 

@@ -37,6 +37,9 @@ pub fn flow_block(f: &FlowReport) -> String {
     for stop in &f.stops {
         out.push_str(&stop_line(stop));
     }
+    for note in &f.notes {
+        out.push_str(&format!("  note: {note}\n"));
+    }
     out
 }
 
