@@ -20,12 +20,16 @@ fn main() -> anyhow::Result<()> {
         fs::write(out_dir.join("tracer"), []).context("writing the stub eBPF object")?;
         return Ok(());
     }
-    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").ok_or_else(|| anyhow!("CARGO_MANIFEST_DIR not set"))?);
+    let manifest = PathBuf::from(
+        env::var_os("CARGO_MANIFEST_DIR").ok_or_else(|| anyhow!("CARGO_MANIFEST_DIR not set"))?,
+    );
     let root = manifest
         .parent()
         .ok_or_else(|| anyhow!("tracer has no parent directory"))?
         .join("tracer-ebpf");
-    let root = root.to_str().ok_or_else(|| anyhow!("non-UTF-8 path {}", root.display()))?;
+    let root = root
+        .to_str()
+        .ok_or_else(|| anyhow!("non-UTF-8 path {}", root.display()))?;
     aya_build::build_ebpf(
         [Package {
             name: "tracer-ebpf",

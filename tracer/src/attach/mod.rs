@@ -285,10 +285,11 @@ impl Tracer {
     pub fn detach_where(&mut self, mut pred: impl FnMut(&Hook) -> bool) -> Vec<Hook> {
         let mut gone = Vec::new();
         let mut keep = Vec::new();
+        let tcx = self.tcx;
         for a in std::mem::take(&mut self.attached) {
             if pred(&a.target.hook) {
                 gone.push(a.target.hook.clone());
-                detach_one(a);
+                detach_one(a, tcx);
             } else {
                 keep.push(a);
             }
@@ -301,7 +302,7 @@ impl Tracer {
     /// longer names it in the hook's namespace), detaches them and returns them.
     pub fn release_vanished(&mut self) -> Vec<Hook> {
         let mut vanished: Vec<(u8, Direction)> = Vec::new();
-        let mut checked: Vec<(Arc<Netns>, Vec<(u32, String)>)> = Vec::new();
+        let mut checked: Vec<(Arc<Netns>, LinkNames)> = Vec::new();
         for a in &self.attached {
             let links = match checked
                 .iter()
@@ -337,7 +338,7 @@ impl Tracer {
     pub fn detach_all(&mut self) {
         self.drops.detach();
         for a in self.attached.drain(..).rev() {
-            detach_one(a);
+            detach_one(a, self.tcx);
         }
     }
 
@@ -422,25 +423,34 @@ impl Drop for Tracer {
     }
 }
 
+/// `(ifindex, name)` of every link in one namespace.
+type LinkNames = Vec<(u32, String)>;
+
 /// The kernel program of a slot: `pathtrace_h<slot>` (also the name `tc filter show` prints in
 /// netlink mode, and what `pathtrace cleanup` looks for).
 pub fn slot_program_name(slot: u8) -> String {
     format!("pathtrace_h{slot}")
 }
 
-fn detach_one(mut a: Attached) {
+fn detach_one(mut a: Attached, tcx: bool) {
     let label = a.target.hook.label();
     let dir = a.target.hook.direction;
     let ifname = a.target.hook.ifname.clone();
     let link = a.link.take();
     let created = a.created_qdisc.take();
+    let (netns_inode, ifindex) = (a.target.netns.inode(), a.target.hook.ifindex);
     // Netlink filters are found by ifindex in the namespace of the calling thread, so the link is
     // dropped (detached) inside the hook's namespace. A TCX link just closes its fd.
     let result = a.target.netns.run(move || {
         drop(link);
         if let Some(marker) = created {
-            remove_clsact(&ifname);
-            markers::forget(&marker);
+            // While other filters use it the qdisc stays, and so does its record: whoever leaves
+            // it without filters (another pathtrace, `pathtrace cleanup`) removes it.
+            if remove_clsact(&ifname) {
+                markers::forget(&marker);
+            }
+        } else if !tcx {
+            release_orphaned_clsact(netns_inode, ifindex, &ifname);
         }
     });
     match result {
@@ -461,12 +471,13 @@ fn ensure_clsact(ifname: &str, label: &str) -> Result<bool, AttachError> {
     }
 }
 
-/// Removes a clsact qdisc this process added (called inside the interface's namespace), unless
-/// another tool attached filters to it meanwhile: then it stays, theirs.
-fn remove_clsact(ifname: &str) {
+/// Removes a clsact qdisc pathtrace added (called inside the interface's namespace), unless
+/// filters still use it (another tool's, or another pathtrace's): then it stays. Returns whether
+/// it is gone (removed, or the interface is), i.e. whether its record can go.
+fn remove_clsact(ifname: &str) -> bool {
     let result = Rtnl::open().and_then(|mut rtnl| {
         let Some(link) = rtnl.link_by_name(ifname)? else {
-            return Ok(());
+            return Ok(true);
         };
         let others = rtnl.clsact_filter_count(link.ifindex)?;
         if others > 0 {
@@ -475,11 +486,30 @@ fn remove_clsact(ifname: &str) {
                 others,
                 "keeping the clsact qdisc we added: other filters use it now"
             );
-            return Ok(());
+            return Ok(false);
         }
-        rtnl.del_clsact(link.ifindex)
+        rtnl.del_clsact(link.ifindex).map(|()| true)
     });
-    if let Err(e) = result {
+    result.unwrap_or_else(|e| {
         tracing::warn!(iface = ifname, "removing our clsact qdisc: {e}");
+        false
+    })
+}
+
+/// After detaching a filter from a clsact qdisc this process did not add: if a pathtrace that has
+/// ended (or this one, through another hook) added it and left it for filters that are now all
+/// gone, removes it and its record. Two pathtraces in netlink mode on one interface thus leave no
+/// qdisc behind, whichever ends first.
+fn release_orphaned_clsact(netns_inode: u64, ifindex: u32, ifname: &str) {
+    let orphan = markers::list().into_iter().find(|m| {
+        m.netns_inode == netns_inode
+            && m.ifindex == ifindex
+            && m.ifname == ifname
+            && !m.owner_alive()
+    });
+    if let Some(marker) = orphan {
+        if remove_clsact(ifname) {
+            markers::forget(&marker);
+        }
     }
 }

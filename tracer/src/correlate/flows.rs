@@ -41,7 +41,16 @@ pub struct LegState {
 }
 
 impl LegState {
-    fn add(&mut self, inst: &Instance, orientation: Orientation, ctx: &Context<'_>) {
+    /// `attribute`: ask for the rule of NAT steps. Only the opening leg: netfilter picks a NAT
+    /// rule for a connection's first packet; replies are translated back by conntrack, and a rule
+    /// that merely matches a reply's tuple did not do it.
+    fn add(
+        &mut self,
+        inst: &Instance,
+        orientation: Orientation,
+        ctx: &Context<'_>,
+        attribute: bool,
+    ) {
         let (Some(first), Some(last)) = (inst.sightings.first(), inst.sightings.last()) else {
             return;
         };
@@ -52,7 +61,8 @@ impl LegState {
             acc.sum_ns += s.ktime_ns.saturating_sub(first.ktime_ns);
             acc.packets += 1;
         }
-        nat::record(inst, ctx.topology, ctx.attributor, &mut self.nat);
+        let attributor = if attribute { ctx.attributor } else { None };
+        nat::record(inst, ctx.topology, attributor, &mut self.nat);
         *self
             .ends
             .entry((last.hook, inst.drop_reason.clone()))
@@ -158,8 +168,8 @@ impl FlowTable {
             Leg::Back => flow.origin.reversed(),
         };
         match leg {
-            Leg::Out => flow.out.add(inst, leg_orientation, ctx),
-            Leg::Back => flow.back.add(inst, leg_orientation, ctx),
+            Leg::Out => flow.out.add(inst, leg_orientation, ctx, true),
+            Leg::Back => flow.back.add(inst, leg_orientation, ctx, false),
         }
         self.register_aliases(id, leg, inst);
         Some(id)

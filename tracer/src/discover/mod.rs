@@ -1,8 +1,9 @@
 //! Discovery: which namespaces, interfaces, bridges, routes and NAT rules make up the path.
 
+pub mod btf;
+pub mod conntrack;
+pub mod docker;
+pub mod nat_rules;
 pub mod netns;
 pub mod path;
 pub mod rtnl;
-pub mod conntrack;
-pub mod nat_rules;
-pub mod docker;
