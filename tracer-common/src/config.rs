@@ -103,6 +103,56 @@ pub struct HookCounters {
 }
 const _: () = assert!(core::mem::size_of::<HookCounters>() == 32);
 
+/// Where the drop program finds the `struct sk_buff` fields it reads, in this kernel.
+///
+/// Rust eBPF programs get no CO-RE field relocations, so userspace reads the offsets from the
+/// kernel's BTF and writes them into the read-only `SKB_OFFSETS` global at load time. Offsets are
+/// in bytes from the start of `struct sk_buff`; the field sizes the program assumes (8-byte
+/// pointers `head` and `data`, `u32` `len` and `data_len`, `u16` `network_header` and
+/// `protocol`) are checked against BTF before `valid` is set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SkbOffsets {
+    /// 1 when the offsets below are usable and drop reasons are wanted. A `u32`, not a `bool`: no
+    /// implicit padding, and any value the kernel reads is defined. While it is 0 the verifier
+    /// folds the drop program down to an immediate return and the tc programs skip `TRACED`.
+    pub valid: u32,
+    /// `unsigned char *head`: start of the linear buffer.
+    pub head: u32,
+    /// `unsigned char *data`: start of the packet data in the linear buffer.
+    pub data: u32,
+    /// `unsigned int len`: bytes of packet data, linear and paged.
+    pub len: u32,
+    /// `unsigned int data_len`: the paged part of `len` (the linear part is `len - data_len`).
+    pub data_len: u32,
+    /// `__u16 network_header`: the L3 header's offset from `head`.
+    pub network_header: u32,
+    /// `__be16 protocol`: the L3 protocol (an ethertype), network byte order.
+    pub protocol: u32,
+    /// Not an offset: the value of `SKB_CONSUMED` in this kernel's `enum skb_drop_reason` (a
+    /// normal free, not a drop), which the program skips like `SKB_NOT_DROPPED_YET` (0).
+    pub consumed_reason: u32,
+}
+const _: () = assert!(core::mem::size_of::<SkbOffsets>() == 32);
+
+impl SkbOffsets {
+    /// Drop reasons off.
+    pub const NONE: Self = Self {
+        valid: 0,
+        head: 0,
+        data: 0,
+        len: 0,
+        data_len: 0,
+        network_header: 0,
+        protocol: 0,
+        consumed_reason: 0,
+    };
+}
+
+/// Capacity of the `TRACED` map: fingerprints of packets the tc programs emitted recently, which
+/// the drop program reports on (oldest are evicted by the kernel's LRU).
+pub const TRACED_MAX: u32 = 16384;
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: each type is `#[repr(C)]`, made of integers and byte arrays only, with no implicit
@@ -111,4 +161,5 @@ mod pod {
     unsafe impl aya::Pod for super::HookConfig {}
     unsafe impl aya::Pod for super::EndpointKey {}
     unsafe impl aya::Pod for super::HookCounters {}
+    unsafe impl aya::Pod for super::SkbOffsets {}
 }

@@ -55,40 +55,50 @@ fn be32(b: &[u8], i: usize) -> u32 {
 /// `meta.family == 0` means it is not an IP packet (or its IP header is unreadable / bogus).
 #[inline(always)]
 pub fn parse<F: Frame + ?Sized>(frame: &F) -> PacketMeta {
-    let mut meta = PacketMeta::default();
     let Some(eth) = frame.read::<14>(0) else {
-        return meta;
+        return PacketMeta::default();
     };
     let mut ethertype = be16(&eth, 12);
     let mut l3 = 14usize;
     if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
         let Some(tag) = frame.read::<4>(14) else {
-            return meta;
+            return PacketMeta::default();
         };
         ethertype = be16(&tag, 2);
         l3 = 18;
     }
-    match ethertype {
+    parse_l3(frame, ethertype, l3)
+}
+
+/// Parses from the IP header on, at `l3`, given the frame's ethertype (host byte order): what
+/// [`parse`] does after the link layer, for callers that know where L3 starts (the drop program
+/// reads `skb->protocol` and `skb->network_header`). Same fingerprint as [`parse`] gives.
+#[inline(always)]
+pub fn parse_l3<F: Frame + ?Sized>(frame: &F, ethertype: u16, l3: usize) -> PacketMeta {
+    let mut meta = PacketMeta::default();
+    meta.fingerprint = match ethertype {
         ETH_P_IP => parse_ipv4(frame, l3, &mut meta),
         ETH_P_IPV6 => parse_ipv6(frame, l3, &mut meta),
-        _ => {}
-    }
+        _ => 0,
+    };
     meta
 }
 
 // Not inlined: in the kernel each protocol parser is its own BPF subprogram, so their stack
-// frames do not add up in the classifier.
+// frames do not add up in the classifier. Each returns the fingerprint (0: none) rather than
+// storing it: a BPF subprogram's R0 at exit must not hold a stack pointer, and a function without
+// a return value leaves R0 to chance (the compiler may leave `meta`'s address there).
 #[inline(never)]
-fn parse_ipv4<F: Frame + ?Sized>(frame: &F, l3: usize, meta: &mut PacketMeta) {
+fn parse_ipv4<F: Frame + ?Sized>(frame: &F, l3: usize, meta: &mut PacketMeta) -> u64 {
     let Some(ip) = frame.read::<20>(l3) else {
-        return;
+        return 0;
     };
     if ip[0] >> 4 != 4 {
-        return;
+        return 0;
     }
     let ihl = usize::from(ip[0] & 0x0f) * 4;
     if ihl < 20 {
-        return;
+        return 0;
     }
     let tot_len = be16(&ip, 2);
     let id = be16(&ip, 4);
@@ -108,21 +118,20 @@ fn parse_ipv4<F: Frame + ?Sized>(frame: &F, l3: usize, meta: &mut PacketMeta) {
     if frag != 0 {
         // A non-first fragment has no transport header.
         meta.l4_missing = 1;
-        meta.fingerprint = fp.finish();
-        return;
+        return fp.finish();
     }
-    meta.fingerprint = parse_l4(frame, l3 + ihl, proto, fp, meta);
+    parse_l4(frame, l3 + ihl, proto, fp, meta)
 }
 
 // Not inlined: in the kernel each protocol parser is its own BPF subprogram, so their stack
 // frames do not add up in the classifier.
 #[inline(never)]
-fn parse_ipv6<F: Frame + ?Sized>(frame: &F, l3: usize, meta: &mut PacketMeta) {
+fn parse_ipv6<F: Frame + ?Sized>(frame: &F, l3: usize, meta: &mut PacketMeta) -> u64 {
     let Some(ip) = frame.read::<40>(l3) else {
-        return;
+        return 0;
     };
     if ip[0] >> 4 != 6 {
-        return;
+        return 0;
     }
     let payload_len = be16(&ip, 4);
     let flow = be32(&ip, 0) & 0x000f_ffff;
@@ -168,15 +177,15 @@ fn parse_ipv6<F: Frame + ?Sized>(frame: &F, l3: usize, meta: &mut PacketMeta) {
     }
     meta.proto = next;
     meta.l4_offset = off as u16;
-    meta.fingerprint = parse_l4(frame, off, next, fp.word(u32::from(next)), meta);
+    parse_l4(frame, off, next, fp.word(u32::from(next)), meta)
 }
 
 #[inline(always)]
-fn finish_missing(meta: &mut PacketMeta, proto: u8, off: usize, fp: Fingerprint) {
+fn finish_missing(meta: &mut PacketMeta, proto: u8, off: usize, fp: Fingerprint) -> u64 {
     meta.proto = proto;
     meta.l4_offset = off as u16;
     meta.l4_missing = 1;
-    meta.fingerprint = fp.word(u32::from(proto)).finish();
+    fp.word(u32::from(proto)).finish()
 }
 
 /// Reads the transport header at `l4`, fills ports/flags, and returns the finished fingerprint.
@@ -251,5 +260,56 @@ pub fn is_echo(proto: u8, icmp_type: u8) -> bool {
         IPPROTO_ICMP => icmp_type == 8 || icmp_type == 0,
         IPPROTO_ICMPV6 => icmp_type == 128 || icmp_type == 129,
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ethernet (optionally VLAN-tagged) + IPv4 + UDP with 12 payload bytes.
+    fn udp4(vlan: bool) -> ([u8; 64], usize) {
+        let mut f = [0u8; 64];
+        let mut l3 = 14;
+        if vlan {
+            f[12..14].copy_from_slice(&ETH_P_8021Q.to_be_bytes());
+            f[16..18].copy_from_slice(&ETH_P_IP.to_be_bytes());
+            l3 = 18;
+        } else {
+            f[12..14].copy_from_slice(&ETH_P_IP.to_be_bytes());
+        }
+        let ip = &mut f[l3..l3 + 20];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&40u16.to_be_bytes());
+        ip[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
+        ip[9] = IPPROTO_UDP;
+        ip[12..16].copy_from_slice(&[10, 0, 0, 1]);
+        ip[16..20].copy_from_slice(&[10, 0, 0, 2]);
+        let udp = &mut f[l3 + 20..l3 + 40];
+        udp[0..2].copy_from_slice(&5000u16.to_be_bytes());
+        udp[2..4].copy_from_slice(&53u16.to_be_bytes());
+        udp[4..6].copy_from_slice(&20u16.to_be_bytes());
+        udp[8..20].copy_from_slice(b"payload-1234");
+        (f, l3 + 40)
+    }
+
+    #[test]
+    fn parse_l3_from_the_ip_header_gives_the_same_fingerprint() {
+        for vlan in [false, true] {
+            let (f, len) = udp4(vlan);
+            let whole = parse(&f[..len]);
+            assert_eq!(whole.family, 4);
+            let l3 = usize::from(whole.l3_offset);
+            let from_l3 = parse_l3(&f[l3..len], ETH_P_IP, 0);
+            assert_eq!(from_l3.fingerprint, whole.fingerprint);
+            assert_eq!((from_l3.sport, from_l3.dport), (5000, 53));
+            assert_eq!(parse_l3(&f[..len], ETH_P_IP, l3), whole);
+        }
+    }
+
+    #[test]
+    fn parse_l3_ignores_other_ethertypes() {
+        let (f, len) = udp4(false);
+        assert_eq!(parse_l3(&f[14..len], 0x0806, 0).family, 0);
     }
 }

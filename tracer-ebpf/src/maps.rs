@@ -6,7 +6,9 @@ use aya_ebpf::{
     Global,
 };
 use tracer_common::{
-    config::{EndpointKey, FilterConfig, HookConfig, HookCounters, INTEREST_MAX},
+    config::{
+        EndpointKey, FilterConfig, HookConfig, HookCounters, SkbOffsets, INTEREST_MAX, TRACED_MAX,
+    },
     MAX_HOOKS,
 };
 
@@ -29,3 +31,18 @@ pub static INTEREST: LruHashMap<EndpointKey, u32> = LruHashMap::with_max_entries
 /// The in-kernel filter, fixed at load time (read-only data, so switched-off tests cost nothing).
 #[unsafe(no_mangle)]
 pub static FILTER: Global<FilterConfig> = Global::new(FilterConfig::NONE);
+
+/// Fingerprints of packets the tc programs emitted (filled only while drop reasons are on); the
+/// drop program reports a freed packet only when its fingerprint is here.
+#[map]
+pub static TRACED: LruHashMap<u64, u32> = LruHashMap::with_max_entries(TRACED_MAX, 0);
+
+/// The drop program's counters, one slot, per CPU: `seen` = drops (not consumed) it ran on,
+/// `filtered` = not IP or not traced, `emitted`, `lost` (ring buffer full).
+#[map]
+pub static DROP_COUNTERS: PerCpuArray<HookCounters> = PerCpuArray::with_max_entries(1, 0);
+
+/// `struct sk_buff` field offsets from the kernel's BTF, fixed at load time (read-only data:
+/// while `valid` is 0 the drop program and the `TRACED` bookkeeping fold away).
+#[unsafe(no_mangle)]
+pub static SKB_OFFSETS: Global<SkbOffsets> = Global::new(SkbOffsets::NONE);

@@ -195,4 +195,5 @@ fn emit(
     }
     entry.submit(0);
     counters.emitted += 1;
+    crate::drops::remember(meta.fingerprint);
 }

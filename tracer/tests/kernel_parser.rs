@@ -177,6 +177,7 @@ fn load() -> Option<(Tracer, u8)> {
         },
         ring_bytes: 1 << 20,
         kernel_log: false,
+        drop_reasons: false,
     };
     let mut tracer = Tracer::load(&opts, TcMode::Auto).expect("load kernel object");
     let hook = Hook {

@@ -1,0 +1,150 @@
+//! Drop reasons: `pathtrace_drop` runs on the `kfree_skb` tracepoint (`tp_btf`), which the kernel
+//! fires when it frees a packet with an `enum skb_drop_reason`. For a packet the tc programs
+//! emitted (its fingerprint is in `TRACED`), it sends a [`DropEvent`] with the reason and the
+//! freeing function's address.
+//!
+//! Rust eBPF has no CO-RE relocations, so the `struct sk_buff` offsets come from userspace (read
+//! from BTF) in the read-only `SKB_OFFSETS` global, and the packet is read from kernel memory with
+//! `bpf_probe_read_kernel`, bounded by the bytes the skb holds in its linear buffer.
+
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
+use tracer_common::{
+    config::HookCounters,
+    event::{DropEvent, EventHeader, HOOK_NONE, KIND_DROP},
+    parse::{parse_l3, Frame},
+};
+
+use crate::maps::{DROP_COUNTERS, EVENTS, SKB_OFFSETS, TRACED};
+
+/// `SKB_NOT_DROPPED_YET`: the first value of `enum skb_drop_reason` in every kernel that has it.
+const SKB_NOT_DROPPED_YET: u32 = 0;
+
+/// The L3 header in the skb's linear buffer, read through `bpf_probe_read_kernel`. Offsets are
+/// from the L3 header; a read is attempted only when it lies wholly below `bound`.
+struct KernelFrame {
+    base: u64,
+    bound: usize,
+}
+
+impl Frame for KernelFrame {
+    #[inline(always)]
+    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        if offset > self.bound || self.bound - offset < N {
+            return None;
+        }
+        let src = self.base.wrapping_add(offset as u64) as *const [u8; N];
+        // SAFETY: the helper checks the address and fails (instead of faulting) when it is not
+        // readable kernel memory; the bound keeps us inside the skb's linear data.
+        unsafe { bpf_probe_read_kernel(src) }.ok()
+    }
+}
+
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn pathtrace_drop(ctx: BtfTracePointContext) -> i32 {
+    let offsets = SKB_OFFSETS.load();
+    // Read-only data: with drop reasons off, the verifier prunes everything after this.
+    if offsets.valid == 0 {
+        return 0;
+    }
+    // Arguments of the tracepoint: (struct sk_buff *skb, void *location,
+    // enum skb_drop_reason reason, struct sock *rx_sk).
+    let skb: u64 = ctx.arg(0);
+    let location: u64 = ctx.arg(1);
+    let reason: u32 = ctx.arg(2);
+    if reason == SKB_NOT_DROPPED_YET || reason == offsets.consumed_reason {
+        return 0;
+    }
+    let Some(counters) = DROP_COUNTERS.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: a per-CPU array slot is only touched by this CPU while this program runs.
+    let counters = unsafe { &mut *counters };
+    counters.seen += 1;
+    match traced_fingerprint(skb) {
+        Some(fingerprint) => emit(fingerprint, reason, location, counters),
+        None => counters.filtered += 1,
+    }
+    0
+}
+
+/// The packet's fingerprint when it is IP, readable, and one the tc programs emitted.
+#[inline(never)]
+fn traced_fingerprint(skb: u64) -> Option<u64> {
+    // Loaded here rather than passed in, so each offset stays a constant the verifier knows.
+    let offsets = SKB_OFFSETS.load();
+    let head: u64 = read_field(skb, offsets.head)?;
+    let data: u64 = read_field(skb, offsets.data)?;
+    let len: u32 = read_field(skb, offsets.len)?;
+    let data_len: u32 = read_field(skb, offsets.data_len)?;
+    let network_header: u16 = read_field(skb, offsets.network_header)?;
+    let protocol: u16 = read_field(skb, offsets.protocol)?;
+    // The linear buffer holds `len - data_len` bytes from `data` on; the L3 header starts at
+    // `head + network_header` (a header already pulled sits before `data`, which is fine).
+    let linear_end = data.checked_add(u64::from(len.checked_sub(data_len)?))?;
+    let l3 = head.checked_add(u64::from(network_header))?;
+    if linear_end <= l3 {
+        return None;
+    }
+    // The parser reads at most a few hundred bytes in; a bound past 64 KiB is never needed.
+    let bound = (linear_end - l3).min(0xffff) as usize;
+    let frame = KernelFrame { base: l3, bound };
+    let meta = parse_l3(&frame, u16::from_be(protocol), 0);
+    if meta.family == 0 {
+        return None;
+    }
+    TRACED.get_ptr(meta.fingerprint).map(|_| meta.fingerprint)
+}
+
+/// One field of `struct sk_buff` at `offset` bytes.
+#[inline(always)]
+fn read_field<T>(skb: u64, offset: u32) -> Option<T> {
+    let src = skb.wrapping_add(u64::from(offset)) as *const T;
+    // SAFETY: the helper fails instead of faulting on an unreadable address.
+    unsafe { bpf_probe_read_kernel(src) }.ok()
+}
+
+#[inline(never)]
+fn emit(fingerprint: u64, reason: u32, location: u64, counters: &mut HookCounters) {
+    let Some(mut entry) = EVENTS.reserve::<DropEvent>(0) else {
+        counters.lost += 1;
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` points at a reserved, exclusively owned ring-buffer record of the right size.
+    unsafe {
+        ev.write(DropEvent {
+            header: EventHeader {
+                kind: KIND_DROP,
+                hook: HOOK_NONE,
+                direction: 0,
+                ifindex: 0,
+                ktime_ns: bpf_ktime_get_ns(),
+            },
+            fingerprint,
+            reason,
+            _pad0: 0,
+            location,
+        });
+    }
+    entry.submit(0);
+    counters.emitted += 1;
+}
+
+/// Called by the tc programs after they emit a packet: remembers its fingerprint so that a later
+/// drop of the same packet is reported. An LRU lookup, and an insert only when absent; nothing at
+/// all (folded away by the verifier) while drop reasons are off.
+#[inline(always)]
+pub fn remember(fingerprint: u64) {
+    if SKB_OFFSETS.load().valid == 0 {
+        return;
+    }
+    if TRACED.get_ptr(fingerprint).is_none() {
+        // Fails only when another CPU inserted the same key meanwhile (fine) or the LRU could not
+        // allocate, where the worst outcome is one unreported drop.
+        let _ = TRACED.insert(fingerprint, 1, 0);
+    }
+}
