@@ -32,6 +32,8 @@ pub struct Run {
     pub summary: Option<Summary>,
     /// The tracer's peak RSS, for [`Watcher::Traced`].
     pub max_rss_kib: u64,
+    /// The tracer's CPU time (user + system), for [`Watcher::Traced`].
+    pub cpu_secs: f64,
 }
 
 /// Runs `load` for `secs` with `watcher` beside it.
@@ -47,6 +49,7 @@ pub fn run_with(
             iperf: traffic::iperf(lab, load, secs)?,
             summary: None,
             max_rss_kib: 0,
+            cpu_secs: 0.0,
         }),
         Watcher::Tcpdump => {
             let _dumps = Tcpdumps::start(lab)?;
@@ -54,6 +57,7 @@ pub fn run_with(
                 iperf: traffic::iperf(lab, load, secs)?,
                 summary: None,
                 max_rss_kib: 0,
+                cpu_secs: 0.0,
             })
         }
         Watcher::Traced => {
@@ -64,6 +68,7 @@ pub fn run_with(
                 iperf,
                 summary: Some(traced.summary),
                 max_rss_kib: traced.max_rss_kib,
+                cpu_secs: traced.cpu_secs,
             })
         }
     }
@@ -177,10 +182,15 @@ fn cost_of(pathtrace: &Path, lab: &Lab, extra: &[&str], pps: u64, secs: u64) -> 
     let start = tracer.prog_stats()?;
     traffic::iperf(lab, Load::UdpPaced(pps), secs)?;
     let end = tracer.prog_stats()?;
+    // Names while the programs are still loaded.
+    let names: Vec<String> = end
+        .iter()
+        .map(|p| proc::prog_name(p.id).unwrap_or_else(|| format!("id {}", p.id)))
+        .collect();
     let traced = tracer.stop(REPORT_LIMIT)?;
     let mut cost = Cost::default();
     let mut ns = 0u64;
-    for p in &end {
+    for (p, name) in end.iter().zip(&names) {
         let s = start.iter().find(|s| s.id == p.id);
         let d_ns = p.run_time_ns - s.map_or(0, |s| s.run_time_ns);
         let d_runs = p.run_cnt - s.map_or(0, |s| s.run_cnt);
@@ -189,8 +199,7 @@ fn cost_of(pathtrace: &Path, lab: &Lab, extra: &[&str], pps: u64, secs: u64) -> 
         // Only the hooks the load crosses (the others run for a stray ARP or two).
         if d_runs >= 1000 {
             let per = d_ns as f64 / d_runs as f64;
-            let name = proc::prog_name(p.id).unwrap_or_else(|| format!("id {}", p.id));
-            let hook = hook_of(&name, &traced.summary);
+            let hook = hook_of(name, &traced.summary);
             eprintln!("[bench]     {name} ({hook}): {d_runs} runs, {per:.1} ns/run");
             if per > cost.slowest.1 {
                 cost.slowest = (hook, per);

@@ -96,6 +96,8 @@ impl Summary {
 pub struct Traced {
     pub summary: Summary,
     pub max_rss_kib: u64,
+    /// CPU time pathtrace used over its whole life, user and system, in seconds.
+    pub cpu_secs: f64,
     pub output_lines: u64,
 }
 
@@ -162,6 +164,7 @@ impl Trace {
         Ok(Traced {
             summary: Summary::parse(line)?,
             max_rss_kib: exit.max_rss_kib,
+            cpu_secs: exit.cpu_secs,
             output_lines: exit.stdout.count,
         })
     }
