@@ -239,18 +239,25 @@ pub enum DecodeError {
     BadCapLen(u32),
 }
 
+/// Reads a plain-old-data event of kind `kind` from the front of `raw`.
+fn read_event<T: aya::Pod>(raw: &[u8], kind: u16) -> Result<T, DecodeError> {
+    if raw.len() < size_of::<T>() {
+        return Err(DecodeError::Short(raw.len()));
+    }
+    // SAFETY: length checked above; `T: Pod` (any bit pattern is valid) and `read_unaligned`
+    // copes with any alignment of `raw`.
+    let ev: T = unsafe { std::ptr::read_unaligned(raw.as_ptr().cast()) };
+    let found = u16::from_ne_bytes([raw[0], raw[1]]);
+    if found != kind {
+        return Err(DecodeError::UnknownKind(found));
+    }
+    Ok(ev)
+}
+
 impl PacketRecord {
     /// Decodes one ring-buffer record. Never panics on arbitrary input.
     pub fn decode(raw: &[u8]) -> Result<Self, DecodeError> {
-        if raw.len() < size_of::<PacketEvent>() {
-            return Err(DecodeError::Short(raw.len()));
-        }
-        // SAFETY: length checked above; `PacketEvent` is plain old data (any bit pattern is valid)
-        // and `read_unaligned` copes with any alignment of `raw`.
-        let ev: PacketEvent = unsafe { std::ptr::read_unaligned(raw.as_ptr().cast()) };
-        if ev.header.kind != KIND_PACKET {
-            return Err(DecodeError::UnknownKind(ev.header.kind));
-        }
+        let ev: PacketEvent = read_event(raw, KIND_PACKET)?;
         let direction =
             Direction::try_from(ev.header.direction).map_err(DecodeError::BadDirection)?;
         let m = &ev.meta;
@@ -337,14 +344,7 @@ impl DropRecord {
     /// Decodes a [`tracer_common::event::DropEvent`] record (the reason name is resolved later).
     pub fn decode(raw: &[u8]) -> Result<Self, DecodeError> {
         use tracer_common::event::{DropEvent, KIND_DROP};
-        if raw.len() < size_of::<DropEvent>() {
-            return Err(DecodeError::Short(raw.len()));
-        }
-        // SAFETY: length checked; `DropEvent` is plain old data; unaligned read.
-        let ev: DropEvent = unsafe { std::ptr::read_unaligned(raw.as_ptr().cast()) };
-        if ev.header.kind != KIND_DROP {
-            return Err(DecodeError::UnknownKind(ev.header.kind));
-        }
+        let ev: DropEvent = read_event(raw, KIND_DROP)?;
         Ok(Self {
             ktime_ns: ev.header.ktime_ns,
             fingerprint: ev.fingerprint,

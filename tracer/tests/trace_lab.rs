@@ -9,50 +9,15 @@ use std::{
     time::{Duration, Instant},
 };
 
+#[path = "support/lab.rs"]
+mod lab_support;
+
+use lab_support::{privileged, TestLab, BIN};
 use serde_json::Value;
-use tracer::lab::{Lab, LabSpec, LabTrafficOptions};
+use tracer::lab::{Lab, LabTrafficOptions};
 
 /// The tests share the kernel (program lists, tc filters): one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-const BIN: &str = env!("CARGO_BIN_EXE_pathtrace");
-
-fn privileged(test: &str) -> bool {
-    let root = nix::unistd::Uid::effective().is_root();
-    let built = !tracer::attach::object_bytes().is_empty();
-    if root && built {
-        return true;
-    }
-    let why = if root {
-        "the kernel object was not built (PATHTRACE_BUILD_EBPF=1)"
-    } else {
-        "needs root"
-    };
-    let msg = format!("!!! {test}: {why} — NOT RUN");
-    if std::env::var_os("CI").is_some() {
-        panic!("{msg} (CI is set: failing)");
-    }
-    eprintln!("{msg}");
-    false
-}
-
-/// A lab that goes away with the test, also when it fails.
-struct TestLab(Lab);
-
-impl TestLab {
-    fn up(tag: &str) -> Self {
-        let name = format!("t{}{}", tag, std::process::id() % 10_000);
-        Self(Lab::up(&LabSpec { name: Some(name) }).expect("lab up"))
-    }
-}
-
-impl Drop for TestLab {
-    fn drop(&mut self) {
-        if let Err(e) = Lab::down(&self.0.name) {
-            eprintln!("removing lab {}: {e}", self.0.name);
-        }
-    }
-}
 
 /// Names of loaded BPF programs that are ours.
 fn our_programs() -> Vec<String> {
@@ -238,7 +203,7 @@ fn lab_paths_and_masquerade_in_both_tc_modes() {
     if !privileged("lab_paths_and_masquerade_in_both_tc_modes") {
         return;
     }
-    let lab = TestLab::up("p");
+    let lab = TestLab::up("tp");
     let before = tc_state(&lab.0);
     let traffic = lab
         .0
@@ -263,7 +228,7 @@ fn signals_detach_everything() {
     if !privileged("signals_detach_everything") {
         return;
     }
-    let lab = TestLab::up("s");
+    let lab = TestLab::up("ts");
     let before = tc_state(&lab.0);
     for mode in ["tcx", "netlink"] {
         for (sig, name) in [

@@ -10,15 +10,15 @@ use std::{
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 use tracer_common::config::EndpointKey;
 
 use super::{
     filter::filter_config,
     live::{FlowNotes, LiveView, ViewOptions},
     output::Output,
-    session::{self, Control, SessionSpec},
-    trace::{ring_bytes, runtime},
+    session::Control,
+    trace::{open_capture, ring_bytes, runtime, trace_with, Extras},
 };
 use crate::{
     attach::{AttachTarget, LoadOptions},
@@ -51,6 +51,7 @@ pub fn run(args: TraceArgs, spec: &str) -> anyhow::Result<ExitCode> {
     }
     let rules = Arc::new(nat_rules::snapshot().context("reading the NAT ruleset")?);
     let topology = Arc::new(topology(&info, &paths, &targets, rules.rules()));
+    let view_topology = topology.clone();
     let interest = published_interest(
         &info.published,
         &topology.uplink_addrs,
@@ -75,24 +76,21 @@ pub fn run(args: TraceArgs, spec: &str) -> anyhow::Result<ExitCode> {
     view.set_flow_notes(ProxyHint::new(&info, &paths).into_notes());
     let (tx, rx) = mpsc::channel(16);
     let follower = rt.spawn(follow(docker, info.clone(), args.to, tx, args.exit_on_stop));
-    let session = SessionSpec {
-        targets,
-        load: LoadOptions {
-            filter,
-            ring_bytes: ring_bytes(args.ring_size)?,
-            kernel_log: args.kernel_log,
-            drop_reasons: false,
-        },
-        mode: args.tc_mode,
-        duration: args.duration,
-        count: args.count,
+    let capture = open_capture(&args, &view_topology)?;
+    let load = LoadOptions {
+        filter,
+        ring_bytes: ring_bytes(args.ring_size)?,
+        kernel_log: args.kernel_log,
+        drop_reasons: true,
+    };
+    let extras = Extras {
         interest,
         control: Some(rx),
+        capture,
     };
-    let result = rt.block_on(session::run(session, &mut view, Arc::new(Notify::new())));
+    let result = trace_with(&rt, targets, load, &args, view, extras);
     follower.abort();
     result?;
-    view.finish_output();
     Ok(ExitCode::SUCCESS)
 }
 
@@ -322,7 +320,7 @@ impl ProxyHint {
     }
 }
 
-fn topology(
+pub fn topology(
     info: &ContainerInfo,
     paths: &[ContainerPath],
     targets: &[AttachTarget],

@@ -89,17 +89,7 @@ pub fn shape(f: &FlowReport) -> Shape {
         drops: f
             .stops
             .iter()
-            .map(|s| {
-                format!(
-                    "lost after {} {}{}",
-                    s.after_hook,
-                    s.after_dir,
-                    s.reason
-                        .as_ref()
-                        .map(|r| format!(" ({r})"))
-                        .unwrap_or_default()
-                )
-            })
+            .map(crate::correlate::Stop::describe)
             .collect(),
     }
 }

@@ -127,7 +127,7 @@ fn demo(json: bool, tc_mode: TcMode, duration: Duration) -> anyhow::Result<ExitC
         filter: filter_config(&args)?,
         ring_bytes: ring_bytes(args.ring_size)?,
         kernel_log: false,
-        drop_reasons: false,
+        drop_reasons: true,
     };
     let traffic = lab.start_traffic(&LabTrafficOptions::default())?;
     let rt = super::trace::runtime()?;

@@ -124,6 +124,18 @@ pub async fn run(
     for key in spec.interest {
         tracer.add_interest(key)?;
     }
+    // Drop reasons (tp_btf/kfree_skb): a kernel or object that cannot is said once, not fatal.
+    let namer = if spec.load.drop_reasons {
+        match tracer.enable_drop_reasons()? {
+            crate::attach::DropSupport::Enabled(namer) => Some(namer),
+            crate::attach::DropSupport::Unavailable(why) => {
+                observer.note(&format!("drop reasons unavailable: {why}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
     let mut collector = Collector::new(tracer.take_events()?)?;
     observer.attached(tracer.mode_name(), &tracer.hooks());
 
@@ -174,6 +186,9 @@ pub async fn run(
             },
             read = collector.read(&mut batch, BATCH) => {
                 read?;
+                if let Some(n) = &namer {
+                    n.fill_events(&mut batch);
+                }
                 packets += batch.iter().filter(|e| matches!(e, Event::Packet(_))).count() as u64;
                 observer.events(&batch);
                 batch.clear();
@@ -187,6 +202,9 @@ pub async fn run(
     let stats = tracer.counters()?;
     tracer.detach_all();
     collector.drain(&mut batch);
+    if let Some(n) = &namer {
+        n.fill_events(&mut batch);
+    }
     observer.events(&batch);
     observer.finished(reason, &stats);
     Ok(reason)

@@ -46,7 +46,7 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         filter,
         ring_bytes: ring_bytes(args.ring_size)?,
         kernel_log: args.kernel_log,
-        drop_reasons: false,
+        drop_reasons: true,
     };
     let rt = runtime()?;
     let extras = Extras {

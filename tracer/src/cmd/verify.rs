@@ -163,17 +163,7 @@ pub fn evaluate(args: &VerifyArgs, flow: Option<&FlowReport>) -> Vec<Check> {
     let stop_text = f
         .stops
         .iter()
-        .map(|s| {
-            format!(
-                "lost after {} {}{}",
-                s.after_hook,
-                s.after_dir,
-                s.reason
-                    .as_ref()
-                    .map(|r| format!(" ({r})"))
-                    .unwrap_or_default()
-            )
-        })
+        .map(crate::correlate::Stop::describe)
         .collect::<Vec<_>>()
         .join("; ");
     if let Some(addr) = args.expect_snat {

@@ -72,6 +72,18 @@ pub struct Stop {
     pub reason: Option<String>,
 }
 
+impl Stop {
+    /// `lost after host:docker0 ingress (NETFILTER_DROP)`.
+    pub fn describe(&self) -> String {
+        let reason = self
+            .reason
+            .as_ref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default();
+        format!("lost after {} {}{reason}", self.after_hook, self.after_dir)
+    }
+}
+
 /// Everything known about one flow.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct FlowReport {
