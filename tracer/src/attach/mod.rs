@@ -356,6 +356,12 @@ impl Tracer {
 
     /// Per-hook counters summed over CPUs, for the attached slots.
     pub fn counters(&self) -> Result<Vec<(Hook, HookStats)>, AttachError> {
+        self.counters_of(&self.hooks())
+    }
+
+    /// Per-hook counters summed over CPUs for `hooks`, attached or not: the counters outlive the
+    /// links, so after [`Tracer::detach_all`] they are final.
+    pub fn counters_of(&self, hooks: &[Hook]) -> Result<Vec<(Hook, HookStats)>, AttachError> {
         let map = self
             .ebpf
             .map("COUNTERS")
@@ -366,13 +372,14 @@ impl Tracer {
                 source,
             })?;
         let mut out = Vec::new();
-        for a in &self.attached {
-            let per_cpu = counters
-                .get(&u32::from(a.target.hook.slot), 0)
-                .map_err(|source| AttachError::Map {
-                    name: "COUNTERS",
-                    source,
-                })?;
+        for hook in hooks {
+            let per_cpu =
+                counters
+                    .get(&u32::from(hook.slot), 0)
+                    .map_err(|source| AttachError::Map {
+                        name: "COUNTERS",
+                        source,
+                    })?;
             let mut sum = HookStats::default();
             for c in per_cpu.iter() {
                 sum.seen += c.seen;
@@ -380,7 +387,7 @@ impl Tracer {
                 sum.emitted += c.emitted;
                 sum.lost += c.lost;
             }
-            out.push((a.target.hook.clone(), sum));
+            out.push((hook.clone(), sum));
         }
         Ok(out)
     }

@@ -198,9 +198,12 @@ pub async fn run(
             }
         }
     };
-    // Stop the programs first, then take what is still in the ring buffer.
-    let stats = tracer.counters()?;
+    // Stop the programs first, then read the counters and take what is still in the ring buffer.
+    // Read while the programs still ran, a packet in flight could be counted as seen but not yet
+    // as emitted, and events after the read would be reported but not counted.
+    let hooks = tracer.hooks();
     tracer.detach_all();
+    let stats = tracer.counters_of(&hooks)?;
     collector.drain(&mut batch);
     if let Some(n) = &namer {
         n.fill_events(&mut batch);
