@@ -46,3 +46,9 @@ pub static DROP_COUNTERS: PerCpuArray<HookCounters> = PerCpuArray::with_max_entr
 /// while `valid` is 0 the drop program and the `TRACED` bookkeeping fold away).
 #[unsafe(no_mangle)]
 pub static SKB_OFFSETS: Global<SkbOffsets> = Global::new(SkbOffsets::NONE);
+
+/// Wake the reader only once this many bytes wait in `EVENTS` (userspace sets a quarter of the
+/// ring); below that it drains on its own short timer. A wakeup per event costs more than the
+/// event itself (an interrupt to the reader's CPU), so batching them keeps the traced path fast.
+#[unsafe(no_mangle)]
+pub static WAKE_BYTES: Global<u64> = Global::new(0);

@@ -1,6 +1,7 @@
 //! The body every hook program runs: count, parse, filter, decide interest, emit.
 
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
     programs::TcContext,
 };
@@ -16,7 +17,7 @@ use tracer_common::{
 
 use crate::{
     frame::SkbFrame,
-    maps::{COUNTERS, EVENTS, FILTER, HOOKS, INTEREST},
+    maps::{COUNTERS, EVENTS, FILTER, HOOKS, INTEREST, WAKE_BYTES},
 };
 
 #[inline(never)]
@@ -193,7 +194,13 @@ fn emit(
         };
         (*ev).cap_len = got;
     }
-    entry.submit(0);
+    // Wake the reader only when the ring fills up; it drains on a timer otherwise.
+    let flags = if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKE_BYTES.load() {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(u64::from(flags));
     counters.emitted += 1;
     crate::drops::remember(meta.fingerprint);
 }

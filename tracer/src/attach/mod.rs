@@ -135,7 +135,11 @@ impl Tracer {
         };
         let log_level: u8 = if opts.kernel_log { 0xff } else { 0 };
         let (drops, skb_offsets) = drops::DropState::prepare(opts.drop_reasons);
+        // The kernel wakes the reader once a quarter of the ring waits; the session drains it on
+        // a timer otherwise (see `cmd::session`).
+        let wake_bytes = u64::from(opts.ring_bytes / 4);
         let mut ebpf = EbpfLoader::new()
+            .override_global("WAKE_BYTES", &wake_bytes, true)
             .override_global("FILTER", &opts.filter, true)
             .override_global("SKB_OFFSETS", &skb_offsets, true)
             .override_global("AYA_LOG_LEVEL", &log_level, false)

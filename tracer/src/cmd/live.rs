@@ -38,8 +38,9 @@ pub struct LiveView {
     notes: Option<FlowNotes>,
     correlator: Correlator,
     out: Output,
-    /// What each flow looked like when last printed (text mode prints only real changes).
-    printed: HashMap<FlowId, String>,
+    /// A hash of what each flow looked like when last printed (text mode prints only real
+    /// changes); a hash, not the text, so 100k flows cost 16 bytes each here.
+    printed: HashMap<FlowId, u64>,
     /// Conntrack verdicts per flow, asked once per flow and NAT mapping.
     confirmed: HashMap<(FlowId, usize), Option<bool>>,
     hooks_lost: HashSet<(u8, u64)>,
@@ -135,8 +136,8 @@ impl LiveView {
             };
             // Text: reprint a flow only when its path, NAT or losses changed, not its counts.
             let shape = match self.opts.format {
-                Format::Text => shape_of(&flow),
-                Format::Json => rendered.clone(),
+                Format::Text => hash_of(&shape_of(&flow)),
+                Format::Json => hash_of(&rendered),
             };
             if self.printed.get(&id) == Some(&shape) {
                 continue;
@@ -183,6 +184,13 @@ impl LiveView {
         }
         self.final_flows = flows;
     }
+}
+
+fn hash_of(s: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    s.hash(&mut h);
+    h.finish()
 }
 
 /// The parts of a flow worth reprinting for.

@@ -106,6 +106,9 @@ pub fn monotonic_ns() -> u64 {
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// How often the ring buffer is drained without a wakeup from the kernel.
+const DRAIN_EVERY: Duration = Duration::from_millis(10);
+
 /// Events taken from the ring buffer per wake-up, at most.
 const BATCH: usize = 4096;
 
@@ -145,6 +148,9 @@ pub async fn run(
     let mut batch = Vec::with_capacity(BATCH);
     let mut packets = 0u64;
     let mut control = spec.control;
+    // Events are written without waking us until the ring is a quarter full: drain it often.
+    let mut drain = interval(DRAIN_EVERY);
+    drain.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut link_check = interval(Duration::from_secs(1));
     link_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let reason = loop {
@@ -184,6 +190,20 @@ pub async fn run(
                     observer.hooks_changed(&tracer.hooks(), Some(&target_addrs));
                 }
             },
+            _ = drain.tick() => {
+                collector.drain_some(&mut batch, BATCH);
+                if !batch.is_empty() {
+                    if let Some(n) = &namer {
+                        n.fill_events(&mut batch);
+                    }
+                    packets += batch.iter().filter(|e| matches!(e, Event::Packet(_))).count() as u64;
+                    observer.events(&batch);
+                    batch.clear();
+                    if spec.count.is_some_and(|c| packets >= c) {
+                        break StopReason::Count;
+                    }
+                }
+            }
             read = collector.read(&mut batch, BATCH) => {
                 read?;
                 if let Some(n) = &namer {

@@ -85,6 +85,20 @@ impl Collector {
         }
     }
 
+    /// Takes up to `max` events that are already there, without waiting.
+    pub fn drain_some(&mut self, out: &mut Vec<Event>, max: usize) {
+        let ring = &mut self.ring.get_mut().0;
+        for _ in 0..max {
+            let Some(item) = ring.next() else {
+                break;
+            };
+            match decode(&item) {
+                Ok(ev) => out.push(ev),
+                Err(_) => self.decode_errors += 1,
+            }
+        }
+    }
+
     /// Drains whatever is left without waiting (at the end of a trace).
     pub fn drain(&mut self, out: &mut Vec<Event>) {
         let ring = &mut self.ring.get_mut().0;

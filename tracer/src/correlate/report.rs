@@ -174,7 +174,11 @@ fn lost(flow: &FlowState, leg: Leg, topology: &Topology) -> Vec<Stop> {
         .filter_map(|((idx, reason), count)| {
             let hook = topology.hooks.get(*idx)?;
             let short = orientation.rank(hook.place, hook.direction) < terminal;
-            (short || reason.is_some()).then(|| Stop {
+            // A packet that reached the end of its path and was then freed by the receiving
+            // stack (no socket any more, queue purged at close) was delivered, not lost; only a
+            // firewall drop there is worth reporting.
+            let dropped = reason.as_deref().is_some_and(|r| short || is_firewall(r));
+            (short || dropped).then(|| Stop {
                 leg,
                 after_hook: hook.label(),
                 after_dir: hook.direction,
@@ -183,6 +187,11 @@ fn lost(flow: &FlowState, leg: Leg, topology: &Topology) -> Vec<Stop> {
             })
         })
         .collect()
+}
+
+/// Drop reasons that come from a filtering decision rather than from delivery's end.
+fn is_firewall(reason: &str) -> bool {
+    reason.starts_with("NETFILTER") || reason.starts_with("IPTABLES") || reason.contains("FILTER")
 }
 
 /// Where a leg's packets are expected to end: the farthest any of them got, and no nearer than
