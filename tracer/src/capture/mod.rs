@@ -131,7 +131,7 @@ pub enum CaptureError {
     Create {
         path: String,
         reason: String,
-        #[source]
+        /// Not a `#[source]`: `reason` already says it, and error chains would repeat it.
         source: io::Error,
     },
     #[error("cannot write {path}: {source}")]

@@ -1,6 +1,6 @@
 //! `pathtrace lab up|down|list|demo`: the built-in lab (see `crate::lab`).
 
-use std::{process::ExitCode, sync::Arc, time::Duration};
+use std::{io::Write as _, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 
@@ -37,7 +37,8 @@ pub fn run(action: LabAction) -> anyhow::Result<ExitCode> {
             };
             for n in names {
                 Lab::down(&n)?;
-                println!("lab {n} removed");
+                // A closed stdout (`| head`) must not stop the removal of the other labs.
+                let _ = writeln!(std::io::stdout(), "lab {n} removed");
             }
             Ok(ExitCode::SUCCESS)
         }

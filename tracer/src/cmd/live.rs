@@ -1,10 +1,7 @@
 //! The live view: correlates a session's events into flows and prints them as they settle.
 //! `show` replays a capture through the same code, so live and replayed output agree.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-};
+use std::{collections::HashMap, sync::Arc};
 
 use super::{
     output::Output,
@@ -43,7 +40,8 @@ pub struct LiveView {
     printed: HashMap<FlowId, u64>,
     /// Conntrack verdicts per flow, asked once per flow and NAT mapping.
     confirmed: HashMap<(FlowId, usize), Option<bool>>,
-    hooks_lost: HashSet<(u8, u64)>,
+    /// Lost count last warned about, per slot (warned again only when it doubles).
+    hooks_lost: HashMap<u8, u64>,
     pub final_flows: Vec<FlowReport>,
     pub final_stats: Vec<(Hook, HookStats)>,
     pub stop: Option<StopReason>,
@@ -67,7 +65,7 @@ impl LiveView {
             out,
             printed: HashMap::new(),
             confirmed: HashMap::new(),
-            hooks_lost: HashSet::new(),
+            hooks_lost: HashMap::new(),
             final_flows: Vec::new(),
             final_stats: Vec::new(),
             stop: None,
@@ -249,7 +247,9 @@ impl Observer for LiveView {
         let ids = self.correlator.advance(now_ns);
         self.print_changed(ids);
         for (h, s) in stats {
-            if s.lost > 0 && self.hooks_lost.insert((h.slot, s.lost)) {
+            let warned = self.hooks_lost.get(&h.slot).copied().unwrap_or(0);
+            if s.lost > 0 && s.lost >= warned.saturating_mul(2).max(1) {
+                self.hooks_lost.insert(h.slot, s.lost);
                 tracing::warn!(
                     "{} events lost at {} {}: ring buffer full",
                     s.lost,
