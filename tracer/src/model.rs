@@ -260,36 +260,16 @@ impl PacketRecord {
         let ev: PacketEvent = read_event(raw, KIND_PACKET)?;
         let direction =
             Direction::try_from(ev.header.direction).map_err(DecodeError::BadDirection)?;
-        let m = &ev.meta;
-        let (src, dst) = match m.family {
-            4 => {
-                let s: [u8; 4] = m.saddr[..4].try_into().expect("4 bytes");
-                let d: [u8; 4] = m.daddr[..4].try_into().expect("4 bytes");
-                (IpAddr::from(s), IpAddr::from(d))
-            }
-            6 => (IpAddr::from(m.saddr), IpAddr::from(m.daddr)),
-            f => return Err(DecodeError::BadFamily(f)),
-        };
         let cap = ev.cap_len as usize;
         if cap > ev.data.len() {
             return Err(DecodeError::BadCapLen(ev.cap_len));
         }
-        Ok(Self {
-            slot: ev.header.hook,
-            direction,
-            ifindex: ev.header.ifindex,
-            ktime_ns: ev.header.ktime_ns,
-            fingerprint: m.fingerprint,
-            proto: Proto::from(m.proto),
-            src: Endpoint::new(src, m.sport),
-            dst: Endpoint::new(dst, m.dport),
-            tcp_flags: m.tcp_flags,
-            icmp_type: m.icmp_type,
-            icmp_code: m.icmp_code,
-            seq: m.seq,
-            pkt_len: ev.pkt_len,
-            data: Bytes::copy_from_slice(&ev.data[..cap]),
-        })
+        let data = Bytes::copy_from_slice(&ev.data[..cap]);
+        let h = &ev.header;
+        Self::from_meta(
+            &ev.meta, h.hook, direction, h.ifindex, h.ktime_ns, ev.pkt_len, data,
+        )
+        .ok_or(DecodeError::BadFamily(ev.meta.family))
     }
 
     /// Rebuilds a record from captured bytes (replay): the same parser the kernel ran.
@@ -302,6 +282,19 @@ impl PacketRecord {
         data: Bytes,
     ) -> Option<Self> {
         let m = tracer_common::parse::parse(&data[..]);
+        Self::from_meta(&m, slot, direction, ifindex, ktime_ns, pkt_len, data)
+    }
+
+    /// A record from what the parser found (in the kernel or here); `None` when not IP.
+    fn from_meta(
+        m: &tracer_common::event::PacketMeta,
+        slot: u8,
+        direction: Direction,
+        ifindex: u32,
+        ktime_ns: u64,
+        pkt_len: u32,
+        data: Bytes,
+    ) -> Option<Self> {
         let (src, dst) = match m.family {
             4 => {
                 let s: [u8; 4] = m.saddr[..4].try_into().ok()?;

@@ -32,7 +32,6 @@ use crate::{
         rtnl::{Link, Rtnl},
     },
     model::{Direction, Endpoint, Hook, Place, Proto, Role, RuleAttributor, Topology},
-    render::Format,
 };
 
 /// Container-side hooks (its interface and the host veth, both directions) per interface.
@@ -61,16 +60,7 @@ pub fn run(args: TraceArgs, spec: &str) -> anyhow::Result<ExitCode> {
     let mut view = LiveView::new(
         topology,
         Some(attributor),
-        ViewOptions {
-            format: if args.json {
-                Format::Json
-            } else {
-                Format::Text
-            },
-            max_flows: args.max_flows,
-            confirm_conntrack: true,
-            updates: true,
-        },
+        ViewOptions::live(&args),
         Output::stdout(),
     );
     view.set_flow_notes(ProxyHint::new(&info, &paths).into_notes());

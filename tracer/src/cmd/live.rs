@@ -26,6 +26,22 @@ pub struct ViewOptions {
     pub updates: bool,
 }
 
+impl ViewOptions {
+    /// A live trace as the command line asks for it: updates while tracing, conntrack confirmed.
+    pub fn live(args: &crate::cli::TraceArgs) -> Self {
+        Self {
+            format: if args.json {
+                Format::Json
+            } else {
+                Format::Text
+            },
+            max_flows: args.max_flows,
+            confirm_conntrack: true,
+            updates: true,
+        }
+    }
+}
+
 /// What a verb knows about flows that correlation cannot (e.g. `--container`: which connections
 /// docker-proxy carries): notes to add to a flow before it is printed.
 pub type FlowNotes = Box<dyn Fn(&FlowReport) -> Vec<String> + Send + Sync>;

@@ -192,26 +192,14 @@ pub async fn run(
             },
             _ = drain.tick() => {
                 collector.drain_some(&mut batch, BATCH);
-                if !batch.is_empty() {
-                    if let Some(n) = &namer {
-                        n.fill_events(&mut batch);
-                    }
-                    packets += batch.iter().filter(|e| matches!(e, Event::Packet(_))).count() as u64;
-                    observer.events(&batch);
-                    batch.clear();
-                    if spec.count.is_some_and(|c| packets >= c) {
-                        break StopReason::Count;
-                    }
+                packets += deliver(&mut batch, namer.as_ref(), observer);
+                if spec.count.is_some_and(|c| packets >= c) {
+                    break StopReason::Count;
                 }
             }
             read = collector.read(&mut batch, BATCH) => {
                 read?;
-                if let Some(n) = &namer {
-                    n.fill_events(&mut batch);
-                }
-                packets += batch.iter().filter(|e| matches!(e, Event::Packet(_))).count() as u64;
-                observer.events(&batch);
-                batch.clear();
+                packets += deliver(&mut batch, namer.as_ref(), observer);
                 if spec.count.is_some_and(|c| packets >= c) {
                     break StopReason::Count;
                 }
@@ -225,12 +213,30 @@ pub async fn run(
     tracer.detach_all();
     let stats = tracer.counters_of(&hooks)?;
     collector.drain(&mut batch);
-    if let Some(n) = &namer {
-        n.fill_events(&mut batch);
-    }
-    observer.events(&batch);
+    deliver(&mut batch, namer.as_ref(), observer);
     observer.finished(reason, &stats);
     Ok(reason)
+}
+
+/// Names drop reasons, hands a batch to the observer and empties it; returns its packet events.
+fn deliver(
+    batch: &mut Vec<Event>,
+    namer: Option<&crate::attach::DropNamer>,
+    observer: &mut dyn Observer,
+) -> u64 {
+    if batch.is_empty() {
+        return 0;
+    }
+    if let Some(n) = namer {
+        n.fill_events(batch);
+    }
+    let packets = batch
+        .iter()
+        .filter(|e| matches!(e, Event::Packet(_)))
+        .count() as u64;
+    observer.events(batch);
+    batch.clear();
+    packets
 }
 
 async fn recv_opt(rx: &mut Option<tokio::sync::mpsc::Receiver<Control>>) -> Option<Control> {

@@ -21,7 +21,6 @@ use crate::{
         path::{self, DiscoveredPath, PathQuery},
     },
     model::{RuleAttributor, Topology},
-    render::Format,
 };
 
 pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
@@ -81,16 +80,7 @@ impl Plan {
         LiveView::new(
             self.topology.clone(),
             Some(attributor),
-            ViewOptions {
-                format: if args.json {
-                    Format::Json
-                } else {
-                    Format::Text
-                },
-                max_flows: args.max_flows,
-                confirm_conntrack: true,
-                updates: true,
-            },
+            ViewOptions::live(args),
             out,
         )
     }
