@@ -11,64 +11,16 @@ use std::{
 
 #[path = "support/lab.rs"]
 mod lab_support;
+#[path = "support/privileged.rs"]
+mod privileged_support;
 
 use lab_support::{privileged, TestLab, BIN};
+use privileged_support::{held_by, KernelState};
 use serde_json::Value;
 use tracer::lab::{Lab, LabTrafficOptions};
 
 /// The tests share the kernel (program lists, tc filters): one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-/// Names of loaded BPF programs that are ours.
-fn our_programs() -> Vec<String> {
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .filter_map(|p| p.name_as_str().map(str::to_string))
-        .filter(|n| n.starts_with("pathtrace_h"))
-        .collect()
-}
-
-fn tc_state(lab: &Lab) -> String {
-    let mut all = String::new();
-    for (ns, dev) in [
-        (None, lab.host_veth.as_str()),
-        (None, lab.bridge.as_str()),
-        (None, lab.uplink.as_str()),
-        (Some(lab.ctr_netns.as_str()), lab.ctr_ifname.as_str()),
-    ] {
-        for args in [
-            vec!["qdisc", "show", "dev", dev],
-            vec!["filter", "show", "dev", dev, "ingress"],
-            vec!["filter", "show", "dev", dev, "egress"],
-        ] {
-            let mut cmd = Command::new("tc");
-            if let Some(ns) = ns {
-                cmd.args(["-n", ns]);
-            }
-            let out = cmd.args(&args).output().expect("tc");
-            all.push_str(&String::from_utf8_lossy(&out.stdout));
-        }
-    }
-    all
-}
-
-fn assert_nothing_left(lab: &Lab, before_tc: &str, when: &str) {
-    // A deleted cls_bpf filter releases its program after an RCU grace period: allow a moment.
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while !our_programs().is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(
-        our_programs(),
-        Vec::<String>::new(),
-        "{when}: pathtrace programs still loaded"
-    );
-    assert_eq!(
-        tc_state(lab),
-        before_tc,
-        "{when}: tc qdiscs/filters differ from before"
-    );
-}
 
 fn json_trace(lab: &Lab, mode: &str) -> Vec<Value> {
     let out = Command::new(BIN)
@@ -204,7 +156,7 @@ fn lab_paths_and_masquerade_in_both_tc_modes() {
         return;
     }
     let lab = TestLab::up("tp");
-    let before = tc_state(&lab.0);
+    let before = KernelState::take(&lab.0);
     let traffic = lab
         .0
         .start_traffic(&LabTrafficOptions {
@@ -216,7 +168,7 @@ fn lab_paths_and_masquerade_in_both_tc_modes() {
     for mode in ["tcx", "netlink"] {
         let lines = json_trace(&lab.0, mode);
         check_flows(&lab.0, &lines, mode);
-        assert_nothing_left(&lab.0, &before, &format!("after a normal end ({mode})"));
+        before.assert_restored(&lab.0, &format!("after a normal end ({mode})"));
     }
     let report = traffic.stop();
     assert!(report.rounds.tcp_exchanges_ok > 0);
@@ -229,7 +181,7 @@ fn signals_detach_everything() {
         return;
     }
     let lab = TestLab::up("ts");
-    let before = tc_state(&lab.0);
+    let before = KernelState::take(&lab.0);
     for mode in ["tcx", "netlink"] {
         for (sig, name) in [
             (nix::sys::signal::SIGINT, "SIGINT"),
@@ -258,7 +210,7 @@ fn signals_detach_everything() {
                 "[{mode} {name}] unexpected first line {first:?}"
             );
             assert!(
-                !our_programs().is_empty(),
+                held_by(child.id()).programs.len() >= 8,
                 "[{mode}] programs should be loaded while tracing"
             );
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig)
@@ -269,7 +221,7 @@ fn signals_detach_everything() {
                 started.elapsed() < Duration::from_secs(5),
                 "[{mode} {name}] slow to stop"
             );
-            assert_nothing_left(&lab.0, &before, &format!("after {name} ({mode})"));
+            before.assert_restored(&lab.0, &format!("after {name} ({mode})"));
         }
     }
 }
