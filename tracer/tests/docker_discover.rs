@@ -8,11 +8,12 @@
 #[path = "support/docker.rs"]
 mod docker_support;
 
-use std::{net::IpAddr, process::Command, sync::Arc, time::Duration};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use anyhow::{bail, ensure, Context, Result};
 use docker_support::{
-    docker, free_port, require_docker_or_skip, require_root_or_skip, TestContainer, TestNetwork,
+    docker, ethtool_peer_ifindex, free_port, require_docker_or_skip, require_root_or_skip,
+    TestContainer, TestNetwork,
 };
 use futures::StreamExt;
 use tracer::discover::{
@@ -25,21 +26,6 @@ const SLEEP: &[&str] = &["sleep", "3600"];
 
 fn gate(test: &str) -> bool {
     require_root_or_skip(test) && require_docker_or_skip(test)
-}
-
-/// What `ethtool -S <veth>` says the peer's ifindex is: the by-hand check of a veth pair.
-fn ethtool_peer_ifindex(veth: &str) -> Result<u32> {
-    let out = Command::new("ethtool")
-        .args(["-S", veth])
-        .output()
-        .context("running ethtool")?;
-    ensure!(out.status.success(), "ethtool -S {veth} failed");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.contains("peer_ifindex"))
-        .context("no peer_ifindex")?;
-    Ok(line.rsplit(':').next().unwrap_or_default().trim().parse()?)
 }
 
 /// The shortest prefix of `id` no other container id starts with, plus one character.

@@ -24,7 +24,8 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 use docker_support::{
-    docker, free_port, require_docker_or_skip, require_root_or_skip, TestContainer, TestNetwork,
+    docker, free_port, host_veths_peering, require_docker_or_skip, require_root_or_skip,
+    TestContainer, TestNetwork,
 };
 use serde_json::Value;
 use wan::{exchange, run, Wan, TCP_PORT, UDP_PORT};
@@ -74,24 +75,14 @@ fn ctr_ip(c: &TestContainer) -> Result<String> {
 
 /// The host veth whose `ethtool -S` peer_ifindex is the container's eth0.
 fn host_veth(c: &TestContainer) -> Result<String> {
-    let ifindex = exec(c, "cat /sys/class/net/eth0/ifindex")?;
-    for entry in std::fs::read_dir("/sys/class/net")? {
-        let name = entry?.file_name().to_string_lossy().to_string();
-        if !name.starts_with("veth") {
-            continue;
-        }
-        let stats = run("ethtool", &["-S", &name]).unwrap_or_default();
-        let peer = stats
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("peer_ifindex:"));
-        if peer.map(str::trim) == Some(ifindex.as_str()) {
-            return Ok(name);
-        }
+    let ifindex: u32 = exec(c, "cat /sys/class/net/eth0/ifindex")?.parse()?;
+    match &host_veths_peering(ifindex)?[..] {
+        [veth] => Ok(veth.clone()),
+        other => bail!(
+            "not one host veth peers with {}'s eth0 (ifindex {ifindex}): {other:?}",
+            c.name
+        ),
     }
-    bail!(
-        "no host veth peers with {}'s eth0 (ifindex {ifindex})",
-        c.name
-    )
 }
 
 /// Names of loaded BPF programs that are ours.

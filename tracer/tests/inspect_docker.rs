@@ -13,7 +13,8 @@ use std::{fs, os::unix::fs::MetadataExt as _, process::Command};
 
 use anyhow::{ensure, Context, Result};
 use docker_support::{
-    docker, free_port, require_docker_or_skip, require_root_or_skip, unique_name, TestContainer,
+    docker, free_port, host_veths_peering, require_docker_or_skip, require_root_or_skip,
+    unique_name, TestContainer,
 };
 use serde_json::Value;
 
@@ -44,30 +45,6 @@ fn inspect_json(name: &str) -> Result<Value> {
     ensure!(code == 0, "exit {code}: {stderr}");
     ensure!(stdout.lines().count() == 1, "not one JSON line: {stdout}");
     Ok(serde_json::from_str(&stdout)?)
-}
-
-/// What `ethtool -S <veth>` says the peer's ifindex is: the by-hand check of a veth pair.
-fn ethtool_peer_ifindex(veth: &str) -> Result<u32> {
-    let out = Command::new("ethtool").args(["-S", veth]).output()?;
-    ensure!(out.status.success(), "ethtool -S {veth} failed");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.contains("peer_ifindex"))
-        .context("no peer_ifindex")?;
-    Ok(line.rsplit(':').next().unwrap_or_default().trim().parse()?)
-}
-
-/// The host interfaces whose `ethtool -S` peer_ifindex is `ifindex`.
-fn host_veths_peering(ifindex: u32) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir("/sys/class/net")? {
-        let name = entry?.file_name().to_string_lossy().into_owned();
-        if name.starts_with("veth") && ethtool_peer_ifindex(&name).ok() == Some(ifindex) {
-            out.push(name);
-        }
-    }
-    Ok(out)
 }
 
 /// The container's eth0 ifindex, read inside it.

@@ -306,3 +306,30 @@ pub fn free_port() -> Result<u16> {
         .local_addr()?
         .port())
 }
+
+/// What `ethtool -S <veth>` says the peer's ifindex is: the by-hand check of a veth pair.
+pub fn ethtool_peer_ifindex(veth: &str) -> Result<u32> {
+    let out = Command::new("ethtool")
+        .args(["-S", veth])
+        .output()
+        .context("running ethtool")?;
+    ensure!(out.status.success(), "ethtool -S {veth} failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("peer_ifindex"))
+        .context("no peer_ifindex")?;
+    Ok(line.rsplit(':').next().unwrap_or_default().trim().parse()?)
+}
+
+/// The host interfaces whose `ethtool -S` peer_ifindex is `ifindex`.
+pub fn host_veths_peering(ifindex: u32) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/sys/class/net")? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name.starts_with("veth") && ethtool_peer_ifindex(&name).ok() == Some(ifindex) {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
