@@ -11,7 +11,7 @@ use std::{collections::BTreeMap, sync::Mutex};
 use lab_support::{
     final_flows, json_lines, our_programs_settled, pathtrace, privileged, sh, TestLab,
 };
-use tracer::lab::{traffic, LabTrafficOptions};
+use tracer::lab::traffic;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -55,14 +55,7 @@ fn capture_opens_in_tshark_and_replays_to_the_live_flows() {
         return;
     }
     let lab = TestLab::up("c");
-    let traffic = lab
-        .0
-        .start_traffic(&LabTrafficOptions {
-            tcp_port: 0,
-            udp_port: 0,
-            ..Default::default()
-        })
-        .expect("traffic");
+    let traffic = lab.start_traffic();
     let file = tmp("live.pcapng");
     let wan = lab.0.wan_addr.to_string();
     let live = pathtrace(&[

@@ -28,7 +28,7 @@ use tracer::{
     attach::TcMode,
     lab::{
         traffic::{icmp_echo, tcp_exchange, tcp_server},
-        Lab, LabTrafficOptions,
+        Lab,
     },
 };
 
@@ -41,14 +41,6 @@ fn serial() -> MutexGuard<'static, ()> {
 
 fn trace_args<'a>(lab: &'a Lab, wan: &'a str, mode: &'a str) -> Vec<&'a str> {
     vec!["--netns", &lab.ctr_netns, "--to", wan, "--tc-mode", mode]
-}
-
-fn any_port_traffic() -> LabTrafficOptions {
-    LabTrafficOptions {
-        tcp_port: 0,
-        udp_port: 0,
-        ..Default::default()
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -69,7 +61,7 @@ fn leaves_no_trace_on_any_exit() {
     }
     let lab_guard = TestLab::up("rn");
     let lab = &lab_guard.0;
-    let traffic = lab.start_traffic(&any_port_traffic()).expect("traffic");
+    let traffic = lab_guard.start_traffic();
     let before = KernelState::take(lab);
     for mode in ["tcx", "netlink"] {
         for end in [
@@ -270,7 +262,7 @@ fn two_pathtraces_on_the_same_hooks() {
     let lab_guard = TestLab::up("rd");
     let lab = &lab_guard.0;
     let before = KernelState::take(lab);
-    let traffic = lab.start_traffic(&any_port_traffic()).expect("traffic");
+    let traffic = lab_guard.start_traffic();
     let wan = lab.wan_addr.to_string();
     for (a, b) in [("tcx", "tcx"), ("netlink", "netlink"), ("tcx", "netlink")] {
         let spawn = |mode: &str| {

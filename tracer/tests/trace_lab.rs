@@ -17,7 +17,7 @@ mod privileged_support;
 use lab_support::{privileged, TestLab, BIN};
 use privileged_support::{held_by, KernelState};
 use serde_json::Value;
-use tracer::lab::{Lab, LabTrafficOptions};
+use tracer::lab::Lab;
 
 /// The tests share the kernel (program lists, tc filters): one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -157,14 +157,7 @@ fn lab_paths_and_masquerade_in_both_tc_modes() {
     }
     let lab = TestLab::up("tp");
     let before = KernelState::take(&lab.0);
-    let traffic = lab
-        .0
-        .start_traffic(&LabTrafficOptions {
-            tcp_port: 0,
-            udp_port: 0,
-            ..Default::default()
-        })
-        .expect("traffic");
+    let traffic = lab.start_traffic();
     for mode in ["tcx", "netlink"] {
         let lines = json_trace(&lab.0, mode);
         check_flows(&lab.0, &lines, mode);

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tracer::lab::{Lab, LabSpec};
+use tracer::lab::{Lab, LabSpec, LabTraffic, LabTrafficOptions};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_pathtrace");
 
@@ -38,6 +38,16 @@ impl TestLab {
     pub fn up(tag: &str) -> Self {
         let name = format!("{}{}", tag, std::process::id() % 10_000);
         Self(Lab::up(&LabSpec { name: Some(name) }).expect("lab up"))
+    }
+
+    /// The lab's ICMP, TCP and UDP loop on servers at any free port; stops when dropped.
+    pub fn start_traffic(&self) -> LabTraffic {
+        let opts = LabTrafficOptions {
+            tcp_port: 0,
+            udp_port: 0,
+            ..Default::default()
+        };
+        self.0.start_traffic(&opts).expect("start lab traffic")
     }
 }
 
