@@ -79,9 +79,17 @@ pub fn run(args: TraceArgs, spec: &str) -> anyhow::Result<ExitCode> {
         capture,
     };
     let result = trace_with(&rt, targets, load, &args, view, extras);
-    follower.abort();
+    let removed = if follower.is_finished() {
+        rt.block_on(follower).ok().flatten()
+    } else {
+        follower.abort();
+        None
+    };
     result?;
-    Ok(ExitCode::SUCCESS)
+    match removed {
+        Some(why) => anyhow::bail!(why),
+        None => Ok(ExitCode::SUCCESS),
+    }
 }
 
 /// Hooks for every interface of the container: interface `i` gets slots `4i..4i+4` for its
@@ -384,14 +392,15 @@ fn endpoint_key(addr: IpAddr, port: u16, proto: u8) -> EndpointKey {
     key
 }
 
-/// Follows the container's lifecycle: re-attaches after a restart, reports stops.
+/// Follows the container's lifecycle: re-attaches after a restart, reports stops. Returns
+/// `Some(why)` when the container was removed, which ends the trace as an error.
 async fn follow(
     docker: Docker,
     info: ContainerInfo,
     to: Option<IpAddr>,
     tx: mpsc::Sender<Control>,
     exit_on_stop: bool,
-) {
+) -> Option<String> {
     let name = info.name.clone();
     let mut events = Box::pin(docker.watch(&info.id));
     while let Some(ev) = events.next().await {
@@ -417,20 +426,22 @@ async fn follow(
                 }
             }
             ContainerEvent::Destroyed => {
-                if exit_on_stop {
-                    Control::Stop(format!("container {name} was removed; exiting"))
-                } else {
-                    Control::Note(format!("container {name} was removed"))
-                }
+                // Nothing can bring this container back: stop, and say so as an error.
+                // The session may be gone already; then there is nobody left to tell.
+                tx.send(Control::Stop(format!("container {name} was removed"))).await.ok();
+                return Some(format!(
+                    "container {name} was removed while being traced (what was seen is above); trace its replacement with --container <new name>"
+                ));
             }
             ContainerEvent::WatchEnded { reason } => Control::Note(format!("Docker event stream ended ({reason}); restarts of {name} are no longer followed")),
             ContainerEvent::Killed { .. } | ContainerEvent::Stopped | ContainerEvent::Restarted => continue,
         };
         let stop = matches!(msg, Control::Stop(_));
         if tx.send(msg).await.is_err() || stop {
-            return;
+            return None;
         }
     }
+    None
 }
 
 async fn reattach(

@@ -127,12 +127,17 @@ pub async fn run(
     for key in spec.interest {
         tracer.add_interest(key)?;
     }
+    if spec.mode == TcMode::Auto && tracer.mode_name() == "netlink" {
+        observer.note("this kernel has no TCX links (Linux < 6.6): attached as netlink clsact filters instead");
+    }
     // Drop reasons (tp_btf/kfree_skb): a kernel or object that cannot is said once, not fatal.
     let namer = if spec.load.drop_reasons {
         match tracer.enable_drop_reasons()? {
             crate::attach::DropSupport::Enabled(namer) => Some(namer),
             crate::attach::DropSupport::Unavailable(why) => {
-                observer.note(&format!("drop reasons unavailable: {why}"));
+                observer.note(&format!(
+                    "drop reasons unavailable: {why}; tracing goes on without them (they need a kernel with BTF)"
+                ));
                 None
             }
         }
