@@ -109,7 +109,7 @@ impl Correlator {
     /// Buffers one packet event. Events may arrive out of time order (per-CPU buffers) by up to
     /// `settle_ns`. Events of unknown hooks or without a fingerprint (not IP) are counted and
     /// ignored.
-    pub fn push(&mut self, rec: PacketRecord) {
+    pub fn push(&mut self, rec: &PacketRecord) {
         // The newest hook of the slot (slots are reused when a container restarts).
         let mut hooks = self.topology.hooks.iter().enumerate().rev();
         let found = hooks.find(|(_, h)| h.slot == rec.slot);
@@ -126,7 +126,7 @@ impl Correlator {
             place: h.place,
             direction: h.direction,
             ktime_ns: rec.ktime_ns,
-            tuple: path::Tuple::of(&rec),
+            tuple: path::Tuple::of(rec),
             pkt_len: rec.pkt_len,
         };
         self.pending.push(rec.fingerprint, sighting);

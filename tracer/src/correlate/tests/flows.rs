@@ -84,7 +84,7 @@ fn reordering_within_the_settle_window_survives_advance() {
     let mut records = masq_out(1, 0, 41234, 41234, SERVER);
     records.reverse();
     for r in records {
-        c.push(r);
+        c.push(&r);
         assert!(c.advance(50_000).is_empty(), "nothing settles within 200ms");
     }
     assert_eq!(c.advance(300_000_000).len(), 1);
@@ -172,10 +172,10 @@ fn packet_stopping_at_the_bridge_is_lost_there() {
 #[test]
 fn drop_record_names_the_reason() {
     let (mut c, _) = correlator(CorrelateConfig::default());
-    conversation().into_iter().for_each(|r| c.push(r));
+    conversation().into_iter().for_each(|r| c.push(&r));
     stopped_at_bridge(300, 3_000)
         .into_iter()
-        .for_each(|r| c.push(r));
+        .for_each(|r| c.push(&r));
     c.push_drop(DropRecord {
         ktime_ns: 3_010_000,
         fingerprint: 300,
@@ -215,7 +215,7 @@ fn oldest_flow_is_evicted_at_max_flows() {
         let t = i as u64 * 1_000_000;
         masq_out(i as u64 + 1, t, port, port, SERVER)
             .into_iter()
-            .for_each(|r| c.push(r));
+            .for_each(|r| c.push(&r));
         c.advance(t * 1000 + 500_000_000);
     }
     assert_eq!(c.evicted_flows(), 1);
@@ -233,7 +233,7 @@ fn pending_buffer_is_bounded() {
     for i in 0..5u64 {
         masq_out(i + 1, i * 10, 41234, 41234, SERVER)
             .into_iter()
-            .for_each(|r| c.push(r));
+            .for_each(|r| c.push(&r));
         assert!(c.pending_sightings() <= 8);
     }
     c.finish();
@@ -244,8 +244,8 @@ fn pending_buffer_is_bounded() {
 #[test]
 fn unknown_hooks_and_non_ip_events_are_ignored() {
     let (mut c, _) = correlator(CorrelateConfig::default());
-    c.push(rec(42, 0, 1, Proto::Tcp, "10.200.1.2:1", SERVER));
-    c.push(rec(CTR_EG, 0, 0, Proto::Tcp, "10.200.1.2:1", SERVER));
+    c.push(&rec(42, 0, 1, Proto::Tcp, "10.200.1.2:1", SERVER));
+    c.push(&rec(CTR_EG, 0, 0, Proto::Tcp, "10.200.1.2:1", SERVER));
     c.finish();
     assert_eq!(c.ignored_events(), 2);
     assert!(c.flows().is_empty());
