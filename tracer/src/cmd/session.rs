@@ -139,9 +139,11 @@ pub async fn run(
     } else {
         None
     };
+    // Before the ring buffer is mapped: its pages count in RSS from the start, on top of
+    // whatever the loader left behind.
+    release_setup_memory();
     let mut collector = Collector::new(tracer.take_events()?)?;
     observer.attached(tracer.mode_name(), &tracer.hooks());
-    release_setup_memory();
 
     let deadline = spec.duration.map(|d| Instant::now() + d);
     let mut ticker = interval(Duration::from_millis(250));

@@ -10,12 +10,13 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 use smallvec::SmallVec;
 use std::hash::BuildHasher;
 
-use crate::model::{Direction, Endpoint, Hook, NatKind, Place, RuleAttributor, Topology};
+use crate::model::{Direction, Hook, NatKind, Place, RuleAttributor, Topology};
 
 use super::{
+    intern::{CEndpoint, CTuple, Pool, StrId},
     nat,
     packets::Instance,
-    path::{Orientation, Tuple},
+    path::Orientation,
     report::{FlowId, Leg},
 };
 
@@ -28,14 +29,47 @@ pub struct Context<'a> {
 /// Index of a hook in `Topology::hooks`.
 pub type HookIdx = u16;
 
-/// Running totals of one hop of one leg.
+/// Running totals of one hop of one leg: 16 bytes, the packet count in 40 bits (saturating
+/// after 10^12 packets) so that it fits beside the hook.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hop {
-    pub hook: HookIdx,
-    pub leg: Leg,
     /// Sum over packets of the time since the packet's first sighting.
     pub sum_ns: u64,
-    pub packets: u64,
+    packets_lo: u32,
+    pub hook: HookIdx,
+    pub leg: Leg,
+    packets_hi: u8,
+}
+
+impl Hop {
+    const MAX_PACKETS: u64 = (1 << 40) - 1;
+
+    fn new(hook: HookIdx, leg: Leg, sum_ns: u64) -> Self {
+        let mut hop = Self {
+            sum_ns,
+            packets_lo: 0,
+            hook,
+            leg,
+            packets_hi: 0,
+        };
+        hop.set_packets(1);
+        hop
+    }
+
+    pub fn packets(&self) -> u64 {
+        u64::from(self.packets_hi) << 32 | u64::from(self.packets_lo)
+    }
+
+    fn set_packets(&mut self, n: u64) {
+        let n = n.min(Self::MAX_PACKETS);
+        self.packets_lo = n as u32;
+        self.packets_hi = (n >> 32) as u8;
+    }
+
+    fn add(&mut self, since_ns: u64) {
+        self.sum_ns += since_ns;
+        self.set_packets(self.packets() + 1);
+    }
 }
 
 /// Packets of a leg by the hook of their last sighting and their drop reason.
@@ -56,8 +90,8 @@ pub struct NatRec {
     pub conntrack: Option<bool>,
     pub between: (HookIdx, HookIdx),
     pub rule: Option<StrId>,
-    pub before: Endpoint,
-    pub after: Endpoint,
+    pub before: CEndpoint,
+    pub after: CEndpoint,
     pub packets: u64,
 }
 
@@ -78,7 +112,7 @@ const MAX_ALIASES: usize = 8;
 pub struct FlowState {
     pub id: FlowId,
     /// The traced-side tuple of the direction that opened the flow.
-    pub key: Tuple,
+    pub key: CTuple,
     /// Which way the opening packet went.
     pub origin: Orientation,
     pub first_ns: u64,
@@ -90,7 +124,7 @@ pub struct FlowState {
     pub ends: SmallVec<[End; 1]>,
     pub nat: SmallVec<[NatRec; 1]>,
     /// Tuples seen beyond NAT, with the leg of the packet that had them; in the tuple index.
-    aliases: SmallVec<[(Tuple, Leg); 1]>,
+    aliases: SmallVec<[(CTuple, Leg); 1]>,
     /// Neighbours in the table's least-recently-updated list.
     prev: u32,
     next: u32,
@@ -112,7 +146,7 @@ impl FlowState {
     /// `attribute`: ask for the rule of NAT steps. Only the opening leg: netfilter picks a NAT
     /// rule for a connection's first packet; replies are translated back by conntrack, and a rule
     /// that merely matches a reply's tuple did not do it.
-    fn add(&mut self, inst: &Instance, leg: Leg, ctx: &Context<'_>, strings: &mut Strings) {
+    fn add(&mut self, inst: &Instance, leg: Leg, ctx: &Context<'_>, pool: &mut Pool) {
         let (Some(first), Some(last)) = (inst.sightings.first(), inst.sightings.last()) else {
             return;
         };
@@ -131,21 +165,13 @@ impl FlowState {
         for s in &inst.sightings {
             let since = s.ktime_ns.saturating_sub(first.ktime_ns);
             match self.hops.iter_mut().find(|h| h.hook == s.hook && h.leg == leg) {
-                Some(h) => {
-                    h.sum_ns += since;
-                    h.packets += 1;
-                }
-                None => self.hops.push(Hop {
-                    hook: s.hook,
-                    leg,
-                    sum_ns: since,
-                    packets: 1,
-                }),
+                Some(h) => h.add(since),
+                None => self.hops.push(Hop::new(s.hook, leg, since)),
             }
         }
         let attributor = ctx.attributor.filter(|_| leg == Leg::Out);
-        nat::record(inst, leg, ctx.topology, attributor, strings, &mut self.nat);
-        let reason = inst.drop_reason.as_deref().and_then(|r| strings.intern(r));
+        nat::record(inst, leg, ctx.topology, attributor, pool, &mut self.nat);
+        let reason = inst.drop_reason.as_deref().and_then(|r| pool.strings.intern(r));
         let end = self
             .ends
             .iter_mut()
@@ -159,46 +185,6 @@ impl FlowState {
                 count: 1,
             }),
         }
-    }
-}
-
-/// Interned strings (NAT rule texts, drop reason names): a flow holds a 4-byte id, not a copy.
-/// Bounded: both come from finite sets (the ruleset snapshot, the kernel's drop reasons); past
-/// the bound a string is not recorded.
-#[derive(Debug, Default)]
-pub struct Strings {
-    texts: Vec<Box<str>>,
-    index: HashTable<u32>,
-    hasher: DefaultHashBuilder,
-}
-
-/// An interned string.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct StrId(u32);
-
-const MAX_STRINGS: usize = 1 << 16;
-
-impl Strings {
-    pub fn intern(&mut self, s: &str) -> Option<StrId> {
-        let hash = self.hasher.hash_one(s);
-        let texts = &self.texts;
-        if let Some(&i) = self.index.find(hash, |&i| &*texts[i as usize] == s) {
-            return Some(StrId(i));
-        }
-        if self.texts.len() >= MAX_STRINGS {
-            tracing::debug!("string table full, not recording {s:?}");
-            return None;
-        }
-        let i = self.texts.len() as u32;
-        self.texts.push(s.into());
-        let (texts, hasher) = (&self.texts, &self.hasher);
-        self.index
-            .insert_unique(hash, i, |&j| hasher.hash_one(&*texts[j as usize]));
-        Some(StrId(i))
-    }
-
-    pub fn get(&self, id: StrId) -> &str {
-        self.texts.get(id.0 as usize).map_or("", |s| s)
     }
 }
 
@@ -233,7 +219,7 @@ impl Ref {
     }
 
     /// The tuple this entry stands for and the leg of a packet carrying it.
-    fn resolve(self, flows: &[Option<FlowState>]) -> Option<(Tuple, Leg)> {
+    fn resolve(self, flows: &[Option<FlowState>]) -> Option<(CTuple, Leg)> {
         let flow = flows.get(self.slot() as usize)?.as_ref()?;
         let n = (self.0 & (REVERSED - 1)) as usize;
         if n == 0 {
@@ -272,7 +258,7 @@ pub struct FlowTable {
     next_id: u64,
     evicted: u64,
     max_flows: usize,
-    strings: Strings,
+    pool: Pool,
 }
 
 impl FlowTable {
@@ -290,7 +276,7 @@ impl FlowTable {
             next_id: 1,
             evicted: 0,
             max_flows,
-            strings: Strings::default(),
+            pool: Pool::default(),
         }
     }
 
@@ -304,9 +290,9 @@ impl FlowTable {
         self.flows[slot as usize].as_mut()
     }
 
-    /// Rule texts and drop reasons of the flows.
-    pub fn strings(&self) -> &Strings {
-        &self.strings
+    /// Rule texts, drop reasons and addresses of the flows.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
     }
 
     /// Flow ids in the order first seen.
@@ -338,13 +324,13 @@ impl FlowTable {
         let flow = self.flows[slot as usize].as_mut()?;
         flow.first_ns = flow.first_ns.min(inst.first_ns());
         flow.last_ns = flow.last_ns.max(inst.last_ns());
-        flow.add(inst, leg, ctx, &mut self.strings);
+        flow.add(inst, leg, ctx, &mut self.pool);
         let id = flow.id;
         self.register_aliases(slot, leg, inst);
         Some(id)
     }
 
-    fn hash(&self, t: &Tuple) -> u64 {
+    fn hash(&self, t: &CTuple) -> u64 {
         self.hasher.hash_one(t)
     }
 
@@ -361,20 +347,20 @@ impl FlowTable {
     /// there; one seen only beyond NAT by any tuple a flow's packets have had.
     fn locate(&self, inst: &Instance) -> Option<(u32, Leg)> {
         if let Some(t) = inst.traced_tuple() {
-            return self.by_key_either(t);
+            return self.by_key_either(self.pool.find(&t)?);
         }
         inst.sightings.iter().find_map(|s| {
-            let t = s.tuple;
+            let t = self.pool.find(&s.tuple)?;
             self.by_key_either(t).or_else(|| self.alias(t))
         })
     }
 
-    fn by_key_either(&self, t: Tuple) -> Option<(u32, Leg)> {
+    fn by_key_either(&self, t: CTuple) -> Option<(u32, Leg)> {
         let out = self.key_slot(t).map(|s| (s, Leg::Out));
         out.or_else(|| self.key_slot(t.reversed()).map(|s| (s, Leg::Back)))
     }
 
-    fn key_slot(&self, t: Tuple) -> Option<u32> {
+    fn key_slot(&self, t: CTuple) -> Option<u32> {
         let flows = &self.flows;
         let found = self.by_tuple.find(self.hash(&t), |r| {
             r.is_key() && r.resolve(flows).is_some_and(|(k, _)| k == t)
@@ -382,7 +368,7 @@ impl FlowTable {
         found.map(|r| r.slot())
     }
 
-    fn alias(&self, t: Tuple) -> Option<(u32, Leg)> {
+    fn alias(&self, t: CTuple) -> Option<(u32, Leg)> {
         let flows = &self.flows;
         let found = self.by_tuple.find(self.hash(&t), |r| {
             !r.is_key() && r.resolve(flows).is_some_and(|(a, _)| a == t)
@@ -398,6 +384,7 @@ impl FlowTable {
         while self.len >= self.max_flows {
             self.evict_oldest();
         }
+        let key = self.pool.acquire(&key);
         let id = FlowId(self.next_id);
         self.next_id += 1;
         let flow = FlowState {
@@ -437,7 +424,7 @@ impl FlowTable {
     }
 
     /// Adds an entry for `t` to the tuple index.
-    fn index(&mut self, r: Ref, t: Tuple) {
+    fn index(&mut self, r: Ref, t: CTuple) {
         let (flows, hasher) = (&self.flows, &self.hasher);
         let hash = hasher.hash_one(t);
         self.by_tuple.insert_unique(hash, r, |r| {
@@ -446,7 +433,7 @@ impl FlowTable {
     }
 
     /// Removes exactly the entry `r` for `t`, if the index has it.
-    fn unindex(&mut self, r: Ref, t: Tuple) {
+    fn unindex(&mut self, r: Ref, t: CTuple) {
         let hash = self.hash(&t);
         if let Ok(e) = self.by_tuple.find_entry(hash, |x| *x == r) {
             e.remove();
@@ -469,9 +456,15 @@ impl FlowTable {
             e.remove();
         }
         self.unindex(Ref::key(slot), flow.key);
+        self.pool.release(flow.key);
         for (n, (t, _)) in flow.aliases.iter().enumerate() {
             self.unindex(Ref::alias(slot, n, false), *t);
             self.unindex(Ref::alias(slot, n, true), t.reversed());
+            self.pool.release(*t);
+        }
+        for rec in &flow.nat {
+            self.pool.release_endpoint(rec.before);
+            self.pool.release_endpoint(rec.after);
         }
     }
 
@@ -514,23 +507,24 @@ impl FlowTable {
     /// Remembers the packet's post-NAT tuples so that packets seen only there find the flow.
     fn register_aliases(&mut self, slot: u32, leg: Leg, inst: &Instance) {
         for s in &inst.sightings {
-            let t = s.tuple;
             let Some(flow) = self.flows[slot as usize].as_ref() else {
                 return;
             };
-            if t == flow.key || t == flow.key.reversed() {
+            let t = self.pool.find(&s.tuple);
+            if t.is_some_and(|t| t == flow.key || t == flow.key.reversed()) {
                 continue;
             }
             // Already mapped to this flow and leg: nothing changes (the common case).
-            if self.alias(t) == Some((slot, leg)) {
+            if t.is_some_and(|t| self.alias(t) == Some((slot, leg))) {
                 continue;
             }
-            self.claim_alias(slot, leg, t);
+            self.claim_alias(slot, leg, &s.tuple);
         }
     }
 
     /// Points `t` (and its reverse) at this flow, taking it from whichever flow had it.
-    fn claim_alias(&mut self, slot: u32, leg: Leg, t: Tuple) {
+    fn claim_alias(&mut self, slot: u32, leg: Leg, t: &super::path::Tuple) {
+        let t = self.pool.acquire(t);
         for u in [t, t.reversed()] {
             while let Some((owner, _)) = self.alias(u) {
                 let r = self.alias_ref(owner, u);
@@ -541,16 +535,22 @@ impl FlowTable {
             }
         }
         let Some(flow) = self.flows[slot as usize].as_mut() else {
+            self.pool.release(t);
             return;
         };
         let known = flow.aliases.iter().position(|(a, _)| *a == t || *a == t.reversed());
         let n = match known {
             Some(n) => {
+                // Same addresses: the reference taken above is one too many.
                 flow.aliases[n] = (t, leg);
+                self.pool.release(t);
                 n
             }
             // Beyond the bound, packets seen only at that tuple start a flow of their own.
-            None if flow.aliases.len() >= MAX_ALIASES => return,
+            None if flow.aliases.len() >= MAX_ALIASES => {
+                self.pool.release(t);
+                return;
+            }
             None => {
                 flow.aliases.push((t, leg));
                 flow.aliases.len() - 1
@@ -561,7 +561,7 @@ impl FlowTable {
     }
 
     /// The index entry of flow `slot` standing for alias tuple `u`.
-    fn alias_ref(&self, slot: u32, u: Tuple) -> Option<Ref> {
+    fn alias_ref(&self, slot: u32, u: CTuple) -> Option<Ref> {
         let flows = &self.flows;
         let found = self.by_tuple.find(self.hash(&u), |r| {
             !r.is_key() && r.slot() == slot && r.resolve(flows).is_some_and(|(a, _)| a == u)
@@ -573,4 +573,13 @@ impl FlowTable {
 /// Whether two hooks have the same label (`<ns>:<ifname>`), without building it.
 pub fn same_label(a: &Hook, b: &Hook) -> bool {
     a.ns_label == b.ns_label && a.ifname == b.ifname
+}
+#[cfg(test)]
+#[test]
+fn record_sizes() {
+    // What 100k flows cost: keep an eye on these when adding fields.
+    assert!(size_of::<Option<FlowState>>() <= 288, "{}", size_of::<Option<FlowState>>());
+    assert_eq!(size_of::<Hop>(), 16);
+    assert_eq!(size_of::<End>(), 16);
+    assert_eq!(size_of::<NatRec>(), 40);
 }

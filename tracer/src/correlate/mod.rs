@@ -11,6 +11,7 @@
 //! Pure logic: feed it [`PacketRecord`]s and [`DropRecord`]s, recorded or live.
 
 mod flows;
+mod intern;
 mod nat;
 mod packets;
 mod path;
@@ -178,7 +179,7 @@ impl Correlator {
     /// One flow, unless it was evicted.
     pub fn flow(&self, id: FlowId) -> Option<FlowReport> {
         let flow = self.table.get(id)?;
-        Some(FlowReport::build(flow, &self.topology, self.table.strings()))
+        Some(FlowReport::build(flow, &self.topology, self.table.pool()))
     }
 
     /// What the view noted when it last printed the flow (0 before that).

@@ -8,7 +8,8 @@ use crate::model::{
 };
 
 use super::{
-    flows::{same_label, HookIdx, NatRec, Strings},
+    flows::{same_label, HookIdx, NatRec},
+    intern::Pool,
     packets::{Instance, Sighting},
     report::Leg,
 };
@@ -28,7 +29,7 @@ pub fn record(
     leg: Leg,
     topology: &Topology,
     attributor: Option<&dyn RuleAttributor>,
-    strings: &mut Strings,
+    pool: &mut Pool,
     entries: &mut SmallVec<[NatRec; 1]>,
 ) {
     for pair in inst.sightings.windows(2) {
@@ -42,8 +43,8 @@ pub fn record(
             let same = |e: &&mut NatRec| {
                 e.leg == leg
                     && e.kind == kind
-                    && e.before == before
-                    && e.after == after
+                    && pool.endpoint(e.before) == before
+                    && pool.endpoint(e.after) == after
                     && same_place(topology, e.between, (ha, hb))
             };
             if let Some(e) = entries.iter_mut().find(same) {
@@ -57,9 +58,9 @@ pub fn record(
                 kind,
                 conntrack: None,
                 between: (a.hook, b.hook),
-                rule: rule.as_deref().and_then(|r| strings.intern(r)),
-                before,
-                after,
+                rule: rule.as_deref().and_then(|r| pool.strings.intern(r)),
+                before: pool.acquire_endpoint(before),
+                after: pool.acquire_endpoint(after),
                 packets: 1,
             });
         }
@@ -67,15 +68,15 @@ pub fn record(
 }
 
 /// The step as the report shows it: hooks by label, the rule by its text.
-pub fn entry(rec: &NatRec, topology: &Topology, strings: &Strings) -> NatEntry {
+pub fn entry(rec: &NatRec, topology: &Topology, pool: &Pool) -> NatEntry {
     let label = |i: HookIdx| hook(topology, i).map(Hook::label).unwrap_or_default();
     NatEntry {
         step: NatStep {
             kind: rec.kind,
-            before: rec.before,
-            after: rec.after,
+            before: pool.endpoint(rec.before),
+            after: pool.endpoint(rec.after),
             between: (label(rec.between.0), label(rec.between.1)),
-            rule: rec.rule.map(|r| strings.get(r).to_string()),
+            rule: rec.rule.map(|r| pool.strings.get(r).to_string()),
             conntrack: rec.conntrack,
         },
         packets: rec.packets,

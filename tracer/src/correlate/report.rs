@@ -7,7 +7,8 @@ use serde::Serialize;
 use crate::model::{Direction, Endpoint, Proto, Topology};
 
 use super::{
-    flows::{FlowState, LegTotals, Strings},
+    flows::{FlowState, LegTotals},
+    intern::Pool,
     nat::{self, NatEntry},
     path::Orientation,
 };
@@ -117,20 +118,21 @@ pub struct FlowReport {
 
 impl FlowReport {
     /// Builds the report of a flow.
-    pub fn build(flow: &FlowState, topology: &Topology, strings: &Strings) -> Self {
-        let mut stops = lost(flow, Leg::Out, topology, strings);
-        stops.extend(lost(flow, Leg::Back, topology, strings));
+    pub fn build(flow: &FlowState, topology: &Topology, pool: &Pool) -> Self {
+        let mut stops = lost(flow, Leg::Out, topology, pool);
+        stops.extend(lost(flow, Leg::Back, topology, pool));
+        let key = pool.tuple(flow.key);
         let nat = |leg: Leg| -> Vec<NatEntry> {
             let recs = flow.nat.iter().filter(|n| n.leg == leg);
-            recs.map(|n| nat::entry(n, topology, strings)).collect()
+            recs.map(|n| nat::entry(n, topology, pool)).collect()
         };
         let (out, back) = (flow.leg(Leg::Out).0, flow.leg(Leg::Back).0);
         Self {
             id: flow.id,
-            proto: flow.key.proto,
+            proto: key.proto,
             origin: flow.origin,
-            src: flow.key.src,
-            dst: flow.key.dst,
+            src: key.src,
+            dst: key.dst,
             packets_out: out.packets,
             packets_back: back.packets,
             bytes_out: out.bytes,
@@ -155,13 +157,13 @@ fn hops(flow: &FlowState, leg: Leg, topology: &Topology) -> Vec<HopTiming> {
         .filter(|h| h.leg == leg)
         .filter_map(|acc| {
             let hook = topology.hooks.get(usize::from(acc.hook))?;
-            let mean_ns = acc.sum_ns as f64 / acc.packets.max(1) as f64;
+            let mean_ns = acc.sum_ns as f64 / acc.packets().max(1) as f64;
             let timing = HopTiming {
                 hook: hook.label(),
                 dir: hook.direction,
                 delta_us: mean_ns / 1000.0,
                 slot: hook.slot,
-                packets: acc.packets,
+                packets: acc.packets(),
             };
             let rank = orientation.rank(hook.place, hook.direction);
             Some(((rank, hook.slot, acc.hook), timing))
@@ -172,7 +174,8 @@ fn hops(flow: &FlowState, leg: Leg, topology: &Topology) -> Vec<HopTiming> {
 }
 
 /// Packets of a leg that ended before the leg's terminal hook, or that the kernel dropped.
-fn lost(flow: &FlowState, leg: Leg, topology: &Topology, strings: &Strings) -> Vec<Stop> {
+fn lost(flow: &FlowState, leg: Leg, topology: &Topology, pool: &Pool) -> Vec<Stop> {
+    let strings = &pool.strings;
     let orientation = flow.leg(leg).1;
     let terminal = terminal_rank(flow, leg, orientation, topology);
     let mut ends: Vec<_> = flow.ends.iter().filter(|e| e.leg == leg).collect();
