@@ -164,14 +164,21 @@ impl FlowState {
         }
         for s in &inst.sightings {
             let since = s.ktime_ns.saturating_sub(first.ktime_ns);
-            match self.hops.iter_mut().find(|h| h.hook == s.hook && h.leg == leg) {
+            match self
+                .hops
+                .iter_mut()
+                .find(|h| h.hook == s.hook && h.leg == leg)
+            {
                 Some(h) => h.add(since),
                 None => self.hops.push(Hop::new(s.hook, leg, since)),
             }
         }
         let attributor = ctx.attributor.filter(|_| leg == Leg::Out);
         nat::record(inst, leg, ctx.topology, attributor, pool, &mut self.nat);
-        let reason = inst.drop_reason.as_deref().and_then(|r| pool.strings.intern(r));
+        let reason = inst
+            .drop_reason
+            .as_deref()
+            .and_then(|r| pool.strings.intern(r));
         let end = self
             .ends
             .iter_mut()
@@ -452,7 +459,10 @@ impl FlowTable {
         self.evicted += 1;
         self.len -= 1;
         self.free.push(slot);
-        if let Ok(e) = self.by_id.find_entry(self.hasher.hash_one(flow.id), |&s| s == slot) {
+        if let Ok(e) = self
+            .by_id
+            .find_entry(self.hasher.hash_one(flow.id), |&s| s == slot)
+        {
             e.remove();
         }
         self.unindex(Ref::key(slot), flow.key);
@@ -538,7 +548,10 @@ impl FlowTable {
             self.pool.release(t);
             return;
         };
-        let known = flow.aliases.iter().position(|(a, _)| *a == t || *a == t.reversed());
+        let known = flow
+            .aliases
+            .iter()
+            .position(|(a, _)| *a == t || *a == t.reversed());
         let n = match known {
             Some(n) => {
                 // Same addresses: the reference taken above is one too many.
@@ -578,7 +591,11 @@ pub fn same_label(a: &Hook, b: &Hook) -> bool {
 #[test]
 fn record_sizes() {
     // What 100k flows cost: keep an eye on these when adding fields.
-    assert!(size_of::<Option<FlowState>>() <= 288, "{}", size_of::<Option<FlowState>>());
+    assert!(
+        size_of::<Option<FlowState>>() <= 288,
+        "{}",
+        size_of::<Option<FlowState>>()
+    );
     assert_eq!(size_of::<Hop>(), 16);
     assert_eq!(size_of::<End>(), 16);
     assert_eq!(size_of::<NatRec>(), 40);

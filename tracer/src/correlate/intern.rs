@@ -119,9 +119,9 @@ impl Addrs {
     pub fn find(&self, a: &IpAddr) -> Option<AddrId> {
         let addrs = &self.addrs;
         let hash = self.hasher.hash_one(a);
-        let found = self
-            .index
-            .find(hash, |&i| addrs[i as usize].1 > 0 && addrs[i as usize].0 == *a);
+        let found = self.index.find(hash, |&i| {
+            addrs[i as usize].1 > 0 && addrs[i as usize].0 == *a
+        });
         found.map(|&i| AddrId(i))
     }
 
@@ -141,8 +141,9 @@ impl Addrs {
             }
         };
         let (addrs, hasher) = (&self.addrs, &self.hasher);
-        self.index
-            .insert_unique(hasher.hash_one(a), i, |&j| hasher.hash_one(addrs[j as usize].0));
+        self.index.insert_unique(hasher.hash_one(a), i, |&j| {
+            hasher.hash_one(addrs[j as usize].0)
+        });
         AddrId(i)
     }
 

@@ -221,6 +221,12 @@ impl Correlator {
         self.ignored_events
     }
 
+    /// Distinct addresses the flow table holds.
+    #[cfg(test)]
+    pub fn pooled_addrs(&self) -> usize {
+        self.table.pool().addrs.len()
+    }
+
     /// Sightings still waiting to settle.
     pub fn pending_sightings(&self) -> usize {
         self.pending.len()

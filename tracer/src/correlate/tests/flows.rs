@@ -224,6 +224,30 @@ fn oldest_flow_is_evicted_at_max_flows() {
 }
 
 #[test]
+fn evicted_flows_release_their_addresses_and_aliases() {
+    let cfg = CorrelateConfig {
+        max_flows: 2,
+        ..CorrelateConfig::default()
+    };
+    let (mut c, _) = correlator(cfg);
+    for i in 0..50u64 {
+        let server = format!("10.200.2.{}:8080", 10 + i);
+        let t = i * 1_000_000;
+        masq_out(i + 1, t, 41000 + i as u16, 41000 + i as u16, &server)
+            .into_iter()
+            .for_each(|r| c.push(&r));
+        c.advance(t * 1000 + 500_000_000);
+    }
+    assert_eq!(c.evicted_flows(), 48);
+    // Two flows: the container, the host's masquerade address and one server each.
+    assert_eq!(c.pooled_addrs(), 4);
+    let flows = c.flows();
+    let ports: Vec<u16> = flows.iter().map(|f| f.src.port).collect();
+    assert_eq!(ports, [41048, 41049]);
+    assert!(flows.iter().all(|f| f.nat.len() == 1 && f.packets_out == 1));
+}
+
+#[test]
 fn pending_buffer_is_bounded() {
     let cfg = CorrelateConfig {
         max_pending: 8,
