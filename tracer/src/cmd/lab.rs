@@ -146,7 +146,7 @@ fn demo(json: bool, tc_mode: TcMode, duration: Duration) -> anyhow::Result<ExitC
         );
     }
     drop(guard);
-    if view.final_flows.is_empty() {
+    if view.final_count == 0 {
         eprintln!("pathtrace: no flow was traced; the lab traffic did not reach the hooks");
         return Ok(ExitCode::from(1));
     }

@@ -3,6 +3,8 @@
 
 use std::{collections::HashMap, sync::Arc};
 
+use smallvec::SmallVec;
+
 use super::{
     output::Output,
     session::{Observer, StopReason},
@@ -24,6 +26,9 @@ pub struct ViewOptions {
     pub confirm_conntrack: bool,
     /// Print flow updates while tracing (otherwise only the final report).
     pub updates: bool,
+    /// Keep the final reports in [`LiveView::final_flows`] for the caller (verify, replay);
+    /// otherwise they are rendered one at a time and not kept (100k flows, bounded memory).
+    pub keep_flows: bool,
 }
 
 impl ViewOptions {
@@ -38,6 +43,7 @@ impl ViewOptions {
             max_flows: args.max_flows,
             confirm_conntrack: true,
             updates: true,
+            keep_flows: false,
         }
     }
 }
@@ -51,14 +57,12 @@ pub struct LiveView {
     notes: Option<FlowNotes>,
     correlator: Correlator,
     out: Output,
-    /// A hash of what each flow looked like when last printed (text mode prints only real
-    /// changes); a hash, not the text, so 100k flows cost 16 bytes each here.
-    printed: HashMap<FlowId, u64>,
-    /// Conntrack verdicts per flow, asked once per flow and NAT mapping.
-    confirmed: HashMap<(FlowId, usize), Option<bool>>,
     /// Lost count last warned about, per slot (warned again only when it doubles).
     hooks_lost: HashMap<u8, u64>,
+    /// The final reports, when [`ViewOptions::keep_flows`] asked for them.
     pub final_flows: Vec<FlowReport>,
+    /// Flows in the final report.
+    pub final_count: usize,
     pub final_stats: Vec<(Hook, HookStats)>,
     pub stop: Option<StopReason>,
 }
@@ -79,10 +83,9 @@ impl LiveView {
             notes: None,
             correlator: Correlator::new(topology, attributor, cfg),
             out,
-            printed: HashMap::new(),
-            confirmed: HashMap::new(),
             hooks_lost: HashMap::new(),
             final_flows: Vec::new(),
+            final_count: 0,
             final_stats: Vec::new(),
             stop: None,
         }
@@ -98,6 +101,8 @@ impl LiveView {
         self.events(events);
     }
 
+    /// Adds the verb's notes and (live) the kernel conntrack table's verdict on each NAT step.
+    /// A verdict, once the entry was found, is kept with the flow and not asked again.
     fn annotate(&mut self, mut flow: FlowReport) -> FlowReport {
         if let Some(notes) = &self.notes {
             let extra = notes(&flow);
@@ -106,28 +111,27 @@ impl LiveView {
         if !self.opts.confirm_conntrack {
             return flow;
         }
+        let mut found: SmallVec<[(usize, bool); 2]> = SmallVec::new();
         for (i, entry) in flow.nat.iter_mut().enumerate() {
             let step = &mut entry.step;
-            let key = (flow.id, i);
-            let verdict = match self.confirmed.get(&key) {
-                Some(v) => *v,
-                None => {
-                    let peer = match step.kind {
-                        NatKind::Snat => flow.dst,
-                        NatKind::Dnat => flow.src,
-                    };
-                    let v = conntrack::confirms(step, peer, flow.proto).unwrap_or_else(|e| {
-                        tracing::debug!("conntrack lookup: {e}");
-                        None
-                    });
-                    // Ask again later when the entry was not there yet.
-                    if v.is_some() {
-                        self.confirmed.insert(key, v);
-                    }
-                    v
-                }
+            if step.conntrack.is_some() {
+                continue;
+            }
+            let peer = match step.kind {
+                NatKind::Snat => flow.dst,
+                NatKind::Dnat => flow.src,
             };
-            step.conntrack = verdict;
+            step.conntrack = conntrack::confirms(step, peer, flow.proto).unwrap_or_else(|e| {
+                tracing::debug!("conntrack lookup: {e}");
+                None
+            });
+            // Asked again later when the entry was not there yet.
+            if let Some(v) = step.conntrack {
+                found.push((i, v));
+            }
+        }
+        for (i, v) in found {
+            self.correlator.confirm(flow.id, i, v);
         }
         flow
     }
@@ -153,35 +157,39 @@ impl LiveView {
                 Format::Text => hash_of(&shape_of(&flow)),
                 Format::Json => hash_of(&rendered),
             };
-            if self.printed.get(&id) == Some(&shape) {
+            // 0 is "never printed"; a shape hashing to 0 is merely printed once more.
+            if self.correlator.mark(id) == Some(shape) {
                 continue;
             }
-            self.printed.insert(id, shape);
+            self.correlator.set_mark(id, shape);
             self.out.send(rendered);
         }
     }
 
-    /// Final report: every flow, then the summary; blocks until written.
+    /// Final report: every flow, then the summary; blocks until written. Flows are built,
+    /// rendered and queued one at a time, so the report costs no more memory than the table.
     pub fn finish_output(&mut self) {
-        let ids = self.correlator.finish();
-        drop(ids);
-        let flows: Vec<FlowReport> = self
-            .correlator
-            .flows()
-            .into_iter()
-            .map(|f| self.annotate(f))
-            .collect();
+        self.correlator.finish();
         if self.opts.format == Format::Text && self.opts.updates {
             self.out.send_blocking("--- final ---\n".to_string());
         }
-        for f in &flows {
-            match self.opts.format.flow(f) {
+        let ids = self.correlator.flow_ids();
+        self.final_count = ids.len();
+        for id in ids {
+            let Some(flow) = self.correlator.flow(id) else {
+                continue;
+            };
+            let flow = self.annotate(flow);
+            match self.opts.format.flow(&flow) {
                 Ok(r) => self.out.send_blocking(r),
                 Err(e) => tracing::warn!("rendering flow: {e}"),
             }
+            if self.opts.keep_flows {
+                self.final_flows.push(flow);
+            }
         }
         let summary = Summary {
-            flows: flows.len(),
+            flows: self.final_count,
             evicted: self.correlator.evicted_flows(),
             hooks: &self.final_stats,
         };
@@ -196,7 +204,6 @@ impl LiveView {
                 "pathtrace: {shed} output updates were dropped because the output was too slow"
             );
         }
-        self.final_flows = flows;
     }
 }
 
@@ -253,7 +260,7 @@ impl Observer for LiveView {
     fn events(&mut self, events: &[Event]) {
         for e in events {
             match e {
-                Event::Packet(p) => self.correlator.push(p.clone()),
+                Event::Packet(p) => self.correlator.push(p),
                 Event::Drop(d) => self.correlator.push_drop(d.clone()),
             }
         }

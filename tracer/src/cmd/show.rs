@@ -54,6 +54,7 @@ pub fn replay(cap: &Capture, format: Format, out: Output) -> Vec<FlowReport> {
             max_flows: 1 << 20,
             confirm_conntrack: false,
             updates: false,
+            keep_flows: true,
         },
         out,
     );

@@ -303,6 +303,7 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             max_flows: 4096,
             confirm_conntrack: true,
             updates: false,
+            keep_flows: true,
         },
         Output::to(Box::new(std::io::sink())),
     );

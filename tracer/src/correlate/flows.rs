@@ -1,14 +1,22 @@
 //! From packets to flows: each finalised packet instance joins the conversation its traced-side
 //! tuple names (or, seen only beyond NAT, the one whose NAT mapping produced its tuple).
+//!
+//! The table holds up to `--max-flows` flows (100k and more), so a flow is one fixed-size record
+//! in a slab: hooks as indices, strings (rule texts, drop reasons) interned once per table, and
+//! the few hops, NAT steps and aliases of a flow inline. The indices hold 4-byte slot numbers;
+//! the tuples they stand for live only in the flow records.
 
-use std::collections::{BTreeMap, HashMap};
+use hashbrown::{DefaultHashBuilder, HashTable};
+use smallvec::SmallVec;
+use std::hash::BuildHasher;
 
-use crate::model::{Direction, Place, RuleAttributor, Topology};
+use crate::model::{Direction, Hook, NatKind, Place, RuleAttributor, Topology};
 
 use super::{
-    nat::{self, NatEntry},
+    intern::{CEndpoint, CTuple, Pool, StrId},
+    nat,
     packets::Instance,
-    path::{Orientation, Tuple},
+    path::Orientation,
     report::{FlowId, Leg},
 };
 
@@ -18,129 +26,291 @@ pub struct Context<'a> {
     pub attributor: Option<&'a dyn RuleAttributor>,
 }
 
-/// Running totals of one hop of one leg.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct HopAcc {
+/// Index of a hook in `Topology::hooks`.
+pub type HookIdx = u16;
+
+/// Running totals of one hop of one leg: 16 bytes, the packet count in 40 bits (saturating
+/// after 10^12 packets) so that it fits beside the hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hop {
     /// Sum over packets of the time since the packet's first sighting.
     pub sum_ns: u64,
+    packets_lo: u32,
+    pub hook: HookIdx,
+    pub leg: Leg,
+    packets_hi: u8,
+}
+
+impl Hop {
+    const MAX_PACKETS: u64 = (1 << 40) - 1;
+
+    fn new(hook: HookIdx, leg: Leg, sum_ns: u64) -> Self {
+        let mut hop = Self {
+            sum_ns,
+            packets_lo: 0,
+            hook,
+            leg,
+            packets_hi: 0,
+        };
+        hop.set_packets(1);
+        hop
+    }
+
+    pub fn packets(&self) -> u64 {
+        u64::from(self.packets_hi) << 32 | u64::from(self.packets_lo)
+    }
+
+    fn set_packets(&mut self, n: u64) {
+        let n = n.min(Self::MAX_PACKETS);
+        self.packets_lo = n as u32;
+        self.packets_hi = (n >> 32) as u8;
+    }
+
+    fn add(&mut self, since_ns: u64) {
+        self.sum_ns += since_ns;
+        self.set_packets(self.packets() + 1);
+    }
+}
+
+/// Packets of a leg by the hook of their last sighting and their drop reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct End {
+    pub hook: HookIdx,
+    pub leg: Leg,
+    pub reason: Option<StrId>,
+    pub count: u64,
+}
+
+/// A NAT step of a flow: [`crate::model::NatStep`] with hooks and rule by index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NatRec {
+    pub leg: Leg,
+    pub kind: NatKind,
+    /// Set by the view once the kernel's conntrack table was asked (see `Correlator::confirm`).
+    pub conntrack: Option<bool>,
+    pub between: (HookIdx, HookIdx),
+    pub rule: Option<StrId>,
+    pub before: CEndpoint,
+    pub after: CEndpoint,
     pub packets: u64,
 }
 
-/// One direction of a flow.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LegState {
+/// Totals of one direction of a flow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LegTotals {
     pub packets: u64,
     pub bytes: u64,
-    /// By hook index in `Topology::hooks`.
-    pub hops: BTreeMap<usize, HopAcc>,
-    pub nat: Vec<NatEntry>,
-    /// Packets by (hook index of their last sighting, drop reason).
-    pub ends: BTreeMap<(usize, Option<String>), u64>,
     /// The earliest hook (in path order) any packet of this leg was first seen at.
     pub entry: Option<(u32, Place, Direction)>,
 }
 
-impl LegState {
-    /// `attribute`: ask for the rule of NAT steps. Only the opening leg: netfilter picks a NAT
-    /// rule for a connection's first packet; replies are translated back by conntrack, and a rule
-    /// that merely matches a reply's tuple did not do it.
-    fn add(
-        &mut self,
-        inst: &Instance,
-        orientation: Orientation,
-        ctx: &Context<'_>,
-        attribute: bool,
-    ) {
-        let (Some(first), Some(last)) = (inst.sightings.first(), inst.sightings.last()) else {
-            return;
-        };
-        self.packets += 1;
-        self.bytes += u64::from(first.pkt_len);
-        for s in &inst.sightings {
-            let acc = self.hops.entry(s.hook).or_default();
-            acc.sum_ns += s.ktime_ns.saturating_sub(first.ktime_ns);
-            acc.packets += 1;
-        }
-        let attributor = if attribute { ctx.attributor } else { None };
-        nat::record(inst, ctx.topology, attributor, &mut self.nat);
-        *self
-            .ends
-            .entry((last.hook, inst.drop_reason.clone()))
-            .or_default() += 1;
-        let entry = (
-            orientation.rank(first.place, first.direction),
-            first.place,
-            first.direction,
-        );
-        if self.entry.is_none_or(|e| entry.0 < e.0) {
-            self.entry = Some(entry);
-        }
-    }
-}
+/// Tuples seen beyond NAT a flow keeps at most (a MASQUERADE gives one; more is unusual).
+const MAX_ALIASES: usize = 8;
 
 /// A conversation: both directions of one traced-side tuple.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FlowState {
     pub id: FlowId,
     /// The traced-side tuple of the direction that opened the flow.
-    pub key: Tuple,
+    pub key: CTuple,
     /// Which way the opening packet went.
     pub origin: Orientation,
     pub first_ns: u64,
     pub last_ns: u64,
-    pub out: LegState,
-    pub back: LegState,
-    /// Tuples seen beyond NAT, registered in the table's alias index.
-    aliases: Vec<Tuple>,
-    touched: u64,
+    /// What the view last printed of this flow (a hash); kept here so it goes with the flow.
+    pub mark: u64,
+    legs: [LegTotals; 2],
+    pub hops: SmallVec<[Hop; 4]>,
+    pub ends: SmallVec<[End; 1]>,
+    pub nat: SmallVec<[NatRec; 1]>,
+    /// Tuples seen beyond NAT, with the leg of the packet that had them; in the tuple index.
+    aliases: SmallVec<[(CTuple, Leg); 1]>,
+    /// Neighbours in the table's least-recently-updated list.
+    prev: u32,
+    next: u32,
 }
 
 impl FlowState {
-    /// The state of one leg and the way its packets travel.
-    pub fn leg(&self, leg: Leg) -> (&LegState, Orientation) {
+    /// The totals of one leg and the way its packets travel.
+    pub fn leg(&self, leg: Leg) -> (&LegTotals, Orientation) {
         match leg {
-            Leg::Out => (&self.out, self.origin),
-            Leg::Back => (&self.back, self.origin.reversed()),
+            Leg::Out => (&self.legs[0], self.origin),
+            Leg::Back => (&self.legs[1], self.origin.reversed()),
+        }
+    }
+
+    fn orientation(&self, leg: Leg) -> Orientation {
+        self.leg(leg).1
+    }
+
+    /// `attribute`: ask for the rule of NAT steps. Only the opening leg: netfilter picks a NAT
+    /// rule for a connection's first packet; replies are translated back by conntrack, and a rule
+    /// that merely matches a reply's tuple did not do it.
+    fn add(&mut self, inst: &Instance, leg: Leg, ctx: &Context<'_>, pool: &mut Pool) {
+        let (Some(first), Some(last)) = (inst.sightings.first(), inst.sightings.last()) else {
+            return;
+        };
+        let orientation = self.orientation(leg);
+        let totals = &mut self.legs[leg as usize];
+        totals.packets += 1;
+        totals.bytes += u64::from(first.pkt_len);
+        let entry = (
+            orientation.rank(first.place, first.direction),
+            first.place,
+            first.direction,
+        );
+        if totals.entry.is_none_or(|e| entry.0 < e.0) {
+            totals.entry = Some(entry);
+        }
+        for s in &inst.sightings {
+            let since = s.ktime_ns.saturating_sub(first.ktime_ns);
+            match self
+                .hops
+                .iter_mut()
+                .find(|h| h.hook == s.hook && h.leg == leg)
+            {
+                Some(h) => h.add(since),
+                None => self.hops.push(Hop::new(s.hook, leg, since)),
+            }
+        }
+        let attributor = ctx.attributor.filter(|_| leg == Leg::Out);
+        nat::record(inst, leg, ctx.topology, attributor, pool, &mut self.nat);
+        let reason = inst
+            .drop_reason
+            .as_deref()
+            .and_then(|r| pool.strings.intern(r));
+        let end = self
+            .ends
+            .iter_mut()
+            .find(|e| e.hook == last.hook && e.leg == leg && e.reason == reason);
+        match end {
+            Some(e) => e.count += 1,
+            None => self.ends.push(End {
+                hook: last.hook,
+                leg,
+                reason,
+                count: 1,
+            }),
         }
     }
 }
+
+/// No neighbour in the LRU list.
+const NIL: u32 = u32::MAX;
+
+/// A tuple index entry: the flow's slot and which of its tuples the entry stands for.
+/// Low bits: `KEY` or the alias number + 1, and `REVERSED` for the alias tuple reversed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Ref(u32);
+
+const TAG_BITS: u32 = 5;
+const REVERSED: u32 = 1 << 4;
+const KEY: u32 = 0;
+
+impl Ref {
+    fn key(slot: u32) -> Self {
+        Self(slot << TAG_BITS | KEY)
+    }
+
+    fn alias(slot: u32, n: usize, reversed: bool) -> Self {
+        let rev = if reversed { REVERSED } else { 0 };
+        Self(slot << TAG_BITS | (n as u32 + 1) | rev)
+    }
+
+    fn slot(self) -> u32 {
+        self.0 >> TAG_BITS
+    }
+
+    fn is_key(self) -> bool {
+        self.0 & (REVERSED - 1) == KEY
+    }
+
+    /// The tuple this entry stands for and the leg of a packet carrying it.
+    fn resolve(self, flows: &[Option<FlowState>]) -> Option<(CTuple, Leg)> {
+        let flow = flows.get(self.slot() as usize)?.as_ref()?;
+        let n = (self.0 & (REVERSED - 1)) as usize;
+        if n == 0 {
+            return Some((flow.key, Leg::Out));
+        }
+        let (t, leg) = *flow.aliases.get(n - 1)?;
+        Some(match self.0 & REVERSED {
+            0 => (t, leg),
+            _ => (t.reversed(), leg.other()),
+        })
+    }
+}
+
+/// Slots reserved up front (address space only: pages are touched as flows arrive), so that the
+/// slab does not double, and briefly hold both copies, on its way to `--max-flows`.
+const RESERVE_MAX: usize = 1 << 20;
+
+/// Largest table the 27 bits of a [`Ref`]'s slot can address.
+const MAX_FLOWS: usize = 1 << (32 - TAG_BITS);
 
 /// The bounded flow table.
 #[derive(Debug)]
 pub struct FlowTable {
-    flows: BTreeMap<FlowId, FlowState>,
-    by_key: HashMap<Tuple, FlowId>,
-    /// Post-NAT tuples to the flow and leg they belong to; the latest mapping wins.
-    aliases: HashMap<Tuple, (FlowId, Leg)>,
-    /// Flows by last update, least recent first.
-    lru: BTreeMap<u64, FlowId>,
+    /// The flows by slot; `None` for a free slot.
+    flows: Vec<Option<FlowState>>,
+    free: Vec<u32>,
+    /// Slots by flow id.
+    by_id: HashTable<u32>,
+    /// Slots by traced-side key and by post-NAT alias (the latest mapping of an alias wins).
+    by_tuple: HashTable<Ref>,
+    hasher: DefaultHashBuilder,
+    /// Least recently updated flow (evicted first) and most recently updated one.
+    lru_head: u32,
+    lru_tail: u32,
+    len: usize,
     next_id: u64,
-    clock: u64,
     evicted: u64,
     max_flows: usize,
+    pool: Pool,
 }
 
 impl FlowTable {
     pub fn new(max_flows: usize) -> Self {
+        let max_flows = max_flows.clamp(1, MAX_FLOWS);
         Self {
-            flows: BTreeMap::new(),
-            by_key: HashMap::new(),
-            aliases: HashMap::new(),
-            lru: BTreeMap::new(),
+            flows: Vec::with_capacity(max_flows.min(RESERVE_MAX)),
+            free: Vec::new(),
+            by_id: HashTable::new(),
+            by_tuple: HashTable::new(),
+            hasher: DefaultHashBuilder::default(),
+            lru_head: NIL,
+            lru_tail: NIL,
+            len: 0,
             next_id: 1,
-            clock: 0,
             evicted: 0,
-            max_flows: max_flows.max(1),
+            max_flows,
+            pool: Pool::default(),
         }
     }
 
     pub fn get(&self, id: FlowId) -> Option<&FlowState> {
-        self.flows.get(&id)
+        let slot = self.slot_of(id)?;
+        self.flows[slot as usize].as_ref()
     }
 
-    /// Flows in the order they were first seen.
-    pub fn iter(&self) -> impl Iterator<Item = &FlowState> {
-        self.flows.values()
+    pub fn get_mut(&mut self, id: FlowId) -> Option<&mut FlowState> {
+        let slot = self.slot_of(id)?;
+        self.flows[slot as usize].as_mut()
+    }
+
+    /// Rule texts, drop reasons and addresses of the flows.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Flow ids in the order first seen.
+    pub fn ids(&self) -> Vec<FlowId> {
+        let mut ids: Vec<FlowId> = self.flows.iter().flatten().map(|f| f.id).collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
     }
 
     pub fn evicted(&self) -> u64 {
@@ -150,107 +320,283 @@ impl FlowTable {
     /// Adds a finalised packet to its flow (creating it, evicting the least recently updated
     /// flow when full) and returns the flow's id.
     pub fn add(&mut self, inst: &Instance, ctx: &Context<'_>) -> Option<FlowId> {
-        let orientation = inst.orientation(&ctx.topology.target_addrs);
-        let (id, leg) = match self.locate(inst) {
+        let (slot, leg) = match self.locate(inst) {
             Some(found) => found,
-            None => (self.create(inst, orientation)?, Leg::Out),
+            None => {
+                let orientation = inst.orientation(&ctx.topology.target_addrs);
+                (self.create(inst, orientation)?, Leg::Out)
+            }
         };
-        self.clock += 1;
-        let clock = self.clock;
-        let flow = self.flows.get_mut(&id)?;
-        self.lru.remove(&flow.touched);
-        self.lru.insert(clock, id);
-        flow.touched = clock;
+        self.touch(slot);
+        let flow = self.flows[slot as usize].as_mut()?;
         flow.first_ns = flow.first_ns.min(inst.first_ns());
         flow.last_ns = flow.last_ns.max(inst.last_ns());
-        let leg_orientation = match leg {
-            Leg::Out => flow.origin,
-            Leg::Back => flow.origin.reversed(),
-        };
-        match leg {
-            Leg::Out => flow.out.add(inst, leg_orientation, ctx, true),
-            Leg::Back => flow.back.add(inst, leg_orientation, ctx, false),
-        }
-        self.register_aliases(id, leg, inst);
+        flow.add(inst, leg, ctx, &mut self.pool);
+        let id = flow.id;
+        self.register_aliases(slot, leg, inst);
         Some(id)
+    }
+
+    fn hash(&self, t: &CTuple) -> u64 {
+        self.hasher.hash_one(t)
+    }
+
+    fn slot_of(&self, id: FlowId) -> Option<u32> {
+        let flows = &self.flows;
+        let hash = self.hasher.hash_one(id);
+        let found = self.by_id.find(hash, |&s| {
+            flows[s as usize].as_ref().is_some_and(|f| f.id == id)
+        });
+        found.copied()
     }
 
     /// The flow and leg of a packet. A packet seen on the traced side is named by its tuple
     /// there; one seen only beyond NAT by any tuple a flow's packets have had.
-    fn locate(&self, inst: &Instance) -> Option<(FlowId, Leg)> {
+    fn locate(&self, inst: &Instance) -> Option<(u32, Leg)> {
         if let Some(t) = inst.traced_tuple() {
-            return self.by_key_either(t);
+            return self.by_key_either(self.pool.find(&t)?);
         }
         inst.sightings.iter().find_map(|s| {
-            let t = s.tuple;
-            self.by_key_either(t)
-                .or_else(|| self.aliases.get(&t).copied())
+            let t = self.pool.find(&s.tuple)?;
+            self.by_key_either(t).or_else(|| self.alias(t))
         })
     }
 
-    fn by_key_either(&self, t: Tuple) -> Option<(FlowId, Leg)> {
-        let out = self.by_key.get(&t).map(|id| (*id, Leg::Out));
-        out.or_else(|| self.by_key.get(&t.reversed()).map(|id| (*id, Leg::Back)))
+    fn by_key_either(&self, t: CTuple) -> Option<(u32, Leg)> {
+        let out = self.key_slot(t).map(|s| (s, Leg::Out));
+        out.or_else(|| self.key_slot(t.reversed()).map(|s| (s, Leg::Back)))
     }
 
-    fn create(&mut self, inst: &Instance, orientation: Orientation) -> Option<FlowId> {
+    fn key_slot(&self, t: CTuple) -> Option<u32> {
+        let flows = &self.flows;
+        let found = self.by_tuple.find(self.hash(&t), |r| {
+            r.is_key() && r.resolve(flows).is_some_and(|(k, _)| k == t)
+        });
+        found.map(|r| r.slot())
+    }
+
+    fn alias(&self, t: CTuple) -> Option<(u32, Leg)> {
+        let flows = &self.flows;
+        let found = self.by_tuple.find(self.hash(&t), |r| {
+            !r.is_key() && r.resolve(flows).is_some_and(|(a, _)| a == t)
+        });
+        let r = *found?;
+        r.resolve(flows).map(|(_, leg)| (r.slot(), leg))
+    }
+
+    fn create(&mut self, inst: &Instance, orientation: Orientation) -> Option<u32> {
         let key = inst
             .traced_tuple()
             .or_else(|| inst.nearest_tuple(orientation))?;
-        while self.flows.len() >= self.max_flows {
+        while self.len >= self.max_flows {
             self.evict_oldest();
         }
+        let key = self.pool.acquire(&key);
         let id = FlowId(self.next_id);
         self.next_id += 1;
-        self.by_key.insert(key, id);
         let flow = FlowState {
             id,
             key,
             origin: orientation,
             first_ns: inst.first_ns(),
             last_ns: inst.last_ns(),
-            out: LegState::default(),
-            back: LegState::default(),
-            aliases: Vec::new(),
-            touched: 0,
+            mark: 0,
+            legs: Default::default(),
+            hops: SmallVec::new(),
+            ends: SmallVec::new(),
+            nat: SmallVec::new(),
+            aliases: SmallVec::new(),
+            prev: NIL,
+            next: NIL,
         };
-        self.flows.insert(id, flow);
-        Some(id)
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.flows[s as usize] = Some(flow);
+                s
+            }
+            None => {
+                self.flows.push(Some(flow));
+                (self.flows.len() - 1) as u32
+            }
+        };
+        self.len += 1;
+        let (flows, hasher) = (&self.flows, &self.hasher);
+        self.by_id
+            .insert_unique(hasher.hash_one(id), slot, |&s| match &flows[s as usize] {
+                Some(f) => hasher.hash_one(f.id),
+                None => 0,
+            });
+        self.index(Ref::key(slot), key);
+        Some(slot)
+    }
+
+    /// Adds an entry for `t` to the tuple index.
+    fn index(&mut self, r: Ref, t: CTuple) {
+        let (flows, hasher) = (&self.flows, &self.hasher);
+        let hash = hasher.hash_one(t);
+        self.by_tuple.insert_unique(hash, r, |r| {
+            r.resolve(flows).map_or(0, |(t, _)| hasher.hash_one(t))
+        });
+    }
+
+    /// Removes exactly the entry `r` for `t`, if the index has it.
+    fn unindex(&mut self, r: Ref, t: CTuple) {
+        let hash = self.hash(&t);
+        if let Ok(e) = self.by_tuple.find_entry(hash, |x| *x == r) {
+            e.remove();
+        }
     }
 
     fn evict_oldest(&mut self) {
-        let Some((_, id)) = self.lru.pop_first() else {
+        let slot = self.lru_head;
+        if slot == NIL {
             return;
-        };
-        let Some(flow) = self.flows.remove(&id) else {
+        }
+        self.unlink(slot);
+        let Some(flow) = self.flows[slot as usize].take() else {
             return;
         };
         self.evicted += 1;
-        if self.by_key.get(&flow.key) == Some(&id) {
-            self.by_key.remove(&flow.key);
+        self.len -= 1;
+        self.free.push(slot);
+        if let Ok(e) = self
+            .by_id
+            .find_entry(self.hasher.hash_one(flow.id), |&s| s == slot)
+        {
+            e.remove();
         }
-        for t in flow.aliases.iter().flat_map(|t| [*t, t.reversed()]) {
-            if self.aliases.get(&t).is_some_and(|(owner, _)| *owner == id) {
-                self.aliases.remove(&t);
-            }
+        self.unindex(Ref::key(slot), flow.key);
+        self.pool.release(flow.key);
+        for (n, (t, _)) in flow.aliases.iter().enumerate() {
+            self.unindex(Ref::alias(slot, n, false), *t);
+            self.unindex(Ref::alias(slot, n, true), t.reversed());
+            self.pool.release(*t);
+        }
+        for rec in &flow.nat {
+            self.pool.release_endpoint(rec.before);
+            self.pool.release_endpoint(rec.after);
+        }
+    }
+
+    /// Moves a flow to the most recently updated end of the LRU list.
+    fn touch(&mut self, slot: u32) {
+        if self.lru_tail == slot {
+            return;
+        }
+        self.unlink(slot);
+        let tail = self.lru_tail;
+        if let Some(f) = self.flows[slot as usize].as_mut() {
+            f.prev = tail;
+            f.next = NIL;
+        }
+        match self.flows.get_mut(tail as usize).and_then(Option::as_mut) {
+            Some(t) => t.next = slot,
+            None => self.lru_head = slot,
+        }
+        self.lru_tail = slot;
+    }
+
+    fn unlink(&mut self, slot: u32) {
+        let Some(f) = self.flows[slot as usize].as_mut() else {
+            return;
+        };
+        let (prev, next) = (f.prev, f.next);
+        (f.prev, f.next) = (NIL, NIL);
+        match self.flows.get_mut(prev as usize).and_then(Option::as_mut) {
+            Some(p) => p.next = next,
+            None if self.lru_head == slot => self.lru_head = next,
+            None => {}
+        }
+        match self.flows.get_mut(next as usize).and_then(Option::as_mut) {
+            Some(n) => n.prev = prev,
+            None if self.lru_tail == slot => self.lru_tail = prev,
+            None => {}
         }
     }
 
     /// Remembers the packet's post-NAT tuples so that packets seen only there find the flow.
-    fn register_aliases(&mut self, id: FlowId, leg: Leg, inst: &Instance) {
-        let Some(flow) = self.flows.get_mut(&id) else {
-            return;
-        };
+    fn register_aliases(&mut self, slot: u32, leg: Leg, inst: &Instance) {
         for s in &inst.sightings {
-            let t = s.tuple;
-            if t == flow.key || t == flow.key.reversed() {
+            let Some(flow) = self.flows[slot as usize].as_ref() else {
+                return;
+            };
+            let t = self.pool.find(&s.tuple);
+            if t.is_some_and(|t| t == flow.key || t == flow.key.reversed()) {
                 continue;
             }
-            self.aliases.insert(t, (id, leg));
-            self.aliases.insert(t.reversed(), (id, leg.other()));
-            if !flow.aliases.contains(&t) && !flow.aliases.contains(&t.reversed()) {
-                flow.aliases.push(t);
+            // Already mapped to this flow and leg: nothing changes (the common case).
+            if t.is_some_and(|t| self.alias(t) == Some((slot, leg))) {
+                continue;
             }
+            self.claim_alias(slot, leg, &s.tuple);
         }
     }
+
+    /// Points `t` (and its reverse) at this flow, taking it from whichever flow had it.
+    fn claim_alias(&mut self, slot: u32, leg: Leg, t: &super::path::Tuple) {
+        let t = self.pool.acquire(t);
+        for u in [t, t.reversed()] {
+            while let Some((owner, _)) = self.alias(u) {
+                let r = self.alias_ref(owner, u);
+                match r {
+                    Some(r) => self.unindex(r, u),
+                    None => break,
+                }
+            }
+        }
+        let Some(flow) = self.flows[slot as usize].as_mut() else {
+            self.pool.release(t);
+            return;
+        };
+        let known = flow
+            .aliases
+            .iter()
+            .position(|(a, _)| *a == t || *a == t.reversed());
+        let n = match known {
+            Some(n) => {
+                // Same addresses: the reference taken above is one too many.
+                flow.aliases[n] = (t, leg);
+                self.pool.release(t);
+                n
+            }
+            // Beyond the bound, packets seen only at that tuple start a flow of their own.
+            None if flow.aliases.len() >= MAX_ALIASES => {
+                self.pool.release(t);
+                return;
+            }
+            None => {
+                flow.aliases.push((t, leg));
+                flow.aliases.len() - 1
+            }
+        };
+        self.index(Ref::alias(slot, n, false), t);
+        self.index(Ref::alias(slot, n, true), t.reversed());
+    }
+
+    /// The index entry of flow `slot` standing for alias tuple `u`.
+    fn alias_ref(&self, slot: u32, u: CTuple) -> Option<Ref> {
+        let flows = &self.flows;
+        let found = self.by_tuple.find(self.hash(&u), |r| {
+            !r.is_key() && r.slot() == slot && r.resolve(flows).is_some_and(|(a, _)| a == u)
+        });
+        found.copied()
+    }
+}
+
+/// Whether two hooks have the same label (`<ns>:<ifname>`), without building it.
+pub fn same_label(a: &Hook, b: &Hook) -> bool {
+    a.ns_label == b.ns_label && a.ifname == b.ifname
+}
+#[cfg(test)]
+#[test]
+fn record_sizes() {
+    // What 100k flows cost: keep an eye on these when adding fields.
+    assert!(
+        size_of::<Option<FlowState>>() <= 288,
+        "{}",
+        size_of::<Option<FlowState>>()
+    );
+    assert_eq!(size_of::<Hop>(), 16);
+    assert_eq!(size_of::<End>(), 16);
+    assert_eq!(size_of::<NatRec>(), 40);
 }

@@ -11,6 +11,7 @@
 //! Pure logic: feed it [`PacketRecord`]s and [`DropRecord`]s, recorded or live.
 
 mod flows;
+mod intern;
 mod nat;
 mod packets;
 mod path;
@@ -19,11 +20,11 @@ mod report;
 #[cfg(test)]
 pub(crate) mod tests;
 
-use std::{collections::BTreeSet, sync::Arc};
+use std::sync::Arc;
 
 use crate::model::{DropRecord, Hook, PacketRecord, RuleAttributor, Topology};
 
-use flows::{Context, FlowTable};
+use flows::{Context, FlowTable, HookIdx};
 use packets::{Instance, Pending, Sighting};
 
 pub use nat::NatEntry;
@@ -61,8 +62,8 @@ pub struct Correlator {
     cfg: CorrelateConfig,
     pending: Pending,
     table: FlowTable,
-    /// Flows updated since the last [`Correlator::advance`].
-    changed: BTreeSet<FlowId>,
+    /// Flows updated since the last [`Correlator::advance`] (with repeats, see `note_changed`).
+    changed: Vec<FlowId>,
     ignored_events: u64,
 }
 
@@ -80,7 +81,7 @@ impl Correlator {
             cfg,
             pending: Pending::default(),
             table: FlowTable::new(cfg.max_flows),
-            changed: BTreeSet::new(),
+            changed: Vec::new(),
             ignored_events: 0,
         }
     }
@@ -109,10 +110,11 @@ impl Correlator {
     /// Buffers one packet event. Events may arrive out of time order (per-CPU buffers) by up to
     /// `settle_ns`. Events of unknown hooks or without a fingerprint (not IP) are counted and
     /// ignored.
-    pub fn push(&mut self, rec: PacketRecord) {
+    pub fn push(&mut self, rec: &PacketRecord) {
         // The newest hook of the slot (slots are reused when a container restarts).
         let mut hooks = self.topology.hooks.iter().enumerate().rev();
-        let Some((idx, h)) = hooks.find(|(_, h)| h.slot == rec.slot) else {
+        let found = hooks.find(|(_, h)| h.slot == rec.slot);
+        let Some((Ok(idx), h)) = found.map(|(i, h)| (HookIdx::try_from(i), h)) else {
             self.ignored_events += 1;
             return;
         };
@@ -125,7 +127,7 @@ impl Correlator {
             place: h.place,
             direction: h.direction,
             ktime_ns: rec.ktime_ns,
-            tuple: path::Tuple::of(&rec),
+            tuple: path::Tuple::of(rec),
             pkt_len: rec.pkt_len,
         };
         self.pending.push(rec.fingerprint, sighting);
@@ -157,19 +159,51 @@ impl Correlator {
         self.advance(u64::MAX)
     }
 
-    /// Every flow in the table, in the order first seen.
+    /// Every flow in the table, in the order first seen. For many flows prefer
+    /// [`Correlator::flow_ids`] and [`Correlator::flow`]: one report at a time.
     pub fn flows(&self) -> Vec<FlowReport> {
-        let topology = &self.topology;
-        self.table
-            .iter()
-            .map(|f| FlowReport::build(f, topology))
-            .collect()
+        let ids = self.flow_ids();
+        ids.into_iter().filter_map(|id| self.flow(id)).collect()
+    }
+
+    /// The ids of the flows in the table, in the order first seen.
+    pub fn flow_ids(&self) -> Vec<FlowId> {
+        self.table.ids()
+    }
+
+    /// Flows in the table.
+    pub fn flow_count(&self) -> usize {
+        self.table.len()
     }
 
     /// One flow, unless it was evicted.
     pub fn flow(&self, id: FlowId) -> Option<FlowReport> {
         let flow = self.table.get(id)?;
-        Some(FlowReport::build(flow, &self.topology))
+        Some(FlowReport::build(flow, &self.topology, self.table.pool()))
+    }
+
+    /// What the view noted when it last printed the flow (0 before that).
+    pub fn mark(&self, id: FlowId) -> Option<u64> {
+        self.table.get(id).map(|f| f.mark)
+    }
+
+    /// Keeps a view's note about a flow (e.g. a hash of what it printed) for as long as the
+    /// flow is in the table: the view needs no per-flow map of its own to bound.
+    pub fn set_mark(&mut self, id: FlowId, mark: u64) {
+        if let Some(f) = self.table.get_mut(id) {
+            f.mark = mark;
+        }
+    }
+
+    /// Records the kernel conntrack table's verdict on the flow's `n`th NAT step of the
+    /// opening direction (as in [`FlowReport::nat`]); reports show it from now on.
+    pub fn confirm(&mut self, id: FlowId, n: usize, verdict: bool) {
+        let Some(f) = self.table.get_mut(id) else {
+            return;
+        };
+        if let Some(rec) = f.nat.iter_mut().filter(|r| r.leg == Leg::Out).nth(n) {
+            rec.conntrack = Some(verdict);
+        }
     }
 
     /// Flows dropped from the table to stay within `max_flows`.
@@ -187,6 +221,12 @@ impl Correlator {
         self.ignored_events
     }
 
+    /// Distinct addresses the flow table holds.
+    #[cfg(test)]
+    pub fn pooled_addrs(&self) -> usize {
+        self.table.pool().addrs.len()
+    }
+
     /// Sightings still waiting to settle.
     pub fn pending_sightings(&self) -> usize {
         self.pending.len()
@@ -199,16 +239,21 @@ impl Correlator {
         };
         for inst in &instances {
             if let Some(id) = self.table.add(inst, &ctx) {
-                self.changed.insert(id);
+                self.changed.push(id);
             }
+        }
+        // Bounded between ticks even when one busy flow updates over and over.
+        if self.changed.len() > 2 * self.table.len() + 1024 {
+            self.changed.sort_unstable();
+            self.changed.dedup();
         }
     }
 
     fn take_changed(&mut self) -> Vec<FlowId> {
-        let changed = std::mem::take(&mut self.changed);
+        let mut changed = std::mem::take(&mut self.changed);
+        changed.sort_unstable();
+        changed.dedup();
+        changed.retain(|id| self.table.get(*id).is_some());
         changed
-            .into_iter()
-            .filter(|id| self.table.get(*id).is_some())
-            .collect()
     }
 }

@@ -5,13 +5,16 @@ use std::{collections::HashMap, net::IpAddr, ops::Range};
 
 use crate::model::{Direction, DropRecord, Place};
 
-use super::path::{is_traced_side, Orientation, Tuple};
+use super::{
+    flows::HookIdx,
+    path::{is_traced_side, Orientation, Tuple},
+};
 
 /// One packet seen at one hook, reduced to what correlation needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sighting {
     /// Index of the hook in `Topology::hooks`.
-    pub hook: usize,
+    pub hook: HookIdx,
     pub place: Place,
     pub direction: Direction,
     pub ktime_ns: u64,

@@ -7,8 +7,9 @@ use serde::Serialize;
 use crate::model::{Direction, Endpoint, Proto, Topology};
 
 use super::{
-    flows::{FlowState, LegState},
-    nat::NatEntry,
+    flows::{FlowState, LegTotals},
+    intern::Pool,
+    nat::{self, NatEntry},
     path::Orientation,
 };
 
@@ -117,25 +118,31 @@ pub struct FlowReport {
 
 impl FlowReport {
     /// Builds the report of a flow.
-    pub fn build(flow: &FlowState, topology: &Topology) -> Self {
-        let mut stops = lost(flow, Leg::Out, topology);
-        stops.extend(lost(flow, Leg::Back, topology));
+    pub fn build(flow: &FlowState, topology: &Topology, pool: &Pool) -> Self {
+        let mut stops = lost(flow, Leg::Out, topology, pool);
+        stops.extend(lost(flow, Leg::Back, topology, pool));
+        let key = pool.tuple(flow.key);
+        let nat = |leg: Leg| -> Vec<NatEntry> {
+            let recs = flow.nat.iter().filter(|n| n.leg == leg);
+            recs.map(|n| nat::entry(n, topology, pool)).collect()
+        };
+        let (out, back) = (flow.leg(Leg::Out).0, flow.leg(Leg::Back).0);
         Self {
             id: flow.id,
-            proto: flow.key.proto,
+            proto: key.proto,
             origin: flow.origin,
-            src: flow.key.src,
-            dst: flow.key.dst,
-            packets_out: flow.out.packets,
-            packets_back: flow.back.packets,
-            bytes_out: flow.out.bytes,
-            bytes_back: flow.back.bytes,
+            src: key.src,
+            dst: key.dst,
+            packets_out: out.packets,
+            packets_back: back.packets,
+            bytes_out: out.bytes,
+            bytes_back: back.bytes,
             first_ns: flow.first_ns,
             last_ns: flow.last_ns,
             hops: hops(flow, Leg::Out, topology),
             hops_back: hops(flow, Leg::Back, topology),
-            nat: flow.out.nat.clone(),
-            nat_back: flow.back.nat.clone(),
+            nat: nat(Leg::Out),
+            nat_back: nat(Leg::Back),
             stops,
             notes: Vec::new(),
         }
@@ -143,36 +150,44 @@ impl FlowReport {
 }
 
 fn hops(flow: &FlowState, leg: Leg, topology: &Topology) -> Vec<HopTiming> {
-    let (state, orientation) = flow.leg(leg);
-    let mut out: Vec<(u32, HopTiming)> = state
+    let orientation = flow.leg(leg).1;
+    let mut out: Vec<((u32, u8, u16), HopTiming)> = flow
         .hops
         .iter()
-        .filter_map(|(idx, acc)| {
-            let hook = topology.hooks.get(*idx)?;
-            let mean_ns = acc.sum_ns as f64 / acc.packets.max(1) as f64;
+        .filter(|h| h.leg == leg)
+        .filter_map(|acc| {
+            let hook = topology.hooks.get(usize::from(acc.hook))?;
+            let mean_ns = acc.sum_ns as f64 / acc.packets().max(1) as f64;
             let timing = HopTiming {
                 hook: hook.label(),
                 dir: hook.direction,
                 delta_us: mean_ns / 1000.0,
                 slot: hook.slot,
-                packets: acc.packets,
+                packets: acc.packets(),
             };
-            Some((orientation.rank(hook.place, hook.direction), timing))
+            let rank = orientation.rank(hook.place, hook.direction);
+            Some(((rank, hook.slot, acc.hook), timing))
         })
         .collect();
-    out.sort_by_key(|(rank, t)| (*rank, t.slot));
+    out.sort_by_key(|(order, _)| *order);
     out.into_iter().map(|(_, t)| t).collect()
 }
 
 /// Packets of a leg that ended before the leg's terminal hook, or that the kernel dropped.
-fn lost(flow: &FlowState, leg: Leg, topology: &Topology) -> Vec<Stop> {
-    let (state, orientation) = flow.leg(leg);
-    let terminal = terminal_rank(state, flow.leg(leg.other()).0, orientation, topology);
-    state
-        .ends
-        .iter()
-        .filter_map(|((idx, reason), count)| {
-            let hook = topology.hooks.get(*idx)?;
+fn lost(flow: &FlowState, leg: Leg, topology: &Topology, pool: &Pool) -> Vec<Stop> {
+    let strings = &pool.strings;
+    let orientation = flow.leg(leg).1;
+    let terminal = terminal_rank(flow, leg, orientation, topology);
+    let mut ends: Vec<_> = flow.ends.iter().filter(|e| e.leg == leg).collect();
+    // In the order the report always had: by hook, then reason (none first).
+    ends.sort_by(|a, b| {
+        let reason = |e: &super::flows::End| e.reason.map(|r| strings.get(r));
+        (a.hook, reason(a)).cmp(&(b.hook, reason(b)))
+    });
+    ends.into_iter()
+        .filter_map(|end| {
+            let hook = topology.hooks.get(usize::from(end.hook))?;
+            let reason = end.reason.map(|r| strings.get(r).to_string());
             let short = orientation.rank(hook.place, hook.direction) < terminal;
             // A packet that reached the end of its path and was then freed by the receiving
             // stack (no socket any more, queue purged at close) was delivered, not lost; only a
@@ -182,8 +197,8 @@ fn lost(flow: &FlowState, leg: Leg, topology: &Topology) -> Vec<Stop> {
                 leg,
                 after_hook: hook.label(),
                 after_dir: hook.direction,
-                count: *count,
-                reason: reason.clone(),
+                count: end.count,
+                reason,
             })
         })
         .collect()
@@ -197,16 +212,13 @@ fn is_firewall(reason: &str) -> bool {
 /// Where a leg's packets are expected to end: the farthest any of them got, and no nearer than
 /// the mirror of where the other leg's packets come in (a reply entering at the uplink means
 /// the request left by it); with no packets the other way, the topology's main path end.
-fn terminal_rank(
-    state: &LegState,
-    other: &LegState,
-    orientation: Orientation,
-    topology: &Topology,
-) -> u32 {
-    let reached = state
+fn terminal_rank(flow: &FlowState, leg: Leg, orientation: Orientation, topology: &Topology) -> u32 {
+    let other: &LegTotals = flow.leg(leg.other()).0;
+    let reached = flow
         .ends
-        .keys()
-        .filter_map(|(idx, _)| topology.hooks.get(*idx))
+        .iter()
+        .filter(|e| e.leg == leg)
+        .filter_map(|e| topology.hooks.get(usize::from(e.hook)))
         .map(|h| orientation.rank(h.place, h.direction))
         .max();
     let expected = match other.entry {

@@ -84,7 +84,7 @@ fn reordering_within_the_settle_window_survives_advance() {
     let mut records = masq_out(1, 0, 41234, 41234, SERVER);
     records.reverse();
     for r in records {
-        c.push(r);
+        c.push(&r);
         assert!(c.advance(50_000).is_empty(), "nothing settles within 200ms");
     }
     assert_eq!(c.advance(300_000_000).len(), 1);
@@ -172,10 +172,10 @@ fn packet_stopping_at_the_bridge_is_lost_there() {
 #[test]
 fn drop_record_names_the_reason() {
     let (mut c, _) = correlator(CorrelateConfig::default());
-    conversation().into_iter().for_each(|r| c.push(r));
+    conversation().into_iter().for_each(|r| c.push(&r));
     stopped_at_bridge(300, 3_000)
         .into_iter()
-        .for_each(|r| c.push(r));
+        .for_each(|r| c.push(&r));
     c.push_drop(DropRecord {
         ktime_ns: 3_010_000,
         fingerprint: 300,
@@ -215,12 +215,36 @@ fn oldest_flow_is_evicted_at_max_flows() {
         let t = i as u64 * 1_000_000;
         masq_out(i as u64 + 1, t, port, port, SERVER)
             .into_iter()
-            .for_each(|r| c.push(r));
+            .for_each(|r| c.push(&r));
         c.advance(t * 1000 + 500_000_000);
     }
     assert_eq!(c.evicted_flows(), 1);
     let ports: Vec<u16> = c.flows().iter().map(|f| f.src.port).collect();
     assert_eq!(ports, [41002, 41003]);
+}
+
+#[test]
+fn evicted_flows_release_their_addresses_and_aliases() {
+    let cfg = CorrelateConfig {
+        max_flows: 2,
+        ..CorrelateConfig::default()
+    };
+    let (mut c, _) = correlator(cfg);
+    for i in 0..50u64 {
+        let server = format!("10.200.2.{}:8080", 10 + i);
+        let t = i * 1_000_000;
+        masq_out(i + 1, t, 41000 + i as u16, 41000 + i as u16, &server)
+            .into_iter()
+            .for_each(|r| c.push(&r));
+        c.advance(t * 1000 + 500_000_000);
+    }
+    assert_eq!(c.evicted_flows(), 48);
+    // Two flows: the container, the host's masquerade address and one server each.
+    assert_eq!(c.pooled_addrs(), 4);
+    let flows = c.flows();
+    let ports: Vec<u16> = flows.iter().map(|f| f.src.port).collect();
+    assert_eq!(ports, [41048, 41049]);
+    assert!(flows.iter().all(|f| f.nat.len() == 1 && f.packets_out == 1));
 }
 
 #[test]
@@ -233,7 +257,7 @@ fn pending_buffer_is_bounded() {
     for i in 0..5u64 {
         masq_out(i + 1, i * 10, 41234, 41234, SERVER)
             .into_iter()
-            .for_each(|r| c.push(r));
+            .for_each(|r| c.push(&r));
         assert!(c.pending_sightings() <= 8);
     }
     c.finish();
@@ -244,8 +268,8 @@ fn pending_buffer_is_bounded() {
 #[test]
 fn unknown_hooks_and_non_ip_events_are_ignored() {
     let (mut c, _) = correlator(CorrelateConfig::default());
-    c.push(rec(42, 0, 1, Proto::Tcp, "10.200.1.2:1", SERVER));
-    c.push(rec(CTR_EG, 0, 0, Proto::Tcp, "10.200.1.2:1", SERVER));
+    c.push(&rec(42, 0, 1, Proto::Tcp, "10.200.1.2:1", SERVER));
+    c.push(&rec(CTR_EG, 0, 0, Proto::Tcp, "10.200.1.2:1", SERVER));
     c.finish();
     assert_eq!(c.ignored_events(), 2);
     assert!(c.flows().is_empty());

@@ -184,7 +184,7 @@ pub fn correlator(cfg: CorrelateConfig) -> (Correlator, Arc<FakeRules>) {
 /// Feeds records (in the order given) and finishes.
 pub fn run(records: Vec<PacketRecord>) -> Vec<FlowReport> {
     let (mut c, _) = correlator(CorrelateConfig::default());
-    records.into_iter().for_each(|r| c.push(r));
+    records.into_iter().for_each(|r| c.push(&r));
     c.finish();
     c.flows()
 }

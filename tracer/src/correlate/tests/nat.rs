@@ -12,7 +12,7 @@ fn masquerade_and_its_de_nat() {
     let mut records = masq_out(1, 0, 41234, 61000, server);
     records.extend(masq_out(2, 1_000, 41234, 61000, server));
     records.extend(masq_back(3, 500, 41234, 61000, server));
-    records.into_iter().for_each(|r| c.push(r));
+    records.into_iter().for_each(|r| c.push(&r));
     c.finish();
     let f = &c.flows()[0];
     let snat = step(

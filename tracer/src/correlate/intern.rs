@@ -1,0 +1,218 @@
+//! What many flows share, stored once per table: rule texts and drop reasons (a flow holds a
+//! 4-byte id, not a copy) and IP addresses (a flow's tuples are 16 bytes, not 42, and an IPv6
+//! flow costs no more than an IPv4 one).
+
+use std::{hash::BuildHasher, net::IpAddr, num::NonZeroU32};
+
+use hashbrown::{DefaultHashBuilder, HashTable};
+
+use crate::model::{Endpoint, Proto};
+
+use super::path::Tuple;
+
+/// The table's shared strings and addresses.
+#[derive(Debug, Default)]
+pub struct Pool {
+    pub strings: Strings,
+    pub addrs: Addrs,
+}
+
+impl Pool {
+    /// The tuple in table form, if all its addresses are known (otherwise no flow has it).
+    pub fn find(&self, t: &Tuple) -> Option<CTuple> {
+        let src = self.addrs.find(&t.src.addr)?;
+        let dst = self.addrs.find(&t.dst.addr)?;
+        Some(CTuple::new(t, src, dst))
+    }
+
+    /// The tuple in table form, holding a reference to each address until `release`.
+    pub fn acquire(&mut self, t: &Tuple) -> CTuple {
+        let src = self.addrs.acquire(t.src.addr);
+        let dst = self.addrs.acquire(t.dst.addr);
+        CTuple::new(t, src, dst)
+    }
+
+    pub fn release(&mut self, t: CTuple) {
+        self.addrs.release(t.src);
+        self.addrs.release(t.dst);
+    }
+
+    pub fn acquire_endpoint(&mut self, e: Endpoint) -> CEndpoint {
+        CEndpoint {
+            addr: self.addrs.acquire(e.addr),
+            port: e.port,
+        }
+    }
+
+    pub fn release_endpoint(&mut self, e: CEndpoint) {
+        self.addrs.release(e.addr);
+    }
+
+    pub fn tuple(&self, t: CTuple) -> Tuple {
+        Tuple {
+            proto: t.proto,
+            src: Endpoint::new(self.addrs.get(t.src), t.sport),
+            dst: Endpoint::new(self.addrs.get(t.dst), t.dport),
+        }
+    }
+
+    pub fn endpoint(&self, e: CEndpoint) -> Endpoint {
+        Endpoint::new(self.addrs.get(e.addr), e.port)
+    }
+}
+
+/// A [`Tuple`] with its addresses by id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CTuple {
+    pub src: AddrId,
+    pub dst: AddrId,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: Proto,
+}
+
+impl CTuple {
+    fn new(t: &Tuple, src: AddrId, dst: AddrId) -> Self {
+        Self {
+            src,
+            dst,
+            sport: t.src.port,
+            dport: t.dst.port,
+            proto: t.proto,
+        }
+    }
+
+    pub fn reversed(self) -> Self {
+        Self {
+            src: self.dst,
+            dst: self.src,
+            sport: self.dport,
+            dport: self.sport,
+            proto: self.proto,
+        }
+    }
+}
+
+/// An [`Endpoint`] with its address by id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CEndpoint {
+    pub addr: AddrId,
+    pub port: u16,
+}
+
+/// An interned address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AddrId(u32);
+
+/// Addresses with a count of the flow records holding each; an address goes with its last
+/// holder, so the pool is bounded by the flow table.
+#[derive(Debug, Default)]
+pub struct Addrs {
+    /// By id: the address and its holders (0: a free id).
+    addrs: Vec<(IpAddr, u32)>,
+    free: Vec<u32>,
+    index: HashTable<u32>,
+    hasher: DefaultHashBuilder,
+}
+
+impl Addrs {
+    pub fn find(&self, a: &IpAddr) -> Option<AddrId> {
+        let addrs = &self.addrs;
+        let hash = self.hasher.hash_one(a);
+        let found = self.index.find(hash, |&i| {
+            addrs[i as usize].1 > 0 && addrs[i as usize].0 == *a
+        });
+        found.map(|&i| AddrId(i))
+    }
+
+    pub fn acquire(&mut self, a: IpAddr) -> AddrId {
+        if let Some(id) = self.find(&a) {
+            self.addrs[id.0 as usize].1 += 1;
+            return id;
+        }
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.addrs[i as usize] = (a, 1);
+                i
+            }
+            None => {
+                self.addrs.push((a, 1));
+                (self.addrs.len() - 1) as u32
+            }
+        };
+        let (addrs, hasher) = (&self.addrs, &self.hasher);
+        self.index.insert_unique(hasher.hash_one(a), i, |&j| {
+            hasher.hash_one(addrs[j as usize].0)
+        });
+        AddrId(i)
+    }
+
+    pub fn release(&mut self, id: AddrId) {
+        let Some((addr, holders)) = self.addrs.get_mut(id.0 as usize) else {
+            return;
+        };
+        *holders = holders.saturating_sub(1);
+        if *holders > 0 {
+            return;
+        }
+        let hash = self.hasher.hash_one(*addr);
+        if let Ok(e) = self.index.find_entry(hash, |&i| i == id.0) {
+            e.remove();
+        }
+        self.free.push(id.0);
+    }
+
+    pub fn get(&self, id: AddrId) -> IpAddr {
+        self.addrs[id.0 as usize].0
+    }
+
+    /// Distinct addresses held.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+}
+
+/// Interned strings (NAT rule texts, drop reason names). Bounded: both come from finite sets
+/// (the ruleset snapshot, the kernel's drop reasons); past the bound a string is not recorded.
+#[derive(Debug, Default)]
+pub struct Strings {
+    texts: Vec<Box<str>>,
+    index: HashTable<u32>,
+    hasher: DefaultHashBuilder,
+}
+
+/// An interned string (non-zero, so that `Option<StrId>` is 4 bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct StrId(NonZeroU32);
+
+const MAX_STRINGS: usize = 1 << 16;
+
+impl Strings {
+    pub fn intern(&mut self, s: &str) -> Option<StrId> {
+        let hash = self.hasher.hash_one(s);
+        let texts = &self.texts;
+        if let Some(&i) = self.index.find(hash, |&i| &*texts[i as usize] == s) {
+            return Self::id(i);
+        }
+        if self.texts.len() >= MAX_STRINGS {
+            tracing::debug!("string table full, not recording {s:?}");
+            return None;
+        }
+        let i = self.texts.len() as u32;
+        self.texts.push(s.into());
+        let (texts, hasher) = (&self.texts, &self.hasher);
+        self.index
+            .insert_unique(hash, i, |&j| hasher.hash_one(&*texts[j as usize]));
+        Self::id(i)
+    }
+
+    fn id(i: u32) -> Option<StrId> {
+        NonZeroU32::new(i + 1).map(StrId)
+    }
+
+    pub fn get(&self, id: StrId) -> &str {
+        let i = id.0.get() as usize - 1;
+        self.texts.get(i).map_or("", |s| s)
+    }
+}
