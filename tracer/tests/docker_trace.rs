@@ -15,7 +15,7 @@ mod docker_support;
 mod wan;
 
 use std::{
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Read as _},
     net::SocketAddr,
     process::{Child, Command, ExitStatus, Stdio},
     sync::{mpsc::Receiver, Mutex, MutexGuard},
@@ -528,6 +528,47 @@ fn follows_a_restart() -> Result<()> {
         );
     }
     assert_no_programs_left("after SIGINT")
+}
+
+/// `docker rm -f` of the traced container: pathtrace ends by itself, prints what it saw, says on
+/// one stderr line that the container is gone, exits 2 and leaves nothing attached.
+#[test]
+fn container_removed_mid_trace_ends_with_exit_2() -> Result<()> {
+    let Some(_serial) = begin("container_removed_mid_trace_ends_with_exit_2") else {
+        return Ok(());
+    };
+    let c = TestContainer::run("pt-gone", &[], SLEEP)?;
+    let mut trace = Running::spawn(&["--container", &c.name])?;
+    trace.wait_for("tracing ")?;
+    docker(&["rm", "-f", &c.name])?;
+    let removed = Instant::now();
+    let mut stderr = String::new();
+    trace
+        .child
+        .stderr
+        .take()
+        .context("stderr")?
+        .read_to_string(&mut stderr)?;
+    let status = trace.child.wait()?;
+    let took = removed.elapsed();
+    trace.seen.extend(trace.lines.iter());
+    eprintln!(
+        "{}\n{stderr}exit {status:?} {took:?} after docker rm",
+        trace.seen.join("\n")
+    );
+    ensure!(status.code() == Some(2), "exit status {status:?}");
+    ensure!(took < Duration::from_secs(10), "took {took:?} to notice");
+    let lines: Vec<&str> = stderr.lines().collect();
+    ensure!(
+        lines.len() == 1 && lines[0].contains(&format!("container {} was removed", c.name)),
+        "stderr: {stderr}"
+    );
+    ensure!(
+        trace.seen.iter().any(|l| l.starts_with("--- final ---")),
+        "no final report: {:#?}",
+        trace.seen
+    );
+    assert_no_programs_left("after the container was removed")
 }
 
 /// Exit code 2, one line on stderr containing `want`, nothing on stdout.
