@@ -46,13 +46,19 @@ impl Tuple {
     /// The tuple of a parsed packet (`meta.family != 0`).
     #[inline(always)]
     pub fn of(meta: &PacketMeta) -> Self {
+        // `parse` puts the ICMP echo identifier in `sport`; no port for the filter or a key.
+        let (sport, dport) = if ported(meta.proto) {
+            (meta.sport, meta.dport)
+        } else {
+            (0, 0)
+        };
         Self {
             family: meta.family,
             proto: meta.proto,
             saddr: meta.saddr,
             daddr: meta.daddr,
-            sport: ported(meta.proto).then_some(meta.sport).unwrap_or(0),
-            dport: ported(meta.proto).then_some(meta.dport).unwrap_or(0),
+            sport,
+            dport,
         }
     }
 }
@@ -161,7 +167,8 @@ impl FilterConfig {
                 return false;
             }
             let bits = u32::from(self.prefix_len);
-            if !prefix_match(&t.saddr, &self.addr, bits) && !prefix_match(&t.daddr, &self.addr, bits)
+            if !prefix_match(&t.saddr, &self.addr, bits)
+                && !prefix_match(&t.daddr, &self.addr, bits)
             {
                 return false;
             }
@@ -268,11 +275,19 @@ mod tests {
             ipv4(IPPROTO_UDP, 5, 0x0010, &l4(5000, 53)),
             ipv4(IPPROTO_TCP, 7, 0, &l4(40000, 443)),
             ipv4(IPPROTO_TCP, 4, 0, &l4(40000, 443)),
-            ipv4(IPPROTO_ICMP, 5, 0, &[8, 0, 0, 0, 0, 9, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8]),
+            ipv4(
+                IPPROTO_ICMP,
+                5,
+                0,
+                &[8, 0, 0, 0, 0, 9, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8],
+            ),
             ipv4(47, 5, 0, &l4(1, 2)),
             ipv6(IPPROTO_TCP, &l4(40000, 443)),
             ipv6(IPPROTO_UDP, &l4(5000, 53)),
-            ipv6(IPPROTO_ICMPV6, &[128, 0, 0, 0, 0, 9, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8]),
+            ipv6(
+                IPPROTO_ICMPV6,
+                &[128, 0, 0, 0, 0, 9, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8],
+            ),
             ipv6(0, &ext),
             bad_version,
             vlan,
@@ -321,7 +336,10 @@ mod tests {
     #[test]
     fn filter_on_ports_addresses_and_protocol() {
         let mut t = Tuple::default();
-        assert_eq!(peek(&ipv4(IPPROTO_UDP, 5, 0, &l4(5000, 53))[..], &mut t), Peek::Ip);
+        assert_eq!(
+            peek(&ipv4(IPPROTO_UDP, 5, 0, &l4(5000, 53))[..], &mut t),
+            Peek::Ip
+        );
         let none = FilterConfig::NONE;
         assert!(none.admits(&t));
         let port = |p| FilterConfig {

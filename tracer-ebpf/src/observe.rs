@@ -7,9 +7,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use tracer_common::{
-    config::{
-        EndpointKey, HookCounters, ROLE_ALL, ROLE_SHARED, ROLE_SOURCE_IN, ROLE_SOURCE_OUT,
-    },
+    config::{EndpointKey, HookCounters, ROLE_ALL, ROLE_SHARED, ROLE_SOURCE_IN, ROLE_SOURCE_OUT},
     event::{EventHeader, PacketEvent, PacketMeta, CAPTURE_MAX, KIND_PACKET},
     parse::parse,
     tuple::{peek, Peek, Tuple},
