@@ -149,9 +149,11 @@ impl SkbOffsets {
     };
 }
 
-/// Capacity of the `TRACED` map: fingerprints of packets the tc programs emitted recently, which
-/// the drop program reports on (oldest are evicted by the kernel's LRU).
-pub const TRACED_MAX: u32 = 16384;
+/// Slots of the `TRACED` map: fingerprints of packets the tc programs emitted recently, which the
+/// drop program reports on. A direct-mapped set (a new fingerprint overwrites the one in its
+/// slot), so it is sized well above the packets in flight: 512 KiB of kernel memory. A power of
+/// two.
+pub const TRACED_MAX: u32 = 1 << 16;
 
 #[cfg(feature = "user")]
 mod pod {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod event;
 pub mod fingerprint;
 pub mod parse;
+pub mod tuple;
 
 /// How many hook slots the kernel object carries. Each slot is its own classifier program
 /// (`pt_hook_<n>`), so the event says which hook saw the packet without any lookup.

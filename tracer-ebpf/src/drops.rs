@@ -13,7 +13,7 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use tracer_common::{
-    config::HookCounters,
+    config::{HookCounters, TRACED_MAX},
     event::{DropEvent, EventHeader, HOOK_NONE, KIND_DROP},
     parse::{parse_l3, Frame},
 };
@@ -96,7 +96,15 @@ fn traced_fingerprint(skb: u64) -> Option<u64> {
     if meta.family == 0 {
         return None;
     }
-    TRACED.get_ptr(meta.fingerprint).map(|_| meta.fingerprint)
+    let slot = TRACED.get(traced_slot(meta.fingerprint))?;
+    (*slot == meta.fingerprint).then_some(meta.fingerprint)
+}
+
+/// Where `fingerprint` lives in `TRACED`. Fingerprints are well mixed, so their low bits do.
+#[inline(always)]
+fn traced_slot(fingerprint: u64) -> u32 {
+    const _: () = assert!(TRACED_MAX.is_power_of_two());
+    (fingerprint as u32) & (TRACED_MAX - 1)
 }
 
 /// One field of `struct sk_buff` at `offset` bytes.
@@ -135,16 +143,22 @@ fn emit(fingerprint: u64, reason: u32, location: u64, counters: &mut HookCounter
 }
 
 /// Called by the tc programs after they emit a packet: remembers its fingerprint so that a later
-/// drop of the same packet is reported. An LRU lookup, and an insert only when absent; nothing at
-/// all (folded away by the verifier) while drop reasons are off.
+/// drop of the same packet is reported. One array store (skipped when the slot already holds it,
+/// as it does at every hook after the first); nothing at all (folded away by the verifier) while
+/// drop reasons are off. CPUs may race on a slot: the loser's packet is forgotten, and the worst
+/// outcome is one unreported drop, as with an eviction.
 #[inline(always)]
 pub fn remember(fingerprint: u64) {
     if SKB_OFFSETS.load().valid == 0 {
         return;
     }
-    if TRACED.get_ptr(fingerprint).is_none() {
-        // Fails only when another CPU inserted the same key meanwhile (fine) or the LRU could not
-        // allocate, where the worst outcome is one unreported drop.
-        let _ = TRACED.insert(fingerprint, 1, 0);
+    if let Some(slot) = TRACED.get_ptr_mut(traced_slot(fingerprint)) {
+        // SAFETY: an array element is always valid memory; a torn read cannot happen for an
+        // aligned u64, and a lost race is harmless (see above).
+        unsafe {
+            if *slot != fingerprint {
+                *slot = fingerprint;
+            }
+        }
     }
 }

@@ -33,9 +33,12 @@ pub static INTEREST: LruHashMap<EndpointKey, u32> = LruHashMap::with_max_entries
 pub static FILTER: Global<FilterConfig> = Global::new(FilterConfig::NONE);
 
 /// Fingerprints of packets the tc programs emitted (filled only while drop reasons are on); the
-/// drop program reports a freed packet only when its fingerprint is here.
+/// drop program reports a freed packet only when its fingerprint is here. A direct-mapped set:
+/// fingerprint `f` lives in slot `f % TRACED_MAX`, and a newer packet overwrites an older one
+/// in the same slot. An array element is a plain store, where an LRU hash insert per emitted
+/// packet took a lock and dominated the traced path.
 #[map]
-pub static TRACED: LruHashMap<u64, u32> = LruHashMap::with_max_entries(TRACED_MAX, 0);
+pub static TRACED: Array<u64> = Array::with_max_entries(TRACED_MAX, 0);
 
 /// The drop program's counters, one slot, per CPU: `seen` = drops (not consumed) it ran on,
 /// `filtered` = not IP or not traced, `emitted`, `lost` (ring buffer full).

@@ -7,16 +7,14 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use tracer_common::{
-    config::{
-        EndpointKey, HookCounters, FILTER_ADDR, FILTER_PORT, FILTER_PROTO, ROLE_ALL, ROLE_SHARED,
-        ROLE_SOURCE_IN, ROLE_SOURCE_OUT,
-    },
+    config::{EndpointKey, HookCounters, ROLE_ALL, ROLE_SHARED, ROLE_SOURCE_IN, ROLE_SOURCE_OUT},
     event::{EventHeader, PacketEvent, PacketMeta, CAPTURE_MAX, KIND_PACKET},
-    parse::{is_echo, parse, IPPROTO_TCP, IPPROTO_UDP},
+    parse::parse,
+    tuple::{peek, Peek, Tuple},
 };
 
 use crate::{
-    frame::SkbFrame,
+    frame::{LinearFrame, SkbFrame},
     maps::{COUNTERS, EVENTS, FILTER, HOOKS, INTEREST, WAKE_BYTES},
 };
 
@@ -41,99 +39,89 @@ fn emit_if_wanted(ctx: &TcContext, slot: u32, counters: &mut HookCounters) -> Re
     if role == 0 {
         return Err(());
     }
+    // Decide on the few header fields read in place when we can: most packets a filtered or
+    // shared hook sees are rejected, and then the full parse below is never paid for.
+    let decided = needs_tuple(role) && decide_early(ctx, role)?;
     let meta = parse(&SkbFrame(ctx));
     if meta.family == 0 {
         return Err(());
     }
-    if !filter_pass(&meta) {
+    if !decided && !admit_parsed(role, &meta) {
         return Err(());
-    }
-    match role {
-        ROLE_SOURCE_OUT => remember(&remote_key(&meta, true)),
-        ROLE_SOURCE_IN => remember(&remote_key(&meta, false)),
-        ROLE_SHARED => {
-            if !of_interest(&remote_key(&meta, true)) && !of_interest(&remote_key(&meta, false)) {
-                return Err(());
-            }
-        }
-        ROLE_ALL => {}
-        _ => return Err(()),
     }
     emit(ctx, slot, hook.direction, &meta, counters);
     Ok(())
 }
 
-#[inline(never)]
-fn filter_pass(meta: &PacketMeta) -> bool {
-    let filter = FILTER.load();
-    if filter.flags & FILTER_PROTO != 0 && meta.proto != filter.proto {
-        return false;
-    }
-    if filter.flags & FILTER_PORT != 0 {
-        let ported = meta.proto == IPPROTO_TCP || meta.proto == IPPROTO_UDP;
-        if !ported || (meta.sport != filter.port && meta.dport != filter.port) {
-            return false;
-        }
-    }
-    if filter.flags & FILTER_ADDR != 0 {
-        if meta.family != filter.family {
-            return false;
-        }
-        let bits = u32::from(filter.prefix_len);
-        if !prefix_match(&meta.saddr, &filter.addr, bits)
-            && !prefix_match(&meta.daddr, &filter.addr, bits)
-        {
-            return false;
-        }
-    }
-    true
+/// Whether this hook's decision looks at the packet at all (read-only data: with no filter, the
+/// verifier drops the early test from source hooks).
+#[inline(always)]
+fn needs_tuple(role: u32) -> bool {
+    role == ROLE_SHARED || FILTER.load().flags != 0
 }
 
-/// Compares the first `bits` bits of two addresses, four bytes at a time (bounded, no loop state
-/// the verifier has to track beyond four iterations).
+/// `Ok(true)`: decided to emit; `Err(())`: decided not to; `Ok(false)`: the frame needs the full
+/// parse to tell.
+#[inline(never)]
+fn decide_early(ctx: &TcContext, role: u32) -> Result<bool, ()> {
+    let mut tuple = Tuple::default();
+    match peek(&LinearFrame::new(ctx), &mut tuple) {
+        Peek::NotIp => Err(()),
+        Peek::Ip if admit(role, &tuple) => Ok(true),
+        Peek::Ip => Err(()),
+        Peek::Unsure => Ok(false),
+    }
+}
+
+/// [`admit`] for a packet [`decide_early`] was unsure of. (Its own subprogram, like the other
+/// decision steps, so that their stack frames do not add up in the classifier's 512 bytes.)
+#[inline(never)]
+fn admit_parsed(role: u32, meta: &PacketMeta) -> bool {
+    admit(role, &Tuple::of(meta))
+}
+
+/// The filter, then the role.
 #[inline(always)]
-fn prefix_match(a: &[u8; 16], b: &[u8; 16], bits: u32) -> bool {
-    let mut i = 0usize;
-    while i < 4 {
-        let start = (i as u32) * 32;
-        if bits <= start {
-            return true;
+fn admit(role: u32, tuple: &Tuple) -> bool {
+    filter_admits(tuple) && role_admits(role, tuple)
+}
+
+#[inline(never)]
+fn filter_admits(tuple: &Tuple) -> bool {
+    FILTER.load().admits(tuple)
+}
+
+/// Source hooks remember the remote end and emit; shared hooks emit when one of the ends is of
+/// interest.
+#[inline(never)]
+fn role_admits(role: u32, tuple: &Tuple) -> bool {
+    match role {
+        ROLE_SOURCE_OUT => remember(&remote_key(tuple, true)),
+        ROLE_SOURCE_IN => remember(&remote_key(tuple, false)),
+        ROLE_SHARED => {
+            return of_interest(&remote_key(tuple, true)) || of_interest(&remote_key(tuple, false))
         }
-        let wa = u32::from_be_bytes([a[i * 4], a[i * 4 + 1], a[i * 4 + 2], a[i * 4 + 3]]);
-        let wb = u32::from_be_bytes([b[i * 4], b[i * 4 + 1], b[i * 4 + 2], b[i * 4 + 3]]);
-        let take = bits - start;
-        let mask = if take >= 32 {
-            u32::MAX
-        } else {
-            !(u32::MAX >> take)
-        };
-        if (wa ^ wb) & mask != 0 {
-            return false;
-        }
-        i += 1;
+        ROLE_ALL => {}
+        _ => return false,
     }
     true
 }
 
 /// The far end of the packet: its destination when `towards_dst`, else its source.
 #[inline(always)]
-fn remote_key(meta: &PacketMeta, towards_dst: bool) -> EndpointKey {
-    let ported = meta.proto == IPPROTO_TCP || meta.proto == IPPROTO_UDP;
+fn remote_key(tuple: &Tuple, towards_dst: bool) -> EndpointKey {
     let (addr, port) = if towards_dst {
-        (meta.daddr, meta.dport)
+        (tuple.daddr, tuple.dport)
     } else {
-        (meta.saddr, meta.sport)
+        (tuple.saddr, tuple.sport)
     };
     EndpointKey {
         addr,
-        // ICMP echo ids are rewritten by NAT, and error messages carry none: key on the address.
-        port: if ported && !is_echo(meta.proto, meta.icmp_type) {
-            port
-        } else {
-            0
-        },
-        proto: meta.proto,
-        family: meta.family,
+        // 0 for every protocol without ports: ICMP echo ids are rewritten by NAT, and error
+        // messages carry none, so ICMP is keyed on the address.
+        port,
+        proto: tuple.proto,
+        family: tuple.family,
     }
 }
 
