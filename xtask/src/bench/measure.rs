@@ -5,6 +5,7 @@ use std::{net::Ipv4Addr, path::Path, time::Duration};
 use anyhow::{Context as _, Result};
 
 use super::{
+    floor::EmptyProgram,
     flows::{self, Sinks},
     proc::{self, BpfStats, Lab},
     trace::{self, Summary, Trace},
@@ -168,13 +169,22 @@ pub struct Cost {
 
 /// Per-packet program cost from the kernel's BPF statistics: once with every packet traced,
 /// once with `--filter-port 1`, which no packet matches (every packet is filtered in-kernel).
-pub fn program_cost(pathtrace: &Path, lab: &Lab, pps: u64, secs: u64) -> Result<(Cost, Cost)> {
+pub fn program_cost(pathtrace: &Path, lab: &Lab, pps: u64, secs: u64) -> Result<(Cost, Cost, f64)> {
     let stats = BpfStats::enable()?;
     let traced = cost_of(pathtrace, lab, &[], pps, secs).context("traced")?;
+    // The empty program runs on the host veth's ingress beside pathtrace's, on the same packets.
+    let empty = EmptyProgram::attach(&lab.host_veth)?;
+    let before = empty.stats()?;
     let filtered =
         cost_of(pathtrace, lab, &["--filter-port", "1"], pps, secs).context("filtered")?;
+    let after = empty.stats()?;
+    drop(empty);
     drop(stats);
-    Ok((traced, filtered))
+    let runs = after.run_cnt - before.run_cnt;
+    anyhow::ensure!(runs > 0, "the empty program never ran");
+    let floor = (after.run_time_ns - before.run_time_ns) as f64 / runs as f64;
+    eprintln!("[bench]   empty program: {runs} runs, {floor:.1} ns/run");
+    Ok((traced, filtered, floor))
 }
 
 fn cost_of(pathtrace: &Path, lab: &Lab, extra: &[&str], pps: u64, secs: u64) -> Result<Cost> {
