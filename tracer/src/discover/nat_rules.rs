@@ -268,15 +268,27 @@ impl RuleAttributor for NatRuleset {
 /// A tool that is not installed contributes nothing; one that fails is logged and skipped. Fails
 /// only when every tool present failed.
 pub fn snapshot() -> Result<NatRuleset, NatRulesError> {
+    // Each tool is a separate process that mostly waits on the kernel: run them all at once (one
+    // thread per iptables family and backend, one for nft) instead of one after another.
+    let (listings, nft) = std::thread::scope(|scope| {
+        let nft = scope.spawn(|| run_tool(Path::new("nft"), &["-a", "-s", "list", "ruleset"]));
+        let listings: Vec<_> = iptables_candidates()
+            .into_iter()
+            .map(|c| scope.spawn(move || c.list()))
+            .collect();
+        let listings: Vec<_> = listings.into_iter().map(join_tool).collect();
+        (listings, join_tool(nft))
+    });
+
     let mut rules = Vec::new();
     let mut failures = Vec::new();
     let mut tried = 0usize;
     // (family, chain) of the `nat` table chains iptables-nft listed: `nft` shows them again.
     let mut listed_by_iptables_nft = HashSet::new();
 
-    for tool in iptables_tools() {
+    for (tool, listed) in listings.into_iter().flatten() {
         tried += 1;
-        match run_tool(&tool.bin, &["-t", "nat", "-S"]) {
+        match listed {
             Ok(Some(out)) => {
                 let parsed = parse_iptables_save(tool.source, tool.family, &out);
                 if tool.nft_backed {
@@ -294,7 +306,7 @@ pub fn snapshot() -> Result<NatRuleset, NatRulesError> {
         }
     }
 
-    match run_tool(Path::new("nft"), &["-a", "-s", "list", "ruleset"]) {
+    match nft {
         Ok(Some(out)) => {
             tried += 1;
             rules.extend(parse_nft_ruleset(&out, &listed_by_iptables_nft));
@@ -313,18 +325,53 @@ pub fn snapshot() -> Result<NatRuleset, NatRulesError> {
     Ok(NatRuleset::new(rules))
 }
 
-/// One iptables binary to list the `nat` table with.
-struct IptablesTool {
-    bin: PathBuf,
+/// What a thread of [`snapshot`] returned; its panic goes on in the caller.
+fn join_tool<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    handle
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// An iptables family and backend that may be in use, with the binaries that could list it.
+struct IptablesCandidate {
+    bins: [PathBuf; 2],
+    backend: &'static str,
     source: &'static str,
     family: Family,
     nft_backed: bool,
 }
 
-/// The iptables binaries to read, at most one per (family, backend). `iptables` itself is used
-/// only when its `-V` names a backend for which no `-nft`/`-legacy` binary exists.
-fn iptables_tools() -> Vec<IptablesTool> {
-    let mut tools = Vec::new();
+impl IptablesCandidate {
+    /// Finds the binary whose `-V` names this backend and lists the `nat` table with it; `None`
+    /// when no such binary is installed.
+    fn list(self) -> Option<(IptablesTool, Result<Option<String>, String>)> {
+        let backend = self.backend;
+        let bin = self
+            .bins
+            .into_iter()
+            .find(|bin| matches!(run_tool(bin, &["-V"]), Ok(Some(v)) if v.contains(backend)))?;
+        let listed = run_tool(&bin, &["-t", "nat", "-S"]);
+        let tool = IptablesTool {
+            source: self.source,
+            family: self.family,
+            nft_backed: self.nft_backed,
+        };
+        Some((tool, listed))
+    }
+}
+
+/// The iptables binary that listed a `nat` table.
+struct IptablesTool {
+    source: &'static str,
+    family: Family,
+    nft_backed: bool,
+}
+
+/// The iptables binaries to read, at most one per (family, backend), in a fixed order.
+/// `iptables` itself is used only when its `-V` names a backend for which no `-nft`/`-legacy`
+/// binary exists. Runs on the caller's thread: the legacy check reads this thread's namespace.
+fn iptables_candidates() -> Vec<IptablesCandidate> {
+    let mut candidates = Vec::new();
     for (plain, family, nft_src, legacy_src, names_file) in [
         (
             "iptables",
@@ -346,22 +393,19 @@ fn iptables_tools() -> Vec<IptablesTool> {
             if !nft_backed && !legacy_nat_in_use(names_file) {
                 continue;
             }
-            let candidates = [format!("{plain}-{suffix}"), plain.to_string()];
-            let found = candidates.into_iter().map(PathBuf::from).find(|bin| {
-                let backend = if nft_backed { "nf_tables" } else { "legacy" };
-                matches!(run_tool(bin, &["-V"]), Ok(Some(v)) if v.contains(backend))
+            candidates.push(IptablesCandidate {
+                bins: [
+                    PathBuf::from(format!("{plain}-{suffix}")),
+                    PathBuf::from(plain),
+                ],
+                backend: if nft_backed { "nf_tables" } else { "legacy" },
+                source,
+                family,
+                nft_backed,
             });
-            if let Some(bin) = found {
-                tools.push(IptablesTool {
-                    bin,
-                    source,
-                    family,
-                    nft_backed,
-                });
-            }
         }
     }
-    tools
+    candidates
 }
 
 /// Whether the legacy (x_tables) `nat` table exists in this thread's namespace. Listing it with
