@@ -10,7 +10,7 @@ use super::{
     trace::{ring_bytes, trace_with, Plan},
 };
 use crate::{
-    attach::{LoadOptions, TcMode},
+    attach::{LoadOptions, PendingTracer, TcMode},
     cli::{LabAction, TraceArgs},
     discover::{
         netns::Netns,
@@ -132,7 +132,8 @@ fn demo(json: bool, tc_mode: TcMode, duration: Duration) -> anyhow::Result<ExitC
     };
     let traffic = lab.start_traffic(&LabTrafficOptions::default())?;
     let rt = super::trace::runtime()?;
-    let traced = trace_with(&rt, plan.targets, load, &args, view, Default::default());
+    let tracer = PendingTracer::spawn(load, tc_mode, rt.handle());
+    let traced = trace_with(&rt, plan.targets, tracer, &args, view, Default::default());
     let report = traffic.stop();
     let view = traced?;
     if !json {

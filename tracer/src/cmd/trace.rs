@@ -13,7 +13,7 @@ use super::{
     session::{self, SessionSpec},
 };
 use crate::{
-    attach::{AttachTarget, LoadOptions},
+    attach::{AttachTarget, LoadOptions, PendingTracer},
     cli::TraceArgs,
     discover::{
         nat_rules::{self, NatRuleset},
@@ -28,6 +28,15 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let Some(spec) = args.netns.as_deref() else {
         bail!("nothing to trace: give --netns NAME, --container NAME, or try `pathtrace lab demo`");
     };
+    let load = LoadOptions {
+        filter,
+        ring_bytes: ring_bytes(args.ring_size)?,
+        kernel_log: args.kernel_log,
+        drop_reasons: true,
+    };
+    let rt = runtime()?;
+    // The kernel object loads while the path is discovered.
+    let tracer = PendingTracer::spawn(load, args.tc_mode, rt.handle());
     let netns = Arc::new(Netns::by_name_or_path(spec)?);
     let label = spec.rsplit('/').next().unwrap_or(spec).to_string();
     let found = path::discover(
@@ -41,18 +50,11 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let plan = Plan::new(&found)?;
     let capture = open_capture(&args, &plan.topology)?;
     let view = plan.view(&args, Output::stdout());
-    let load = LoadOptions {
-        filter,
-        ring_bytes: ring_bytes(args.ring_size)?,
-        kernel_log: args.kernel_log,
-        drop_reasons: true,
-    };
-    let rt = runtime()?;
     let extras = Extras {
         capture,
         ..Extras::default()
     };
-    trace_with(&rt, plan.targets, load, &args, view, extras)?;
+    trace_with(&rt, plan.targets, tracer, &args, view, extras)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -101,15 +103,14 @@ pub struct Extras {
 pub fn trace_with(
     rt: &tokio::runtime::Runtime,
     targets: Vec<AttachTarget>,
-    load: LoadOptions,
+    tracer: PendingTracer,
     args: &TraceArgs,
     mut view: LiveView,
     extras: Extras,
 ) -> anyhow::Result<LiveView> {
     let session = SessionSpec {
         targets,
-        load,
-        mode: args.tc_mode,
+        tracer,
         duration: args.duration,
         count: args.count,
         interest: extras.interest,
