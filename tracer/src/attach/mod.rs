@@ -111,29 +111,87 @@ struct Attached {
     created_qdisc: Option<markers::QdiscMarker>,
 }
 
-/// A [`Tracer`] loading on a thread of its own, so that reading the kernel's BTF and loading the
-/// object overlap whatever the caller does meanwhile (discovering the hooks). Loading attaches
-/// nothing: a `PendingTracer` dropped without [`PendingTracer::wait`] leaves nothing behind.
+/// A [`Tracer`] loading on a thread of its own, so that reading the kernel's BTF, loading the
+/// object and (with TCX) attaching overlap what the caller does meanwhile: discovering the
+/// hooks, then reading the NAT rules. Dropped without [`PendingTracer::wait`] (the caller failed
+/// meanwhile), it waits for the thread and detaches whatever it attached.
 pub struct PendingTracer {
-    thread: std::thread::JoinHandle<Result<Tracer, AttachError>>,
+    targets: Option<std::sync::mpsc::Sender<Vec<AttachTarget>>>,
+    thread: Option<std::thread::JoinHandle<Result<Loaded, AttachError>>>,
+}
+
+/// What the loading thread hands back: the tracer, and the targets left for [`PendingTracer::wait`].
+struct Loaded {
+    tracer: Tracer,
+    deferred: Vec<AttachTarget>,
 }
 
 impl PendingTracer {
     /// Starts loading. `rt` runs the kernel log reader when `opts.kernel_log` asks for one.
     pub fn spawn(opts: LoadOptions, mode: TcMode, rt: &tokio::runtime::Handle) -> Self {
         let rt = rt.clone();
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<AttachTarget>>();
         let thread = std::thread::spawn(move || {
             let _runtime = rt.enter();
-            Tracer::load(&opts, mode)
+            let mut tracer = Tracer::load(&opts, mode)?;
+            // No targets (the sender is gone): the caller only wanted the object loaded.
+            let targets = rx.recv().unwrap_or_default();
+            if !tracer.tcx {
+                // Netlink filters outlive the process: they are added only once the session
+                // handles SIGINT/SIGTERM, in `wait`. TCX links close with the process however it
+                // ends, so they can be made before.
+                return Ok(Loaded {
+                    tracer,
+                    deferred: targets,
+                });
+            }
+            tracer.attach_all(targets)?;
+            Ok(Loaded {
+                tracer,
+                deferred: Vec::new(),
+            })
         });
-        Self { thread }
+        Self {
+            targets: Some(tx),
+            thread: Some(thread),
+        }
     }
 
-    /// The loaded tracer (blocks until it is). A panic while loading goes on here.
-    pub fn wait(self) -> Result<Tracer, AttachError> {
-        self.thread
+    /// Attaches `targets` as soon as the object is loaded (TCX), or in [`PendingTracer::wait`]
+    /// (netlink). Only the first call counts.
+    pub fn attach(&mut self, targets: Vec<AttachTarget>) {
+        if let Some(tx) = self.targets.take() {
+            // A send fails only when loading failed and the thread ended: `wait` reports that.
+            if tx.send(targets).is_err() {
+                tracing::debug!("not attaching: the kernel object did not load");
+            }
+        }
+    }
+
+    /// The loaded tracer with the targets of [`PendingTracer::attach`] attached (blocks until it
+    /// is). On error nothing stays attached. A panic while loading goes on here.
+    pub fn wait(mut self) -> Result<Tracer, AttachError> {
+        self.targets = None;
+        let thread = self.thread.take().expect("waited once");
+        let Loaded {
+            mut tracer,
+            deferred,
+        } = thread
             .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        tracer.attach_all(deferred)?;
+        Ok(tracer)
+    }
+}
+
+impl Drop for PendingTracer {
+    fn drop(&mut self) {
+        self.targets = None;
+        if let Some(thread) = self.thread.take() {
+            // The tracer (if any) is dropped here, which detaches it. Its error, or a panic, no
+            // longer matters to a caller that is leaving on an error of its own.
+            drop(thread.join());
+        }
     }
 }
 
@@ -210,11 +268,11 @@ impl Tracer {
     /// Attaches all `targets`, in their order. On error the hooks attached so far stay in the
     /// tracer (which detaches them when dropped) and the first error is returned.
     ///
-    /// Creating a TCX link waits for an RCU grace period in the kernel (about 10 ms), and
-    /// verifying a program costs a few ms of CPU: with TCX, the programs are loaded here, one
-    /// after another, while each loaded one is attached on a thread of its own, so the waits
-    /// overlap the loads and each other. Netlink attaches stay one at a time: the hooks of one
-    /// interface share the clsact qdisc that the first of them adds.
+    /// Creating a TCX link waits for RCU grace periods in the kernel (about 10 ms, under the
+    /// RTNL lock, so links cannot be made in parallel), and verifying a program costs a few ms of
+    /// CPU: with TCX, the programs are loaded here while another thread attaches the loaded
+    /// ones, so the loads overlap the waits. Netlink attaches stay one at a time: the hooks of
+    /// one interface share the clsact qdisc that the first of them adds.
     pub fn attach_all(&mut self, targets: Vec<AttachTarget>) -> Result<(), AttachError> {
         if !self.tcx || !distinct_slots(&targets) {
             return targets.into_iter().try_for_each(|t| self.attach(t));
@@ -237,20 +295,24 @@ impl Tracer {
         }
         let drop_prog = programs.remove(DROP_PROGRAM);
         let (links, drop_preload) = std::thread::scope(|scope| {
-            let mut pending = Vec::with_capacity(slots.len());
+            let (tx, rx) = std::sync::mpsc::channel::<(&mut SchedClassifier, &AttachTarget)>();
+            let attacher = scope.spawn(move || attach_in_order(rx));
+            let mut load_error = None;
             for ((name, prog), target) in slots.into_iter().zip(&targets) {
                 if let Err(e) = load_slot(prog, &name) {
-                    pending.push(Err(e));
+                    load_error = Some(e);
                     break;
                 }
-                pending.push(Ok(scope.spawn(move || attach_program(prog, target, true))));
+                // The attacher stops at its first error; what is left is not attached.
+                if tx.send((prog, target)).is_err() {
+                    break;
+                }
             }
+            drop(tx);
             // The drop program's BTF and verifier work fits in the time the links take.
             let drop_preload = drop_prog.map(|prog| self.drops.preload(prog));
-            let links: Vec<_> = pending
-                .into_iter()
-                .map(|p| p.and_then(|handle| join_attach(handle)))
-                .collect();
+            let mut links = join_thread(attacher);
+            links.extend(load_error.map(Err));
             (links, drop_preload)
         });
         if let Some(Err(why)) = drop_preload {
@@ -501,7 +563,7 @@ fn load_slot(prog: &mut SchedClassifier, name: &str) -> Result<(), AttachError> 
 }
 
 /// Whether no two targets share a slot (each slot's program is then attached once, so the
-/// programs can be handed to threads of their own).
+/// programs can be handed to another thread one by one).
 fn distinct_slots(targets: &[AttachTarget]) -> bool {
     let mut seen = [false; MAX_HOOKS];
     targets.iter().all(|t| {
@@ -513,11 +575,28 @@ fn distinct_slots(targets: &[AttachTarget]) -> bool {
 /// What [`attach_program`] made: the link, and the clsact qdisc it added (netlink mode).
 type AttachedLink = (SchedClassifierLink, Option<markers::QdiscMarker>);
 
-/// The result of an attach thread. A panic there goes on here, after the thread's own link (if
-/// any) was dropped, i.e. detached, while unwinding.
-fn join_attach(
-    handle: std::thread::ScopedJoinHandle<'_, Result<AttachedLink, AttachError>>,
-) -> Result<AttachedLink, AttachError> {
+/// Attaches loaded programs as they come, in path order until the first error (which ends the
+/// list). One at a time and in path order, like [`Tracer::attach`] in a loop: a reply must not be
+/// traced at a hop before its request can be at the hops upstream of it (the correlator would
+/// take it for a flow of its own).
+fn attach_in_order(
+    loaded: std::sync::mpsc::Receiver<(&mut SchedClassifier, &AttachTarget)>,
+) -> Vec<Result<AttachedLink, AttachError>> {
+    let mut links = Vec::new();
+    for (prog, target) in loaded {
+        let link = attach_program(prog, target, true);
+        let failed = link.is_err();
+        links.push(link);
+        if failed {
+            break;
+        }
+    }
+    links
+}
+
+/// The result of a scoped thread. Its panic goes on here (a link it made was dropped, i.e.
+/// detached, while it unwound).
+fn join_thread<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
     handle
         .join()
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))

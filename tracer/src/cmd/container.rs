@@ -47,7 +47,7 @@ pub fn run(args: TraceArgs, spec: &str) -> anyhow::Result<ExitCode> {
     };
     let rt = runtime()?;
     // The kernel object loads while the container is resolved.
-    let tracer = PendingTracer::spawn(load, args.tc_mode, rt.handle());
+    let mut tracer = PendingTracer::spawn(load, args.tc_mode, rt.handle());
     let docker = rt.block_on(Docker::connect())?;
     let info = rt.block_on(docker.resolve(spec))?;
     let paths = info.paths(args.to)?;
@@ -56,6 +56,8 @@ pub fn run(args: TraceArgs, spec: &str) -> anyhow::Result<ExitCode> {
         let peer = rt.block_on(peer_targets(&docker, &info, &paths, to))?;
         add_shared(&mut targets, peer)?;
     }
+    // Attaching starts as soon as the object is loaded; the NAT rules are read meanwhile.
+    tracer.attach(targets.clone());
     let rules = Arc::new(nat_rules::snapshot().context("reading the NAT ruleset")?);
     let topology = Arc::new(topology(&info, &paths, &targets, rules.rules()));
     let view_topology = topology.clone();
@@ -80,7 +82,7 @@ pub fn run(args: TraceArgs, spec: &str) -> anyhow::Result<ExitCode> {
         control: Some(rx),
         capture,
     };
-    let result = trace_with(&rt, targets, tracer, &args, view, extras);
+    let result = trace_with(&rt, tracer, &args, view, extras);
     follower.abort();
     result?;
     Ok(ExitCode::SUCCESS)

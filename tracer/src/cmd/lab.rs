@@ -122,7 +122,7 @@ fn demo(json: bool, tc_mode: TcMode, duration: Duration) -> anyhow::Result<ExitC
             to: args.to,
         },
     )?;
-    let plan = Plan::new(&found)?;
+    let plan = Plan::new(&found, found.hooks(0))?;
     let view = plan.view(&args, Output::stdout());
     let load = LoadOptions {
         filter: filter_config(&args)?,
@@ -132,8 +132,9 @@ fn demo(json: bool, tc_mode: TcMode, duration: Duration) -> anyhow::Result<ExitC
     };
     let traffic = lab.start_traffic(&LabTrafficOptions::default())?;
     let rt = super::trace::runtime()?;
-    let tracer = PendingTracer::spawn(load, tc_mode, rt.handle());
-    let traced = trace_with(&rt, plan.targets, tracer, &args, view, Default::default());
+    let mut tracer = PendingTracer::spawn(load, tc_mode, rt.handle());
+    tracer.attach(plan.targets);
+    let traced = trace_with(&rt, tracer, &args, view, Default::default());
     let report = traffic.stop();
     let view = traced?;
     if !json {

@@ -76,8 +76,7 @@ impl std::fmt::Display for StopReason {
 }
 
 pub struct SessionSpec {
-    pub targets: Vec<AttachTarget>,
-    /// The kernel object, loading since before the targets were known.
+    /// The kernel object, loading (and attaching what it was given) since before the session.
     pub tracer: PendingTracer,
     pub duration: Option<Duration>,
     pub count: Option<u64>,
@@ -121,7 +120,6 @@ pub async fn run(
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut tracer = spec.tracer.wait()?;
-    tracer.attach_all(spec.targets)?;
     for key in spec.interest {
         tracer.add_interest(key)?;
     }

@@ -301,8 +301,10 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         drop_reasons: true,
     };
     // The kernel object loads while the path is discovered.
-    let tracer = PendingTracer::spawn(load, args.tc_mode, rt.handle());
+    let mut tracer = PendingTracer::spawn(load, args.tc_mode, rt.handle());
     let (netns, targets, topology) = discover(&args, &probe, &rt)?;
+    // Attaching starts as soon as the object is loaded; the NAT rules are read meanwhile.
+    tracer.attach(targets);
     let rules = Arc::new(nat_rules::snapshot().context("reading the NAT ruleset")?);
     let topology = Arc::new(Topology {
         nat_rules: rules.rules(),
@@ -323,7 +325,6 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let stop = Arc::new(Notify::new());
     let outcome = Arc::new(std::sync::Mutex::new(String::new()));
     let spec = SessionSpec {
-        targets,
         tracer,
         duration: Some(Duration::from_secs(8)),
         count: None,
@@ -388,7 +389,7 @@ fn discover(
                     to: Some(probe.dst),
                 },
             )?;
-            let plan = Plan::new(&found)?;
+            let plan = Plan::new(&found, found.hooks(0))?;
             Ok((netns, plan.targets, (*plan.topology).clone()))
         }
         _ => bail!("verify needs one of --container NAME or --netns NAME"),
