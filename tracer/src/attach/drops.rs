@@ -99,6 +99,30 @@ impl DropState {
         (state, offsets)
     }
 
+    /// Loads the drop program ahead of [`Tracer::enable_drop_reasons`] (which then only attaches
+    /// it), when drop reasons were prepared. The error is the reason they are unavailable.
+    pub(super) fn preload(&self, prog: &mut aya::programs::Program) -> Result<(), String> {
+        if !matches!(self.prepared, Some(Ok(_))) {
+            return Ok(());
+        }
+        // A program of another type is a broken object: `enable_drop_reasons` says so.
+        let Ok(prog) = <&mut BtfTracePoint>::try_from(prog) else {
+            return Ok(());
+        };
+        load_tracepoint(prog)
+    }
+
+    /// Whether drop reasons were asked for at load time.
+    pub(super) fn requested(&self) -> bool {
+        self.prepared.is_some()
+    }
+
+    /// Drop reasons turned out not to be possible here, for `why`.
+    pub(super) fn unavailable(&mut self, why: String) {
+        tracing::info!("drop reasons unavailable: {why}");
+        self.prepared = Some(Err(why));
+    }
+
     /// Detaches the drop program (closes its link).
     pub(super) fn detach(&mut self) {
         if self.link.take().is_some() {
@@ -165,6 +189,11 @@ impl Tracer {
         }
     }
 
+    /// Whether drop reasons were asked for at load time ([`LoadOptions::drop_reasons`](super::LoadOptions)).
+    pub fn drop_reasons_requested(&self) -> bool {
+        self.drops.requested()
+    }
+
     /// The kernel's name for a drop reason, once drop reasons were prepared at load time.
     pub fn reason_name(&self, reason: u32) -> Option<String> {
         self.drop_namer()?.name(reason).map(str::to_string)
@@ -196,16 +225,22 @@ impl Tracer {
 
 /// Loads (once) and attaches the program; the error is the reason for the live view.
 fn attach_tracepoint(prog: &mut BtfTracePoint) -> Result<BtfTracePointLink, String> {
-    if prog.fd().is_err() {
-        let btf = AyaBtf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
-        prog.load(TRACEPOINT, &btf)
-            .map_err(|e| format!("loading tp_btf/{TRACEPOINT}: {}", error_chain(&e)))?;
-    }
+    load_tracepoint(prog)?;
     let id = prog
         .attach()
         .map_err(|e| format!("attaching tp_btf/{TRACEPOINT}: {}", error_chain(&e)))?;
     prog.take_link(id)
         .map_err(|e| format!("tp_btf/{TRACEPOINT} link: {e}"))
+}
+
+/// Loads (verifies) the program unless it is loaded already.
+fn load_tracepoint(prog: &mut BtfTracePoint) -> Result<(), String> {
+    if prog.fd().is_ok() {
+        return Ok(());
+    }
+    let btf = AyaBtf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
+    prog.load(TRACEPOINT, &btf)
+        .map_err(|e| format!("loading tp_btf/{TRACEPOINT}: {}", error_chain(&e)))
 }
 
 /// An error with its sources, on one line (the verifier log rides in a source).

@@ -111,6 +111,90 @@ struct Attached {
     created_qdisc: Option<markers::QdiscMarker>,
 }
 
+/// A [`Tracer`] loading on a thread of its own, so that reading the kernel's BTF, loading the
+/// object and (with TCX) attaching overlap what the caller does meanwhile: discovering the
+/// hooks, then reading the NAT rules. Dropped without [`PendingTracer::wait`] (the caller failed
+/// meanwhile), it waits for the thread and detaches whatever it attached.
+pub struct PendingTracer {
+    targets: Option<std::sync::mpsc::Sender<Vec<AttachTarget>>>,
+    thread: Option<std::thread::JoinHandle<Result<Loaded, AttachError>>>,
+}
+
+/// What the loading thread hands back: the tracer, and the targets left for [`PendingTracer::wait`].
+struct Loaded {
+    tracer: Tracer,
+    deferred: Vec<AttachTarget>,
+}
+
+impl PendingTracer {
+    /// Starts loading. `rt` runs the kernel log reader when `opts.kernel_log` asks for one.
+    pub fn spawn(opts: LoadOptions, mode: TcMode, rt: &tokio::runtime::Handle) -> Self {
+        let rt = rt.clone();
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<AttachTarget>>();
+        let thread = std::thread::spawn(move || {
+            let _runtime = rt.enter();
+            let mut tracer = Tracer::load(&opts, mode)?;
+            // No targets (the sender is gone): the caller only wanted the object loaded.
+            let targets = rx.recv().unwrap_or_default();
+            if !tracer.tcx {
+                // Netlink filters outlive the process: they are added only once the session
+                // handles SIGINT/SIGTERM, in `wait`. TCX links close with the process however it
+                // ends, so they can be made before.
+                return Ok(Loaded {
+                    tracer,
+                    deferred: targets,
+                });
+            }
+            tracer.attach_all(targets)?;
+            Ok(Loaded {
+                tracer,
+                deferred: Vec::new(),
+            })
+        });
+        Self {
+            targets: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Attaches `targets` as soon as the object is loaded (TCX), or in [`PendingTracer::wait`]
+    /// (netlink). Only the first call counts.
+    pub fn attach(&mut self, targets: Vec<AttachTarget>) {
+        if let Some(tx) = self.targets.take() {
+            // A send fails only when loading failed and the thread ended: `wait` reports that.
+            if tx.send(targets).is_err() {
+                tracing::debug!("not attaching: the kernel object did not load");
+            }
+        }
+    }
+
+    /// The loaded tracer with the targets of [`PendingTracer::attach`] attached (blocks until it
+    /// is). On error nothing stays attached. A panic while loading goes on here.
+    pub fn wait(mut self) -> Result<Tracer, AttachError> {
+        self.targets = None;
+        let thread = self.thread.take().expect("waited once");
+        let Loaded {
+            mut tracer,
+            deferred,
+        } = thread
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        tracer.attach_all(deferred)?;
+        Ok(tracer)
+    }
+}
+
+impl Drop for PendingTracer {
+    fn drop(&mut self) {
+        self.targets = None;
+        if let Some(thread) = self.thread.take() {
+            // The tracer (if any) is dropped here, which detaches it. Its error, or a panic, no
+            // longer matters to a caller that is leaving on an error of its own.
+            drop(thread.join());
+        }
+    }
+}
+
 /// The loaded object and everything attached from it.
 pub struct Tracer {
     ebpf: Ebpf,
@@ -175,71 +259,111 @@ impl Tracer {
     /// hook's namespace. On error nothing of this hook stays attached.
     pub fn attach(&mut self, target: AttachTarget) -> Result<(), AttachError> {
         let tcx = self.tcx;
-        let hook = &target.hook;
-        let prog = self.prepare_slot(hook)?;
-        let attach_type = match hook.direction {
-            Direction::Ingress => TcAttachType::Ingress,
-            Direction::Egress => TcAttachType::Egress,
-        };
-        let ifname = hook.ifname.clone();
-        let label = hook.label();
-        let dir = hook.direction;
-        let marker = markers::QdiscMarker {
-            netns_inode: target.netns.inode(),
-            netns_path: target.netns.path().to_path_buf(),
-            ifindex: hook.ifindex,
-            ifname: hook.ifname.clone(),
-            pid: std::process::id(),
-        };
-        let (link, created_qdisc) = target.netns.run(|| -> Result<_, AttachError> {
-            let mut created = false;
-            let options = if tcx {
-                TcAttachOptions::TcxOrder(LinkOrder::first())
-            } else {
-                created = ensure_clsact(&ifname, &label)?;
-                if created {
-                    markers::record(&marker);
+        let prog = self.prepare_slot(&target.hook)?;
+        let (link, created_qdisc) = attach_program(prog, &target, tcx)?;
+        self.push_attached(target, link, created_qdisc);
+        Ok(())
+    }
+
+    /// Attaches all `targets`, in their order. On error the hooks attached so far stay in the
+    /// tracer (which detaches them when dropped) and the first error is returned.
+    ///
+    /// Creating a TCX link waits for RCU grace periods in the kernel (about 10 ms, under the
+    /// RTNL lock, so links cannot be made in parallel), and verifying a program costs a few ms of
+    /// CPU: with TCX, the programs are loaded here while another thread attaches the loaded
+    /// ones, so the loads overlap the waits. Netlink attaches stay one at a time: the hooks of
+    /// one interface share the clsact qdisc that the first of them adds.
+    pub fn attach_all(&mut self, targets: Vec<AttachTarget>) -> Result<(), AttachError> {
+        if !self.tcx || !distinct_slots(&targets) {
+            return targets.into_iter().try_for_each(|t| self.attach(t));
+        }
+        for target in &targets {
+            self.write_slot_config(&target.hook)?;
+        }
+        let mut programs: std::collections::HashMap<&str, &mut aya::programs::Program> =
+            self.ebpf.programs_mut().collect();
+        let mut slots = Vec::with_capacity(targets.len());
+        for target in &targets {
+            let name = slot_program_name(target.hook.slot);
+            let prog = programs.remove(name.as_str()).ok_or(AttachError::NoSlot)?;
+            let prog: &mut SchedClassifier =
+                prog.try_into().map_err(|source| AttachError::Program {
+                    name: name.clone(),
+                    source,
+                })?;
+            slots.push((name, prog));
+        }
+        let drop_prog = programs.remove(DROP_PROGRAM);
+        let (links, drop_preload) = std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::channel::<(&mut SchedClassifier, &AttachTarget)>();
+            let attacher = scope.spawn(move || attach_in_order(rx));
+            let mut load_error = None;
+            for ((name, prog), target) in slots.into_iter().zip(&targets) {
+                if let Err(e) = load_slot(prog, &name) {
+                    load_error = Some(e);
+                    break;
                 }
-                TcAttachOptions::Netlink(NlOptions::default())
-            };
-            let id = prog
-                .attach_with_options(&ifname, attach_type, options)
-                .map_err(|source| AttachError::Attach {
-                    hook: label.clone(),
-                    dir,
-                    source,
-                });
-            let link = match id.and_then(|id| {
-                prog.take_link(id).map_err(|source| AttachError::Attach {
-                    hook: label.clone(),
-                    dir,
-                    source,
-                })
-            }) {
-                Ok(link) => link,
+                // The attacher stops at its first error; what is left is not attached.
+                if tx.send((prog, target)).is_err() {
+                    break;
+                }
+            }
+            drop(tx);
+            // The drop program's BTF and verifier work fits in the time the links take.
+            let drop_preload = drop_prog.map(|prog| self.drops.preload(prog));
+            let mut links = join_thread(attacher);
+            links.extend(load_error.map(Err));
+            (links, drop_preload)
+        });
+        if let Some(Err(why)) = drop_preload {
+            self.drops.unavailable(why);
+        }
+        let mut first_error = None;
+        for (target, link) in targets.into_iter().zip(links) {
+            match link {
+                Ok((link, created_qdisc)) => self.push_attached(target, link, created_qdisc),
                 Err(e) => {
-                    if created {
-                        remove_clsact(&ifname);
-                        markers::forget(&marker);
-                    }
-                    return Err(e);
+                    first_error.get_or_insert(e);
                 }
-            };
-            Ok((link, created.then(|| marker.clone())))
-        })??;
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn push_attached(
+        &mut self,
+        target: AttachTarget,
+        link: SchedClassifierLink,
+        created_qdisc: Option<markers::QdiscMarker>,
+    ) {
         tracing::debug!(hook = %target.hook.label(), dir = %target.hook.direction, slot = target.hook.slot, mode = self.mode_name(), "attached");
         self.attached.push(Attached {
             target,
             link: Some(link),
             created_qdisc,
         });
-        Ok(())
     }
 
     /// Writes a hook's direction and role into its slot and loads the slot's program (once).
     /// `attach` does this itself; tests use it to run a slot's program with `test_run`.
     pub fn prepare_slot(&mut self, hook: &Hook) -> Result<&mut SchedClassifier, AttachError> {
+        self.write_slot_config(hook)?;
         let name = slot_program_name(hook.slot);
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(&name)
+            .ok_or(AttachError::NoSlot)?
+            .try_into()
+            .map_err(|source| AttachError::Program {
+                name: name.clone(),
+                source,
+            })?;
+        load_slot(prog, &name)?;
+        Ok(prog)
+    }
+
+    /// Writes a hook's direction and role into its slot of the `HOOKS` map.
+    fn write_slot_config(&mut self, hook: &Hook) -> Result<(), AttachError> {
         let cfg = HookConfig {
             direction: hook.direction.raw(),
             role: hook.role.raw(),
@@ -258,23 +382,7 @@ impl Tracer {
             .map_err(|source| AttachError::Map {
                 name: "HOOKS",
                 source,
-            })?;
-        let prog: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(&name)
-            .ok_or(AttachError::NoSlot)?
-            .try_into()
-            .map_err(|source| AttachError::Program {
-                name: name.clone(),
-                source,
-            })?;
-        if prog.fd().is_err() {
-            prog.load().map_err(|source| AttachError::Program {
-                name: name.clone(),
-                source,
-            })?;
-        }
-        Ok(prog)
+            })
     }
 
     /// The hooks attached so far.
@@ -441,6 +549,111 @@ type LinkNames = Vec<(u32, String)>;
 /// netlink mode, and what `pathtrace cleanup` looks for).
 pub fn slot_program_name(slot: u8) -> String {
     format!("pathtrace_h{slot}")
+}
+
+/// Loads (verifies) a slot's program unless it is loaded already.
+fn load_slot(prog: &mut SchedClassifier, name: &str) -> Result<(), AttachError> {
+    if prog.fd().is_ok() {
+        return Ok(());
+    }
+    prog.load().map_err(|source| AttachError::Program {
+        name: name.to_string(),
+        source,
+    })
+}
+
+/// Whether no two targets share a slot (each slot's program is then attached once, so the
+/// programs can be handed to another thread one by one).
+fn distinct_slots(targets: &[AttachTarget]) -> bool {
+    let mut seen = [false; MAX_HOOKS];
+    targets.iter().all(|t| {
+        let slot = usize::from(t.hook.slot);
+        slot < MAX_HOOKS && !std::mem::replace(&mut seen[slot], true)
+    })
+}
+
+/// What [`attach_program`] made: the link, and the clsact qdisc it added (netlink mode).
+type AttachedLink = (SchedClassifierLink, Option<markers::QdiscMarker>);
+
+/// Attaches loaded programs as they come, in path order until the first error (which ends the
+/// list). One at a time and in path order, like [`Tracer::attach`] in a loop: a reply must not be
+/// traced at a hop before its request can be at the hops upstream of it (the correlator would
+/// take it for a flow of its own).
+fn attach_in_order(
+    loaded: std::sync::mpsc::Receiver<(&mut SchedClassifier, &AttachTarget)>,
+) -> Vec<Result<AttachedLink, AttachError>> {
+    let mut links = Vec::new();
+    for (prog, target) in loaded {
+        let link = attach_program(prog, target, true);
+        let failed = link.is_err();
+        links.push(link);
+        if failed {
+            break;
+        }
+    }
+    links
+}
+
+/// The result of a scoped thread. Its panic goes on here (a link it made was dropped, i.e.
+/// detached, while it unwound).
+fn join_thread<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    handle
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// Attaches a loaded program at a target, inside the target's namespace. On error nothing of
+/// it stays attached (a qdisc it added is removed again).
+fn attach_program(
+    prog: &mut SchedClassifier,
+    target: &AttachTarget,
+    tcx: bool,
+) -> Result<AttachedLink, AttachError> {
+    let hook = &target.hook;
+    let attach_type = match hook.direction {
+        Direction::Ingress => TcAttachType::Ingress,
+        Direction::Egress => TcAttachType::Egress,
+    };
+    let label = hook.label();
+    let dir = hook.direction;
+    let attach_error = |source| AttachError::Attach {
+        hook: label.clone(),
+        dir,
+        source,
+    };
+    let marker = markers::QdiscMarker {
+        netns_inode: target.netns.inode(),
+        netns_path: target.netns.path().to_path_buf(),
+        ifindex: hook.ifindex,
+        ifname: hook.ifname.clone(),
+        pid: std::process::id(),
+    };
+    target.netns.run(|| -> Result<_, AttachError> {
+        let mut created = false;
+        let options = if tcx {
+            TcAttachOptions::TcxOrder(LinkOrder::first())
+        } else {
+            created = ensure_clsact(&hook.ifname, &label)?;
+            if created {
+                markers::record(&marker);
+            }
+            TcAttachOptions::Netlink(NlOptions::default())
+        };
+        let link = prog
+            .attach_with_options(&hook.ifname, attach_type, options)
+            .and_then(|id| prog.take_link(id))
+            .map_err(attach_error);
+        match link {
+            Ok(link) => Ok((link, created.then(|| marker.clone()))),
+            Err(e) => {
+                if created {
+                    remove_clsact(&hook.ifname);
+                    markers::forget(&marker);
+                }
+                Err(e)
+            }
+        }
+    })?
 }
 
 fn detach_one(mut a: Attached, tcx: bool) {

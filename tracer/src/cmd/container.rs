@@ -21,7 +21,7 @@ use super::{
     trace::{open_capture, ring_bytes, runtime, trace_with, Extras},
 };
 use crate::{
-    attach::{AttachTarget, LoadOptions},
+    attach::{AttachTarget, LoadOptions, PendingTracer},
     cli::TraceArgs,
     correlate::{FlowId, FlowReport, Orientation},
     discover::{
@@ -39,7 +39,15 @@ const SLOTS_PER_IFACE: u8 = 4;
 
 pub fn run(args: TraceArgs, spec: &str) -> anyhow::Result<ExitCode> {
     let filter = filter_config(&args)?;
+    let load = LoadOptions {
+        filter,
+        ring_bytes: ring_bytes(args.ring_size)?,
+        kernel_log: args.kernel_log,
+        drop_reasons: true,
+    };
     let rt = runtime()?;
+    // The kernel object loads while the container is resolved.
+    let mut tracer = PendingTracer::spawn(load, args.tc_mode, rt.handle());
     let docker = rt.block_on(Docker::connect())?;
     let info = rt.block_on(docker.resolve(spec))?;
     let paths = info.paths(args.to)?;
@@ -48,6 +56,8 @@ pub fn run(args: TraceArgs, spec: &str) -> anyhow::Result<ExitCode> {
         let peer = rt.block_on(peer_targets(&docker, &info, &paths, to))?;
         add_shared(&mut targets, peer)?;
     }
+    // Attaching starts as soon as the object is loaded; the NAT rules are read meanwhile.
+    tracer.attach(targets.clone());
     let rules = Arc::new(nat_rules::snapshot().context("reading the NAT ruleset")?);
     let topology = Arc::new(topology(&info, &paths, &targets, rules.rules()));
     let view_topology = topology.clone();
@@ -67,18 +77,12 @@ pub fn run(args: TraceArgs, spec: &str) -> anyhow::Result<ExitCode> {
     let (tx, rx) = mpsc::channel(16);
     let follower = rt.spawn(follow(docker, info.clone(), args.to, tx, args.exit_on_stop));
     let capture = open_capture(&args, &view_topology)?;
-    let load = LoadOptions {
-        filter,
-        ring_bytes: ring_bytes(args.ring_size)?,
-        kernel_log: args.kernel_log,
-        drop_reasons: true,
-    };
     let extras = Extras {
         interest,
         control: Some(rx),
         capture,
     };
-    let result = trace_with(&rt, targets, load, &args, view, extras);
+    let result = trace_with(&rt, tracer, &args, view, extras);
     let removed = if follower.is_finished() {
         rt.block_on(follower).ok().flatten()
     } else {

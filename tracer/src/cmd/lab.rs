@@ -10,7 +10,7 @@ use super::{
     trace::{ring_bytes, trace_with, Plan},
 };
 use crate::{
-    attach::{LoadOptions, TcMode},
+    attach::{LoadOptions, PendingTracer, TcMode},
     cli::{LabAction, TraceArgs},
     discover::{
         netns::Netns,
@@ -122,7 +122,7 @@ fn demo(json: bool, tc_mode: TcMode, duration: Duration) -> anyhow::Result<ExitC
             to: args.to,
         },
     )?;
-    let plan = Plan::new(&found)?;
+    let plan = Plan::new(&found, found.hooks(0))?;
     let view = plan.view(&args, Output::stdout());
     let load = LoadOptions {
         filter: filter_config(&args)?,
@@ -132,7 +132,9 @@ fn demo(json: bool, tc_mode: TcMode, duration: Duration) -> anyhow::Result<ExitC
     };
     let traffic = lab.start_traffic(&LabTrafficOptions::default())?;
     let rt = super::trace::runtime()?;
-    let traced = trace_with(&rt, plan.targets, load, &args, view, Default::default());
+    let mut tracer = PendingTracer::spawn(load, tc_mode, rt.handle());
+    tracer.attach(plan.targets);
+    let traced = trace_with(&rt, tracer, &args, view, Default::default());
     let report = traffic.stop();
     let view = traced?;
     if !json {

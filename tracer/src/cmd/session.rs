@@ -1,7 +1,7 @@
 //! One trace session, shared by every verb that traces (`pathtrace --netns/--container`,
 //! `lab demo`, `verify`): attach → read events → hand them to an [`Observer`] → detach.
 //!
-//! Detaching is tied to the [`Tracer`]'s `Drop`, so it happens on every way out of [`run`]:
+//! Detaching is tied to the [`Tracer`](crate::attach::Tracer)'s `Drop`, so it happens on every way out of [`run`]:
 //! the end of `--duration`/`--count`, SIGINT, SIGTERM, a stop request, an error, or a panic.
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
@@ -14,7 +14,7 @@ use tokio::{
 use tracer_common::config::EndpointKey;
 
 use crate::{
-    attach::{AttachError, AttachTarget, LoadOptions, TcMode, Tracer},
+    attach::{AttachError, AttachTarget, PendingTracer, TcMode},
     collect::{Collector, Event},
     model::{Hook, HookStats},
 };
@@ -76,9 +76,8 @@ impl std::fmt::Display for StopReason {
 }
 
 pub struct SessionSpec {
-    pub targets: Vec<AttachTarget>,
-    pub load: LoadOptions,
-    pub mode: TcMode,
+    /// The kernel object, loading (and attaching what it was given) since before the session.
+    pub tracer: PendingTracer,
     pub duration: Option<Duration>,
     pub count: Option<u64>,
     /// Remote endpoints known to be of interest before any packet is seen.
@@ -120,18 +119,15 @@ pub async fn run(
 ) -> Result<StopReason, SessionError> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    let mut tracer = Tracer::load(&spec.load, spec.mode)?;
-    for target in spec.targets {
-        tracer.attach(target)?;
-    }
+    let mut tracer = spec.tracer.wait()?;
     for key in spec.interest {
         tracer.add_interest(key)?;
     }
-    if spec.mode == TcMode::Auto && tracer.mode_name() == "netlink" {
+    if tracer.requested_mode() == TcMode::Auto && tracer.mode_name() == "netlink" {
         observer.note("this kernel has no TCX links (Linux < 6.6): attached as netlink clsact filters instead");
     }
     // Drop reasons (tp_btf/kfree_skb): a kernel or object that cannot is said once, not fatal.
-    let namer = if spec.load.drop_reasons {
+    let namer = if tracer.drop_reasons_requested() {
         match tracer.enable_drop_reasons()? {
             crate::attach::DropSupport::Enabled(namer) => Some(namer),
             crate::attach::DropSupport::Unavailable(why) => {

@@ -13,7 +13,7 @@ use super::{
     session::{self, SessionSpec},
 };
 use crate::{
-    attach::{AttachTarget, LoadOptions},
+    attach::{AttachTarget, LoadOptions, PendingTracer},
     cli::TraceArgs,
     discover::{
         nat_rules::{self, NatRuleset},
@@ -28,6 +28,15 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let Some(spec) = args.netns.as_deref() else {
         bail!("nothing to trace: give --netns NAME, --container NAME, or try `pathtrace lab demo`");
     };
+    let load = LoadOptions {
+        filter,
+        ring_bytes: ring_bytes(args.ring_size)?,
+        kernel_log: args.kernel_log,
+        drop_reasons: true,
+    };
+    let rt = runtime()?;
+    // The kernel object loads while the path is discovered.
+    let mut tracer = PendingTracer::spawn(load, args.tc_mode, rt.handle());
     let netns = Arc::new(Netns::by_name_or_path(spec)?);
     let label = spec.rsplit('/').next().unwrap_or(spec).to_string();
     let found = path::discover(
@@ -38,21 +47,17 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
             to: args.to,
         },
     )?;
-    let plan = Plan::new(&found)?;
+    let targets = found.hooks(0);
+    // Attaching starts as soon as the object is loaded; the NAT rules are read meanwhile.
+    tracer.attach(targets.clone());
+    let plan = Plan::new(&found, targets)?;
     let capture = open_capture(&args, &plan.topology)?;
     let view = plan.view(&args, Output::stdout());
-    let load = LoadOptions {
-        filter,
-        ring_bytes: ring_bytes(args.ring_size)?,
-        kernel_log: args.kernel_log,
-        drop_reasons: true,
-    };
-    let rt = runtime()?;
     let extras = Extras {
         capture,
         ..Extras::default()
     };
-    trace_with(&rt, plan.targets, load, &args, view, extras)?;
+    trace_with(&rt, tracer, &args, view, extras)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -64,8 +69,8 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub fn new(found: &DiscoveredPath) -> anyhow::Result<Self> {
-        let targets = found.hooks(0);
+    /// `targets`: the path's hooks (`found.hooks(0)`).
+    pub fn new(found: &DiscoveredPath, targets: Vec<AttachTarget>) -> anyhow::Result<Self> {
         let rules = nat_rules::snapshot().context("reading the NAT ruleset")?;
         let topology = Arc::new(found.topology(&targets, rules.rules()));
         Ok(Self {
@@ -97,19 +102,16 @@ pub struct Extras {
     pub capture: Option<crate::capture::CaptureWriter>,
 }
 
-/// Runs a session on `targets` into `view` and prints the final report.
+/// Runs a session on what `tracer` attaches into `view` and prints the final report.
 pub fn trace_with(
     rt: &tokio::runtime::Runtime,
-    targets: Vec<AttachTarget>,
-    load: LoadOptions,
+    tracer: PendingTracer,
     args: &TraceArgs,
     mut view: LiveView,
     extras: Extras,
 ) -> anyhow::Result<LiveView> {
     let session = SessionSpec {
-        targets,
-        load,
-        mode: args.tc_mode,
+        tracer,
         duration: args.duration,
         count: args.count,
         interest: extras.interest,

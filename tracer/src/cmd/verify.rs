@@ -24,7 +24,7 @@ use super::{
     trace::{ring_bytes, runtime, Plan},
 };
 use crate::{
-    attach::{AttachTarget, LoadOptions},
+    attach::{AttachTarget, LoadOptions, PendingTracer},
     cli::{TraceArgs, VerifyArgs},
     collect::Event,
     correlate::FlowReport,
@@ -288,7 +288,23 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     super::require_privileges()?;
     let probe = Probe::parse(&args.to, args.proto.as_deref())?;
     let rt = runtime()?;
+    let trace = TraceArgs {
+        to: Some(probe.dst),
+        filter_proto: Some(probe.proto.to_string()),
+        snaplen: tracer_common::event::CAPTURE_DEFAULT,
+        ..TraceArgs::default()
+    };
+    let load = LoadOptions {
+        filter: filter_config(&trace)?,
+        ring_bytes: ring_bytes(1024)?,
+        kernel_log: false,
+        drop_reasons: true,
+    };
+    // The kernel object loads while the path is discovered.
+    let mut tracer = PendingTracer::spawn(load, args.tc_mode, rt.handle());
     let (netns, targets, topology) = discover(&args, &probe, &rt)?;
+    // Attaching starts as soon as the object is loaded; the NAT rules are read meanwhile.
+    tracer.attach(targets);
     let rules = Arc::new(nat_rules::snapshot().context("reading the NAT ruleset")?);
     let topology = Arc::new(Topology {
         nat_rules: rules.rules(),
@@ -307,23 +323,10 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         },
         Output::to(Box::new(std::io::sink())),
     );
-    let trace = TraceArgs {
-        to: Some(probe.dst),
-        filter_proto: Some(probe.proto.to_string()),
-        snaplen: tracer_common::event::CAPTURE_DEFAULT,
-        ..TraceArgs::default()
-    };
     let stop = Arc::new(Notify::new());
     let outcome = Arc::new(std::sync::Mutex::new(String::new()));
     let spec = SessionSpec {
-        targets,
-        load: LoadOptions {
-            filter: filter_config(&trace)?,
-            ring_bytes: ring_bytes(1024)?,
-            kernel_log: false,
-            drop_reasons: true,
-        },
-        mode: args.tc_mode,
+        tracer,
         duration: Some(Duration::from_secs(8)),
         count: None,
         interest: Vec::new(),
@@ -387,7 +390,7 @@ fn discover(
                     to: Some(probe.dst),
                 },
             )?;
-            let plan = Plan::new(&found)?;
+            let plan = Plan::new(&found, found.hooks(0))?;
             Ok((netns, plan.targets, (*plan.topology).clone()))
         }
         _ => bail!("verify needs one of --container NAME or --netns NAME"),
