@@ -17,7 +17,7 @@ use tracer::{
         record::Recorder,
         session::{Observer, StopReason},
     },
-    collect::{decode, Event},
+    collect::{decode_with, Event},
     model::{Direction, Hook, HookStats, Place, Role, Topology},
     render::Format,
 };
@@ -105,8 +105,9 @@ fn raw(out: &mut Vec<u8>, slot: u8, dir: u8, ktime_ns: u64, n: u32, src: [u8; 4]
 /// --inclusive=yes` shows this function's cost apart from generating the records).
 #[inline(never)]
 fn consume(observer: &mut dyn Observer, raws: &[Vec<u8>], batch: &mut Vec<Event>) {
+    let frames = observer.wants_frames();
     for r in raws {
-        if let Ok(ev) = decode(r) {
+        if let Ok(ev) = decode_with(r, frames) {
             batch.push(ev);
         }
     }
