@@ -122,10 +122,7 @@ fn tick(observer: &mut dyn Observer, now: u64, stats: &[(Hook, HookStats)]) {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let datagrams: u32 = args
-        .iter()
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(100_000);
+    let datagrams: u32 = args.iter().find_map(|a| a.parse().ok()).unwrap_or(100_000);
     let json = args.iter().any(|a| a == "--json");
     let capture = args
         .iter()
@@ -171,7 +168,9 @@ fn main() -> anyhow::Result<()> {
     const DRAIN_NS: u64 = 10_000_000;
     const TICK_NS: u64 = 250_000_000;
     let t0 = 1_000_000_000u64;
-    let mut raws: Vec<Vec<u8>> = vec![Vec::with_capacity(size_of::<PacketEvent>()); 4096];
+    let mut raws: Vec<Vec<u8>> = (0..4096)
+        .map(|_| Vec::with_capacity(size_of::<PacketEvent>()))
+        .collect();
     let mut used = 0;
     let mut batch: Vec<Event> = Vec::with_capacity(4096);
     let mut next_drain = t0 + DRAIN_NS;

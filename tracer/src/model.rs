@@ -295,8 +295,10 @@ impl PacketRecord {
             Bytes::new()
         };
         let h = &header;
-        Self::from_meta(&meta, h.hook, direction, h.ifindex, h.ktime_ns, pkt_len, data)
-            .ok_or(DecodeError::BadFamily(meta.family))
+        Self::from_meta(
+            &meta, h.hook, direction, h.ifindex, h.ktime_ns, pkt_len, data,
+        )
+        .ok_or(DecodeError::BadFamily(meta.family))
     }
 
     /// Rebuilds a record from captured bytes (replay): the same parser the kernel ran.
