@@ -104,10 +104,22 @@ struct Group {
     drops: Vec<DropRecord>,
     /// Arrival number of the latest sighting (see [`Pending::take_oldest`]).
     touched: u64,
+    /// [`Group::compute_oldest_ns`], kept up to date: the settle scan then reads no sightings.
+    oldest_ns: u64,
 }
 
 impl Group {
     fn oldest_ns(&self) -> u64 {
+        self.oldest_ns
+    }
+
+    /// Keeps `oldest_ns` when a sighting or drop of time `ns` is added.
+    fn note_added(&mut self, ns: u64) {
+        let first = self.sightings.len() + self.drops.len() == 1;
+        self.oldest_ns = if first { ns } else { self.oldest_ns.min(ns) };
+    }
+
+    fn compute_oldest_ns(&self) -> u64 {
         let s = self.sightings.iter().map(|s| s.ktime_ns);
         s.chain(self.drops.iter().map(|d| d.ktime_ns))
             .min()
@@ -152,10 +164,13 @@ impl Group {
                 drop_reason: None,
             }));
         }
-        if self.drops.is_empty() {
-            return 0;
-        }
-        self.attach_drops(&starts, &mut out[first..], cutoff_ns)
+        let given_up = if self.drops.is_empty() {
+            0
+        } else {
+            self.attach_drops(&starts, &mut out[first..], cutoff_ns)
+        };
+        self.oldest_ns = self.compute_oldest_ns();
+        given_up
     }
 
     /// Gives each drop to the instance that started last before it; drops that belong to a
@@ -225,16 +240,16 @@ impl Pending {
         self.arrivals += 1;
         let group = self.groups.entry(fingerprint).or_default();
         group.sightings.push(sighting);
+        group.note_added(sighting.ktime_ns);
         group.touched = self.arrivals;
         self.sightings += 1;
     }
 
     pub fn push_drop(&mut self, drop: DropRecord) {
-        self.groups
-            .entry(drop.fingerprint)
-            .or_default()
-            .drops
-            .push(drop);
+        let group = self.groups.entry(drop.fingerprint).or_default();
+        let ns = drop.ktime_ns;
+        group.drops.push(drop);
+        group.note_added(ns);
     }
 
     /// Sightings waiting to settle.
