@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tracer_common::{
     config::{DIR_EGRESS, DIR_INGRESS, ROLE_ALL, ROLE_SHARED, ROLE_SOURCE_IN, ROLE_SOURCE_OUT},
-    event::{PacketEvent, KIND_PACKET},
+    event::{EventHeader, PacketEvent, PacketMeta, CAPTURE_MAX, KIND_PACKET},
     parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
 };
 
@@ -254,22 +254,51 @@ fn read_event<T: aya::Pod>(raw: &[u8], kind: u16) -> Result<T, DecodeError> {
     Ok(ev)
 }
 
+/// Reads a plain-old-data value at `offset` of `raw`.
+fn read_at<T: aya::Pod>(raw: &[u8], offset: usize) -> Result<T, DecodeError> {
+    let bytes = raw
+        .get(offset..offset + size_of::<T>())
+        .ok_or(DecodeError::Short(raw.len()))?;
+    // SAFETY: `bytes` holds `size_of::<T>()` bytes; `T: Pod` (any bit pattern is valid) and
+    // `read_unaligned` copes with any alignment.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
+}
+
 impl PacketRecord {
-    /// Decodes one ring-buffer record. Never panics on arbitrary input.
+    /// Decodes one ring-buffer record, captured bytes included. Never panics on arbitrary input.
     pub fn decode(raw: &[u8]) -> Result<Self, DecodeError> {
-        let ev: PacketEvent = read_event(raw, KIND_PACKET)?;
-        let direction =
-            Direction::try_from(ev.header.direction).map_err(DecodeError::BadDirection)?;
-        let cap = ev.cap_len as usize;
-        if cap > ev.data.len() {
-            return Err(DecodeError::BadCapLen(ev.cap_len));
+        Self::decode_with(raw, true)
+    }
+
+    /// Decodes one ring-buffer record; the captured bytes are copied into [`PacketRecord::data`]
+    /// only when `frame` is set (a capture is being written), else `data` is empty: the kernel
+    /// already sent the parsed metadata, and nothing else reads the bytes.
+    pub fn decode_with(raw: &[u8], frame: bool) -> Result<Self, DecodeError> {
+        use std::mem::offset_of;
+        // Checks the whole event's length and kind, but copies only the header and metadata.
+        if raw.len() < size_of::<PacketEvent>() {
+            return Err(DecodeError::Short(raw.len()));
         }
-        let data = Bytes::copy_from_slice(&ev.data[..cap]);
-        let h = &ev.header;
+        let header: EventHeader = read_event(raw, KIND_PACKET)?;
+        let meta: PacketMeta = read_at(raw, offset_of!(PacketEvent, meta))?;
+        let pkt_len: u32 = read_at(raw, offset_of!(PacketEvent, pkt_len))?;
+        let cap_len: u32 = read_at(raw, offset_of!(PacketEvent, cap_len))?;
+        let direction = Direction::try_from(header.direction).map_err(DecodeError::BadDirection)?;
+        let cap = cap_len as usize;
+        if cap > CAPTURE_MAX {
+            return Err(DecodeError::BadCapLen(cap_len));
+        }
+        let data = if frame {
+            let start = offset_of!(PacketEvent, data);
+            Bytes::copy_from_slice(&raw[start..start + cap])
+        } else {
+            Bytes::new()
+        };
+        let h = &header;
         Self::from_meta(
-            &ev.meta, h.hook, direction, h.ifindex, h.ktime_ns, ev.pkt_len, data,
+            &meta, h.hook, direction, h.ifindex, h.ktime_ns, pkt_len, data,
         )
-        .ok_or(DecodeError::BadFamily(ev.meta.family))
+        .ok_or(DecodeError::BadFamily(meta.family))
     }
 
     /// Rebuilds a record from captured bytes (replay): the same parser the kernel ran.

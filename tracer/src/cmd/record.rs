@@ -66,6 +66,11 @@ impl Observer for Recorder<'_> {
         self.inner.attached(mode, hooks);
     }
 
+    fn wants_frames(&self) -> bool {
+        // Asked once, before the first event: a capture that fails later ends the session.
+        self.writer.is_some() || self.inner.wants_frames()
+    }
+
     fn events(&mut self, events: &[Event]) {
         if let Some(w) = self.writer.as_mut() {
             let mut result = Ok(());

@@ -31,6 +31,11 @@ pub trait Observer {
     fn finished(&mut self, why: StopReason, stats: &[(Hook, HookStats)]);
     /// The set of attached hooks changed (re-attach after a restart, an interface gone).
     fn hooks_changed(&mut self, _hooks: &[Hook], _target_addrs: Option<&[IpAddr]>) {}
+    /// Whether packet events must carry their captured bytes (a capture is written). Without,
+    /// the reader copies none: `PacketRecord::data` is empty.
+    fn wants_frames(&self) -> bool {
+        false
+    }
     /// Something the user should know (container restarted, interface moved away).
     fn note(&mut self, msg: &str) {
         eprintln!("pathtrace: {msg}");
@@ -144,6 +149,7 @@ pub async fn run(
     // whatever the loader left behind.
     release_setup_memory();
     let mut collector = Collector::new(tracer.take_events()?)?;
+    collector.keep_frames(observer.wants_frames());
     observer.attached(tracer.mode_name(), &tracer.hooks());
 
     let deadline = spec.duration.map(|d| Instant::now() + d);

@@ -15,14 +15,20 @@ pub enum Event {
     Drop(DropRecord),
 }
 
-/// Decodes one raw ring-buffer record of any kind.
+/// Decodes one raw ring-buffer record of any kind, captured bytes included.
 pub fn decode(raw: &[u8]) -> Result<Event, DecodeError> {
+    decode_with(raw, true)
+}
+
+/// Decodes one raw ring-buffer record of any kind; a packet's captured bytes are copied only
+/// when `frames` is set (see [`PacketRecord::decode_with`]).
+pub fn decode_with(raw: &[u8], frames: bool) -> Result<Event, DecodeError> {
     if raw.len() < size_of::<EventHeader>() {
         return Err(DecodeError::Short(raw.len()));
     }
     let kind = u16::from_ne_bytes([raw[0], raw[1]]);
     match kind {
-        KIND_PACKET => PacketRecord::decode(raw).map(Event::Packet),
+        KIND_PACKET => PacketRecord::decode_with(raw, frames).map(Event::Packet),
         KIND_DROP => DropRecord::decode(raw).map(Event::Drop),
         other => Err(DecodeError::UnknownKind(other)),
     }
@@ -32,6 +38,8 @@ pub fn decode(raw: &[u8]) -> Result<Event, DecodeError> {
 pub struct Collector {
     ring: AsyncFd<RingFd>,
     decode_errors: u64,
+    /// Copy each packet's captured bytes (only when a capture is written).
+    frames: bool,
 }
 
 /// `RingBuf` with the `AsRawFd` tokio needs.
@@ -54,7 +62,14 @@ impl Collector {
         Ok(Self {
             ring,
             decode_errors: 0,
+            frames: true,
         })
+    }
+
+    /// Whether packet events keep their captured bytes ([`PacketRecord::data`]); on by default.
+    /// Off, a packet costs no allocation: only a capture writer reads the bytes.
+    pub fn keep_frames(&mut self, frames: bool) {
+        self.frames = frames;
     }
 
     /// Waits until events are available, then appends up to `max` of them to `out`.
@@ -67,7 +82,7 @@ impl Collector {
                 let Some(item) = ring.next() else {
                     break;
                 };
-                match decode(&item) {
+                match decode_with(&item, self.frames) {
                     Ok(ev) => out.push(ev),
                     Err(e) => {
                         self.decode_errors += 1;
@@ -92,7 +107,7 @@ impl Collector {
             let Some(item) = ring.next() else {
                 break;
             };
-            match decode(&item) {
+            match decode_with(&item, self.frames) {
                 Ok(ev) => out.push(ev),
                 Err(_) => self.decode_errors += 1,
             }
@@ -103,7 +118,7 @@ impl Collector {
     pub fn drain(&mut self, out: &mut Vec<Event>) {
         let ring = &mut self.ring.get_mut().0;
         while let Some(item) = ring.next() {
-            match decode(&item) {
+            match decode_with(&item, self.frames) {
                 Ok(ev) => out.push(ev),
                 Err(_) => self.decode_errors += 1,
             }

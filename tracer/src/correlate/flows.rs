@@ -16,7 +16,7 @@ use super::{
     intern::{CEndpoint, CTuple, Pool, StrId},
     nat,
     packets::Instance,
-    path::Orientation,
+    path::{Orientation, Tuple},
     report::{FlowId, Leg},
 };
 
@@ -266,6 +266,12 @@ pub struct FlowTable {
     evicted: u64,
     max_flows: usize,
     pool: Pool,
+    /// Bumped whenever the tuple index changes: what a lookup found stays true until then.
+    generation: u64,
+    /// The last traced-side tuple [`FlowTable::locate`] found, and the last alias confirmed as
+    /// mapped (a busy flow's packets repeat both), each with the generation it was found in.
+    recent_key: Option<(u64, Tuple, u32, Leg)>,
+    recent_alias: Option<(u64, Tuple, u32, Leg)>,
 }
 
 impl FlowTable {
@@ -284,6 +290,9 @@ impl FlowTable {
             evicted: 0,
             max_flows,
             pool: Pool::default(),
+            generation: 0,
+            recent_key: None,
+            recent_alias: None,
         }
     }
 
@@ -320,7 +329,7 @@ impl FlowTable {
     /// Adds a finalised packet to its flow (creating it, evicting the least recently updated
     /// flow when full) and returns the flow's id.
     pub fn add(&mut self, inst: &Instance, ctx: &Context<'_>) -> Option<FlowId> {
-        let (slot, leg) = match self.locate(inst) {
+        let (slot, leg) = match self.locate_cached(inst) {
             Some(found) => found,
             None => {
                 let orientation = inst.orientation(&ctx.topology.target_addrs);
@@ -348,6 +357,22 @@ impl FlowTable {
             flows[s as usize].as_ref().is_some_and(|f| f.id == id)
         });
         found.copied()
+    }
+
+    /// [`FlowTable::locate`], answered from the last lookup when the packet has the same
+    /// traced-side tuple and the index did not change since.
+    fn locate_cached(&mut self, inst: &Instance) -> Option<(u32, Leg)> {
+        let traced = inst.traced_tuple();
+        if let (Some(t), Some((g, rt, slot, leg))) = (traced, self.recent_key) {
+            if g == self.generation && rt == t {
+                return Some((slot, leg));
+            }
+        }
+        let found = self.locate(inst);
+        if let (Some(t), Some((slot, leg))) = (traced, found) {
+            self.recent_key = Some((self.generation, t, slot, leg));
+        }
+        found
     }
 
     /// The flow and leg of a packet. A packet seen on the traced side is named by its tuple
@@ -432,6 +457,7 @@ impl FlowTable {
 
     /// Adds an entry for `t` to the tuple index.
     fn index(&mut self, r: Ref, t: CTuple) {
+        self.generation += 1;
         let (flows, hasher) = (&self.flows, &self.hasher);
         let hash = hasher.hash_one(t);
         self.by_tuple.insert_unique(hash, r, |r| {
@@ -441,6 +467,7 @@ impl FlowTable {
 
     /// Removes exactly the entry `r` for `t`, if the index has it.
     fn unindex(&mut self, r: Ref, t: CTuple) {
+        self.generation += 1;
         let hash = self.hash(&t);
         if let Ok(e) = self.by_tuple.find_entry(hash, |x| *x == r) {
             e.remove();
@@ -516,16 +543,24 @@ impl FlowTable {
 
     /// Remembers the packet's post-NAT tuples so that packets seen only there find the flow.
     fn register_aliases(&mut self, slot: u32, leg: Leg, inst: &Instance) {
+        let mut done: SmallVec<[Tuple; 4]> = SmallVec::new();
         for s in &inst.sightings {
             let Some(flow) = self.flows[slot as usize].as_ref() else {
                 return;
             };
-            let t = self.pool.find(&s.tuple);
-            if t.is_some_and(|t| t == flow.key || t == flow.key.reversed()) {
+            let key = self.pool.tuple(flow.key);
+            // The key itself, or a tuple this packet already showed: nothing to do.
+            if s.tuple == key || s.tuple == key.reversed() || done.contains(&s.tuple) {
+                continue;
+            }
+            done.push(s.tuple);
+            if self.recent_alias == Some((self.generation, s.tuple, slot, leg)) {
                 continue;
             }
             // Already mapped to this flow and leg: nothing changes (the common case).
+            let t = self.pool.find(&s.tuple);
             if t.is_some_and(|t| self.alias(t) == Some((slot, leg))) {
+                self.recent_alias = Some((self.generation, s.tuple, slot, leg));
                 continue;
             }
             self.claim_alias(slot, leg, &s.tuple);
@@ -533,7 +568,7 @@ impl FlowTable {
     }
 
     /// Points `t` (and its reverse) at this flow, taking it from whichever flow had it.
-    fn claim_alias(&mut self, slot: u32, leg: Leg, t: &super::path::Tuple) {
+    fn claim_alias(&mut self, slot: u32, leg: Leg, t: &Tuple) {
         let t = self.pool.acquire(t);
         for u in [t, t.reversed()] {
             while let Some((owner, _)) = self.alias(u) {

@@ -238,8 +238,11 @@ impl Correlator {
             attributor: self.attributor.as_deref(),
         };
         for inst in &instances {
+            // A busy flow's packets come one after another: note it once per run of them.
             if let Some(id) = self.table.add(inst, &ctx) {
-                self.changed.push(id);
+                if self.changed.last() != Some(&id) {
+                    self.changed.push(id);
+                }
             }
         }
         // Bounded between ticks even when one busy flow updates over and over.

@@ -45,7 +45,7 @@ pub fn record(
                     && e.kind == kind
                     && pool.endpoint(e.before) == before
                     && pool.endpoint(e.after) == after
-                    && same_place(topology, e.between, (ha, hb))
+                    && (e.between == (a.hook, b.hook) || same_place(topology, e.between, (ha, hb)))
             };
             if let Some(e) = entries.iter_mut().find(same) {
                 e.packets += 1;

@@ -1,7 +1,10 @@
 //! From events to packets: sightings buffered by fingerprint until they settle, then split into
 //! packet instances (one packet's crossings of the hooks, in path order).
 
-use std::{collections::HashMap, net::IpAddr, ops::Range};
+use std::{net::IpAddr, ops::Range};
+
+use hashbrown::HashMap;
+use smallvec::SmallVec;
 
 use crate::model::{Direction, DropRecord, Place};
 
@@ -101,10 +104,22 @@ struct Group {
     drops: Vec<DropRecord>,
     /// Arrival number of the latest sighting (see [`Pending::take_oldest`]).
     touched: u64,
+    /// [`Group::compute_oldest_ns`], kept up to date: the settle scan then reads no sightings.
+    oldest_ns: u64,
 }
 
 impl Group {
     fn oldest_ns(&self) -> u64 {
+        self.oldest_ns
+    }
+
+    /// Keeps `oldest_ns` when a sighting or drop of time `ns` is added.
+    fn note_added(&mut self, ns: u64) {
+        let first = self.sightings.len() + self.drops.len() == 1;
+        self.oldest_ns = if first { ns } else { self.oldest_ns.min(ns) };
+    }
+
+    fn compute_oldest_ns(&self) -> u64 {
         let s = self.sightings.iter().map(|s| s.ktime_ns);
         s.chain(self.drops.iter().map(|d| d.ktime_ns))
             .min()
@@ -115,10 +130,10 @@ impl Group {
         self.sightings.is_empty() && self.drops.is_empty()
     }
 
-    /// Splits the sightings into instances and takes the leading ones whose last sighting is at
-    /// or before `cutoff_ns`, with the drops that belong to them. Returns them and the number of
-    /// drops given up (due, but no packet to match).
-    fn take(&mut self, fp: u64, cutoff_ns: u64, gap_ns: u64) -> (Vec<Instance>, u64) {
+    /// Splits the sightings into instances and appends to `out` the leading ones whose last
+    /// sighting is at or before `cutoff_ns`, with the drops that belong to them. Returns the
+    /// number of drops given up (due, but no packet to match).
+    fn take(&mut self, fp: u64, cutoff_ns: u64, gap_ns: u64, out: &mut Vec<Instance>) -> u64 {
         let orientation = majority_orientation(&self.sightings);
         self.sightings
             .sort_by_key(|s| (s.ktime_ns, orientation.rank(s.place, s.direction)));
@@ -127,23 +142,35 @@ impl Group {
             .iter()
             .take_while(|r| self.sightings[r.end - 1].ktime_ns <= cutoff_ns)
             .count();
-        let starts: Vec<u64> = bounds
+        let starts: SmallVec<[u64; 2]> = bounds
             .iter()
             .map(|r| self.sightings[r.start].ktime_ns)
             .collect();
-        let keep_from = bounds.get(due).map_or(self.sightings.len(), |r| r.start);
-        let rest = self.sightings.split_off(keep_from);
-        let mut taken = std::mem::replace(&mut self.sightings, rest).into_iter();
-        let mut out: Vec<Instance> = bounds[..due]
-            .iter()
-            .map(|r| Instance {
+        let first = out.len();
+        if due == 1 && bounds.len() == 1 {
+            // One packet, all of it due (the common case): its sightings move as they are.
+            out.push(Instance {
+                fingerprint: fp,
+                sightings: std::mem::take(&mut self.sightings),
+                drop_reason: None,
+            });
+        } else {
+            let keep_from = bounds.get(due).map_or(self.sightings.len(), |r| r.start);
+            let rest = self.sightings.split_off(keep_from);
+            let mut taken = std::mem::replace(&mut self.sightings, rest).into_iter();
+            out.extend(bounds[..due].iter().map(|r| Instance {
                 fingerprint: fp,
                 sightings: taken.by_ref().take(r.len()).collect(),
                 drop_reason: None,
-            })
-            .collect();
-        let given_up = self.attach_drops(&starts, &mut out, cutoff_ns);
-        (out, given_up)
+            }));
+        }
+        let given_up = if self.drops.is_empty() {
+            0
+        } else {
+            self.attach_drops(&starts, &mut out[first..], cutoff_ns)
+        };
+        self.oldest_ns = self.compute_oldest_ns();
+        given_up
     }
 
     /// Gives each drop to the instance that started last before it; drops that belong to a
@@ -177,8 +204,8 @@ impl Group {
 /// Index ranges of the instances in time-sorted sightings: a new instance starts at a hook the
 /// current one already crossed, after a gap longer than `gap_ns`, or where the tuple changes on
 /// both sides at once (NAT rewrites one side; such a pair is two packets sharing a tag).
-fn split(sightings: &[Sighting], gap_ns: u64) -> Vec<Range<usize>> {
-    let mut bounds = Vec::new();
+fn split(sightings: &[Sighting], gap_ns: u64) -> SmallVec<[Range<usize>; 2]> {
+    let mut bounds = SmallVec::new();
     let mut start = 0;
     for i in 1..sightings.len() {
         let (prev, cur) = (&sightings[i - 1], &sightings[i]);
@@ -197,7 +224,9 @@ fn split(sightings: &[Sighting], gap_ns: u64) -> Vec<Range<usize>> {
     bounds
 }
 
-/// The settle buffer: sightings and drops by fingerprint.
+/// The settle buffer: sightings and drops by fingerprint. (hashbrown's default hasher, seeded
+/// per process: a fingerprint is a packet-controlled value, and SipHash cost a tenth of the
+/// reader's time.)
 #[derive(Debug, Default)]
 pub struct Pending {
     groups: HashMap<u64, Group>,
@@ -211,16 +240,16 @@ impl Pending {
         self.arrivals += 1;
         let group = self.groups.entry(fingerprint).or_default();
         group.sightings.push(sighting);
+        group.note_added(sighting.ktime_ns);
         group.touched = self.arrivals;
         self.sightings += 1;
     }
 
     pub fn push_drop(&mut self, drop: DropRecord) {
-        self.groups
-            .entry(drop.fingerprint)
-            .or_default()
-            .drops
-            .push(drop);
+        let group = self.groups.entry(drop.fingerprint).or_default();
+        let ns = drop.ktime_ns;
+        group.drops.push(drop);
+        group.note_added(ns);
     }
 
     /// Sightings waiting to settle.
@@ -235,13 +264,22 @@ impl Pending {
 
     /// Takes every instance whose last sighting is at or before `cutoff_ns`, oldest first.
     pub fn take_settled(&mut self, cutoff_ns: u64, gap_ns: u64) -> Vec<Instance> {
-        let due: Vec<u64> = self
-            .groups
-            .iter()
-            .filter(|(_, g)| g.oldest_ns() <= cutoff_ns)
-            .map(|(fp, _)| *fp)
-            .collect();
-        self.take_groups(&due, cutoff_ns, gap_ns)
+        let mut out = Vec::new();
+        let (unmatched, sightings) = (&mut self.unmatched_drops, &mut self.sightings);
+        self.groups.retain(|fp, group| {
+            if group.oldest_ns() > cutoff_ns {
+                return true;
+            }
+            let first = out.len();
+            *unmatched += group.take(*fp, cutoff_ns, gap_ns, &mut out);
+            *sightings -= out[first..]
+                .iter()
+                .map(|i| i.sightings.len())
+                .sum::<usize>();
+            !group.is_empty()
+        });
+        sort_instances(&mut out);
+        out
     }
 
     /// Takes whole fingerprint groups, least recently pushed to first, until at most `keep`
@@ -270,15 +308,22 @@ impl Pending {
             let Some(group) = self.groups.get_mut(fp) else {
                 continue;
             };
-            let (taken, given_up) = group.take(*fp, cutoff_ns, gap_ns);
-            self.unmatched_drops += given_up;
-            self.sightings -= taken.iter().map(|i| i.sightings.len()).sum::<usize>();
-            out.extend(taken);
+            let first = out.len();
+            self.unmatched_drops += group.take(*fp, cutoff_ns, gap_ns, &mut out);
+            self.sightings -= out[first..]
+                .iter()
+                .map(|i| i.sightings.len())
+                .sum::<usize>();
             if group.is_empty() {
                 self.groups.remove(fp);
             }
         }
-        out.sort_by_key(|i| (i.first_ns(), i.fingerprint, i.first().map(|s| s.hook)));
+        sort_instances(&mut out);
         out
     }
+}
+
+/// Oldest first; the keys are computed once and sorted apart from the instances (stable).
+fn sort_instances(out: &mut [Instance]) {
+    out.sort_by_cached_key(|i| (i.first_ns(), i.fingerprint, i.first().map(|s| s.hook)));
 }
