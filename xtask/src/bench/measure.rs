@@ -241,12 +241,13 @@ fn hook_of(prog: &str, summary: &Summary) -> String {
         .map_or_else(|| "?".into(), |h| format!("{} {}", h.hook, h.dir))
 }
 
-/// Time to "tracing 8 hooks", `n` times.
-pub fn attach_times(pathtrace: &Path, lab: &Lab, n: usize) -> Result<Vec<Duration>> {
+/// Time to "tracing 8 hooks" with `--tc-mode MODE`, `n` times.
+pub fn attach_times(pathtrace: &Path, lab: &Lab, mode: &str, n: usize) -> Result<Vec<Duration>> {
     let mut times = Vec::new();
     for i in 0..n {
         proc::check_stop()?;
-        let t = trace::time_to_attach(pathtrace, lab).with_context(|| format!("run {}", i + 1))?;
+        let t = trace::time_to_attach(pathtrace, lab, mode)
+            .with_context(|| format!("{mode} run {}", i + 1))?;
         eprintln!("[bench]   run {}: {:.1} ms", i + 1, t.as_secs_f64() * 1e3);
         times.push(t);
     }

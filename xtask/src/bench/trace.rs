@@ -179,11 +179,11 @@ pub fn command(pathtrace: &Path, lab: &Lab) -> Command {
     cmd
 }
 
-/// Time from starting `pathtrace` (text mode) until it prints "tracing 8 hooks": discovery,
-/// loading and verifying the programs, attaching them.
-pub fn time_to_attach(pathtrace: &Path, lab: &Lab) -> Result<Duration> {
+/// Time from starting `pathtrace --tc-mode MODE` (text mode) until it prints "tracing 8
+/// hooks": discovery, loading and verifying the programs, attaching them.
+pub fn time_to_attach(pathtrace: &Path, lab: &Lab, mode: &str) -> Result<Duration> {
     let mut cmd = command(pathtrace, lab);
-    cmd.args(["--duration", "30s"]);
+    cmd.args(["--duration", "30s", "--tc-mode", mode]);
     let started = Instant::now();
     let (proc, first) = Proc::spawn("pathtrace", &mut cmd, |l| l.starts_with("tracing "))?;
     let at = first
