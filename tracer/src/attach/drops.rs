@@ -75,45 +75,7 @@ impl DropNamer {
 pub(super) struct DropState {
     /// `None`: not asked for at load time. `Some(Err(why))`: asked for, not possible here.
     prepared: Option<Result<DropNamer, String>>,
-    /// The kernel's BTF as aya reads it, which loading the tp_btf program needs: parsed on a
-    /// thread of its own from [`prepare`](Self::prepare) on, because the parse takes tens of
-    /// milliseconds and the object loads and the hooks attach meanwhile.
-    kernel_btf: KernelBtf,
     link: Option<BtfTracePointLink>,
-}
-
-/// aya's parse of the kernel's BTF: under way, or done.
-#[derive(Default)]
-enum KernelBtf {
-    #[default]
-    NotWanted,
-    Parsing(std::thread::JoinHandle<Result<AyaBtf, String>>),
-    Parsed(Result<AyaBtf, String>),
-}
-
-impl KernelBtf {
-    fn start() -> Self {
-        Self::Parsing(std::thread::spawn(|| {
-            AyaBtf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))
-        }))
-    }
-
-    /// Waits for the parse (once).
-    fn get(&mut self) -> Result<&AyaBtf, String> {
-        if let Self::Parsing(_) = self {
-            let Self::Parsing(handle) = std::mem::take(self) else {
-                unreachable!("matched above")
-            };
-            let parsed = handle
-                .join()
-                .unwrap_or_else(|_| Err("kernel BTF: the parsing thread panicked".into()));
-            *self = Self::Parsed(parsed);
-        }
-        match self {
-            Self::Parsed(parsed) => parsed.as_ref().map_err(Clone::clone),
-            _ => Err("kernel BTF: not read (drop reasons were not asked for)".into()),
-        }
-    }
 }
 
 impl DropState {
@@ -130,14 +92,8 @@ impl DropState {
                 (Err(why), SkbOffsets::NONE)
             }
         };
-        let kernel_btf = if prepared.is_ok() {
-            KernelBtf::start()
-        } else {
-            KernelBtf::NotWanted
-        };
         let state = Self {
             prepared: Some(prepared),
-            kernel_btf,
             link: None,
         };
         (state, offsets)
@@ -145,7 +101,7 @@ impl DropState {
 
     /// Loads the drop program ahead of [`Tracer::enable_drop_reasons`] (which then only attaches
     /// it), when drop reasons were prepared. The error is the reason they are unavailable.
-    pub(super) fn preload(&mut self, prog: &mut aya::programs::Program) -> Result<(), String> {
+    pub(super) fn preload(&self, prog: &mut aya::programs::Program) -> Result<(), String> {
         if !matches!(self.prepared, Some(Ok(_))) {
             return Ok(());
         }
@@ -153,7 +109,7 @@ impl DropState {
         let Ok(prog) = <&mut BtfTracePoint>::try_from(prog) else {
             return Ok(());
         };
-        load_tracepoint(prog, &mut self.kernel_btf)
+        load_tracepoint(prog)
     }
 
     /// Whether drop reasons were asked for at load time.
@@ -220,7 +176,7 @@ impl Tracer {
                 name: DROP_PROGRAM.to_string(),
                 source,
             })?;
-        match attach_tracepoint(prog, &mut self.drops.kernel_btf) {
+        match attach_tracepoint(prog) {
             Ok(link) => {
                 tracing::debug!("attached {DROP_PROGRAM} to tp_btf/{TRACEPOINT}");
                 self.drops.link = Some(link);
@@ -268,11 +224,8 @@ impl Tracer {
 }
 
 /// Loads (once) and attaches the program; the error is the reason for the live view.
-fn attach_tracepoint(
-    prog: &mut BtfTracePoint,
-    btf: &mut KernelBtf,
-) -> Result<BtfTracePointLink, String> {
-    load_tracepoint(prog, btf)?;
+fn attach_tracepoint(prog: &mut BtfTracePoint) -> Result<BtfTracePointLink, String> {
+    load_tracepoint(prog)?;
     let id = prog
         .attach()
         .map_err(|e| format!("attaching tp_btf/{TRACEPOINT}: {}", error_chain(&e)))?;
@@ -281,11 +234,12 @@ fn attach_tracepoint(
 }
 
 /// Loads (verifies) the program unless it is loaded already.
-fn load_tracepoint(prog: &mut BtfTracePoint, btf: &mut KernelBtf) -> Result<(), String> {
+fn load_tracepoint(prog: &mut BtfTracePoint) -> Result<(), String> {
     if prog.fd().is_ok() {
         return Ok(());
     }
-    prog.load(TRACEPOINT, btf.get()?)
+    let btf = AyaBtf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
+    prog.load(TRACEPOINT, &btf)
         .map_err(|e| format!("loading tp_btf/{TRACEPOINT}: {}", error_chain(&e)))
 }
 
