@@ -22,8 +22,14 @@ fn main() -> ExitCode {
 /// glibc gives each thread that allocates an arena of its own (up to 8 per core); freed memory
 /// in one arena cannot serve another, and with the loader, attach, tokio and writer threads that
 /// shows as megabytes of RSS. Two arenas are plenty for a reader that allocates little per
-/// event, and a tracer on a production host should stay small.
+/// event, and a tracer on a production host should stay small. A fixed mmap threshold keeps
+/// large blocks (batches, tables while they grow) in mappings of their own that go back to the
+/// kernel when freed; glibc's default raises the threshold after the first such free, and the
+/// heap then keeps their high-water mark.
 fn limit_malloc_arenas() {
-    // SAFETY: mallopt only sets an allocator parameter; called before any other thread exists.
-    unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+    // SAFETY: mallopt only sets allocator parameters; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+    }
 }
