@@ -306,7 +306,7 @@ impl Bench<'_> {
     }
 
     fn small(&mut self) -> Result<()> {
-        let watchers = [Watcher::Untraced, Watcher::Traced];
+        let watchers = [Watcher::Untraced, Watcher::Traced, Watcher::Tcpdump];
         let runs = measure::rounds(
             &self.pathtrace,
             self.lab,
@@ -315,7 +315,7 @@ impl Bench<'_> {
             self.rounds,
             self.secs,
         )?;
-        let [plain, traced, _] = self.medians(&runs, |r| r.iperf.packets_per_second / 1e3);
+        let [plain, traced, dump] = self.medians(&runs, |r| r.iperf.packets_per_second / 1e3);
         let ratio = traced / plain;
         self.rows.push(Row::info(
             format!("UDP 64 B, -b 0, untraced ({})", self.how()),
@@ -336,6 +336,12 @@ impl Bench<'_> {
             ),
             format!(">= {TARGET_SMALL} × untraced"),
             Verdict::of(ratio >= TARGET_SMALL),
+        ));
+        self.rows.push(Row::new(
+            "UDP 64 B, tcpdump -s 128 on the 4 interfaces",
+            format!("{dump:.0} kpps = {:.3} × untraced", dump / plain),
+            "yardstick",
+            Verdict::Info,
         ));
         Ok(())
     }
