@@ -68,6 +68,25 @@ pub struct PacketMeta {
     pub _pad1: u32,
 }
 const _: () = assert!(core::mem::size_of::<PacketMeta>() == 64);
+const _: () = assert!(core::mem::align_of::<PacketMeta>() == 8);
+
+impl PacketMeta {
+    /// Zeroes `slot` in place as eight 8-byte words and hands it out: `Default` here becomes a
+    /// byte-by-byte `memset` call in the kernel program, once per traced packet per hook.
+    /// (Volatile stores, or LLVM sees the loop for the memset it is and calls that again.)
+    #[inline(always)]
+    pub fn zero_in(slot: &mut core::mem::MaybeUninit<Self>) -> &mut Self {
+        let words = slot.as_mut_ptr().cast::<u64>();
+        let mut i = 0;
+        while i < core::mem::size_of::<Self>() / 8 {
+            // SAFETY: 64 bytes, 8-byte aligned: eight aligned words, all inside `slot`.
+            unsafe { words.add(i).write_volatile(0) };
+            i += 1;
+        }
+        // SAFETY: every byte is written, and all-zero is a valid `PacketMeta` (integers, arrays).
+        unsafe { slot.assume_init_mut() }
+    }
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

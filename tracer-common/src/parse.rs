@@ -75,13 +75,14 @@ pub fn parse<F: Frame + ?Sized>(frame: &F) -> PacketMeta {
 /// reads `skb->protocol` and `skb->network_header`). Same fingerprint as [`parse`] gives.
 #[inline(always)]
 pub fn parse_l3<F: Frame + ?Sized>(frame: &F, ethertype: u16, l3: usize) -> PacketMeta {
-    let mut meta = PacketMeta::default();
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let meta = PacketMeta::zero_in(&mut slot);
     meta.fingerprint = match ethertype {
-        ETH_P_IP => parse_ipv4(frame, l3, &mut meta),
-        ETH_P_IPV6 => parse_ipv6(frame, l3, &mut meta),
+        ETH_P_IP => parse_ipv4(frame, l3, meta),
+        ETH_P_IPV6 => parse_ipv6(frame, l3, meta),
         _ => 0,
     };
-    meta
+    *meta
 }
 
 // Not inlined: in the kernel each protocol parser is its own BPF subprogram, so their stack

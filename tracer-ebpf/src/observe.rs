@@ -7,7 +7,10 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use tracer_common::{
-    config::{EndpointKey, HookCounters, ROLE_ALL, ROLE_SHARED, ROLE_SOURCE_IN, ROLE_SOURCE_OUT},
+    config::{
+        EndpointKey, FilterConfig, HookCounters, ROLE_ALL, ROLE_SHARED, ROLE_SOURCE_IN,
+        ROLE_SOURCE_OUT,
+    },
     event::{EventHeader, PacketEvent, PacketMeta, CAPTURE_MAX, KIND_PACKET},
     parse::parse,
     tuple::{peek, Peek, Tuple},
@@ -57,17 +60,27 @@ fn emit_if_wanted(ctx: &TcContext, slot: u32, counters: &mut HookCounters) -> Re
 /// verifier drops the early test from source hooks).
 #[inline(always)]
 fn needs_tuple(role: u32) -> bool {
-    role == ROLE_SHARED || FILTER.load().flags != 0
+    role == ROLE_SHARED || filter_flags() != 0
+}
+
+/// `FILTER.flags` alone. (`FILTER.load()` copies the whole 28-byte struct, byte by byte.)
+#[inline(always)]
+fn filter_flags() -> u32 {
+    let filter: *const FilterConfig = (&raw const FILTER).cast();
+    // SAFETY: `Global<T>` is a transparent wrapper of an initialised `T`; a volatile read keeps
+    // the value the loader wrote from being folded to the compile-time default.
+    unsafe { core::ptr::read_volatile(&raw const (*filter).flags) }
 }
 
 /// `Ok(true)`: decided to emit; `Err(())`: decided not to; `Ok(false)`: the frame needs the full
 /// parse to tell.
 #[inline(never)]
 fn decide_early(ctx: &TcContext, role: u32) -> Result<bool, ()> {
-    let mut tuple = Tuple::default();
-    match peek(&LinearFrame::new(ctx), &mut tuple) {
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let tuple = Tuple::zero_in(&mut slot);
+    match peek(&LinearFrame::new(ctx), tuple) {
         Peek::NotIp => Err(()),
-        Peek::Ip if admit(role, &tuple) => Ok(true),
+        Peek::Ip if admit(role, tuple) => Ok(true),
         Peek::Ip => Err(()),
         Peek::Unsure => Ok(false),
     }
@@ -88,7 +101,20 @@ fn admit(role: u32, tuple: &Tuple) -> bool {
 
 #[inline(never)]
 fn filter_admits(tuple: &Tuple) -> bool {
-    FILTER.load().admits(tuple)
+    filter().admits(tuple)
+}
+
+/// `FILTER`, read as seven 4-byte words. (`FILTER.load()` reads it field by field and its
+/// address arrays byte by byte: 28 loads and as many stack spills, on every packet.)
+#[inline(always)]
+fn filter() -> FilterConfig {
+    const WORDS: usize = core::mem::size_of::<FilterConfig>() / 4;
+    const _: () = assert!(core::mem::align_of::<FilterConfig>() == 4 && WORDS * 4 == 28);
+    let filter: *const [u32; WORDS] = (&raw const FILTER).cast();
+    // SAFETY: `Global<T>` is a transparent wrapper of an initialised `T`, 4-byte aligned and 28
+    // bytes long; every bit pattern of the words is a valid `FilterConfig` (integers and byte
+    // arrays). Volatile, so that the value the loader wrote is not folded to the default.
+    unsafe { core::mem::transmute::<[u32; WORDS], FilterConfig>(core::ptr::read_volatile(filter)) }
 }
 
 /// Source hooks remember the remote end and emit; shared hooks emit when one of the ends is of
