@@ -4,6 +4,8 @@
 //! constants: a reader dispatches on it before it looks at anything else, and a capture written
 //! today stays readable when new kinds are added.
 
+use crate::words::ZeroWords;
+
 /// Bytes of packet data an event can carry at most (`--snaplen` is clamped to this).
 pub const CAPTURE_MAX: usize = 256;
 /// Bytes copied by default: enough for Ethernet + VLAN + IPv6 with extension headers + TCP options.
@@ -70,23 +72,9 @@ pub struct PacketMeta {
 const _: () = assert!(core::mem::size_of::<PacketMeta>() == 64);
 const _: () = assert!(core::mem::align_of::<PacketMeta>() == 8);
 
-impl PacketMeta {
-    /// Zeroes `slot` in place as eight 8-byte words and hands it out: `Default` here becomes a
-    /// byte-by-byte `memset` call in the kernel program, once per traced packet per hook.
-    /// (Volatile stores, or LLVM sees the loop for the memset it is and calls that again.)
-    #[inline(always)]
-    pub fn zero_in(slot: &mut core::mem::MaybeUninit<Self>) -> &mut Self {
-        let words = slot.as_mut_ptr().cast::<u64>();
-        let mut i = 0;
-        while i < core::mem::size_of::<Self>() / 8 {
-            // SAFETY: 64 bytes, 8-byte aligned: eight aligned words, all inside `slot`.
-            unsafe { words.add(i).write_volatile(0) };
-            i += 1;
-        }
-        // SAFETY: every byte is written, and all-zero is a valid `PacketMeta` (integers, arrays).
-        unsafe { slot.assume_init_mut() }
-    }
-}
+// SAFETY: `repr(C)`, 8-byte aligned (asserted above), 64 bytes of integers and byte arrays:
+// all zero is valid.
+unsafe impl ZeroWords for PacketMeta {}
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

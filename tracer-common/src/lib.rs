@@ -10,6 +10,7 @@ pub mod event;
 pub mod fingerprint;
 pub mod parse;
 pub mod tuple;
+pub mod words;
 
 /// How many hook slots the kernel object carries. Each slot is its own classifier program
 /// (`pt_hook_<n>`), so the event says which hook saw the packet without any lookup.

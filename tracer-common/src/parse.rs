@@ -5,6 +5,7 @@
 //! by the implementation (`bpf_skb_load_bytes` in the kernel, slice bounds here); a read that does
 //! not fit ends parsing with what was learnt so far. The parser never writes.
 
+use crate::words::ZeroWords;
 use crate::{event::PacketMeta, fingerprint::Fingerprint};
 
 pub const ETH_P_IP: u16 = 0x0800;

@@ -15,12 +15,12 @@ use crate::{
     config::{FilterConfig, FILTER_ADDR, FILTER_PORT, FILTER_PROTO},
     event::PacketMeta,
     parse::{Frame, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
+    words::ZeroWords,
 };
 
 /// Addresses, protocol and ports of an IP packet, as [`parse`](crate::parse::parse) reports them.
 ///
-/// 8-byte aligned, so that zeroing one is a few word stores in the kernel program rather than a
-/// byte-by-byte `memset` call (the BPF target has no fast memset for unaligned memory).
+/// 8-byte aligned, so that [`ZeroWords::zero_in`] zeroes one in five word stores.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tuple {
@@ -48,24 +48,10 @@ pub enum Peek {
 
 const _: () = assert!(core::mem::size_of::<Tuple>() == 40);
 
-impl Tuple {
-    /// Zeroes `slot` in place as five 8-byte words and hands it out: `Default` here becomes a
-    /// byte-by-byte `memset` call in the kernel program, on the path every filtered packet
-    /// takes. (Volatile stores, or LLVM sees the loop for the memset it is and calls that
-    /// again; in place, or it copies the result out with one more memset.)
-    #[inline(always)]
-    pub fn zero_in(slot: &mut core::mem::MaybeUninit<Self>) -> &mut Self {
-        let words = slot.as_mut_ptr().cast::<u64>();
-        let mut i = 0;
-        while i < core::mem::size_of::<Self>() / 8 {
-            // SAFETY: `Tuple` is 40 bytes, 8-byte aligned: five aligned words, all inside `slot`.
-            unsafe { words.add(i).write_volatile(0) };
-            i += 1;
-        }
-        // SAFETY: every byte is written, and all-zero is a valid `Tuple` (integers and arrays).
-        unsafe { slot.assume_init_mut() }
-    }
+// SAFETY: `repr(C, align(8))`, 40 bytes of integers and byte arrays: all zero is valid.
+unsafe impl ZeroWords for Tuple {}
 
+impl Tuple {
     /// The tuple of a parsed packet (`meta.family != 0`).
     #[inline(always)]
     pub fn of(meta: &PacketMeta) -> Self {

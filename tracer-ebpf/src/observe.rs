@@ -14,6 +14,7 @@ use tracer_common::{
     event::{EventHeader, PacketEvent, PacketMeta, CAPTURE_MAX, KIND_PACKET},
     parse::parse,
     tuple::{peek, Peek, Tuple},
+    words::ZeroWords,
 };
 
 use crate::{

@@ -14,14 +14,13 @@ use tokio::sync::mpsc;
 use tracer_common::config::EndpointKey;
 
 use super::{
-    filter::filter_config,
     live::{FlowNotes, LiveView, ViewOptions},
     output::Output,
     session::Control,
-    trace::{open_capture, ring_bytes, runtime, trace_with, Extras},
+    trace::{load_in_background, open_capture, runtime, trace_with, Extras},
 };
 use crate::{
-    attach::{AttachTarget, LoadOptions, PendingTracer},
+    attach::AttachTarget,
     cli::TraceArgs,
     correlate::{FlowId, FlowReport, Orientation},
     discover::{
@@ -38,16 +37,9 @@ use crate::{
 const SLOTS_PER_IFACE: u8 = 4;
 
 pub fn run(args: TraceArgs, spec: &str) -> anyhow::Result<ExitCode> {
-    let filter = filter_config(&args)?;
-    let load = LoadOptions {
-        filter,
-        ring_bytes: ring_bytes(args.ring_size)?,
-        kernel_log: args.kernel_log,
-        drop_reasons: true,
-    };
     let rt = runtime()?;
     // The kernel object loads while the container is resolved.
-    let mut tracer = PendingTracer::spawn(load, args.tc_mode, rt.handle());
+    let mut tracer = load_in_background(&args, &rt)?;
     let docker = rt.block_on(Docker::connect())?;
     let info = rt.block_on(docker.resolve(spec))?;
     let paths = info.paths(args.to)?;

@@ -23,20 +23,28 @@ use crate::{
     model::{RuleAttributor, Topology},
 };
 
-pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
-    let filter = filter_config(&args)?;
-    let Some(spec) = args.netns.as_deref() else {
-        bail!("nothing to trace: give --netns NAME, --container NAME, or try `pathtrace lab demo`");
-    };
+/// Starts loading the kernel programs for a trace with `args` (filter, ring size, tc mode) on a
+/// thread of its own, so that the caller can discover what to attach meanwhile.
+pub(super) fn load_in_background(
+    args: &TraceArgs,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<PendingTracer> {
     let load = LoadOptions {
-        filter,
+        filter: filter_config(args)?,
         ring_bytes: ring_bytes(args.ring_size)?,
         kernel_log: args.kernel_log,
         drop_reasons: true,
     };
+    Ok(PendingTracer::spawn(load, args.tc_mode, rt.handle()))
+}
+
+pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
+    let Some(spec) = args.netns.as_deref() else {
+        bail!("nothing to trace: give --netns NAME, --container NAME, or try `pathtrace lab demo`");
+    };
     let rt = runtime()?;
     // The kernel object loads while the path is discovered.
-    let mut tracer = PendingTracer::spawn(load, args.tc_mode, rt.handle());
+    let mut tracer = load_in_background(&args, &rt)?;
     let netns = Arc::new(Netns::by_name_or_path(spec)?);
     let label = spec.rsplit('/').next().unwrap_or(spec).to_string();
     let found = path::discover(
