@@ -713,3 +713,114 @@ fn traced_all_hooks(out: &std::process::Output, mode: &str, what: &str) -> Strin
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// A tmpfs mounted for one test, unmounted (and its directory removed) on drop.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(size: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("pt-full-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mount point");
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "pathtrace-test",
+            ])
+            .arg(&dir)
+            .status()
+            .expect("run mount")
+            .success();
+        assert!(ok, "mount -t tmpfs on {}", dir.display());
+        Self(dir)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        if let Err(e) = Command::new("umount").arg(&self.0).status() {
+            eprintln!("umount {}: {e}", self.0.display());
+        }
+        std::fs::remove_dir(&self.0).ok();
+    }
+}
+
+/// `-w` onto a filesystem that fills up while capturing (a 128 KiB tmpfs): one line naming the
+/// problem, exit 2, the summary printed, a file that `show` and tshark read up to its last whole
+/// block, and nothing left attached.
+#[test]
+fn disk_full_while_capturing_keeps_a_valid_file() {
+    let _serial = serial();
+    if !privileged("disk_full_while_capturing_keeps_a_valid_file") {
+        return;
+    }
+    let lab_guard = TestLab::up("rf");
+    let lab = &lab_guard.0;
+    let before = KernelState::take(lab);
+    let wan = lab.wan_addr.to_string();
+    let disk = SmallDisk::mount("128k");
+    let file = disk.0.join("cap.pcapng");
+    // 400 echo requests in 4 s, 8 hooks each: well over 128 KiB of packet blocks.
+    let _ping = in_ns(
+        &lab.ctr_netns,
+        &["ping", "-q", "-c", "400", "-i", "0.01", &wan],
+    );
+    let out = Command::new(BIN)
+        .args([
+            "--netns",
+            &lab.ctr_netns,
+            "--to",
+            &wan,
+            "--duration",
+            "4",
+            "-w",
+        ])
+        .arg(&file)
+        .output()
+        .expect("run pathtrace");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(
+        lines.len() == 1
+            && lines[0].contains("disk full while writing")
+            && lines[0].contains("cap.pcapng"),
+        "one line naming the problem: {stderr}"
+    );
+    assert_eq!(
+        summary_rows(&stdout).len(),
+        8,
+        "the summary still printed:\n{stdout}"
+    );
+    let show = Command::new(BIN)
+        .arg("show")
+        .arg(&file)
+        .output()
+        .expect("show");
+    assert!(
+        show.status.success(),
+        "show: {}",
+        String::from_utf8_lossy(&show.stderr)
+    );
+    let tshark = Command::new("tshark")
+        .arg("-r")
+        .arg(&file)
+        .output()
+        .expect("tshark");
+    let packets = String::from_utf8_lossy(&tshark.stdout).lines().count();
+    assert!(
+        tshark.status.success() && packets > 100,
+        "tshark read {packets} packets: {}",
+        String::from_utf8_lossy(&tshark.stderr)
+    );
+    eprintln!(
+        "ok disk full: {}; file {} bytes, {packets} packets",
+        lines[0],
+        std::fs::metadata(&file).map_or(0, |m| m.len())
+    );
+    drop(disk);
+    before.assert_restored(lab, "disk full left something");
+}
