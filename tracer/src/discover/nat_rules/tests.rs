@@ -1,4 +1,3 @@
-
 use super::{iptables::split_words, *};
 
 /// `iptables -t nat -S` of a Docker host running one container (172.17.0.2) with `-p 8080:80`.
