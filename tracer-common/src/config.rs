@@ -18,7 +18,8 @@ pub struct FilterConfig {
     pub addr: [u8; 16],
     /// Port matched against source or destination when `FILTER_PORT` is set.
     pub port: u16,
-    /// Bytes of each packet copied into its event (clamped to `CAPTURE_MAX`).
+    /// Bytes of each packet copied into its event (clamped to `CAPTURE_MAX`; 0: none, when no
+    /// capture file stores them).
     pub snaplen: u16,
 }
 const _: () = assert!(core::mem::size_of::<FilterConfig>() == 28);

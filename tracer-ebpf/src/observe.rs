@@ -64,6 +64,34 @@ fn needs_tuple(role: u32) -> bool {
     role == ROLE_SHARED || filter_flags() != 0
 }
 
+/// The first `min(pkt_len, snaplen)` bytes of the packet into `data`; how many were copied.
+#[inline(always)]
+fn copy_packet(ctx: &TcContext, slot: u32, pkt_len: u32, snaplen: u32, data: *mut u8) -> u32 {
+    // The helper rejects a length the verifier cannot prove to be in 1..=CAPTURE_MAX, and LLVM
+    // folds two-sided range checks into a form the verifier does not track. A mask is
+    // branch-free and provable: for `want` in 1..=256 this is `want` itself. (`want` is never 0:
+    // the frame parsed as IP, so it holds at least 34 bytes, and snaplen is not 0 here.)
+    const _: () = assert!(CAPTURE_MAX == 256);
+    let want = if pkt_len < snaplen { pkt_len } else { snaplen };
+    let len = (want.wrapping_sub(1) & 0xff) + 1;
+    // SAFETY: `data` is the event's CAPTURE_MAX-byte buffer; `len` is at most CAPTURE_MAX.
+    let ret = unsafe { bpf_skb_load_bytes(ctx.skb.skb.cast(), 0, data.cast(), len) };
+    if ret == 0 {
+        len
+    } else {
+        debug!(ctx, "pathtrace: load_bytes failed, slot {}", slot);
+        0
+    }
+}
+
+/// `FILTER.snaplen` alone (see [`filter_flags`]).
+#[inline(always)]
+fn filter_snaplen() -> u16 {
+    let filter: *const FilterConfig = (&raw const FILTER).cast();
+    // SAFETY: as in `filter_flags`.
+    unsafe { core::ptr::read_volatile(&raw const (*filter).snaplen) }
+}
+
 /// `FILTER.flags` alone. (`FILTER.load()` copies the whole 28-byte struct, byte by byte.)
 #[inline(always)]
 fn filter_flags() -> u32 {
@@ -181,7 +209,7 @@ fn emit(
     };
     let ev = entry.as_mut_ptr();
     let pkt_len = ctx.len();
-    let snaplen = u32::from(FILTER.load().snaplen);
+    let snaplen = u32::from(filter_snaplen());
     // SAFETY: `ev` points at a reserved, exclusively owned ring-buffer record of the right size.
     unsafe {
         (*ev).header = EventHeader {
@@ -193,21 +221,12 @@ fn emit(
         };
         (*ev).meta = *meta;
         (*ev).pkt_len = pkt_len;
-        // The helper rejects a length the verifier cannot prove to be in 1..=CAPTURE_MAX, and
-        // LLVM folds two-sided range checks into a form the verifier does not track. A mask is
-        // branch-free and provable: for `want` in 1..=256 this is `want` itself. (`want` is never
-        // 0: the frame parsed as IP, so it holds at least 34 bytes.)
-        const _: () = assert!(CAPTURE_MAX == 256);
-        let want = if pkt_len < snaplen { pkt_len } else { snaplen };
-        let len = (want.wrapping_sub(1) & 0xff) + 1;
-        let ret = bpf_skb_load_bytes(ctx.skb.skb.cast(), 0, (*ev).data.as_mut_ptr().cast(), len);
-        let got = if ret == 0 {
-            len
-        } else {
-            debug!(ctx, "pathtrace: load_bytes failed, slot {}", slot);
+        // No packet bytes when nothing stores them (no `-w`): userspace asks for snaplen 0.
+        (*ev).cap_len = if snaplen == 0 {
             0
+        } else {
+            copy_packet(ctx, slot, pkt_len, snaplen, (*ev).data.as_mut_ptr())
         };
-        (*ev).cap_len = got;
     }
     // Wake the reader only when the ring fills up; it drains on a timer otherwise.
     let flags = if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKE_BYTES.load() {

@@ -29,8 +29,13 @@ pub(super) fn load_in_background(
     args: &TraceArgs,
     rt: &tokio::runtime::Runtime,
 ) -> anyhow::Result<PendingTracer> {
+    let mut filter = filter_config(args)?;
+    // Packet bytes only go into a `-w` capture: without one the programs copy none.
+    if args.write.is_none() {
+        filter.snaplen = 0;
+    }
     let load = LoadOptions {
-        filter: filter_config(args)?,
+        filter,
         ring_bytes: ring_bytes(args.ring_size)?,
         kernel_log: args.kernel_log,
         drop_reasons: true,
