@@ -13,12 +13,12 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use tracer_common::{
-    config::{HookCounters, TRACED_MAX},
+    config::{HookCounters, SkbOffsets, TRACED_MAX},
     event::{DropEvent, EventHeader, HOOK_NONE, KIND_DROP},
     parse::{parse_l3, Frame},
 };
 
-use crate::maps::{DROP_COUNTERS, EVENTS, SKB_OFFSETS, TRACED};
+use crate::maps::{global_field, DROP_COUNTERS, EVENTS, SKB_OFFSETS, TRACED};
 
 /// `SKB_NOT_DROPPED_YET`: the first value of `enum skb_drop_reason` in every kernel that has it.
 const SKB_NOT_DROPPED_YET: u32 = 0;
@@ -149,7 +149,7 @@ fn emit(fingerprint: u64, reason: u32, location: u64, counters: &mut HookCounter
 /// outcome is one unreported drop, as with an eviction.
 #[inline(always)]
 pub fn remember(fingerprint: u64) {
-    if SKB_OFFSETS.load().valid == 0 {
+    if global_field!(SKB_OFFSETS: SkbOffsets, valid) == 0 {
         return;
     }
     if let Some(slot) = TRACED.get_ptr_mut(traced_slot(fingerprint)) {

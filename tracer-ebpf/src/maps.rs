@@ -55,3 +55,16 @@ pub static SKB_OFFSETS: Global<SkbOffsets> = Global::new(SkbOffsets::NONE);
 /// event itself (an interrupt to the reader's CPU), so batching them keeps the traced path fast.
 #[unsafe(no_mangle)]
 pub static WAKE_BYTES: Global<u64> = Global::new(0);
+
+/// One field of a load-time global, read on its own: `global_field!(FILTER: FilterConfig, flags)`.
+/// `Global::load` copies the whole value (field by field, byte arrays byte by byte), where the
+/// per-packet path needs one field.
+macro_rules! global_field {
+    ($global:ident : $ty:ty, $field:ident) => {{
+        let value: *const $ty = (&raw const $global).cast();
+        // SAFETY: `Global<T>` is a transparent wrapper of an initialised `T`. Volatile, so that
+        // the value the loader wrote is not folded to the compile-time default.
+        unsafe { core::ptr::read_volatile(&raw const (*value).$field) }
+    }};
+}
+pub(crate) use global_field;

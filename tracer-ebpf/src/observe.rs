@@ -19,7 +19,7 @@ use tracer_common::{
 
 use crate::{
     frame::{LinearFrame, SkbFrame},
-    maps::{COUNTERS, EVENTS, FILTER, HOOKS, INTEREST, WAKE_BYTES},
+    maps::{global_field, COUNTERS, EVENTS, FILTER, HOOKS, INTEREST, WAKE_BYTES},
 };
 
 #[inline(never)]
@@ -61,7 +61,7 @@ fn emit_if_wanted(ctx: &TcContext, slot: u32, counters: &mut HookCounters) -> Re
 /// verifier drops the early test from source hooks).
 #[inline(always)]
 fn needs_tuple(role: u32) -> bool {
-    role == ROLE_SHARED || filter_flags() != 0
+    role == ROLE_SHARED || global_field!(FILTER: FilterConfig, flags) != 0
 }
 
 /// The first `min(pkt_len, snaplen)` bytes of the packet into `data`; how many were copied.
@@ -82,23 +82,6 @@ fn copy_packet(ctx: &TcContext, slot: u32, pkt_len: u32, snaplen: u32, data: *mu
         debug!(ctx, "pathtrace: load_bytes failed, slot {}", slot);
         0
     }
-}
-
-/// `FILTER.snaplen` alone (see [`filter_flags`]).
-#[inline(always)]
-fn filter_snaplen() -> u16 {
-    let filter: *const FilterConfig = (&raw const FILTER).cast();
-    // SAFETY: as in `filter_flags`.
-    unsafe { core::ptr::read_volatile(&raw const (*filter).snaplen) }
-}
-
-/// `FILTER.flags` alone. (`FILTER.load()` copies the whole 28-byte struct, byte by byte.)
-#[inline(always)]
-fn filter_flags() -> u32 {
-    let filter: *const FilterConfig = (&raw const FILTER).cast();
-    // SAFETY: `Global<T>` is a transparent wrapper of an initialised `T`; a volatile read keeps
-    // the value the loader wrote from being folded to the compile-time default.
-    unsafe { core::ptr::read_volatile(&raw const (*filter).flags) }
 }
 
 /// `Ok(true)`: decided to emit; `Err(())`: decided not to; `Ok(false)`: the frame needs the full
@@ -209,7 +192,7 @@ fn emit(
     };
     let ev = entry.as_mut_ptr();
     let pkt_len = ctx.len();
-    let snaplen = u32::from(filter_snaplen());
+    let snaplen = u32::from(global_field!(FILTER: FilterConfig, snaplen));
     // SAFETY: `ev` points at a reserved, exclusively owned ring-buffer record of the right size.
     unsafe {
         (*ev).header = EventHeader {

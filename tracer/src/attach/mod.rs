@@ -242,6 +242,11 @@ impl Tracer {
         })
     }
 
+    /// Whether this tracer attaches TCX links (else netlink clsact filters).
+    pub fn is_tcx(&self) -> bool {
+        self.tcx
+    }
+
     /// `tcx` or `netlink`: what this tracer attaches with.
     pub fn mode_name(&self) -> &'static str {
         if self.tcx {

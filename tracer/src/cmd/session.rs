@@ -128,7 +128,7 @@ pub async fn run(
     for key in spec.interest {
         tracer.add_interest(key)?;
     }
-    if tracer.requested_mode() == TcMode::Auto && tracer.mode_name() == "netlink" {
+    if tracer.requested_mode() == TcMode::Auto && !tracer.is_tcx() {
         observer.note("this kernel has no TCX links (Linux < 6.6): attached as netlink clsact filters instead");
     }
     // Drop reasons (tp_btf/kfree_skb): a kernel or object that cannot is said once, not fatal.
