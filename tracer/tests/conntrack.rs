@@ -2,6 +2,9 @@
 //! this test builds in namespaces of its own (client -- router -- server, MASQUERADE in the router).
 //! Traffic goes only between those namespaces. Skipped loudly when not root; fails then under CI.
 
+#[path = "support/lab.rs"]
+mod lab_support;
+
 use std::{
     io::{Read, Write},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -23,30 +26,14 @@ use tracer::{
     model::{Endpoint, NatKind, NatQuery, NatStep, Proto, RuleAttributor},
 };
 
+use lab_support::root_or_skip;
+
 const CLIENT_IP: &str = "10.251.1.2";
 const ROUTER_CLIENT_SIDE: &str = "10.251.1.1";
 const ROUTER_SERVER_SIDE: &str = "10.251.2.1";
 const SERVER_IP: &str = "10.251.2.2";
 const MASQUERADE: &str = "-A POSTROUTING -s 10.251.1.0/24 -o r1 -j MASQUERADE";
 const TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Whether privileged tests can run; prints a loud notice when not, and panics under CI.
-fn privileged(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test} needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN) and CI is set: refusing to skip"
-    );
-    // Straight to fd 2: the test harness captures `eprintln!` of passing tests.
-    let notice =
-        format!("\n!!!!!!!! SKIPPED {test}: needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN) !!!!!!!!\n");
-    if let Err(e) = std::io::stderr().write_all(notice.as_bytes()) {
-        panic!("cannot even report the skip of {test}: {e}");
-    }
-    false
-}
 
 fn sh(args: &[&str]) {
     let out = Command::new(args[0])
@@ -260,7 +247,7 @@ fn icmp_echo(lab: &Lab) -> u16 {
 
 #[test]
 fn conntrack_shows_masquerade() {
-    if !privileged("conntrack_shows_masquerade") {
+    if !root_or_skip("conntrack_shows_masquerade") {
         return;
     }
     let lab = Lab::build();
@@ -361,7 +348,7 @@ fn conntrack_shows_masquerade() {
 
 #[test]
 fn snapshot_reads_and_attributes_the_lab_rule() {
-    if !privileged("snapshot_reads_and_attributes_the_lab_rule") {
+    if !root_or_skip("snapshot_reads_and_attributes_the_lab_rule") {
         return;
     }
     let lab = Lab::build();

@@ -4,11 +4,12 @@
 //! Needs root. Without it the tests print a loud notice and pass, except under CI (`CI` set), where
 //! they fail: CI must run them.
 
+#[path = "support/lab.rs"]
+mod lab_support;
+
 use std::{
-    io::Write as _,
     net::{IpAddr, SocketAddr},
     path::Path,
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -17,25 +18,7 @@ use tracer::lab::{
     Lab, LabError, LabSpec, LabTrafficOptions,
 };
 
-/// False (after a loud notice) when not root; panics under CI.
-fn privileged(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    let msg = format!(
-        "\n********************************************************************\n\
-         * SKIPPED {test}: needs root (network namespaces, iptables).\n\
-         * Run: sudo -E cargo test -p tracer --test lab\n\
-         ********************************************************************\n"
-    );
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{msg}(CI is set: privileged tests must run there)"
-    );
-    // Straight to the stderr handle: the test harness captures `eprintln!` of passing tests.
-    let _ = writeln!(std::io::stderr(), "{msg}"); // Nothing useful to do if stderr is gone.
-    false
-}
+use lab_support::{root_or_skip, sh};
 
 /// A lab name unique to this process and test (names hold at most 9 characters).
 fn unique_name(tag: char) -> String {
@@ -54,19 +37,6 @@ impl Drop for LabGuard {
     }
 }
 
-fn command_output(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn assert_gone(lab: &Lab) {
     for ns in [&lab.ctr_netns, &lab.wan_netns] {
         assert!(
@@ -74,16 +44,16 @@ fn assert_gone(lab: &Lab) {
             "netns {ns} left behind"
         );
     }
-    let links = command_output(&["ip", "-o", "link", "show"]);
+    let links = sh("ip", &["-o", "link", "show"]);
     for link in [&lab.bridge, &lab.host_veth, &lab.uplink] {
         assert!(
             !links.contains(&format!(": {link}:")) && !links.contains(&format!(": {link}@")),
             "link {link} left behind:\n{links}"
         );
     }
-    let nat = command_output(&["iptables", "-w", "-t", "nat", "-S"]);
+    let nat = sh("iptables", &["-w", "-t", "nat", "-S"]);
     assert!(!nat.contains(&lab.bridge), "NAT rule left behind:\n{nat}");
-    let forward = command_output(&["iptables", "-w", "-S", "FORWARD"]);
+    let forward = sh("iptables", &["-w", "-S", "FORWARD"]);
     assert!(
         !forward.contains(&lab.forward_rule_comment) && !forward.contains(&lab.bridge),
         "FORWARD rule left behind:\n{forward}"
@@ -99,7 +69,7 @@ fn assert_gone(lab: &Lab) {
 
 #[test]
 fn lab_carries_masqueraded_traffic_and_goes_away() {
-    if !privileged("lab_carries_masqueraded_traffic_and_goes_away") {
+    if !root_or_skip("lab_carries_masqueraded_traffic_and_goes_away") {
         return;
     }
     let name = unique_name('a');
@@ -113,7 +83,7 @@ fn lab_carries_masqueraded_traffic_and_goes_away() {
     assert!(Lab::list().expect("list").contains(&lab));
 
     // The NAT rule, exactly as iptables prints it.
-    let nat = command_output(&["iptables", "-w", "-t", "nat", "-S"]);
+    let nat = sh("iptables", &["-w", "-t", "nat", "-S"]);
     assert!(
         nat.lines().any(|l| l == lab.masquerade_rule_text),
         "{:?} not in\n{nat}",
@@ -217,7 +187,7 @@ fn lab_carries_masqueraded_traffic_and_goes_away() {
 
 #[test]
 fn down_tolerates_pieces_already_gone() {
-    if !privileged("down_tolerates_pieces_already_gone") {
+    if !root_or_skip("down_tolerates_pieces_already_gone") {
         return;
     }
     // No name: the first free pt<N>.
@@ -226,11 +196,11 @@ fn down_tolerates_pieces_already_gone() {
     assert!(lab.name.starts_with("pt"), "{}", lab.name);
 
     // Remove pieces by hand: the wan namespace (and with it the uplink veth) and the NAT rule.
-    command_output(&["ip", "netns", "del", &lab.wan_netns]);
-    let mut del = vec!["iptables", "-w", "-t", "nat", "-D"];
+    sh("ip", &["netns", "del", &lab.wan_netns]);
+    let mut del = vec!["-w", "-t", "nat", "-D"];
     // "-A POSTROUTING -s ..." without the "-A".
     del.extend(lab.masquerade_rule_text.split(' ').skip(1));
-    command_output(&del);
+    sh("iptables", &del);
 
     Lab::down(&lab.name).expect("down with pieces missing");
     assert!(matches!(Lab::down(&lab.name), Err(LabError::NotFound(_))));
