@@ -8,10 +8,12 @@
 pub mod config;
 pub mod event;
 pub mod fingerprint;
+pub mod names;
 pub mod parse;
 pub mod tuple;
 pub mod words;
 
 /// How many hook slots the kernel object carries. Each slot is its own classifier program
-/// (`pt_hook_<n>`), so the event says which hook saw the packet without any lookup.
+/// (`pathtrace_h<n>`, see [`names`]), so the event says which hook saw the packet without any
+/// lookup.
 pub const MAX_HOOKS: usize = 24;

@@ -43,6 +43,15 @@ impl Frame for KernelFrame {
     }
 }
 
+// The loader asks for the program by this name.
+const _: () = {
+    let _ = pathtrace_drop;
+    assert!(tracer_common::names::same(
+        stringify!(pathtrace_drop),
+        tracer_common::names::PROGRAM_DROP
+    ));
+};
+
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn pathtrace_drop(ctx: BtfTracePointContext) -> i32 {
     let offsets = SKB_OFFSETS.load();

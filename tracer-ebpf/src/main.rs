@@ -32,6 +32,8 @@ mod programs {
                 }
             )*
             const _: () = assert!([$($slot),*].len() == tracer_common::MAX_HOOKS);
+            // The loader asks for each slot's program by the name `tracer_common::names` gives it.
+            $(const _: () = assert!(tracer_common::names::is_hook_program(stringify!($name), $slot));)*
         };
     }
 

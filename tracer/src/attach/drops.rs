@@ -24,7 +24,7 @@ use crate::{
 };
 
 /// The drop program in the kernel object.
-pub const DROP_PROGRAM: &str = "pathtrace_drop";
+pub const DROP_PROGRAM: &str = tracer_common::names::PROGRAM_DROP;
 /// The tracepoint it attaches to.
 const TRACEPOINT: &str = "kfree_skb";
 
@@ -207,7 +207,7 @@ impl Tracer {
     /// The drop program's counters summed over CPUs: `seen` drops, `filtered` (not IP or not a
     /// traced packet), `emitted`, `lost` (ring buffer full).
     pub fn drop_counters(&self) -> Result<HookStats, AttachError> {
-        const NAME: &str = "DROP_COUNTERS";
+        const NAME: &str = tracer_common::names::MAP_DROP_COUNTERS;
         let map = self.ebpf.map(NAME).ok_or(AttachError::MissingMap(NAME))?;
         let err = |source| AttachError::Map { name: NAME, source };
         let counters: PerCpuArray<&MapData, HookCounters> =

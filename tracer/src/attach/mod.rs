@@ -18,6 +18,10 @@ use aya::{
 };
 use tracer_common::{
     config::{FilterConfig, HookConfig, HookCounters},
+    names::{
+        GLOBAL_FILTER, GLOBAL_LOG_LEVEL, GLOBAL_SKB_OFFSETS, GLOBAL_WAKE_BYTES,
+        HOOK_PROGRAM_PREFIX, MAP_COUNTERS, MAP_EVENTS, MAP_HOOKS, MAP_INTEREST,
+    },
     MAX_HOOKS,
 };
 
@@ -223,11 +227,11 @@ impl Tracer {
         // a timer otherwise (see `cmd::session`).
         let wake_bytes = u64::from(opts.ring_bytes / 4);
         let mut ebpf = EbpfLoader::new()
-            .override_global("WAKE_BYTES", &wake_bytes, true)
-            .override_global("FILTER", &opts.filter, true)
-            .override_global("SKB_OFFSETS", &skb_offsets, true)
-            .override_global("AYA_LOG_LEVEL", &log_level, false)
-            .map_max_entries("EVENTS", opts.ring_bytes)
+            .override_global(GLOBAL_WAKE_BYTES, &wake_bytes, true)
+            .override_global(GLOBAL_FILTER, &opts.filter, true)
+            .override_global(GLOBAL_SKB_OFFSETS, &skb_offsets, true)
+            .override_global(GLOBAL_LOG_LEVEL, &log_level, false)
+            .map_max_entries(MAP_EVENTS, opts.ring_bytes)
             .load(bytes)
             .map_err(AttachError::Load)?;
         if opts.kernel_log {
@@ -375,17 +379,17 @@ impl Tracer {
         };
         let mut hooks: Array<&mut MapData, HookConfig> = Array::try_from(
             self.ebpf
-                .map_mut("HOOKS")
-                .ok_or(AttachError::MissingMap("HOOKS"))?,
+                .map_mut(MAP_HOOKS)
+                .ok_or(AttachError::MissingMap(MAP_HOOKS))?,
         )
         .map_err(|source| AttachError::Map {
-            name: "HOOKS",
+            name: MAP_HOOKS,
             source,
         })?;
         hooks
             .set(u32::from(hook.slot), cfg, 0)
             .map_err(|source| AttachError::Map {
-                name: "HOOKS",
+                name: MAP_HOOKS,
                 source,
             })
     }
@@ -463,10 +467,10 @@ impl Tracer {
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, AttachError> {
         let map = self
             .ebpf
-            .take_map("EVENTS")
-            .ok_or(AttachError::MissingMap("EVENTS"))?;
+            .take_map(MAP_EVENTS)
+            .ok_or(AttachError::MissingMap(MAP_EVENTS))?;
         RingBuf::try_from(map).map_err(|source| AttachError::Map {
-            name: "EVENTS",
+            name: MAP_EVENTS,
             source,
         })
     }
@@ -481,11 +485,11 @@ impl Tracer {
     pub fn counters_of(&self, hooks: &[Hook]) -> Result<Vec<(Hook, HookStats)>, AttachError> {
         let map = self
             .ebpf
-            .map("COUNTERS")
-            .ok_or(AttachError::MissingMap("COUNTERS"))?;
+            .map(MAP_COUNTERS)
+            .ok_or(AttachError::MissingMap(MAP_COUNTERS))?;
         let counters: PerCpuArray<&MapData, HookCounters> =
             PerCpuArray::try_from(map).map_err(|source| AttachError::Map {
-                name: "COUNTERS",
+                name: MAP_COUNTERS,
                 source,
             })?;
         let mut out = Vec::new();
@@ -494,7 +498,7 @@ impl Tracer {
                 counters
                     .get(&u32::from(hook.slot), 0)
                     .map_err(|source| AttachError::Map {
-                        name: "COUNTERS",
+                        name: MAP_COUNTERS,
                         source,
                     })?;
             let mut sum = HookStats::default();
@@ -517,20 +521,20 @@ impl Tracer {
     ) -> Result<(), AttachError> {
         let map = self
             .ebpf
-            .map_mut("INTEREST")
-            .ok_or(AttachError::MissingMap("INTEREST"))?;
+            .map_mut(MAP_INTEREST)
+            .ok_or(AttachError::MissingMap(MAP_INTEREST))?;
         let mut interest: aya::maps::HashMap<
             &mut MapData,
             tracer_common::config::EndpointKey,
             u32,
         > = aya::maps::HashMap::try_from(map).map_err(|source| AttachError::Map {
-            name: "INTEREST",
+            name: MAP_INTEREST,
             source,
         })?;
         interest
             .insert(key, 1, 0)
             .map_err(|source| AttachError::Map {
-                name: "INTEREST",
+                name: MAP_INTEREST,
                 source,
             })
     }
@@ -553,7 +557,7 @@ type LinkNames = Vec<(u32, String)>;
 /// The kernel program of a slot: `pathtrace_h<slot>` (also the name `tc filter show` prints in
 /// netlink mode, and what `pathtrace cleanup` looks for).
 pub fn slot_program_name(slot: u8) -> String {
-    format!("pathtrace_h{slot}")
+    format!("{HOOK_PROGRAM_PREFIX}{slot}")
 }
 
 /// Loads (verifies) a slot's program unless it is loaded already.
