@@ -11,11 +11,6 @@ use std::{
 };
 
 use anyhow::Context as _;
-use futures::TryStreamExt as _;
-use netlink_packet_route::{
-    route::{RouteAddress, RouteAttribute, RouteMessage},
-    AddressFamily,
-};
 use serde::Serialize;
 
 use super::trace::runtime;
@@ -26,7 +21,7 @@ use crate::{
         nat_rules::{self, NatRuleset},
         netns::Netns,
         path::{self, DiscoveredPath, PathQuery},
-        rtnl::Rtnl,
+        rtnl::{Family, Rtnl},
     },
     model::{Endpoint, NatKind, NatQuery, Proto, RuleAttributor},
 };
@@ -142,7 +137,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
         let v6 = args.to.map_or_else(|| t.is_v6(), |a| a.is_ipv6());
         let route = match routes.entry(v6) {
             Entry::Occupied(e) => e.get().clone(),
-            Entry::Vacant(e) => e.insert(host_route(&rt, args.to, v6)?).clone(),
+            Entry::Vacant(e) => e.insert(host_route(args.to, v6)?).clone(),
         };
         let report = build_report(t, &owners, &rules, route, args.to);
         if args.json {
@@ -450,9 +445,9 @@ fn rules_for(rules: &NatRuleset, c: &NatContext<'_>, ip: IpAddr) -> Vec<usize> {
     found
 }
 
-/// `ip route get <to>`, else the main table's default route (lowest metric), with the source
-/// address the kernel would pick.
-fn host_route(rt: &Runtime, to: Option<IpAddr>, v6: bool) -> anyhow::Result<Option<RouteReport>> {
+/// `ip route get <to>`, else the main table's default route (lowest metric: the one `trace`
+/// attaches to), with the source address the kernel would pick.
+fn host_route(to: Option<IpAddr>, v6: bool) -> anyhow::Result<Option<RouteReport>> {
     let mut rtnl = Rtnl::open().context("rtnetlink on the host")?;
     let links = rtnl.links().context("listing host interfaces")?;
     let dev = |oif: u32| match links.iter().find(|l| l.ifindex == oif) {
@@ -472,12 +467,11 @@ fn host_route(rt: &Runtime, to: Option<IpAddr>, v6: bool) -> anyhow::Result<Opti
             prefsrc,
         }));
     }
-    let family = if v6 {
-        AddressFamily::Inet6
-    } else {
-        AddressFamily::Inet
-    };
-    let Some((oif, gateway, prefsrc)) = rt.block_on(default_route(family))? else {
+    let family = if v6 { Family::V6 } else { Family::V4 };
+    let route = rtnl
+        .default_route(family)
+        .context("dumping the host's routes")?;
+    let Some((Some(oif), gateway, prefsrc)) = route.map(|r| (r.oif, r.gateway, r.prefsrc)) else {
         return Ok(None);
     };
     // DHCP routes carry `src`; static ones do not: ask the kernel for the way to the gateway.
@@ -492,47 +486,6 @@ fn host_route(rt: &Runtime, to: Option<IpAddr>, v6: bool) -> anyhow::Result<Opti
         gateway,
         prefsrc,
     }))
-}
-
-/// (oif, gateway, prefsrc) of a route.
-type RouteVia = (u32, Option<IpAddr>, Option<IpAddr>);
-
-/// The main table's default route of `family` with the lowest metric. (`Rtnl` only tells the
-/// default route's interface; this dump also gives its gateway and source.)
-async fn default_route(family: AddressFamily) -> anyhow::Result<Option<RouteVia>> {
-    let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
-    let conn = tokio::spawn(conn);
-    let mut msg = RouteMessage::default();
-    msg.header.address_family = family;
-    let mut dump = handle.route().get(msg).execute();
-    let mut best: Option<(u32, RouteVia)> = None;
-    let ip = |a: &RouteAddress| match a {
-        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
-        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
-        _ => None,
-    };
-    while let Some(r) = dump.try_next().await.context("dumping the host's routes")? {
-        let mut table = u32::from(r.header.table);
-        let (mut oif, mut gw, mut src, mut metric) = (None, None, None, 0);
-        for a in &r.attributes {
-            match a {
-                RouteAttribute::Table(t) => table = *t,
-                RouteAttribute::Oif(i) => oif = Some(*i),
-                RouteAttribute::Gateway(g) => gw = ip(g),
-                RouteAttribute::PrefSource(s) => src = ip(s),
-                RouteAttribute::Priority(p) => metric = *p,
-                _ => {}
-            }
-        }
-        let main = table == u32::from(libc::RT_TABLE_MAIN);
-        if let (0, true, Some(oif)) = (r.header.destination_prefix_length, main, oif) {
-            if best.as_ref().is_none_or(|(m, _)| metric < *m) {
-                best = Some((metric, (oif, gw, src)));
-            }
-        }
-    }
-    conn.abort();
-    Ok(best.map(|(_, r)| r))
 }
 
 /// One block per container, labels aligned.

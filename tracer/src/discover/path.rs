@@ -4,11 +4,9 @@
 
 use std::{net::IpAddr, sync::Arc};
 
-use netlink_packet_route::AddressFamily;
-
 use super::{
     netns::{Netns, NetnsError},
-    rtnl::{IfAddr, Link, Rtnl, RtnlError},
+    rtnl::{Family, IfAddr, Link, Rtnl, RtnlError},
 };
 use crate::{
     attach::AttachTarget,
@@ -152,12 +150,10 @@ pub fn discover(
                 .oif
         }
         None => {
-            let family = match ctr_addrs.first().map(|a| a.addr) {
-                Some(IpAddr::V6(_)) => AddressFamily::Inet6,
-                _ => AddressFamily::Inet,
-            };
-            rtnl.default_route_oif(family)
+            let family = ctr_addrs.first().map_or(Family::V4, |a| Family::of(a.addr));
+            rtnl.default_route(family)
                 .map_err(rtnl_err("host"))?
+                .and_then(|r| r.oif)
                 .ok_or_else(|| PathError::NoDefaultRoute { ns: "host".into() })?
         }
     };
@@ -226,8 +222,9 @@ fn inside(label: &str, q: &PathQuery) -> Result<(Link, Vec<IfAddr>), PathError> 
 
 fn default_or_eth0(rtnl: &mut Rtnl, links: &[Link], label: &str) -> Result<u32, PathError> {
     if let Some(oif) = rtnl
-        .default_route_oif(AddressFamily::Inet)
+        .default_route(Family::V4)
         .map_err(rtnl_err(label))?
+        .and_then(|r| r.oif)
     {
         return Ok(oif);
     }

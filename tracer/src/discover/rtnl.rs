@@ -1,5 +1,8 @@
-//! A small synchronous rtnetlink client: links, addresses and route lookups, in the network
-//! namespace of the thread that opened it (open it inside [`super::netns::Netns::run`]).
+//! The one rtnetlink client: links, addresses, routes (and the default route), route lookups and
+//! the clsact qdiscs of netlink mode, synchronous, in the network namespace of the thread that
+//! opened it (open it inside [`super::netns::Netns::run`]). Every verb that asks the kernel about
+//! interfaces or routes asks through this, so `trace`, `inspect` and the lab agree on what, say,
+//! "the default route" is.
 
 use std::net::IpAddr;
 
@@ -55,8 +58,65 @@ pub struct RouteInfo {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IfAddr {
     pub ifindex: u32,
+    /// The interface's own address (`IFA_LOCAL` where the kernel gives one, else `IFA_ADDRESS`).
     pub addr: IpAddr,
     pub prefix_len: u8,
+    /// On a point-to-point link, the far end's address (`IFA_ADDRESS` when it differs).
+    pub peer: Option<IpAddr>,
+}
+
+/// An IP address family, as rtnetlink dumps are asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(addr: IpAddr) -> Self {
+        match addr {
+            IpAddr::V4(_) => Self::V4,
+            IpAddr::V6(_) => Self::V6,
+        }
+    }
+
+    fn netlink(self) -> AddressFamily {
+        match self {
+            Self::V4 => AddressFamily::Inet,
+            Self::V6 => AddressFamily::Inet6,
+        }
+    }
+}
+
+/// One route of a dump (any table).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// Routing table (`RT_TABLE_MAIN` is 254).
+    pub table: u32,
+    /// Destination prefix; `None` with `dst_len` 0 for a default route.
+    pub dst: Option<IpAddr>,
+    pub dst_len: u8,
+    pub oif: Option<u32>,
+    pub gateway: Option<IpAddr>,
+    pub prefsrc: Option<IpAddr>,
+    /// `RTA_PRIORITY`, what `ip route` prints as `metric` (0 when absent).
+    pub metric: u32,
+}
+
+impl Route {
+    /// Whether this is a default route (`0.0.0.0/0` or `::/0`) of the main table.
+    pub fn is_main_default(&self) -> bool {
+        self.dst_len == 0 && self.table == u32::from(libc::RT_TABLE_MAIN)
+    }
+}
+
+/// Of `routes`, the main table's default route with the lowest metric that names an interface:
+/// the one the kernel uses while it is up (what `ip route show default` lists first).
+pub fn lowest_metric_default(routes: &[Route]) -> Option<&Route> {
+    routes
+        .iter()
+        .filter(|r| r.is_main_default() && r.oif.is_some())
+        .min_by_key(|r| r.metric)
 }
 
 pub struct Rtnl {
@@ -106,7 +166,8 @@ impl Rtnl {
                 if len == 0 {
                     return Err(RtnlError::Decode("zero-length message".into()));
                 }
-                offset += len;
+                // NLMSG_ALIGN: messages in one datagram start on 4-byte boundaries.
+                offset += (len + 3) & !3;
                 if msg.header.sequence_number != self.seq {
                     continue;
                 }
@@ -146,26 +207,27 @@ impl Rtnl {
             .collect())
     }
 
-    /// The interface of the main table's default route, if there is one.
-    pub fn default_route_oif(&mut self, family: AddressFamily) -> Result<Option<u32>, RtnlError> {
+    /// Every route of `family`, in every table.
+    pub fn routes(&mut self, family: Family) -> Result<Vec<Route>, RtnlError> {
         let mut msg = RouteMessage::default();
-        msg.header.address_family = family;
+        msg.header.address_family = family.netlink();
         let msgs = self.request(
             RouteNetlinkMessage::GetRoute(msg),
             NLM_F_REQUEST | NLM_F_DUMP,
         )?;
-        Ok(msgs.into_iter().find_map(|m| match m {
-            RouteNetlinkMessage::NewRoute(r)
-                if r.header.destination_prefix_length == 0
-                    && r.header.table == libc::RT_TABLE_MAIN =>
-            {
-                r.attributes.iter().find_map(|a| match a {
-                    RouteAttribute::Oif(i) => Some(*i),
-                    _ => None,
-                })
-            }
-            _ => None,
-        }))
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(r) => Some(route_from(&r)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The main table's default route of `family` with the lowest metric (see
+    /// [`lowest_metric_default`]), if there is one.
+    pub fn default_route(&mut self, family: Family) -> Result<Option<Route>, RtnlError> {
+        Ok(lowest_metric_default(&self.routes(family)?).cloned())
     }
 
     pub fn link_by_name(&mut self, name: &str) -> Result<Option<Link>, RtnlError> {
@@ -197,6 +259,7 @@ impl Rtnl {
                     ifindex: a.header.index,
                     addr,
                     prefix_len: a.header.prefix_len,
+                    peer: address.filter(|p| *p != addr),
                 });
             }
         }
@@ -315,6 +378,31 @@ impl Rtnl {
     }
 }
 
+fn route_from(r: &RouteMessage) -> Route {
+    let mut route = Route {
+        table: u32::from(r.header.table),
+        dst: None,
+        dst_len: r.header.destination_prefix_length,
+        oif: None,
+        gateway: None,
+        prefsrc: None,
+        metric: 0,
+    };
+    for a in &r.attributes {
+        match a {
+            // RTA_TABLE carries tables above 255, which the header's byte cannot.
+            RouteAttribute::Table(t) => route.table = *t,
+            RouteAttribute::Destination(d) => route.dst = route_ip(d),
+            RouteAttribute::Oif(i) => route.oif = Some(*i),
+            RouteAttribute::Gateway(g) => route.gateway = route_ip(g),
+            RouteAttribute::PrefSource(s) => route.prefsrc = route_ip(s),
+            RouteAttribute::Priority(p) => route.metric = *p,
+            _ => {}
+        }
+    }
+    route
+}
+
 fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
     match a {
         RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
@@ -354,4 +442,37 @@ fn link_from(l: &LinkMessage) -> Link {
         }
     }
     link
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn default_via(oif: u32, metric: u32, table: u32) -> Route {
+        Route {
+            table,
+            dst: None,
+            dst_len: 0,
+            oif: Some(oif),
+            gateway: None,
+            prefsrc: None,
+            metric,
+        }
+    }
+
+    #[test]
+    fn default_route_is_the_main_tables_lowest_metric() {
+        let main = u32::from(libc::RT_TABLE_MAIN);
+        let routes = [
+            default_via(3, 100, main),
+            default_via(9, 5, 100),
+            Route {
+                dst_len: 24,
+                ..default_via(7, 0, main)
+            },
+            default_via(4, 50, main),
+        ];
+        assert_eq!(lowest_metric_default(&routes).and_then(|r| r.oif), Some(4));
+        assert_eq!(lowest_metric_default(&routes[1..3]), None);
+    }
 }

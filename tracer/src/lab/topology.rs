@@ -7,20 +7,11 @@ use std::{
     process::Command,
 };
 
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
-};
-use netlink_packet_route::{
-    address::{AddressAttribute, AddressMessage},
-    route::{RouteAddress, RouteAttribute, RouteMessage},
-    AddressFamily, RouteNetlinkMessage,
-};
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
-
 use super::{
     state::{self, LabState, Resource},
     Lab, LabError,
 };
+use crate::discover::rtnl::{Family, Rtnl, RtnlError};
 
 /// The range of X in 10.X.1.0/24 and 10.X.2.0/24.
 pub const OCTETS: std::ops::RangeInclusive<u8> = 200..=250;
@@ -94,75 +85,22 @@ pub fn choose_octet(host: &[(Ipv4Addr, u8)], used_by_labs: &[u8]) -> Result<u8, 
 /// and every route's destination, in all routing tables. Default routes (/0) are left out: they
 /// overlap everything by design and do not make a subnet ambiguous.
 pub fn host_prefixes() -> Result<Vec<(Ipv4Addr, u8)>, LabError> {
+    let nl = |e: RtnlError| LabError::Netlink(e.to_string());
+    let mut rtnl = Rtnl::open().map_err(nl)?;
     let mut prefixes = Vec::new();
-    let mut addr = AddressMessage::default();
-    addr.header.family = AddressFamily::Inet;
-    for msg in netlink_dump(RouteNetlinkMessage::GetAddress(addr))? {
-        if let RouteNetlinkMessage::NewAddress(m) = msg {
-            for attr in &m.attributes {
-                if let AddressAttribute::Address(IpAddr::V4(ip))
-                | AddressAttribute::Local(IpAddr::V4(ip)) = attr
-                {
-                    prefixes.push((*ip, m.header.prefix_len));
-                }
+    for a in rtnl.addrs().map_err(nl)? {
+        for ip in std::iter::once(a.addr).chain(a.peer) {
+            if let IpAddr::V4(ip) = ip {
+                prefixes.push((ip, a.prefix_len));
             }
         }
     }
-    let mut route = RouteMessage::default();
-    route.header.address_family = AddressFamily::Inet;
-    for msg in netlink_dump(RouteNetlinkMessage::GetRoute(route))? {
-        if let RouteNetlinkMessage::NewRoute(m) = msg {
-            let len = m.header.destination_prefix_length;
-            for attr in &m.attributes {
-                if let RouteAttribute::Destination(RouteAddress::Inet(ip)) = attr {
-                    if len > 0 {
-                        prefixes.push((*ip, len));
-                    }
-                }
-            }
+    for r in rtnl.routes(Family::V4).map_err(nl)? {
+        if let (Some(IpAddr::V4(ip)), 1..) = (r.dst, r.dst_len) {
+            prefixes.push((ip, r.dst_len));
         }
     }
     Ok(prefixes)
-}
-
-/// Sends one dump request on a fresh NETLINK_ROUTE socket and collects the answers.
-fn netlink_dump(request: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>, LabError> {
-    let nl = |e: std::io::Error| LabError::Netlink(e.to_string());
-    let mut socket = Socket::new(NETLINK_ROUTE).map_err(nl)?;
-    socket.bind_auto().map_err(nl)?;
-    socket.connect(&SocketAddr::new(0, 0)).map_err(nl)?;
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    header.sequence_number = 1;
-    let mut msg = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(request));
-    msg.finalize();
-    let mut buf = vec![0; msg.buffer_len()];
-    msg.serialize(&mut buf);
-    socket.send(&buf, 0).map_err(nl)?;
-
-    let mut out = Vec::new();
-    loop {
-        let (data, _) = socket.recv_from_full().map_err(nl)?;
-        if data.is_empty() {
-            return Err(LabError::Netlink("the kernel closed the dump early".into()));
-        }
-        let mut offset = 0;
-        while offset < data.len() {
-            let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[offset..])
-                .map_err(|e| LabError::Netlink(e.to_string()))?;
-            let len = msg.header.length as usize;
-            match msg.payload {
-                NetlinkPayload::Done(_) => return Ok(out),
-                NetlinkPayload::Error(e) => return Err(LabError::Netlink(e.to_string())),
-                NetlinkPayload::InnerMessage(inner) => out.push(inner),
-                _ => {}
-            }
-            if len == 0 {
-                break;
-            }
-            offset += (len + 3) & !3;
-        }
-    }
 }
 
 /// Runs one command; a failure names the command and carries its stderr.
