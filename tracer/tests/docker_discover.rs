@@ -16,10 +16,13 @@ use docker_support::{
     TestContainer, TestNetwork,
 };
 use futures::StreamExt;
-use tracer::discover::{
-    docker::{ContainerEvent, Docker, DockerError, PublishedPort},
-    netns::Netns,
-    path::{self, PathQuery},
+use tracer::{
+    discover::{
+        docker::{ContainerEvent, Docker, DockerError, PublishedPort},
+        netns::Netns,
+        path::{self, PathQuery},
+    },
+    model::Place,
 };
 
 const SLEEP: &[&str] = &["sleep", "3600"];
@@ -92,26 +95,26 @@ async fn resolves_by_name_id_and_prefix_and_finds_the_host_veth() -> Result<()> 
     };
     let p = path::discover(&info.name, netns, &q)?;
     ensure!(
-        p.ctr.ifindex == ifaces[0].ifindex,
+        p.ctr().ifindex == ifaces[0].ifindex,
         "{:?} vs {:?}",
-        p.ctr,
+        p.ctr(),
         ifaces[0]
     );
-    let peer = ethtool_peer_ifindex(&p.host_veth.name)?;
+    let peer = ethtool_peer_ifindex(&p.host_veth().name)?;
     ensure!(
-        peer == p.ctr.ifindex,
+        peer == p.ctr().ifindex,
         "ethtool: {} peers with {peer}, not eth0 {}",
-        p.host_veth.name,
-        p.ctr.ifindex
+        p.host_veth().name,
+        p.ctr().ifindex
     );
     ensure!(
-        p.bridge.as_ref().map(|b| b.name.as_str()) == Some("docker0"),
+        p.link(Place::Bridge).map(|b| b.name.as_str()) == Some("docker0"),
         "{:?}",
-        p.bridge
+        p.link(Place::Bridge)
     );
     let paths = info.paths(None)?;
     ensure!(
-        paths.len() == 1 && paths[0].path.host_veth == p.host_veth,
+        paths.len() == 1 && paths[0].path.host_veth() == p.host_veth(),
         "{paths:?}"
     );
     Ok(())
@@ -253,13 +256,13 @@ async fn user_networks_bridges_interfaces_and_published_ports() -> Result<()> {
         "{pairs:?}"
     );
     for p in info.paths(None)? {
-        let bridge = p.path.bridge.as_ref().map(|b| b.name.clone());
+        let bridge = p.path.link(Place::Bridge).map(|b| b.name.clone());
         ensure!(
             bridge == p.iface.network.bridge_name,
             "{} -> {bridge:?}",
             p.iface.ifname
         );
-        ensure!(ethtool_peer_ifindex(&p.path.host_veth.name)? == p.iface.ifindex);
+        ensure!(ethtool_peer_ifindex(&p.path.host_veth().name)? == p.iface.ifindex);
     }
 
     // A container sharing this one's namespace resolves to its networks.

@@ -27,10 +27,10 @@ use crate::{
         conntrack,
         docker::{ContainerEvent, ContainerInfo, ContainerPath, Docker, PublishedPort},
         nat_rules,
-        path::DiscoveredPath,
-        rtnl::{Link, Rtnl},
+        path::{self, DiscoveredPath},
+        rtnl::Rtnl,
     },
-    model::{Direction, Endpoint, Hook, Place, Proto, Role, RuleAttributor, Topology},
+    model::{Endpoint, Place, Proto, RuleAttributor, Topology},
 };
 
 /// Container-side hooks (its interface and the host veth, both directions) per interface.
@@ -100,7 +100,7 @@ pub fn container_targets(paths: &[ContainerPath]) -> anyhow::Result<Vec<AttachTa
             .context("too many interfaces")?;
         for (j, mut t) in p.path.hooks(0).into_iter().enumerate() {
             match t.hook.place {
-                Place::Container | Place::Veth => {
+                place if place.is_source() => {
                     t.hook.slot = base + j as u8;
                     own.push(t);
                 }
@@ -157,7 +157,7 @@ async fn peer_targets(
 ) -> anyhow::Result<Vec<AttachTarget>> {
     let bridged = paths
         .iter()
-        .any(|p| p.path.bridge.is_some() && p.path.uplink.is_none());
+        .any(|p| p.path.hop(Place::Bridge).is_some() && p.path.hop(Place::Uplink).is_none());
     if !bridged {
         return Ok(Vec::new());
     }
@@ -178,7 +178,7 @@ async fn peer_targets(
         }
         let paths = peer.paths(Some(to))?;
         if let Some(p) = paths.iter().find(|p| p.iface.network.ip == Some(to)) {
-            return Ok(peer_hooks(&peer.name, &p.path));
+            return Ok(peer_hooks(&p.path));
         }
     }
     Ok(Vec::new())
@@ -186,30 +186,8 @@ async fn peer_targets(
 
 /// The peer container's host veth and interface, both directions, labelled with its name. Shared:
 /// they emit packets to and from the traced container's endpoints of interest only.
-fn peer_hooks(name: &str, path: &DiscoveredPath) -> Vec<AttachTarget> {
-    let hook = |label: &str, link: &Link, place: Place, direction: Direction| Hook {
-        slot: 0,
-        ns_label: label.to_string(),
-        ifname: link.name.clone(),
-        ifindex: link.ifindex,
-        direction,
-        place,
-        role: Role::Shared,
-    };
-    let host = |place, direction| AttachTarget {
-        hook: hook("host", &path.host_veth, place, direction),
-        netns: path.host_netns.clone(),
-    };
-    let inside = |place, direction| AttachTarget {
-        hook: hook(name, &path.ctr, place, direction),
-        netns: path.target_netns.clone(),
-    };
-    vec![
-        host(Place::PeerVeth, Direction::Egress),
-        host(Place::PeerVeth, Direction::Ingress),
-        inside(Place::PeerContainer, Direction::Ingress),
-        inside(Place::PeerContainer, Direction::Egress),
-    ]
+fn peer_hooks(path: &DiscoveredPath) -> Vec<AttachTarget> {
+    path::hooks_of(&path.as_peer(), 0)
 }
 
 /// The note for connections to a published port that docker-proxy (the userland proxy) opened
@@ -231,7 +209,7 @@ impl ProxyHint {
     fn new(info: &ContainerInfo, paths: &[ContainerPath]) -> Self {
         let bridges: Vec<u32> = paths
             .iter()
-            .filter_map(|p| p.path.bridge.as_ref().map(|b| b.ifindex))
+            .filter_map(|p| p.path.link(Place::Bridge).map(|b| b.ifindex))
             .collect();
         let mut bridge_addrs: Vec<IpAddr> = info
             .networks
@@ -450,7 +428,7 @@ async fn reattach(
     let targets = container_targets(&paths)?;
     let own: Vec<AttachTarget> = targets
         .into_iter()
-        .filter(|t| matches!(t.hook.place, Place::Container | Place::Veth))
+        .filter(|t| t.hook.place.is_source())
         .collect();
     let slots = own.iter().map(|t| t.hook.slot).collect();
     let addrs = paths

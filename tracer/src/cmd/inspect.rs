@@ -23,7 +23,7 @@ use crate::{
         path::{self, DiscoveredPath, PathQuery},
         rtnl::{Family, Rtnl},
     },
-    model::{Endpoint, NatKind, NatQuery, Proto, RuleAttributor},
+    model::{Endpoint, NatKind, NatQuery, Place, Proto, RuleAttributor},
 };
 
 /// One container (or namespace), as printed.
@@ -227,7 +227,7 @@ fn port_owners(all: &Discovered) -> HashMap<u32, String> {
     let mut owners = HashMap::new();
     for (info, paths) in all.iter().flatten() {
         for (_, p) in paths {
-            owners.insert(p.host_veth.ifindex, info.name.clone());
+            owners.insert(p.host_veth().ifindex, info.name.clone());
         }
     }
     owners
@@ -294,8 +294,8 @@ fn build_report(
     let mut interfaces = Vec::new();
     for (network, p) in &t.paths {
         let ctx = NatContext {
-            bridge: p.bridge.as_ref().map(|b| b.name.as_str()),
-            uplink: p.uplink.as_ref().map(|u| u.name.as_str()),
+            bridge: p.link(Place::Bridge).map(|b| b.name.as_str()),
+            uplink: p.link(Place::Uplink).map(|u| u.name.as_str()),
             uplink_addr: route.as_ref().and_then(|r| r.prefsrc),
             peer: to,
             published: &t.published,
@@ -332,8 +332,8 @@ fn iface_report(
     let ports = p
         .bridge_ports
         .iter()
-        .filter(|l| l.ifindex != p.host_veth.ifindex);
-    let bridge = p.bridge.as_ref().map(|b| BridgeReport {
+        .filter(|l| l.ifindex != p.host_veth().ifindex);
+    let bridge = p.link(Place::Bridge).map(|b| BridgeReport {
         name: b.name.clone(),
         ifindex: b.ifindex,
         ports: ports
@@ -348,14 +348,14 @@ fn iface_report(
         .iter()
         .map(|a| format!("{}/{}", a.addr, a.prefix_len));
     IfaceReport {
-        ifname: p.ctr.name.clone(),
-        ifindex: p.ctr.ifindex,
-        peer_ifindex: p.ctr.peer_ifindex,
+        ifname: p.ctr().name.clone(),
+        ifindex: p.ctr().ifindex,
+        peer_ifindex: p.ctr().peer_ifindex,
         addrs: addrs.collect(),
         host_veth: VethReport {
-            name: p.host_veth.name.clone(),
-            ifindex: p.host_veth.ifindex,
-            peer_ifindex: p.host_veth.peer_ifindex,
+            name: p.host_veth().name.clone(),
+            ifindex: p.host_veth().ifindex,
+            peer_ifindex: p.host_veth().peer_ifindex,
         },
         bridge,
         network,

@@ -10,14 +10,14 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 use smallvec::SmallVec;
 use std::hash::BuildHasher;
 
-use crate::model::{Direction, Hook, NatKind, Place, RuleAttributor, Topology};
+use crate::model::{Direction, Hook, NatKind, Orientation, Place, RuleAttributor, Topology};
 
 use super::{
     intern::{CEndpoint, CTuple, Pool, StrId},
     nat,
     packets::Instance,
-    path::{Orientation, Tuple},
     report::{FlowId, Leg},
+    tuple::Tuple,
 };
 
 /// What the table needs to know about the world to place packets.

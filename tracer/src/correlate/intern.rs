@@ -8,7 +8,7 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 
 use crate::model::{Endpoint, Proto};
 
-use super::path::Tuple;
+use super::tuple::Tuple;
 
 /// The table's shared strings and addresses.
 #[derive(Debug, Default)]

@@ -14,8 +14,8 @@ mod flows;
 mod intern;
 mod nat;
 mod packets;
-mod path;
 mod report;
+mod tuple;
 
 #[cfg(test)]
 pub(crate) mod tests;
@@ -27,8 +27,8 @@ use crate::model::{DropRecord, Hook, PacketRecord, RuleAttributor, Topology};
 use flows::{Context, FlowTable, HookIdx};
 use packets::{Instance, Pending, Sighting};
 
+pub use crate::model::Orientation;
 pub use nat::NatEntry;
-pub use path::Orientation;
 pub use report::{FlowId, FlowReport, HopTiming, Leg, Stop};
 
 /// Tuning of the correlator.
@@ -127,7 +127,7 @@ impl Correlator {
             place: h.place,
             direction: h.direction,
             ktime_ns: rec.ktime_ns,
-            tuple: path::Tuple::of(rec),
+            tuple: tuple::Tuple::of(rec),
             pkt_len: rec.pkt_len,
         };
         self.pending.push(rec.fingerprint, sighting);

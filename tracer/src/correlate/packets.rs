@@ -6,12 +6,9 @@ use std::{net::IpAddr, ops::Range};
 use hashbrown::HashMap;
 use smallvec::SmallVec;
 
-use crate::model::{Direction, DropRecord, Place};
+use crate::model::{Direction, DropRecord, Orientation, Place};
 
-use super::{
-    flows::HookIdx,
-    path::{is_traced_side, Orientation, Tuple},
-};
+use super::{flows::HookIdx, tuple::Tuple};
 
 /// One packet seen at one hook, reduced to what correlation needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,7 +65,7 @@ impl Instance {
 
     /// The tuple as the traced side sees it, when the packet was seen at a container or veth hook.
     pub fn traced_tuple(&self) -> Option<Tuple> {
-        let traced = self.sightings.iter().find(|s| is_traced_side(s.place));
+        let traced = self.sightings.iter().find(|s| s.place.is_source());
         traced.map(|s| s.tuple)
     }
 

@@ -4,13 +4,12 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::model::{Direction, Endpoint, Proto, Topology};
+use crate::model::{Direction, Endpoint, Orientation, Proto, Topology};
 
 use super::{
     flows::{FlowState, LegTotals},
     intern::Pool,
     nat::{self, NatEntry},
-    path::Orientation,
 };
 
 /// Identifies a flow; ids grow in the order flows are first seen.
@@ -223,7 +222,7 @@ fn terminal_rank(flow: &FlowState, leg: Leg, orientation: Orientation, topology:
         .max();
     let expected = match other.entry {
         Some((_, place, dir)) => Some(orientation.mirror_rank(place, dir)),
-        None => orientation.main_path_end(topology),
+        None => orientation.main_path_end(topology.hooks.iter().map(|h| (h.place, h.direction))),
     };
     reached.max(expected).unwrap_or(0)
 }

@@ -1,6 +1,11 @@
-//! From a traced namespace to the hooks of its path: the interface inside, its veth peer on the
-//! host (peer ifindex over netlink, what `ethtool -S vethX | grep peer_ifindex` shows by hand),
-//! the bridge that peer is a port of, and the uplink the route toward the destination leaves by.
+//! From a traced namespace to its path: the interface inside, its veth peer on the host (peer
+//! ifindex over netlink, what `ethtool -S vethX | grep peer_ifindex` shows by hand), the bridge
+//! that peer is a port of, and the uplink the route toward the destination leaves by.
+//!
+//! The path is data: a list of [`PathHop`]s, each a [`Place`] with its interface and namespace.
+//! Which hooks a hop gets, with which role and in which order, and where they rank in either
+//! direction, the place itself knows (`model::place`); this file only finds the hops. A new kind
+//! of hop is one more `Place` and the code here that finds it.
 
 use std::{net::IpAddr, sync::Arc};
 
@@ -10,7 +15,7 @@ use super::{
 };
 use crate::{
     attach::AttachTarget,
-    model::{Direction, Hook, Place, Role},
+    model::{Hook, Orientation, Place},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -47,19 +52,27 @@ pub enum PathError {
     Unroutable(IpAddr),
 }
 
+/// One hop of a path: an interface of one kind ([`Place`]) in one namespace.
+#[derive(Clone, Debug)]
+pub struct PathHop {
+    pub place: Place,
+    /// The namespace's label in hook names: the traced side's name, or `host`.
+    pub ns_label: String,
+    pub netns: Arc<Netns>,
+    pub link: Link,
+}
+
 /// What discovery found for one traced interface.
 #[derive(Clone, Debug)]
 pub struct DiscoveredPath {
     pub target_label: String,
-    pub target_netns: Arc<Netns>,
-    pub host_netns: Arc<Netns>,
-    pub ctr: Link,
+    /// In outbound order: the container's interface and the host veth always (only [`discover`]
+    /// builds a path), then the bridge (if the veth is a port of one) and the uplink (unless the
+    /// destination is on the bridge itself: container to container).
+    hops: Vec<PathHop>,
     pub ctr_addrs: Vec<IfAddr>,
-    pub host_veth: Link,
-    pub bridge: Option<Link>,
+    /// Every port of the bridge, the host veth included.
     pub bridge_ports: Vec<Link>,
-    /// `None` when the destination is on the bridge itself (container to container).
-    pub uplink: Option<Link>,
     pub uplink_addrs: Vec<IfAddr>,
 }
 
@@ -171,19 +184,29 @@ pub fn discover(
             .collect(),
         None => Vec::new(),
     };
+    let hop = |place, netns: &Arc<Netns>, ns_label: &str, link: Link| PathHop {
+        place,
+        ns_label: ns_label.to_string(),
+        netns: netns.clone(),
+        link,
+    };
+    let mut hops = vec![
+        hop(Place::Container, &netns, label, ctr),
+        hop(Place::Veth, &host, HOST_LABEL, host_veth),
+    ];
+    hops.extend(bridge.map(|b| hop(Place::Bridge, &host, HOST_LABEL, b)));
+    hops.extend(uplink.map(|u| hop(Place::Uplink, &host, HOST_LABEL, u)));
     Ok(DiscoveredPath {
         target_label: label.to_string(),
-        target_netns: netns,
-        host_netns: host,
-        ctr,
+        hops,
         ctr_addrs,
-        host_veth,
-        bridge,
         bridge_ports,
-        uplink,
         uplink_addrs,
     })
 }
+
+/// The label of the host's namespace in hook names (`host:docker0`).
+pub const HOST_LABEL: &str = "host";
 
 /// Runs inside the traced namespace: picks the interface and reads its addresses.
 fn inside(label: &str, q: &PathQuery) -> Result<(Link, Vec<IfAddr>), PathError> {
@@ -243,106 +266,54 @@ fn is_link_local(a: IpAddr) -> bool {
 }
 
 impl DiscoveredPath {
-    /// The hooks of this path, slots numbered from `first_slot`: the traced interface, the host
-    /// veth, the bridge and the uplink, each ingress and egress (8 hooks; 6 without a bridge or
-    /// uplink).
-    pub fn hooks(&self, first_slot: u8) -> Vec<AttachTarget> {
-        let mut out = Vec::new();
-        let mut slot = first_slot;
-        let mut push = |netns: &Arc<Netns>,
-                        ns_label: &str,
-                        link: &Link,
-                        place: Place,
-                        dir: Direction,
-                        role: Role| {
-            out.push(AttachTarget {
-                hook: Hook {
-                    slot,
-                    ns_label: ns_label.to_string(),
-                    ifname: link.name.clone(),
-                    ifindex: link.ifindex,
-                    direction: dir,
-                    place,
-                    role,
-                },
-                netns: netns.clone(),
-            });
-            slot += 1;
-        };
-        let t = &self.target_label;
-        push(
-            &self.target_netns,
-            t,
-            &self.ctr,
-            Place::Container,
-            Direction::Egress,
-            Role::SourceOut,
-        );
-        push(
-            &self.target_netns,
-            t,
-            &self.ctr,
-            Place::Container,
-            Direction::Ingress,
-            Role::SourceIn,
-        );
-        push(
-            &self.host_netns,
-            "host",
-            &self.host_veth,
-            Place::Veth,
-            Direction::Ingress,
-            Role::SourceOut,
-        );
-        push(
-            &self.host_netns,
-            "host",
-            &self.host_veth,
-            Place::Veth,
-            Direction::Egress,
-            Role::SourceIn,
-        );
-        if let Some(b) = &self.bridge {
-            push(
-                &self.host_netns,
-                "host",
-                b,
-                Place::Bridge,
-                Direction::Ingress,
-                Role::Shared,
-            );
-            push(
-                &self.host_netns,
-                "host",
-                b,
-                Place::Bridge,
-                Direction::Egress,
-                Role::Shared,
-            );
-        }
-        if let Some(u) = &self.uplink {
-            push(
-                &self.host_netns,
-                "host",
-                u,
-                Place::Uplink,
-                Direction::Egress,
-                Role::Shared,
-            );
-            push(
-                &self.host_netns,
-                "host",
-                u,
-                Place::Uplink,
-                Direction::Ingress,
-                Role::Shared,
-            );
-        }
-        out
+    /// Every hop, in outbound order.
+    pub fn hops(&self) -> &[PathHop] {
+        &self.hops
     }
-}
 
-impl DiscoveredPath {
+    /// The traced interface, inside the traced namespace.
+    pub fn ctr(&self) -> &Link {
+        &self.hops[0].link
+    }
+
+    /// The host end of the traced interface's veth pair.
+    pub fn host_veth(&self) -> &Link {
+        &self.hops[1].link
+    }
+
+    /// The hop at `place`, if the path has one.
+    pub fn hop(&self, place: Place) -> Option<&PathHop> {
+        self.hops.iter().find(|h| h.place == place)
+    }
+
+    /// The interface of the hop at `place`, if the path has one.
+    pub fn link(&self, place: Place) -> Option<&Link> {
+        self.hop(place).map(|h| &h.link)
+    }
+
+    /// The hooks of this path, slots numbered from `first_slot` (see [`hooks_of`]).
+    pub fn hooks(&self, first_slot: u8) -> Vec<AttachTarget> {
+        hooks_of(&self.hops, first_slot)
+    }
+
+    /// This path's own hops (the container's interface and its host veth) as seen from another
+    /// container on the same bridge: that container's peer hops.
+    pub fn as_peer(&self) -> Vec<PathHop> {
+        let peer = |place| match place {
+            Place::Container => Some(Place::PeerContainer),
+            Place::Veth => Some(Place::PeerVeth),
+            _ => None,
+        };
+        let mut hops: Vec<PathHop> = self
+            .hops
+            .iter()
+            .filter_map(|h| peer(h.place).map(|place| PathHop { place, ..h.clone() }))
+            .collect();
+        // In path order: a packet from the traced side meets the peer's veth first.
+        hops.sort_by_key(|h| Orientation::Outbound.rank(h.place, h.place.directions()[0]));
+        hops
+    }
+
     /// The topology snapshot for correlation, rendering and captures.
     pub fn topology(
         &self,
@@ -357,4 +328,27 @@ impl DiscoveredPath {
             nat_rules,
         }
     }
+}
+
+/// The hooks of `hops`, slots numbered from `first_slot`: each hop's two directions, in the order
+/// and with the roles its place gives (8 hooks for container, veth, bridge and uplink).
+pub fn hooks_of(hops: &[PathHop], first_slot: u8) -> Vec<AttachTarget> {
+    let directions = hops
+        .iter()
+        .flat_map(|hop| hop.place.directions().map(|d| (hop, d)));
+    directions
+        .zip(first_slot..)
+        .map(|((hop, direction), slot)| AttachTarget {
+            hook: Hook {
+                slot,
+                ns_label: hop.ns_label.clone(),
+                ifname: hop.link.name.clone(),
+                ifindex: hop.link.ifindex,
+                direction,
+                place: hop.place,
+                role: hop.place.role(direction),
+            },
+            netns: hop.netns.clone(),
+        })
+        .collect()
 }

@@ -1,13 +1,18 @@
-//! The userspace model every pipeline stage speaks: hooks (where we observe), decoded events (what
-//! we observed), and the topology snapshot (what discovery found). Stages exchange these and
-//! nothing else, so each can be tested by feeding it recorded values.
+//! The userspace model every pipeline stage speaks: hooks (where we observe) and the kinds of hop
+//! they sit at ([`place`]), decoded events (what we observed), and the topology snapshot (what
+//! discovery found). Stages exchange these and nothing else, so each can be tested by feeding it
+//! recorded values.
+
+mod place;
+
+pub use place::{Orientation, Place, Role};
 
 use std::{fmt, net::IpAddr};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tracer_common::{
-    config::{DIR_EGRESS, DIR_INGRESS, ROLE_ALL, ROLE_SHARED, ROLE_SOURCE_IN, ROLE_SOURCE_OUT},
+    config::{DIR_EGRESS, DIR_INGRESS},
     event::{EventHeader, PacketEvent, PacketMeta, CAPTURE_MAX, KIND_PACKET},
     parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
 };
@@ -32,6 +37,14 @@ impl Direction {
             Self::Egress => DIR_EGRESS,
         }
     }
+
+    /// The other direction.
+    pub fn other(self) -> Self {
+        match self {
+            Self::Ingress => Self::Egress,
+            Self::Egress => Self::Ingress,
+        }
+    }
 }
 
 impl TryFrom<u8> for Direction {
@@ -48,45 +61,6 @@ impl TryFrom<u8> for Direction {
 impl fmt::Display for Direction {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-/// Where along the path a hook sits. Its order is the outbound path order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Place {
-    /// The interface inside the traced (container) namespace.
-    Container,
-    /// The host end of the container's veth pair.
-    Veth,
-    /// The bridge the veth is a port of.
-    Bridge,
-    /// The interface the route toward the destination leaves by.
-    Uplink,
-    /// Another container's host veth (container-to-container on one bridge).
-    PeerVeth,
-    /// Another container's own interface.
-    PeerContainer,
-}
-
-/// How the kernel program decides which packets of a hook to emit (see `tracer_common::config`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    SourceOut,
-    SourceIn,
-    Shared,
-    All,
-}
-
-impl Role {
-    pub fn raw(self) -> u32 {
-        match self {
-            Self::SourceOut => ROLE_SOURCE_OUT,
-            Self::SourceIn => ROLE_SOURCE_IN,
-            Self::Shared => ROLE_SHARED,
-            Self::All => ROLE_ALL,
-        }
     }
 }
 
@@ -108,26 +82,6 @@ impl Hook {
     /// `<ns_label>:<ifname>`, e.g. `minio:eth0`, `host:docker0`.
     pub fn label(&self) -> String {
         format!("{}:{}", self.ns_label, self.ifname)
-    }
-
-    /// Position of this hook on the outbound path (packets leaving the traced side): container
-    /// egress, veth ingress, bridge ingress, uplink egress. Inbound packets cross them in reverse.
-    pub fn outbound_rank(&self) -> u32 {
-        match (self.place, self.direction) {
-            (Place::Container, Direction::Egress) => 0,
-            (Place::Veth, Direction::Ingress) => 1,
-            (Place::Bridge, Direction::Ingress) => 2,
-            (Place::Bridge, Direction::Egress) => 3,
-            (Place::PeerVeth, Direction::Egress) => 4,
-            (Place::PeerContainer, Direction::Ingress) => 5,
-            (Place::Uplink, Direction::Egress) => 6,
-            // Inbound-only hooks, in the order an inbound packet meets them.
-            (Place::Uplink, Direction::Ingress) => 10,
-            (Place::PeerContainer, Direction::Egress) => 11,
-            (Place::PeerVeth, Direction::Ingress) => 12,
-            (Place::Veth, Direction::Egress) => 13,
-            (Place::Container, Direction::Ingress) => 14,
-        }
     }
 }
 
