@@ -22,7 +22,7 @@ use tracer::{
         netns::Netns,
         path::{self, PathQuery},
     },
-    model::Place,
+    model::{Place, Proto},
 };
 
 const SLEEP: &[&str] = &["sleep", "3600"];
@@ -238,7 +238,7 @@ async fn user_networks_bridges_interfaces_and_published_ports() -> Result<()> {
         );
     }
     let want = PublishedPort {
-        proto: "tcp".into(),
+        proto: Proto::Tcp,
         host_ip: Some([127, 0, 0, 1].into()),
         host_port: port,
         container_port: 80,

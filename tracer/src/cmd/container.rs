@@ -288,7 +288,7 @@ impl ProxyHint {
         }
         self.published
             .iter()
-            .find(|p| p.container_port == server.port && p.proto == proto.to_string())
+            .find(|p| p.container_port == server.port && p.proto == proto)
     }
 }
 
@@ -329,11 +329,10 @@ pub fn published_interest(
 ) -> Vec<EndpointKey> {
     let mut keys = Vec::new();
     for p in published {
-        let proto = match p.proto.as_str() {
-            "tcp" => 6,
-            "udp" => 17,
-            _ => continue,
-        };
+        if !p.proto.has_ports() {
+            continue;
+        }
+        let proto = p.proto.number();
         let host: Vec<IpAddr> = match p.host_ip {
             Some(ip) if !ip.is_unspecified() => vec![ip],
             _ => uplink_addrs.to_vec(),

@@ -8,7 +8,10 @@ use tracer_common::{
     event::CAPTURE_MAX,
 };
 
-use crate::{cli::TraceArgs, model::Proto};
+use crate::{
+    cli::TraceArgs,
+    model::{Prefix, Proto},
+};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FilterError {
@@ -29,11 +32,8 @@ pub fn filter_config(args: &TraceArgs) -> Result<FilterConfig, FilterError> {
     }
     cfg.snaplen = args.snaplen;
     if let Some(p) = &args.filter_proto {
-        let proto = match p.to_ascii_lowercase().as_str() {
-            "tcp" => Proto::Tcp,
-            "udp" => Proto::Udp,
-            "icmp" => Proto::Icmp,
-            "icmpv6" | "icmp6" => Proto::Icmpv6,
+        let proto = match p.parse::<Proto>() {
+            Ok(proto @ (Proto::Tcp | Proto::Udp | Proto::Icmp | Proto::Icmpv6)) => proto,
             _ => return Err(FilterError::Proto(p.clone())),
         };
         cfg.flags |= FILTER_PROTO;
@@ -45,18 +45,18 @@ pub fn filter_config(args: &TraceArgs) -> Result<FilterConfig, FilterError> {
     }
     let host = match (&args.filter_host, args.to) {
         (Some(h), to) => {
-            let (addr, len) = parse_prefix(h).ok_or_else(|| FilterError::Host(h.clone()))?;
+            let prefix: Prefix = h.parse().map_err(|_| FilterError::Host(h.clone()))?;
             if let Some(to) = to {
-                if !prefix_contains(addr, len, to) {
+                if !prefix.contains(to) {
                     return Err(FilterError::HostAndTo(h.clone(), to));
                 }
             }
-            Some((addr, len))
+            Some(prefix)
         }
-        (None, Some(to)) => Some((to, if to.is_ipv4() { 32 } else { 128 })),
+        (None, Some(to)) => Some(Prefix::host(to)),
         (None, None) => None,
     };
-    if let Some((addr, len)) = host {
+    if let Some(Prefix { addr, len }) = host {
         cfg.flags |= FILTER_ADDR;
         cfg.prefix_len = len;
         match addr {
@@ -71,39 +71,6 @@ pub fn filter_config(args: &TraceArgs) -> Result<FilterConfig, FilterError> {
         }
     }
     Ok(cfg)
-}
-
-fn parse_prefix(s: &str) -> Option<(IpAddr, u8)> {
-    let (a, len) = match s.split_once('/') {
-        Some((a, l)) => (a, Some(l.parse::<u8>().ok()?)),
-        None => (s, None),
-    };
-    let addr: IpAddr = a.parse().ok()?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    let len = len.unwrap_or(max);
-    (len <= max).then_some((addr, len))
-}
-
-fn prefix_contains(net: IpAddr, len: u8, a: IpAddr) -> bool {
-    match (net, a) {
-        (IpAddr::V4(n), IpAddr::V4(a)) => {
-            let mask = if len == 0 {
-                0
-            } else {
-                u32::MAX << (32 - u32::from(len))
-            };
-            u32::from(n) & mask == u32::from(a) & mask
-        }
-        (IpAddr::V6(n), IpAddr::V6(a)) => {
-            let mask = if len == 0 {
-                0
-            } else {
-                u128::MAX << (128 - u32::from(len))
-            };
-            u128::from(n) & mask == u128::from(a) & mask
-        }
-        _ => false,
-    }
 }
 
 #[cfg(test)]

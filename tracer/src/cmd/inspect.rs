@@ -409,11 +409,7 @@ fn rules_for(rules: &NatRuleset, c: &NatContext<'_>, ip: IpAddr) -> Vec<usize> {
         });
     }
     for p in c.published {
-        let proto = match p.proto.as_str() {
-            "udp" => Proto::Udp,
-            "sctp" => Proto::Other(132),
-            _ => Proto::Tcp,
-        };
+        let proto = p.proto;
         // Docker 20.10 lists `::` next to `0.0.0.0`; only the container's family has DNAT.
         if p.host_ip.is_some_and(|a| a.is_ipv6() != v6) {
             continue;
@@ -598,7 +594,7 @@ mod tests {
     #[test]
     fn picks_the_masquerade_of_the_subnet_and_the_dnat_of_published_ports() {
         let published = [PublishedPort {
-            proto: "tcp".into(),
+            proto: Proto::Tcp,
             host_ip: Some("127.0.0.1".parse().unwrap()),
             host_port: 18080,
             container_port: 80,

@@ -58,25 +58,12 @@ impl Probe {
                 None,
             ),
         };
-        let proto = match proto.map(str::to_ascii_lowercase).as_deref() {
-            Some("tcp") => Proto::Tcp,
-            Some("udp") => Proto::Udp,
-            Some("icmp") => {
-                if dst.is_ipv4() {
-                    Proto::Icmp
-                } else {
-                    Proto::Icmpv6
-                }
-            }
-            Some(other) => bail!("--proto {other:?}: expected tcp, udp or icmp"),
+        let proto = match proto.map(|p| (p, p.parse::<Proto>())) {
+            Some((_, Ok(p @ (Proto::Tcp | Proto::Udp)))) => p,
+            Some((_, Ok(Proto::Icmp))) => Proto::icmp_for(dst),
+            Some((other, _)) => bail!("--proto {other:?}: expected tcp, udp or icmp"),
             None if port.is_some() => Proto::Tcp,
-            None => {
-                if dst.is_ipv4() {
-                    Proto::Icmp
-                } else {
-                    Proto::Icmpv6
-                }
-            }
+            None => Proto::icmp_for(dst),
         };
         if proto.has_ports() && port.is_none() {
             bail!("--proto {proto} needs a port: --to HOST:PORT");

@@ -26,6 +26,7 @@ pub use self::{
     ifaces::{ContainerIface, ContainerPath},
 };
 use super::{netns::NetnsError, path::PathError, rtnl::RtnlError};
+use crate::model::Proto;
 
 /// Where Docker listens when `DOCKER_HOST` is not set.
 pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
@@ -113,7 +114,7 @@ pub struct NetworkAttachment {
 /// A `-p host_ip:host_port:container_port/proto` mapping.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct PublishedPort {
-    pub proto: String,
+    pub proto: Proto,
     /// As Docker reports it (`0.0.0.0` and `::` are the wildcards); `None` when it reports none.
     pub host_ip: Option<IpAddr>,
     pub host_port: u16,
@@ -490,7 +491,8 @@ fn published_ports(ports: &PortMap) -> Vec<PublishedPort> {
     let mut out = Vec::new();
     for (key, bindings) in ports {
         let (port, proto) = key.split_once('/').unwrap_or((key, "tcp"));
-        let Ok(container_port) = port.parse::<u16>() else {
+        let (Ok(container_port), Ok(proto)) = (port.parse::<u16>(), proto.parse::<Proto>()) else {
+            tracing::debug!("published port {key:?}: not PORT/PROTO");
             continue;
         };
         for b in bindings.iter().flatten() {
@@ -498,7 +500,7 @@ fn published_ports(ports: &PortMap) -> Vec<PublishedPort> {
                 continue;
             };
             out.push(PublishedPort {
-                proto: proto.to_string(),
+                proto,
                 host_ip: parse_ip(b.host_ip.as_deref()),
                 host_port,
                 container_port,

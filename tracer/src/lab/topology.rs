@@ -11,7 +11,10 @@ use super::{
     state::{self, LabState, Resource},
     Lab, LabError,
 };
-use crate::discover::rtnl::{Family, Rtnl, RtnlError};
+use crate::{
+    discover::rtnl::{Family, Rtnl, RtnlError},
+    model::Prefix,
+};
 
 /// The range of X in 10.X.1.0/24 and 10.X.2.0/24.
 pub const OCTETS: std::ops::RangeInclusive<u8> = 200..=250;
@@ -59,13 +62,11 @@ fn link_exists(name: &str) -> bool {
 
 /// Whether two IPv4 prefixes share any address.
 pub fn overlaps(a: (Ipv4Addr, u8), b: (Ipv4Addr, u8)) -> bool {
-    let len = a.1.min(b.1).min(32);
-    let mask = if len == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(len))
+    let prefix = |(addr, len): (Ipv4Addr, u8)| Prefix {
+        addr: addr.into(),
+        len: len.min(32),
     };
-    (u32::from(a.0) & mask) == (u32::from(b.0) & mask)
+    prefix(a).overlaps(&prefix(b))
 }
 
 /// The first X whose two /24s overlap no host prefix and no other lab.

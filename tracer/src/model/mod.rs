@@ -85,9 +85,9 @@ impl Hook {
     }
 }
 
-/// IP protocol of a packet or flow, as the user names it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// IP protocol of a packet or flow, as the user names it. Written and read as its name (`tcp`,
+/// `udp`, `icmp`, `icmpv6`, `sctp`, else `proto-<N>`): parsed in one place, [`Proto::from_str`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Proto {
     Tcp,
     Udp,
@@ -95,6 +95,9 @@ pub enum Proto {
     Icmpv6,
     Other(u8),
 }
+
+/// IANA's number for SCTP, which Docker publishes ports of (`80/sctp`).
+const IPPROTO_SCTP: u8 = 132;
 
 impl From<u8> for Proto {
     fn from(p: u8) -> Self {
@@ -118,8 +121,38 @@ impl Proto {
             Self::Other(n) => n,
         }
     }
+
     pub fn has_ports(self) -> bool {
         matches!(self, Self::Tcp | Self::Udp)
+    }
+
+    /// ICMP of the address family of `addr` (echo requests to an IPv6 address are ICMPv6).
+    pub fn icmp_for(addr: IpAddr) -> Self {
+        match addr {
+            IpAddr::V4(_) => Self::Icmp,
+            IpAddr::V6(_) => Self::Icmpv6,
+        }
+    }
+}
+
+/// A protocol name [`Proto::from_str`] does not know.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown protocol {0:?}: expected tcp, udp, icmp or icmpv6")]
+pub struct UnknownProto(pub String);
+
+impl std::str::FromStr for Proto {
+    type Err = UnknownProto;
+
+    /// `tcp`, `udp`, `icmp`, `icmpv6` (or `icmp6`), `sctp`, in any case.
+    fn from_str(s: &str) -> Result<Self, UnknownProto> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "tcp" => Self::Tcp,
+            "udp" => Self::Udp,
+            "icmp" => Self::Icmp,
+            "icmpv6" | "icmp6" => Self::Icmpv6,
+            "sctp" => Self::Other(IPPROTO_SCTP),
+            _ => return Err(UnknownProto(s.to_string())),
+        })
     }
 }
 
@@ -130,8 +163,109 @@ impl fmt::Display for Proto {
             Self::Udp => f.write_str("udp"),
             Self::Icmp => f.write_str("icmp"),
             Self::Icmpv6 => f.write_str("icmpv6"),
+            Self::Other(IPPROTO_SCTP) => f.write_str("sctp"),
             Self::Other(n) => write!(f, "proto-{n}"),
         }
+    }
+}
+
+impl Serialize for Proto {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Proto {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        if let Some(n) = name
+            .strip_prefix("proto-")
+            .and_then(|n| n.parse::<u8>().ok())
+        {
+            return Ok(Self::from(n));
+        }
+        name.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// An address prefix, `ADDR/LEN` (a host when `len` is the address's width).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Prefix {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+/// An `ADDR` or `ADDR/LEN` that does not parse, or a length beyond the address's width.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("bad prefix {0:?}: expected an address or ADDR/LEN, e.g. 10.0.0.0/24")]
+pub struct BadPrefix(pub String);
+
+impl Prefix {
+    /// The prefix of one address.
+    pub fn host(addr: IpAddr) -> Self {
+        Self {
+            addr,
+            len: width(addr),
+        }
+    }
+
+    /// Whether `a` is in this prefix (never across address families).
+    pub fn contains(&self, a: IpAddr) -> bool {
+        self.overlaps(&Self::host(a))
+    }
+
+    /// Whether two prefixes share any address (never across address families).
+    pub fn overlaps(&self, other: &Self) -> bool {
+        let ((v6a, a), (v6b, b)) = (addr_bits(self.addr), addr_bits(other.addr));
+        let mask = prefix_mask(
+            u32::from(self.len.min(other.len)),
+            u32::from(width(self.addr)),
+        );
+        v6a == v6b && a & mask == b & mask
+    }
+}
+
+impl std::str::FromStr for Prefix {
+    type Err = BadPrefix;
+
+    fn from_str(s: &str) -> Result<Self, BadPrefix> {
+        let bad = || BadPrefix(s.to_string());
+        let (a, len) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l.parse::<u8>().map_err(|_| bad())?)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a.parse().map_err(|_| bad())?;
+        let len = len.unwrap_or(width(addr));
+        if len > width(addr) {
+            return Err(bad());
+        }
+        Ok(Self { addr, len })
+    }
+}
+
+/// 32 or 128.
+fn width(addr: IpAddr) -> u8 {
+    if addr.is_ipv4() {
+        32
+    } else {
+        128
+    }
+}
+
+/// Whether the address is IPv6, and its bits (an IPv4 address in the low 32).
+pub fn addr_bits(addr: IpAddr) -> (bool, u128) {
+    match addr {
+        IpAddr::V4(a) => (false, u128::from(u32::from(a))),
+        IpAddr::V6(a) => (true, u128::from(a)),
+    }
+}
+
+/// The mask of a `/n` prefix in an address of `width` bits (32 or 128), in [`addr_bits`]' form.
+pub fn prefix_mask(n: u32, width: u32) -> u128 {
+    if n == 0 {
+        0
+    } else {
+        (u128::MAX << (128 - n.min(width))) >> (128 - width)
     }
 }
 
@@ -415,4 +549,47 @@ pub struct NatQuery<'a> {
 pub trait RuleAttributor: Send + Sync {
     /// The rule's own text, as the ruleset in use prints it.
     fn attribute(&self, query: &NatQuery<'_>) -> Option<String>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocols_parse_once_and_print_their_names() {
+        for (name, proto) in [
+            ("tcp", Proto::Tcp),
+            ("UDP", Proto::Udp),
+            ("icmp", Proto::Icmp),
+            ("icmp6", Proto::Icmpv6),
+            ("sctp", Proto::Other(132)),
+        ] {
+            assert_eq!(name.parse::<Proto>(), Ok(proto));
+        }
+        assert!("gre".parse::<Proto>().is_err());
+        assert_eq!(Proto::Other(47).to_string(), "proto-47");
+        let json = serde_json::to_string(&[Proto::Tcp, Proto::Other(132), Proto::Other(47)]);
+        assert_eq!(json.ok().as_deref(), Some(r#"["tcp","sctp","proto-47"]"#));
+        let back: Result<Vec<Proto>, _> = serde_json::from_str(r#"["icmpv6","proto-47"]"#);
+        assert_eq!(back.ok(), Some(vec![Proto::Icmpv6, Proto::Other(47)]));
+    }
+
+    #[test]
+    fn prefixes() {
+        let p: Prefix = "10.0.0.0/24"
+            .parse()
+            .unwrap_or(Prefix::host([0, 0, 0, 0].into()));
+        assert!(p.contains("10.0.0.200".parse().unwrap_or(p.addr)));
+        assert!(!p.contains("10.0.1.1".parse().unwrap_or(p.addr)));
+        assert!(!p.contains("::1".parse().unwrap_or(p.addr)));
+        let wide: Prefix = "10.0.0.0/8".parse().unwrap_or(p);
+        assert!(wide.overlaps(&p) && p.overlaps(&wide));
+        assert!("10.0.0.0/33".parse::<Prefix>().is_err());
+        assert!("2001:db8::/32".parse::<Prefix>().is_ok());
+        assert!("x/8".parse::<Prefix>().is_err());
+        let all: Prefix = "0.0.0.0/0".parse().unwrap_or(p);
+        assert!(all.contains("192.0.2.1".parse().unwrap_or(p.addr)));
+        assert_eq!(prefix_mask(24, 32), 0xffff_ff00);
+        assert_eq!(prefix_mask(0, 128), 0);
+    }
 }

@@ -23,7 +23,9 @@ use std::{
     process::{Command, Stdio},
 };
 
-use crate::model::{Endpoint, NatKind, NatQuery, NatRule, Proto, RuleAttributor};
+use crate::model::{
+    addr_bits, prefix_mask, Endpoint, NatKind, NatQuery, NatRule, Proto, RuleAttributor,
+};
 
 mod iptables;
 mod nft;
@@ -1004,13 +1006,6 @@ impl NatRange {
     }
 }
 
-fn addr_bits(addr: IpAddr) -> (bool, u128) {
-    match addr {
-        IpAddr::V4(a) => (false, u128::from(u32::from(a))),
-        IpAddr::V6(a) => (true, u128::from(a)),
-    }
-}
-
 impl Net {
     fn contains(&self, addr: IpAddr) -> bool {
         let (v, x) = addr_bits(addr);
@@ -1071,15 +1066,6 @@ impl Net {
                 mask,
             })
         }
-    }
-}
-
-/// The mask of a `/n` prefix in an address of `width` bits.
-fn prefix_mask(n: u32, width: u32) -> u128 {
-    if n == 0 {
-        0
-    } else {
-        (u128::MAX << (128 - n)) >> (128 - width)
     }
 }
 
