@@ -1,7 +1,7 @@
 //! The userspace hot path without a kernel: raw ring-buffer records of a 64-byte UDP flood
 //! (container → wan through veth, bridge and a MASQUERADE uplink: 4 events per datagram) are
 //! decoded and fed to the live view in 10 ms batches with a tick every 250 ms, exactly as
-//! `cmd::session` does. Deterministic, so instruction counts compare between builds:
+//! `pipeline::session` does. Deterministic, so instruction counts compare between builds:
 //!
 //! ```sh
 //! cargo build --release --example hotpath
@@ -11,15 +11,14 @@
 use std::{net::Ipv4Addr, sync::Arc};
 
 use tracer::{
-    cmd::{
-        live::{LiveView, ViewOptions},
-        output::Output,
-        record::Recorder,
-        session::{Observer, StopReason},
-    },
+    capture::record::{self, Recorder},
     collect::{decode_with, Event},
     model::{Direction, Hook, HookStats, Place, Role, Topology},
-    render::Format,
+    pipeline::{
+        engine::Engine,
+        session::{Finished, Observer, StopReason},
+    },
+    render::{Format, Output},
 };
 use tracer_common::event::{EventHeader, PacketEvent, PacketMeta, KIND_PACKET};
 
@@ -130,27 +129,12 @@ fn main() -> anyhow::Result<()> {
         .and_then(|i| args.get(i + 1));
 
     let topo = Arc::new(topology());
-    let opts = ViewOptions {
-        format: if json { Format::Json } else { Format::Text },
-        max_flows: 100_000,
-        confirm_conntrack: false,
-        updates: true,
-        keep_flows: false,
-    };
-    let mut view = LiveView::new(
-        topo.clone(),
-        None,
-        opts,
-        Output::to(Box::new(std::io::sink())),
-    );
+    let format = if json { Format::Json } else { Format::Text };
+    let mut renderer = format.renderer(Output::to(Box::new(std::io::sink())), true);
+    let mut view = Engine::new(topo.clone(), None, 100_000, Vec::new(), renderer.as_mut());
     let stop = Arc::new(tokio::sync::Notify::new());
     let writer = match capture {
-        Some(path) => Some(tracer::cmd::record::open(
-            path.as_ref(),
-            &topo,
-            128,
-            Default::default(),
-        )?),
+        Some(path) => Some(record::open(path.as_ref(), &topo, 128, Default::default())?),
         None => None,
     };
     let mut recorder;
@@ -200,8 +184,12 @@ fn main() -> anyhow::Result<()> {
     }
     consume(observer, &raws[..used], &mut batch);
     tick(observer, now + TICK_NS, &stats);
-    observer.finished(StopReason::Duration, &stats);
-    view.finish_output();
+    let end = Finished {
+        stats,
+        ..Finished::default()
+    };
+    observer.finished(StopReason::Duration, &end);
+    view.finish();
     eprintln!("{datagrams} datagrams, {} events", u64::from(datagrams) * 4);
     Ok(())
 }

@@ -13,7 +13,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             // One line naming the problem and the fix; exit code 2 for bad input and environment.
-            eprintln!("pathtrace: {}", cmd::one_line(&e));
+            eprintln!("pathtrace: {}", tracer::one_line(&e));
             ExitCode::from(2)
         }
     }

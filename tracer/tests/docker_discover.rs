@@ -18,11 +18,11 @@ use docker_support::{
 use futures::StreamExt;
 use tracer::{
     discover::{
-        docker::{ContainerEvent, Docker, DockerError, PublishedPort},
         netns::Netns,
         path::{self, PathQuery},
     },
     model::{Place, Proto},
+    runtime::docker::{ContainerEvent, Docker, DockerError, PublishedPort},
 };
 
 const SLEEP: &[&str] = &["sleep", "3600"];

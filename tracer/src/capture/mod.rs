@@ -30,6 +30,7 @@
 
 mod block;
 mod reader;
+pub mod record;
 mod writer;
 
 #[cfg(test)]
@@ -46,7 +47,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Direction, Hook, PacketRecord, Place, Role, Topology};
 
-pub use reader::{parse_capture, read_capture};
+pub use reader::{parse_capture, read_capture, read_rotated};
 pub use writer::{CaptureWriter, WriteSummary, WriterOptions, FLUSH_BYTES, FLUSH_INTERVAL};
 
 /// Private Enterprise Number of the snapshot option: 32473, reserved for documentation examples

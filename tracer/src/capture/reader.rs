@@ -27,6 +27,28 @@ pub fn read_capture(path: &Path) -> Result<Capture, CaptureError> {
     parse(&data).map_err(|error| CaptureError::Format { path: name, error })
 }
 
+/// Reads a capture with its rotated continuations (`FILE.1`, `FILE.2`, ..., see
+/// [`super::rotated_files`]) when there are, as one capture of several sections.
+pub fn read_rotated(path: &Path) -> Result<Capture, CaptureError> {
+    let files = super::rotated_files(path).unwrap_or_default();
+    if files.len() <= 1 {
+        return read_capture(path);
+    }
+    let mut all = Vec::new();
+    for f in &files {
+        let bytes = std::fs::read(f).map_err(|source| CaptureError::Open {
+            path: f.display().to_string(),
+            reason: io_reason(&source),
+            source,
+        })?;
+        all.extend(bytes);
+    }
+    parse(&all).map_err(|error| CaptureError::Format {
+        path: path.display().to_string(),
+        error,
+    })
+}
+
 /// Reads a capture from its bytes (errors name the file `input`). Never panics.
 pub fn parse_capture(data: &[u8]) -> Result<Capture, CaptureError> {
     parse(data).map_err(|error| CaptureError::Format {

@@ -1,214 +1,26 @@
-//! `pathtrace diff BEFORE AFTER`: what changed between two captures — flows matched by their
-//! container-side tuple (protocol, source address, destination address and port; ephemeral source
-//! ports and echo ids differ between runs, so they are not part of the key). Exit 0 same, 1
-//! different.
+//! `pathtrace diff BEFORE AFTER`: what changed between two captures (path, NAT mapping, rule,
+//! drops; see `analyze::diff`). Exit 0 same, 1 different.
 
-use std::{collections::BTreeMap, net::IpAddr, path::Path, process::ExitCode};
+use std::{path::Path, process::ExitCode};
 
-use serde::Serialize;
+use crate::{
+    analyze::diff::Comparison,
+    capture,
+    correlate::FlowReport,
+    pipeline,
+    render::{Collect, Format},
+};
 
-use super::{output::Output, show};
-use crate::{correlate::FlowReport, model::Proto, render::Format};
-
-/// Flows of two captures are the same conversation when these agree.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub struct FlowKey {
-    pub proto: Proto,
-    pub src: IpAddr,
-    pub dst: IpAddr,
-    pub dst_port: u16,
-}
-
-impl std::fmt::Display for FlowKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.proto.has_ports() {
-            write!(
-                f,
-                "{} {} -> {}:{}",
-                self.proto, self.src, self.dst, self.dst_port
-            )
-        } else {
-            write!(f, "{} {} -> {}", self.proto, self.src, self.dst)
-        }
-    }
-}
-
-/// What a flow looks like, for comparison.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Shape {
-    pub path: Vec<String>,
-    /// `SNAT to 10.0.2.1 (port kept)`-style descriptions of the NAT steps.
-    pub nat: Vec<String>,
-    pub rules: Vec<String>,
-    pub drops: Vec<String>,
-}
-
-/// One difference.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Change {
-    pub flow: String,
-    pub what: &'static str,
-    pub before: String,
-    pub after: String,
-}
-
-pub fn key(f: &FlowReport) -> FlowKey {
-    FlowKey {
-        proto: f.proto,
-        src: f.src.addr,
-        dst: f.dst.addr,
-        dst_port: if f.proto.has_ports() { f.dst.port } else { 0 },
-    }
-}
-
-pub fn shape(f: &FlowReport) -> Shape {
-    Shape {
-        path: f
-            .hops
-            .iter()
-            .map(|h| format!("{} {}", h.hook, h.dir))
-            .collect(),
-        nat: f
-            .nat
-            .iter()
-            .map(|n| {
-                let s = &n.step;
-                let side = match s.kind {
-                    crate::model::NatKind::Snat => "SNAT",
-                    crate::model::NatKind::Dnat => "DNAT",
-                };
-                let port = if s.before.port == s.after.port {
-                    "port kept"
-                } else {
-                    "port rewritten"
-                };
-                format!("{side} to {} ({port})", s.after.addr)
-            })
-            .collect(),
-        rules: f.nat.iter().filter_map(|n| n.step.rule.clone()).collect(),
-        drops: f
-            .stops
-            .iter()
-            .map(crate::correlate::Stop::describe)
-            .collect(),
-    }
-}
-
-/// The representative shape per key: the flow with the most packets.
-fn shapes(flows: &[FlowReport]) -> BTreeMap<FlowKey, Shape> {
-    let mut best: BTreeMap<FlowKey, &FlowReport> = BTreeMap::new();
-    for f in flows {
-        let k = key(f);
-        let total = f.packets_out + f.packets_back;
-        match best.get(&k) {
-            Some(b) if b.packets_out + b.packets_back >= total => {}
-            _ => {
-                best.insert(k, f);
-            }
-        }
-    }
-    best.into_iter().map(|(k, f)| (k, shape(f))).collect()
-}
-
-/// Pure comparison of two sets of flows.
-pub fn compare(before: &[FlowReport], after: &[FlowReport]) -> Vec<Change> {
-    let (a, b) = (shapes(before), shapes(after));
-    let mut changes = Vec::new();
-    let join = |v: &[String]| {
-        if v.is_empty() {
-            "none".to_string()
-        } else {
-            v.join("; ")
-        }
-    };
-    for (k, sa) in &a {
-        let Some(sb) = b.get(k) else {
-            changes.push(Change {
-                flow: k.to_string(),
-                what: "flow",
-                before: "present".into(),
-                after: "absent".into(),
-            });
-            continue;
-        };
-        let fields: [(&'static str, &Vec<String>, &Vec<String>); 4] = [
-            ("path", &sa.path, &sb.path),
-            ("nat", &sa.nat, &sb.nat),
-            ("rule", &sa.rules, &sb.rules),
-            ("drops", &sa.drops, &sb.drops),
-        ];
-        for (what, x, y) in fields {
-            if x != y {
-                let sep = if what == "path" { " -> " } else { "; " };
-                let fmt = |v: &Vec<String>| {
-                    if v.is_empty() {
-                        "none".to_string()
-                    } else {
-                        v.join(sep)
-                    }
-                };
-                changes.push(Change {
-                    flow: k.to_string(),
-                    what,
-                    before: fmt(x),
-                    after: fmt(y),
-                });
-            }
-        }
-    }
-    for k in b.keys().filter(|k| !a.contains_key(k)) {
-        changes.push(Change {
-            flow: k.to_string(),
-            what: "flow",
-            before: "absent".into(),
-            after: join(&b[k].path),
-        });
-    }
-    changes
-}
-
-pub fn run(before: &Path, after: &Path, json: bool) -> anyhow::Result<ExitCode> {
+pub(super) fn run(before: &Path, after: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let replay = |p: &Path| -> anyhow::Result<Vec<FlowReport>> {
-        let cap = show::load(p)?;
-        Ok(show::replay(
-            &cap,
-            Format::Json,
-            Output::to(Box::new(std::io::sink())),
-        ))
+        let cap = capture::read_rotated(p)?;
+        let mut flows = Collect::default();
+        pipeline::replay(&cap, &mut flows);
+        Ok(flows.flows)
     };
-    let (fa, fb) = (replay(before)?, replay(after)?);
-    let changes = compare(&fa, &fb);
-    if json {
-        for c in &changes {
-            println!(
-                "{}",
-                serde_json::to_string(
-                    &serde_json::json!({"type": "change", "flow": c.flow, "what": c.what, "before": c.before, "after": c.after})
-                )?
-            );
-        }
-        println!(
-            "{}",
-            serde_json::to_string(
-                &serde_json::json!({"type": "diff", "same": changes.is_empty(), "changes": changes.len(), "flows_before": fa.len(), "flows_after": fb.len()})
-            )?
-        );
-    } else if changes.is_empty() {
-        println!(
-            "same: {} flow(s) before, {} after, no change in path, NAT, rules or drops",
-            fa.len(),
-            fb.len()
-        );
-    } else {
-        for c in &changes {
-            println!(
-                "{}: {} changed\n  before: {}\n  after:  {}",
-                c.flow, c.what, c.before, c.after
-            );
-        }
-        println!("{} change(s)", changes.len());
-    }
-    Ok(if changes.is_empty() {
+    let comparison = Comparison::of(&replay(before)?, &replay(after)?);
+    super::print(&Format::of_json_flag(json).printer().diff(&comparison)?)?;
+    Ok(if comparison.same() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

@@ -4,19 +4,17 @@ use std::{io::Write as _, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 
-use super::{
-    filter::filter_config,
-    output::Output,
-    trace::{ring_bytes, trace_with, Plan},
-};
 use crate::{
-    attach::{LoadOptions, PendingTracer, TcMode},
-    cli::{LabAction, TraceArgs},
+    attach::{PendingTracer, TcMode},
+    cli::LabAction,
+    config::TraceConfig,
     discover::{
         netns::Netns,
         path::{self, PathQuery},
     },
     lab::{Lab, LabSpec, LabTrafficOptions},
+    pipeline::{self, annotate::ConntrackConfirm, engine::Engine, plan::Plan},
+    render::Output,
 };
 
 pub fn run(action: LabAction) -> anyhow::Result<ExitCode> {
@@ -24,9 +22,9 @@ pub fn run(action: LabAction) -> anyhow::Result<ExitCode> {
         LabAction::Up { name, json } => {
             let lab = Lab::up(&LabSpec { name })?;
             if json {
-                println!("{}", serde_json::to_string(&lab)?);
+                super::print(&(serde_json::to_string(&lab)? + "\n"))?;
             } else {
-                print_lab(&lab);
+                super::print(&lab_text(&lab))?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -44,7 +42,7 @@ pub fn run(action: LabAction) -> anyhow::Result<ExitCode> {
         }
         LabAction::List => {
             for lab in Lab::list()? {
-                print_lab(&lab);
+                super::print(&lab_text(&lab))?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -56,9 +54,10 @@ pub fn run(action: LabAction) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn print_lab(lab: &Lab) {
-    println!(
-        "lab {}: container netns {} ({} {}), bridge {}, host veth {}, uplink {} ({}) -> wan netns {} ({})",
+/// A lab's names and addresses, and how to trace it.
+fn lab_text(lab: &Lab) -> String {
+    format!(
+        "lab {}: container netns {} ({} {}), bridge {}, host veth {}, uplink {} ({}) -> wan netns {} ({})\n  NAT: {}\n  trace it: pathtrace --netns {} --to {}\n",
         lab.name,
         lab.ctr_netns,
         lab.ctr_ifname,
@@ -68,13 +67,11 @@ fn print_lab(lab: &Lab) {
         lab.uplink,
         lab.uplink_addr,
         lab.wan_netns,
+        lab.wan_addr,
+        lab.masquerade_rule_text,
+        lab.ctr_netns,
         lab.wan_addr
-    );
-    println!("  NAT: {}", lab.masquerade_rule_text);
-    println!(
-        "  trace it: pathtrace --netns {} --to {}",
-        lab.ctr_netns, lab.wan_addr
-    );
+    )
 }
 
 /// Removes the lab on every way out of `demo`, panics included.
@@ -97,58 +94,53 @@ fn demo(json: bool, tc_mode: TcMode, duration: Duration) -> anyhow::Result<ExitC
     let guard = LabGuard(Some(Lab::up(&LabSpec::default())?));
     let lab = guard.0.as_ref().context("lab vanished")?;
     if !json {
-        print_lab(lab);
-        println!(
-            "  sending ICMP, TCP and UDP from {} to {} for {:?}...\n",
-            lab.ctr_netns, lab.wan_addr, duration
-        );
+        super::print(&format!(
+            "{}  sending ICMP, TCP and UDP from {} to {} for {:?}...\n\n",
+            lab_text(lab),
+            lab.ctr_netns,
+            lab.wan_addr,
+            duration
+        ))?;
     }
-    let args = TraceArgs {
-        netns: Some(lab.ctr_netns.clone()),
-        to: Some(lab.wan_addr.into()),
-        json,
-        duration: Some(duration),
-        tc_mode,
-        snaplen: tracer_common::event::CAPTURE_DEFAULT,
-        ring_size: 8192,
-        max_flows: 65536,
-        ..TraceArgs::default()
-    };
+    let cfg = TraceConfig::lab(&lab.ctr_netns, lab.wan_addr.into(), json, duration, tc_mode)?;
     let found = path::discover(
         &lab.ctr_netns,
         Arc::new(Netns::by_name_or_path(&lab.ctr_netns)?),
         &PathQuery {
             iface: None,
-            to: args.to,
+            to: cfg.to,
         },
     )?;
-    let plan = Plan::new(&found, found.hooks(0))?;
-    let view = plan.view(&args, Output::stdout());
-    let load = LoadOptions {
-        filter: filter_config(&args)?,
-        ring_bytes: ring_bytes(args.ring_size)?,
-        kernel_log: false,
-        drop_reasons: true,
-    };
+    let plan = Plan::for_path(&found, found.hooks(0))?;
+    let mut renderer = cfg.format.renderer(Output::stdout(), true);
     let traffic = lab.start_traffic(&LabTrafficOptions::default())?;
-    let rt = super::trace::runtime()?;
-    let mut tracer = PendingTracer::spawn(load, tc_mode, rt.handle());
-    tracer.attach(plan.targets);
-    let traced = trace_with(&rt, tracer, &args, view, Default::default());
+    let rt = super::runtime()?;
+    let mut tracer = PendingTracer::spawn(cfg.load.clone(), tc_mode, rt.handle());
+    tracer.attach(plan.targets.clone());
+    let mut engine = Engine::new(
+        plan.topology.clone(),
+        Some(plan.attributor()),
+        cfg.max_flows,
+        vec![Box::new(ConntrackConfirm)],
+        renderer.as_mut(),
+    );
+    let session = super::trace::session(&cfg, tracer, &plan, None);
+    let traced = pipeline::trace(&rt, session, &mut engine, None);
+    drop(engine);
     let report = traffic.stop();
-    let view = traced?;
+    let outcome = traced?;
     if !json {
-        println!(
-            "traffic: {} ICMP echoes ({} replies), {} TCP exchanges, {} UDP datagrams ({} echoed)",
+        super::print(&format!(
+            "traffic: {} ICMP echoes ({} replies), {} TCP exchanges, {} UDP datagrams ({} echoed)\n",
             report.rounds.icmp_sent,
             report.rounds.icmp_replies,
             report.rounds.tcp_exchanges_ok,
             report.rounds.udp_sent,
             report.rounds.udp_received
-        );
+        ))?;
     }
     drop(guard);
-    if view.final_count == 0 {
+    if outcome.flows == 0 {
         eprintln!("pathtrace: no flow was traced; the lab traffic did not reach the hooks");
         return Ok(ExitCode::from(1));
     }

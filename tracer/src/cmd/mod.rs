@@ -1,20 +1,18 @@
-//! One module per CLI verb; `session` is the trace engine they share.
+//! One short module per CLI verb. Each turns its arguments into a configuration (`config`),
+//! composes the stages it needs (`discover`, `runtime`, `pipeline`, `analyze`) and prints
+//! through `render`; none holds logic another verb needs.
 
-pub mod cleanup;
-pub mod container;
-pub mod diff;
-pub mod filter;
-pub mod inspect;
-pub mod lab;
-pub mod live;
-pub mod output;
-pub mod record;
-pub mod session;
-pub mod show;
-pub mod trace;
-pub mod verify;
+mod cleanup;
+mod diff;
+mod inspect;
+mod lab;
+mod show;
+mod trace;
+mod verify;
 
-use std::process::ExitCode;
+use std::{io::Write as _, process::ExitCode};
+
+use anyhow::Context as _;
 
 use crate::cli::{Cli, Command};
 
@@ -51,30 +49,26 @@ pub fn require_privileges() -> anyhow::Result<()> {
 
 /// Runs the verb the command line asked for.
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    let traces = match &cli.command {
-        None => cli.trace.netns.is_some() || cli.trace.container.is_some(),
-        Some(Command::Lab { .. }) => true,
-        #[allow(unreachable_patterns, reason = "verbs added by other modules")]
-        _ => false,
-    };
-    if traces {
-        require_privileges()?;
-    }
     match cli.command {
-        None => match cli.trace.container.clone() {
-            Some(name) => container::run(cli.trace, &name),
-            None => trace::run(cli.trace),
-        },
-        Some(Command::Lab { action }) => lab::run(action),
+        None => {
+            if cli.trace.netns.is_some() || cli.trace.container.is_some() {
+                require_privileges()?;
+            }
+            trace::run(&cli.trace)
+        }
+        Some(Command::Lab { action }) => {
+            require_privileges()?;
+            lab::run(action)
+        }
         Some(Command::Cleanup { force }) => cleanup::run(force),
         Some(Command::Show { file, json }) => show::run(&file, json),
-        Some(Command::Verify(a)) => verify::run(a),
+        Some(Command::Verify(a)) => verify::run(&a),
         Some(Command::Diff {
             before,
             after,
             json,
         }) => diff::run(&before, &after, json),
-        Some(Command::Inspect(a)) => inspect::run(a),
+        Some(Command::Inspect(a)) => inspect::run(&a),
     }
 }
 
@@ -96,14 +90,19 @@ pub fn init_logging(verbose: u8) {
         .init();
 }
 
-/// An error chain as one line: "what failed: why".
-pub fn one_line(e: &anyhow::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    for cause in e.chain() {
-        let s = cause.to_string();
-        if !parts.iter().any(|p| p.contains(&s)) {
-            parts.push(s);
-        }
-    }
-    parts.join(": ")
+/// The async runtime of a verb that talks to a runtime or reads the ring buffer.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Writes a verb's rendered output to stdout; a closed stdout (`| head`) is one clear error.
+fn print(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .context("writing to stdout (was it closed, as by `| head`?)")
 }

@@ -182,17 +182,11 @@ impl Correlator {
         Some(FlowReport::build(flow, &self.topology, self.table.pool()))
     }
 
-    /// What the view noted when it last printed the flow (0 before that).
-    pub fn mark(&self, id: FlowId) -> Option<u64> {
-        self.table.get(id).map(|f| f.mark)
-    }
-
-    /// Keeps a view's note about a flow (e.g. a hash of what it printed) for as long as the
-    /// flow is in the table: the view needs no per-flow map of its own to bound.
-    pub fn set_mark(&mut self, id: FlowId, mark: u64) {
-        if let Some(f) = self.table.get_mut(id) {
-            f.mark = mark;
-        }
+    /// A renderer's note about a flow (e.g. a hash of what it printed; 0 until it writes one),
+    /// kept for as long as the flow is in the table: the renderer needs no per-flow map of its
+    /// own to bound. `None` once the flow was evicted.
+    pub fn mark_mut(&mut self, id: FlowId) -> Option<&mut u64> {
+        self.table.get_mut(id).map(|f| &mut f.mark)
     }
 
     /// Records the kernel conntrack table's verdict on the flow's `n`th NAT step of the

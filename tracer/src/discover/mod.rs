@@ -2,7 +2,6 @@
 
 pub mod btf;
 pub mod conntrack;
-pub mod docker;
 pub mod nat_rules;
 pub mod netns;
 pub mod path;

@@ -252,6 +252,19 @@ fn width(addr: IpAddr) -> u8 {
     }
 }
 
+/// An address as the kernel side's structs hold it: family 4 or 6, and 16 bytes (IPv4 in the
+/// first four).
+pub fn family_and_bytes(addr: IpAddr) -> (u8, [u8; 16]) {
+    let mut bytes = [0u8; 16];
+    match addr {
+        IpAddr::V4(a) => {
+            bytes[..4].copy_from_slice(&a.octets());
+            (4, bytes)
+        }
+        IpAddr::V6(a) => (6, a.octets()),
+    }
+}
+
 /// Whether the address is IPv6, and its bits (an IPv4 address in the low 32).
 pub fn addr_bits(addr: IpAddr) -> (bool, u128) {
     match addr {

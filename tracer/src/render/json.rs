@@ -1,15 +1,147 @@
-//! The JSON-lines renderer. Each line is built from a struct (fixed key order); endpoints are
-//! `ip:port` strings (`[ip]:port` for IPv6); no wall-clock time, so replay output can be
-//! compared with live output line by line.
+//! The JSON-lines printer. Each line is built from a struct (fixed key order, `type` first);
+//! endpoints are `ip:port` strings (`[ip]:port` for IPv6); no wall-clock time, so replay output
+//! can be compared with live output line by line.
+
+use std::hash::{Hash as _, Hasher as _};
 
 use serde::Serialize;
 
 use crate::{
-    correlate::{FlowReport, HopTiming, Leg, NatEntry, Orientation, Stop},
-    model::{Direction, NatKind},
+    analyze::{
+        diff::{Change, Comparison},
+        inspect::Report,
+        verify::{Check, Verdict},
+    },
+    correlate::{FlowReport, HopTiming, Leg, NatEntry, Stop},
+    model::{Direction, Hook, NatKind, Orientation, Proto},
 };
 
-use super::Summary;
+use super::{Printer, RenderError, Summary};
+
+/// The JSON-lines format.
+pub struct Json;
+
+impl Printer for Json {
+    /// None: the first line of a JSON trace is its first flow.
+    fn started(&self, _mode: &str, _hooks: &[Hook]) -> Option<String> {
+        None
+    }
+
+    fn flow(&self, flow: &FlowReport) -> Result<String, RenderError> {
+        Ok(flow_line(flow)? + "\n")
+    }
+
+    /// A flow's line is printed again whenever it changed (counts included).
+    fn change_key(&self, _flow: &FlowReport, rendered: &str) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        rendered.hash(&mut h);
+        h.finish()
+    }
+
+    fn note(&self, message: &str) -> Result<String, RenderError> {
+        line(&NoteLine {
+            kind: "note",
+            message,
+        })
+    }
+
+    fn final_header(&self) -> Option<String> {
+        None
+    }
+
+    fn summary(&self, summary: &Summary<'_>) -> Result<String, RenderError> {
+        Ok(summary_line(summary)? + "\n")
+    }
+
+    /// One object per container.
+    fn inspect(&self, reports: &[Report]) -> Result<String, RenderError> {
+        let mut out = String::new();
+        for r in reports {
+            out.push_str(&line(r)?);
+        }
+        Ok(out)
+    }
+
+    fn verify(&self, v: &Verdict<'_>) -> Result<String, RenderError> {
+        line(&VerifyLine {
+            kind: "verify",
+            result: if v.pass { "pass" } else { "fail" },
+            probe: ProbeLine {
+                proto: v.probe.proto,
+                to: v.to,
+                outcome: &v.outcome,
+            },
+            checks: &v.checks,
+            flow: v.flow,
+        })
+    }
+
+    /// One `change` object per change, then the `diff` verdict.
+    fn diff(&self, d: &Comparison) -> Result<String, RenderError> {
+        let mut out = String::new();
+        for c in &d.changes {
+            out.push_str(&line(&ChangeLine {
+                kind: "change",
+                change: c,
+            })?);
+        }
+        out.push_str(&line(&DiffLine {
+            kind: "diff",
+            same: d.same(),
+            changes: d.changes.len(),
+            flows_before: d.flows_before,
+            flows_after: d.flows_after,
+        })?);
+        Ok(out)
+    }
+}
+
+/// A value as one line.
+fn line<T: Serialize>(value: &T) -> Result<String, RenderError> {
+    Ok(serde_json::to_string(value)? + "\n")
+}
+
+#[derive(Serialize)]
+struct NoteLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    message: &'a str,
+}
+
+#[derive(Serialize)]
+struct VerifyLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    result: &'static str,
+    probe: ProbeLine<'a>,
+    checks: &'a [Check],
+    flow: Option<&'a FlowReport>,
+}
+
+#[derive(Serialize)]
+struct ProbeLine<'a> {
+    proto: Proto,
+    to: &'a str,
+    outcome: &'a str,
+}
+
+#[derive(Serialize)]
+struct ChangeLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(flatten)]
+    change: &'a Change,
+}
+
+#[derive(Serialize)]
+struct DiffLine {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    same: bool,
+    changes: usize,
+    flows_before: usize,
+    flows_after: usize,
+}
 
 #[derive(Serialize)]
 struct FlowLine<'a> {
@@ -72,6 +204,19 @@ struct SummaryLine {
     flows: usize,
     evicted: u64,
     hooks: Vec<HookLine>,
+    // What the engine could not use: present only when not zero.
+    #[serde(skip_serializing_if = "is_zero")]
+    undecodable: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    ignored_events: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    unmatched_drops: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    drops_lost: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize)]
@@ -127,6 +272,10 @@ pub fn summary_line(s: &Summary<'_>) -> serde_json::Result<String> {
         flows: s.flows,
         evicted: s.evicted,
         hooks,
+        undecodable: s.unused.undecodable,
+        ignored_events: s.unused.ignored_events,
+        unmatched_drops: s.unused.unmatched_drops,
+        drops_lost: s.unused.drops_lost,
     })
 }
 

@@ -1,17 +1,29 @@
-//! Render: flow reports and hook counters as text (live view, replay) or JSON lines.
+//! Render: the renderer seam. The engine (`pipeline`) hands whoever consumes a trace the same
+//! stream of [`Update`]s; a [`Renderer`] turns them into output, or keeps what it needs.
 //!
-//! Both renderers are pure functions of their input, so replaying a capture prints what the live
-//! run printed. JSON objects have a fixed key order and carry no wall-clock time.
+//! - [`StreamRenderer`] writes lines through a [`Printer`]: one per [`Format`], text ([`text`])
+//!   for people and JSON lines ([`json`]) for programs, each a whole printer (ripgrep's model):
+//!   live flows, notes and the summary, and the reports of `inspect`, `verify` and `diff`.
+//! - [`Collect`] keeps the final flows, for verbs that judge them (`verify`, `diff`).
+//!
+//! To add a renderer (a terminal view, an HTML report): a type that implements [`Renderer`] in a
+//! file of its own here, and its [`Format`] variant. Printers are pure functions of their input,
+//! so replaying a capture prints what the live run printed; JSON objects come from serde types,
+//! with a fixed key order and no wall-clock time.
 
+mod inspect;
 mod json;
+pub mod output;
 mod text;
 
 use crate::{
+    analyze::{diff::Comparison, inspect::Report, verify::Verdict},
     correlate::FlowReport,
     model::{Hook, HookStats},
 };
 
 pub use json::{flow_line, summary_line};
+pub use output::Output;
 pub use text::{flow_block, format_delta_us, summary_block};
 
 /// What the end-of-trace summary covers.
@@ -23,6 +35,56 @@ pub struct Summary<'a> {
     pub evicted: u64,
     /// Counters per hook, in the order to print them.
     pub hooks: &'a [(Hook, HookStats)],
+    /// What the engine could not use, each counted where it happened.
+    pub unused: Unused,
+}
+
+/// Events and records the engine received but could not use. Printed only when not zero (text:
+/// a `!!` line each; JSON: the field is present only then).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Unused {
+    /// Ring-buffer records that did not decode (a kernel object of another version).
+    pub undecodable: u64,
+    /// Packet events of a hook slot the topology does not know, or without a fingerprint.
+    pub ignored_events: u64,
+    /// Kernel drop reports that matched no traced packet.
+    pub unmatched_drops: u64,
+    /// Drop reports the drop program could not send (ring buffer full).
+    pub drops_lost: u64,
+}
+
+/// What the engine tells a renderer, in this order: `Started`, then `FlowChanged` and `Note` while
+/// tracing, then `Final`, every flow once as `FlowFinal`, and the `Summary`.
+#[derive(Debug)]
+pub enum Update<'a> {
+    /// Every hook is attached; tracing starts.
+    Started {
+        mode: &'a str,
+        hooks: &'a [Hook],
+    },
+    /// A flow changed while tracing. `printed` is the renderer's own note of what it last wrote
+    /// of this flow (0 until it writes one), kept with the flow in the engine's bounded table so
+    /// that a renderer needs no per-flow memory of its own.
+    FlowChanged {
+        flow: &'a FlowReport,
+        printed: &'a mut u64,
+    },
+    /// Something the user should know (a container restarted, an interface moved away).
+    Note(&'a str),
+    /// The trace ended; the final report follows.
+    Final,
+    /// A flow in its final state.
+    FlowFinal(&'a FlowReport),
+    Summary(&'a Summary<'a>),
+}
+
+/// A consumer of the engine's updates.
+pub trait Renderer {
+    /// Whether [`Update::FlowChanged`] is wanted (else flows come only in the final report).
+    fn wants_changes(&self) -> bool;
+    fn update(&mut self, update: Update<'_>);
+    /// Everything is rendered: write out what is queued (blocks until it is).
+    fn close(&mut self) {}
 }
 
 /// Why output could not be rendered.
@@ -30,6 +92,27 @@ pub struct Summary<'a> {
 pub enum RenderError {
     #[error("cannot encode JSON: {0}")]
     Json(#[from] serde_json::Error),
+}
+
+/// One output format, whole: everything pathtrace prints, as strings that end in a newline.
+pub trait Printer: Sync {
+    /// The first line of a live trace, if the format has one.
+    fn started(&self, mode: &str, hooks: &[Hook]) -> Option<String>;
+    /// One flow: a block of lines (text) or one line (JSON).
+    fn flow(&self, flow: &FlowReport) -> Result<String, RenderError>;
+    /// What of `flow` this format shows, as a hash: a changed flow is printed again only when its
+    /// key changed.
+    fn change_key(&self, flow: &FlowReport, rendered: &str) -> u64;
+    fn note(&self, message: &str) -> Result<String, RenderError>;
+    /// The line between a live trace's updates and its final report, if the format has one.
+    fn final_header(&self) -> Option<String>;
+    fn summary(&self, summary: &Summary<'_>) -> Result<String, RenderError>;
+    /// `inspect`: one report per container.
+    fn inspect(&self, reports: &[Report]) -> Result<String, RenderError>;
+    /// `verify`: the verdict, each check, the observed flow.
+    fn verify(&self, verdict: &Verdict<'_>) -> Result<String, RenderError>;
+    /// `diff`: each change, then the verdict.
+    fn diff(&self, comparison: &Comparison) -> Result<String, RenderError>;
 }
 
 /// An output format.
@@ -42,19 +125,128 @@ pub enum Format {
 }
 
 impl Format {
-    /// One flow: a block of lines (text) or one line (JSON), ending in a newline.
-    pub fn flow(self, flow: &FlowReport) -> Result<String, RenderError> {
-        match self {
-            Self::Text => Ok(flow_block(flow)),
-            Self::Json => Ok(flow_line(flow)? + "\n"),
+    /// `--json` or not.
+    pub fn of_json_flag(json: bool) -> Self {
+        if json {
+            Self::Json
+        } else {
+            Self::Text
         }
+    }
+
+    /// The format's printer.
+    pub fn printer(self) -> &'static dyn Printer {
+        match self {
+            Self::Text => &text::Text,
+            Self::Json => &json::Json,
+        }
+    }
+
+    /// The renderer of a trace in this format into `out`: with `live`, flow updates while tracing,
+    /// else only the final report.
+    pub fn renderer(self, out: Output, live: bool) -> Box<dyn Renderer> {
+        Box::new(StreamRenderer::new(self.printer(), out, live))
+    }
+
+    /// One flow, ending in a newline.
+    pub fn flow(self, flow: &FlowReport) -> Result<String, RenderError> {
+        self.printer().flow(flow)
     }
 
     /// The summary, ending in a newline.
     pub fn summary(self, summary: &Summary<'_>) -> Result<String, RenderError> {
-        match self {
-            Self::Text => Ok(summary_block(summary)),
-            Self::Json => Ok(summary_line(summary)? + "\n"),
+        self.printer().summary(summary)
+    }
+}
+
+/// Writes a trace's updates through a printer into a bounded, non-blocking [`Output`]: updates
+/// while tracing are shed (and counted) when the output is too slow; the final report waits for
+/// room.
+pub struct StreamRenderer {
+    printer: &'static dyn Printer,
+    out: Output,
+    live: bool,
+}
+
+impl StreamRenderer {
+    pub fn new(printer: &'static dyn Printer, out: Output, live: bool) -> Self {
+        Self { printer, out, live }
+    }
+
+    fn send_final(&self, rendered: Result<String, RenderError>, what: &str) {
+        match rendered {
+            Ok(r) => self.out.send_blocking(r),
+            Err(e) => tracing::warn!("rendering {what}: {e}"),
+        }
+    }
+}
+
+impl Renderer for StreamRenderer {
+    fn wants_changes(&self) -> bool {
+        self.live
+    }
+
+    fn update(&mut self, update: Update<'_>) {
+        match update {
+            Update::Started { mode, hooks } => {
+                if let Some(line) = self.printer.started(mode, hooks) {
+                    self.out.send(line);
+                }
+            }
+            Update::FlowChanged { flow, printed } => {
+                let rendered = match self.printer.flow(flow) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!("rendering flow {}: {e}", flow.id);
+                        return;
+                    }
+                };
+                // 0 is "never printed"; a key hashing to 0 is merely printed once more.
+                let key = self.printer.change_key(flow, &rendered);
+                if *printed != key {
+                    *printed = key;
+                    self.out.send(rendered);
+                }
+            }
+            Update::Note(message) => match self.printer.note(message) {
+                Ok(line) => self.out.send(line),
+                Err(e) => tracing::warn!("note: {e}"),
+            },
+            Update::Final => {
+                if let Some(header) = self.printer.final_header().filter(|_| self.live) {
+                    self.out.send_blocking(header);
+                }
+            }
+            Update::FlowFinal(flow) => self.send_final(self.printer.flow(flow), "flow"),
+            Update::Summary(summary) => self.send_final(self.printer.summary(summary), "summary"),
+        }
+    }
+
+    fn close(&mut self) {
+        self.out.close();
+        let shed = self.out.shed();
+        if shed > 0 {
+            eprintln!(
+                "pathtrace: {shed} output updates were dropped because the output was too slow"
+            );
+        }
+    }
+}
+
+/// Keeps every final flow and renders nothing: what `verify` and `diff` judge.
+#[derive(Debug, Default)]
+pub struct Collect {
+    pub flows: Vec<FlowReport>,
+}
+
+impl Renderer for Collect {
+    fn wants_changes(&self) -> bool {
+        false
+    }
+
+    fn update(&mut self, update: Update<'_>) {
+        if let Update::FlowFinal(flow) = update {
+            self.flows.push(flow.clone());
         }
     }
 }

@@ -185,6 +185,7 @@ fn text_summary_golden() {
         flows: 2,
         evicted: 1,
         hooks: &hooks,
+        unused: Unused::default(),
     };
     let expected = "\
 2 flows, 1 evicted
@@ -203,6 +204,7 @@ fn json_summary_golden() {
         flows: 2,
         evicted: 1,
         hooks: &hooks,
+        unused: Unused::default(),
     };
     let expected = concat!(
         r#"{"type":"summary","flows":2,"evicted":1,"hooks":["#,

@@ -1,12 +1,129 @@
-//! The text renderer: one block per flow, hops in path order with NAT lines between the hops
-//! they happened between.
+//! The text printer: one block per flow, hops in path order with NAT lines between the hops they
+//! happened between; `** ` notes; the summary table; and the reports of `inspect`, `verify` and
+//! `diff`, for people.
+
+use std::hash::{Hash as _, Hasher as _};
 
 use crate::{
-    correlate::{FlowReport, HopTiming, Leg, NatEntry, Orientation, Stop},
-    model::NatKind,
+    analyze::{diff::Comparison, inspect::Report, verify::Verdict},
+    correlate::{FlowReport, HopTiming, Leg, NatEntry, Stop},
+    model::{Hook, NatKind, Orientation},
 };
 
-use super::Summary;
+use super::{inspect, Printer, RenderError, Summary};
+
+/// The text format.
+pub struct Text;
+
+impl Printer for Text {
+    fn started(&self, mode: &str, hooks: &[Hook]) -> Option<String> {
+        let names: Vec<String> = hooks
+            .iter()
+            .map(|h| format!("{} {}", h.label(), h.direction))
+            .collect();
+        Some(format!(
+            "tracing {} hooks ({mode}): {}\n",
+            hooks.len(),
+            names.join(", ")
+        ))
+    }
+
+    fn flow(&self, flow: &FlowReport) -> Result<String, RenderError> {
+        Ok(flow_block(flow))
+    }
+
+    /// A flow is printed again only when its path, NAT or losses changed, not its counts.
+    fn change_key(&self, flow: &FlowReport, _rendered: &str) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        shape_of(flow).hash(&mut h);
+        h.finish()
+    }
+
+    fn note(&self, message: &str) -> Result<String, RenderError> {
+        Ok(format!("** {message}\n"))
+    }
+
+    fn final_header(&self) -> Option<String> {
+        Some("--- final ---\n".to_string())
+    }
+
+    fn summary(&self, summary: &Summary<'_>) -> Result<String, RenderError> {
+        Ok(summary_block(summary))
+    }
+
+    fn inspect(&self, reports: &[Report]) -> Result<String, RenderError> {
+        let blocks: Vec<String> = reports.iter().map(inspect::text_block).collect();
+        Ok(blocks.join("\n"))
+    }
+
+    fn verify(&self, v: &Verdict<'_>) -> Result<String, RenderError> {
+        let verdict = if v.pass { "PASS" } else { "FAIL" };
+        let mut out = format!(
+            "{verdict} {} probe to {} ({})\n",
+            v.probe.proto, v.to, v.outcome
+        );
+        for c in &v.checks {
+            let ok = if c.ok { "ok" } else { "FAIL" };
+            out.push_str(&format!(
+                "  [{ok}] {}: expected {}, observed {}\n",
+                c.name, c.expected, c.observed
+            ));
+        }
+        match v.flow {
+            Some(f) => out.push_str(&format!("observed:\n{}", flow_block(f))),
+            None => out.push_str("observed: nothing of the probe on the traced hooks\n"),
+        }
+        Ok(out)
+    }
+
+    fn diff(&self, d: &Comparison) -> Result<String, RenderError> {
+        if d.same() {
+            return Ok(format!(
+                "same: {} flow(s) before, {} after, no change in path, NAT, rules or drops\n",
+                d.flows_before, d.flows_after
+            ));
+        }
+        let mut out = String::new();
+        for c in &d.changes {
+            out.push_str(&format!(
+                "{}: {} changed\n  before: {}\n  after:  {}\n",
+                c.flow, c.what, c.before, c.after
+            ));
+        }
+        out.push_str(&format!("{} change(s)\n", d.changes.len()));
+        Ok(out)
+    }
+}
+
+/// The parts of a flow the text shows that are worth reprinting it for: its hops, its NAT steps
+/// (a conntrack verdict shows only when it disagrees) and its losses.
+fn shape_of(f: &FlowReport) -> String {
+    let hops: Vec<_> = f.hops.iter().map(|h| (h.hook.as_str(), h.dir)).collect();
+    let back: Vec<_> = f
+        .hops_back
+        .iter()
+        .map(|h| (h.hook.as_str(), h.dir))
+        .collect();
+    let nat: Vec<_> = f
+        .nat
+        .iter()
+        .map(|n| {
+            let s = &n.step;
+            (
+                s.before,
+                s.after,
+                s.rule.as_deref(),
+                s.conntrack == Some(false),
+            )
+        })
+        .collect();
+    let stops: Vec<_> = f
+        .stops
+        .iter()
+        .map(|s| (s.after_hook.as_str(), s.reason.as_deref()))
+        .collect();
+    format!("{hops:?}{back:?}{nat:?}{stops:?}")
+}
 
 /// A flow as a block of lines, e.g.
 ///
@@ -162,7 +279,8 @@ pub fn format_delta_us(us: f64) -> String {
     }
 }
 
-/// Flow count, evictions and one row per hook, then one loud line per hook that lost events.
+/// Flow count, evictions and one row per hook, then one loud line per hook that lost events and
+/// one per kind of event the engine could not use.
 pub fn summary_block(s: &Summary<'_>) -> String {
     let mut out = format!("{} flows, {} evicted\n", s.flows, s.evicted);
     let labels: Vec<String> = s.hooks.iter().map(|(h, _)| h.label()).collect();
@@ -192,6 +310,23 @@ pub fn summary_block(s: &Summary<'_>) -> String {
                 "!! {} events lost at {label} {}: ring buffer full\n",
                 st.lost, hook.direction
             ));
+        }
+    }
+    let u = &s.unused;
+    for (n, what) in [
+        (u.undecodable, "ring-buffer records could not be decoded"),
+        (
+            u.ignored_events,
+            "packet events came from no known hook or had no fingerprint",
+        ),
+        (
+            u.unmatched_drops,
+            "kernel drop reports matched no traced packet",
+        ),
+        (u.drops_lost, "drop reports were lost: ring buffer full"),
+    ] {
+        if n > 0 {
+            out.push_str(&format!("!! {n} {what}\n"));
         }
     }
     out

@@ -87,7 +87,8 @@ impl Output {
                 tracing::warn!("output thread panicked");
             }
         }
-        let errors = self.write_errors.load(Ordering::Relaxed);
+        // Said once: `close` runs again when the output is dropped.
+        let errors = self.write_errors.swap(0, Ordering::Relaxed);
         if errors > 0 {
             tracing::warn!("{errors} output writes failed");
         }

@@ -1,12 +1,13 @@
-//! Docker discovery over the Engine API (bollard): which container a name means, the process
-//! whose network namespace it runs in, its networks (address, bridge) and published ports, which
-//! interface inside carries each network, and a stream of lifecycle events for re-discovery.
+//! Docker, over its Engine API (bollard): which container a name means, the process whose
+//! network namespace it runs in, its networks (address, bridge) and published ports, a stream of
+//! lifecycle events for re-discovery ([`events`]), and the notes only Docker can give about a
+//! flow ([`proxy`]: connections its userland proxy carries). The only module that names bollard.
 //!
 //! The API calls are async (callers run inside a tokio runtime); the namespace look-ups
 //! ([`ContainerInfo::interfaces`], [`ContainerInfo::paths`]) are short blocking netlink dumps.
 
 mod events;
-mod ifaces;
+mod proxy;
 #[cfg(test)]
 mod tests;
 
@@ -19,14 +20,17 @@ use bollard::{
     network::InspectNetworkOptions,
     API_DEFAULT_VERSION,
 };
+use futures::{future::BoxFuture, stream::BoxStream, StreamExt as _};
 use serde::Serialize;
 
-pub use self::{
-    events::ContainerEvent,
-    ifaces::{ContainerIface, ContainerPath},
+pub use self::events::ContainerEvent;
+use super::{
+    ContainerRuntime, FlowNotes, Listed, RuntimeError, Target, TargetError, TargetEvent, TargetPath,
 };
-use super::{netns::NetnsError, path::PathError, rtnl::RtnlError};
-use crate::model::Proto;
+pub use super::{
+    NetworkAttachment, PublishedPort, TargetIface as ContainerIface, TargetPath as ContainerPath,
+};
+use crate::{discover::netns::Netns, model::Proto};
 
 /// Where Docker listens when `DOCKER_HOST` is not set.
 pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
@@ -65,20 +69,6 @@ pub enum DockerError {
         owner: String,
         source: Box<DockerError>,
     },
-    #[error("container {name}: network {network} gave it no IP address; pathtrace finds its interface by address")]
-    Unaddressed { name: String, network: String },
-    #[error("container {name}: address {ip} of network {network} is on no interface in its namespace (did it just restart? try again)")]
-    AddressNotFound {
-        name: String,
-        network: String,
-        ip: IpAddr,
-    },
-    #[error("container {name}: {source}")]
-    Netns { name: String, source: NetnsError },
-    #[error("container {name}: netlink in its namespace: {source}")]
-    Netlink { name: String, source: RtnlError },
-    #[error("container {name}: {source}")]
-    Path { name: String, source: PathError },
     #[error("Docker at {endpoint} failed while {what}: {source}")]
     Api {
         endpoint: String,
@@ -93,32 +83,6 @@ fn did_you_mean(suggestions: &[String]) -> String {
     } else {
         format!("; did you mean: {}?", suggestions.join(", "))
     }
-}
-
-/// One network a container is attached to.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct NetworkAttachment {
-    pub network_name: String,
-    pub network_id: String,
-    /// The IPv4 address, or the global IPv6 one on an IPv6-only network.
-    pub ip: Option<IpAddr>,
-    pub prefix_len: u8,
-    pub gateway: Option<IpAddr>,
-    pub mac: Option<String>,
-    /// The host bridge of a `bridge`-driver network: `docker0` for "bridge", `br-<id[..12]>` for
-    /// user-defined ones, or the `com.docker.network.bridge.name` option when set. `None` for
-    /// other drivers (macvlan, ipvlan, overlay).
-    pub bridge_name: Option<String>,
-}
-
-/// A `-p host_ip:host_port:container_port/proto` mapping.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub struct PublishedPort {
-    pub proto: Proto,
-    /// As Docker reports it (`0.0.0.0` and `::` are the wildcards); `None` when it reports none.
-    pub host_ip: Option<IpAddr>,
-    pub host_port: u16,
-    pub container_port: u16,
 }
 
 /// A running container, resolved.
@@ -541,4 +505,101 @@ fn levenshtein(a: &str, b: &str) -> usize {
         }
     }
     row[b.len()]
+}
+
+impl ContainerInfo {
+    /// The runtime-neutral view of this container.
+    pub fn target(&self) -> Target {
+        Target {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            pid: Some(self.pid),
+            netns: super::netns_of_pid(self.pid),
+            networks: self.networks.clone(),
+            published: self.published.clone(),
+        }
+    }
+
+    /// The container's network namespace (through its main process).
+    pub fn netns(&self) -> Result<Netns, TargetError> {
+        self.target().open_netns()
+    }
+
+    /// See [`Target::interfaces`].
+    pub fn interfaces(&self) -> Result<Vec<ContainerIface>, TargetError> {
+        self.target().interfaces()
+    }
+
+    /// See [`Target::paths`].
+    pub fn paths(&self, to: Option<IpAddr>) -> Result<Vec<ContainerPath>, TargetError> {
+        self.target().paths(to)
+    }
+}
+
+impl ContainerRuntime for Docker {
+    fn name(&self) -> &'static str {
+        "Docker"
+    }
+
+    fn resolve<'a>(&'a self, spec: &'a str) -> BoxFuture<'a, Result<Target, RuntimeError>> {
+        Box::pin(async move {
+            let info = Docker::resolve(self, spec)
+                .await
+                .map_err(RuntimeError::new)?;
+            Ok(info.target())
+        })
+    }
+
+    fn list_running(&self) -> BoxFuture<'_, Result<Vec<Listed>, RuntimeError>> {
+        Box::pin(async move {
+            let list = Docker::list_running(self)
+                .await
+                .map_err(RuntimeError::new)?;
+            Ok(list
+                .into_iter()
+                .map(|c| Listed {
+                    id: c.id,
+                    name: c.name,
+                })
+                .collect())
+        })
+    }
+
+    fn watch(&self, target: &Target) -> BoxStream<'static, TargetEvent> {
+        let docker = self.clone();
+        let id = target.id.clone();
+        let events = Docker::watch(self, &target.id);
+        events
+            .filter_map(move |ev| {
+                let (docker, id) = (docker.clone(), id.clone());
+                async move { docker.target_event(&id, ev).await }
+            })
+            .boxed()
+    }
+
+    fn flow_notes(&self, target: &Target, paths: &[TargetPath]) -> Option<Box<dyn FlowNotes>> {
+        proxy::ProxyHint::new(target, paths).map(|h| Box::new(h) as Box<dyn FlowNotes>)
+    }
+}
+
+impl Docker {
+    /// A Docker event as the seam's [`TargetEvent`]: a start is resolved anew (new pid, new
+    /// namespace); kill, stop and restart say nothing a trace needs beyond `die` and `start`.
+    async fn target_event(&self, id: &str, ev: ContainerEvent) -> Option<TargetEvent> {
+        Some(match ev {
+            ContainerEvent::Started { pid } => match Docker::resolve(self, id).await {
+                Ok(info) => TargetEvent::Started(info.target()),
+                Err(e) => TargetEvent::StartedUnresolved {
+                    pid: Some(pid),
+                    why: e.to_string(),
+                },
+            },
+            ContainerEvent::Died { exit_code } => TargetEvent::Stopped { exit_code },
+            ContainerEvent::Destroyed => TargetEvent::Removed,
+            ContainerEvent::WatchEnded { reason } => TargetEvent::WatchEnded { reason },
+            ContainerEvent::Killed { .. } | ContainerEvent::Stopped | ContainerEvent::Restarted => {
+                return None
+            }
+        })
+    }
 }

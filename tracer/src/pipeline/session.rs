@@ -1,5 +1,6 @@
 //! One trace session, shared by every verb that traces (`pathtrace --netns/--container`,
-//! `lab demo`, `verify`): attach → read events → hand them to an [`Observer`] → detach.
+//! `lab demo`, `verify`): attach → read events → hand them to an [`Observer`] (the engine, and
+//! a capture writer before it) → detach.
 //!
 //! Detaching is tied to the [`Tracer`](crate::attach::Tracer)'s `Drop`, so it happens on every way out of [`run`]:
 //! the end of `--duration`/`--count`, SIGINT, SIGTERM, a stop request, an error, or a panic.
@@ -28,7 +29,7 @@ pub trait Observer {
     /// Periodic tick (every 250 ms) with the current CLOCK_MONOTONIC time in ns.
     fn tick(&mut self, now_ns: u64, stats: &[(Hook, HookStats)]);
     /// The session ended; final counters.
-    fn finished(&mut self, why: StopReason, stats: &[(Hook, HookStats)]);
+    fn finished(&mut self, why: StopReason, end: &Finished);
     /// The set of attached hooks changed (re-attach after a restart, an interface gone).
     fn hooks_changed(&mut self, _hooks: &[Hook], _target_addrs: Option<&[IpAddr]>) {}
     /// Whether packet events must carry their captured bytes (a capture is written). Without,
@@ -57,6 +58,17 @@ pub enum Control {
     Note(String),
     /// Ends the session.
     Stop(String),
+}
+
+/// What a session counted, once its programs are detached.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Finished {
+    /// Per hook: seen, filtered, emitted, lost (final: the programs no longer run).
+    pub stats: Vec<(Hook, HookStats)>,
+    /// Ring-buffer records that did not decode.
+    pub undecodable: u64,
+    /// The drop program's counters, when drop reasons were on.
+    pub drops: Option<HookStats>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -224,7 +236,16 @@ pub async fn run(
     let stats = tracer.counters_of(&hooks)?;
     collector.drain(&mut batch);
     deliver(&mut batch, namer.as_ref(), observer);
-    observer.finished(reason, &stats);
+    let drops = match namer {
+        Some(_) => Some(tracer.drop_counters()?),
+        None => None,
+    };
+    let end = Finished {
+        stats,
+        undecodable: collector.decode_errors(),
+        drops,
+    };
+    observer.finished(reason, &end);
     Ok(reason)
 }
 

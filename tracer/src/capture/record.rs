@@ -7,14 +7,15 @@ use std::{net::IpAddr, path::Path, sync::Arc};
 
 use tokio::sync::Notify;
 
-use super::session::{Observer, StopReason};
+use super::{CaptureError, CaptureMeta, CaptureWriter, WriterOptions};
 use crate::{
-    capture::{CaptureError, CaptureMeta, CaptureWriter, WriterOptions},
     collect::Event,
     model::{Hook, HookStats, Topology},
+    pipeline::session::{Finished, Observer, StopReason},
 };
 
-/// Opens the capture for a trace about to start.
+/// Opens the capture for a trace about to start (before anything is attached, so that an
+/// unwritable path fails cleanly).
 pub fn open(
     path: &Path,
     topology: &Topology,
@@ -96,7 +97,7 @@ impl Observer for Recorder<'_> {
         self.inner.tick(now_ns, stats);
     }
 
-    fn finished(&mut self, why: StopReason, stats: &[(Hook, HookStats)]) {
+    fn finished(&mut self, why: StopReason, end: &Finished) {
         if let Some(w) = self.writer.take() {
             match w.finish() {
                 Ok(summary) => {
@@ -113,7 +114,7 @@ impl Observer for Recorder<'_> {
                 }
             }
         }
-        self.inner.finished(why, stats);
+        self.inner.finished(why, end);
     }
 
     fn hooks_changed(&mut self, hooks: &[Hook], target_addrs: Option<&[IpAddr]>) {

@@ -1,0 +1,7 @@
+//! What the verbs that are not a live view conclude from a trace or a snapshot: `inspect`'s static
+//! path of a container, `verify`'s checks of one probe, `diff`'s changes between two captures.
+//! Each builds plain data that `render` prints in any format; none prints.
+
+pub mod diff;
+pub mod inspect;
+pub mod verify;

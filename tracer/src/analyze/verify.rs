@@ -1,0 +1,285 @@
+//! What `pathtrace verify` concludes: one probe (TCP connect, UDP datagram or ICMP echo) sent
+//! from a socket opened inside the traced namespace (nothing is installed in the container),
+//! traced on the whole path, and compared with the expectations ([`evaluate`], pure).
+
+use std::{
+    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _};
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::{
+    collect::Event,
+    correlate::FlowReport,
+    discover::netns::Netns,
+    lab::traffic,
+    model::{Direction, Hook, HookStats, NatKind, Proto},
+    pipeline::session::{Finished, Observer, StopReason},
+};
+
+/// What the probe must show; each set field is one check.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Expectations {
+    /// The source address the probe must be rewritten to (MASQUERADE/SNAT).
+    pub snat: Option<IpAddr>,
+    /// The interface the probe must leave the host by.
+    pub via: Option<String>,
+    /// The hops the probe must take (`host:docker0` or `host:docker0 ingress`).
+    pub path: Option<Vec<String>>,
+    /// The probe must be dropped; otherwise it must be delivered and answered.
+    pub drop: bool,
+}
+
+/// The probe's destination and protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Probe {
+    pub dst: IpAddr,
+    pub port: Option<u16>,
+    pub proto: Proto,
+}
+
+impl Probe {
+    pub fn parse(to: &str, proto: Option<&str>) -> anyhow::Result<Self> {
+        let (dst, port) = match to.parse::<SocketAddr>() {
+            Ok(sa) => (sa.ip(), Some(sa.port())),
+            Err(_) => (
+                to.parse::<IpAddr>().with_context(|| {
+                    format!("--to {to:?}: expected HOST or HOST:PORT, e.g. 10.0.0.5:443")
+                })?,
+                None,
+            ),
+        };
+        let proto = match proto.map(|p| (p, p.parse::<Proto>())) {
+            Some((_, Ok(p @ (Proto::Tcp | Proto::Udp)))) => p,
+            Some((_, Ok(Proto::Icmp))) => Proto::icmp_for(dst),
+            Some((other, _)) => bail!("--proto {other:?}: expected tcp, udp or icmp"),
+            None if port.is_some() => Proto::Tcp,
+            None => Proto::icmp_for(dst),
+        };
+        if proto.has_ports() && port.is_none() {
+            bail!("--proto {proto} needs a port: --to HOST:PORT");
+        }
+        Ok(Self { dst, port, proto })
+    }
+
+    /// Sends the probe from the current thread's namespace; never fails the run: an unanswered
+    /// probe is an observation, not an error.
+    pub fn send(&self, netns: &Netns) -> String {
+        let timeout = Duration::from_secs(2);
+        match self.proto {
+            Proto::Tcp => {
+                let sa = SocketAddr::new(self.dst, self.port.unwrap_or(0));
+                match netns.run(|| TcpStream::connect_timeout(&sa, timeout)) {
+                    Ok(Ok(_)) => "connected".into(),
+                    Ok(Err(e)) => format!("connect: {e}"),
+                    Err(e) => format!("{e}"),
+                }
+            }
+            Proto::Udp => {
+                let sa = SocketAddr::new(self.dst, self.port.unwrap_or(0));
+                let sent = netns.run(|| -> std::io::Result<String> {
+                    let bind: SocketAddr = if sa.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+                        .parse()
+                        .map_err(std::io::Error::other)?;
+                    let sock = UdpSocket::bind(bind)?;
+                    sock.set_read_timeout(Some(Duration::from_secs(1)))?;
+                    sock.send_to(b"pathtrace-verify", sa)?;
+                    let mut buf = [0u8; 64];
+                    Ok(match sock.recv_from(&mut buf) {
+                        Ok(_) => "answered".into(),
+                        Err(_) => "sent, no answer".into(),
+                    })
+                });
+                match sent {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => format!("send: {e}"),
+                    Err(e) => format!("{e}"),
+                }
+            }
+            _ => match traffic::icmp_echo(netns, self.dst, 1, Duration::from_millis(100)) {
+                Ok(stats) if !stats.replies.is_empty() => "echo reply".into(),
+                Ok(_) => "no echo reply".into(),
+                Err(e) => format!("ping: {e}"),
+            },
+        }
+    }
+}
+
+/// One expectation and what was observed.
+#[derive(Clone, Debug, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub expected: String,
+    pub observed: String,
+    pub ok: bool,
+}
+
+/// Compares a traced probe flow with the expectations (pure: unit-tested).
+pub fn evaluate(expect: &Expectations, flow: Option<&FlowReport>) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let Some(f) = flow else {
+        checks.push(Check {
+            name: "seen",
+            expected: "the probe on the path".into(),
+            observed: "no packet of the probe was seen".into(),
+            ok: false,
+        });
+        return checks;
+    };
+    let snat: Vec<String> = f
+        .nat
+        .iter()
+        .filter(|n| n.step.kind == NatKind::Snat)
+        .map(|n| n.step.after.addr.to_string())
+        .collect();
+    let path: Vec<String> = f
+        .hops
+        .iter()
+        .map(|h| format!("{} {}", h.hook, h.dir))
+        .collect();
+    let dropped = !f.stops.is_empty();
+    let stop_text = f
+        .stops
+        .iter()
+        .map(crate::correlate::Stop::describe)
+        .collect::<Vec<_>>()
+        .join("; ");
+    if let Some(addr) = expect.snat {
+        let ok = snat.iter().any(|a| *a == addr.to_string());
+        let observed = if snat.is_empty() {
+            "no SNAT".to_string()
+        } else {
+            format!("SNAT to {}", snat.join(", "))
+        };
+        checks.push(Check {
+            name: "snat",
+            expected: format!("SNAT to {addr}"),
+            observed,
+            ok,
+        });
+    }
+    if let Some(iface) = &expect.via {
+        let last = f.hops.iter().rev().find(|h| h.dir == Direction::Egress);
+        let observed = last
+            .map(|h| h.hook.clone())
+            .unwrap_or_else(|| "no egress hop".into());
+        let ok = last.is_some_and(|h| h.hook.rsplit(':').next() == Some(iface.as_str()));
+        checks.push(Check {
+            name: "via",
+            expected: format!("leaves by {iface}"),
+            observed: format!("leaves by {observed}"),
+            ok,
+        });
+    }
+    if let Some(want) = &expect.path {
+        let matches = want.len() == path.len()
+            && want
+                .iter()
+                .zip(&path)
+                .all(|(w, p)| p == w || p.split(' ').next() == Some(w.as_str()));
+        checks.push(Check {
+            name: "path",
+            expected: want.join(" -> "),
+            observed: path.join(" -> "),
+            ok: matches,
+        });
+    }
+    if expect.drop {
+        checks.push(Check {
+            name: "drop",
+            expected: "dropped".into(),
+            observed: if dropped {
+                stop_text
+            } else {
+                "not dropped".into()
+            },
+            ok: dropped,
+        });
+    } else {
+        let answered = f.packets_back > 0;
+        let observed = if dropped {
+            stop_text
+        } else if answered {
+            "answered".into()
+        } else {
+            "no answer".into()
+        };
+        checks.push(Check {
+            name: "delivered",
+            expected: "delivered and answered".into(),
+            observed,
+            ok: !dropped && answered,
+        });
+    }
+    checks
+}
+
+/// Passes a session's events on and fires the probe once everything is attached; the session
+/// stops shortly after the probe is done.
+pub struct Prober<'a> {
+    pub inner: &'a mut dyn Observer,
+    pub netns: Arc<Netns>,
+    pub probe: Probe,
+    pub stop: Arc<Notify>,
+    /// What the probe's socket saw (`connected`, `no echo reply`, ...), once it is done.
+    pub outcome: Arc<Mutex<String>>,
+}
+
+impl Observer for Prober<'_> {
+    fn attached(&mut self, mode: &str, hooks: &[Hook]) {
+        self.inner.attached(mode, hooks);
+        let (netns, probe, stop, outcome) = (
+            self.netns.clone(),
+            self.probe,
+            self.stop.clone(),
+            self.outcome.clone(),
+        );
+        std::thread::spawn(move || {
+            let o = probe.send(&netns);
+            if let Ok(mut g) = outcome.lock() {
+                *g = o;
+            }
+            // Let the last packets of the exchange reach every hook and settle.
+            std::thread::sleep(Duration::from_millis(400));
+            stop.notify_one();
+        });
+    }
+    fn events(&mut self, events: &[Event]) {
+        self.inner.events(events);
+    }
+    fn tick(&mut self, now_ns: u64, stats: &[(Hook, HookStats)]) {
+        self.inner.tick(now_ns, stats);
+    }
+    fn finished(&mut self, why: StopReason, end: &Finished) {
+        self.inner.finished(why, end);
+    }
+}
+
+/// A verify run, as `render` prints it.
+#[derive(Clone, Debug)]
+pub struct Verdict<'a> {
+    pub pass: bool,
+    pub probe: Probe,
+    /// `--to` as given.
+    pub to: &'a str,
+    /// What the probe's socket saw.
+    pub outcome: String,
+    pub checks: Vec<Check>,
+    pub flow: Option<&'a FlowReport>,
+}
+
+/// The probe's flow: the outbound flow to its destination (and port) of its protocol.
+pub fn pick_flow<'f>(flows: &'f [FlowReport], probe: &Probe) -> Option<&'f FlowReport> {
+    flows
+        .iter()
+        .filter(|f| {
+            f.proto == probe.proto
+                && f.dst.addr == probe.dst
+                && probe.port.is_none_or(|p| f.dst.port == p)
+        })
+        .max_by_key(|f| f.packets_out)
+}

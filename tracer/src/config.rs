@@ -1,0 +1,346 @@
+//! Command-line arguments become a validated configuration here, once (ripgrep's low-level →
+//! high-level arguments): a [`TraceConfig`] for a trace, a [`VerifyConfig`] for `verify`. Below the
+//! verbs nothing sees a clap type; the flags reach the kernel only through [`FilterSpec`], a pure
+//! function of them.
+
+use std::{net::IpAddr, path::PathBuf, time::Duration};
+
+use anyhow::{bail, Context as _};
+use tracer_common::{
+    config::{FilterConfig, FILTER_ADDR, FILTER_PORT, FILTER_PROTO},
+    event::{CAPTURE_DEFAULT, CAPTURE_MAX},
+};
+
+use crate::{
+    analyze::verify::{Expectations, Probe},
+    attach::{LoadOptions, TcMode},
+    capture::WriterOptions,
+    cli::{TraceArgs, VerifyArgs},
+    model::{family_and_bytes, Prefix, Proto},
+    render::Format,
+};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FilterError {
+    #[error("--filter-proto {0:?}: expected tcp, udp, icmp or icmpv6")]
+    Proto(String),
+    #[error("--filter-host {0:?}: expected an address or ADDR/LEN, e.g. 10.0.0.0/24")]
+    Host(String),
+    #[error("--filter-host {0:?} and --to {1} disagree; give one of them")]
+    HostAndTo(String, IpAddr),
+    #[error("--snaplen {0}: expected 1..={CAPTURE_MAX}")]
+    Snaplen(u16),
+}
+
+/// What the kernel programs emit: the in-kernel filter, before it becomes the load-time global.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FilterSpec {
+    pub proto: Option<Proto>,
+    /// `--filter-host`, or `--to` alone.
+    pub host: Option<Prefix>,
+    pub port: Option<u16>,
+}
+
+impl FilterSpec {
+    /// The `--filter-*` flags and `--to`.
+    pub fn from_args(args: &TraceArgs) -> Result<Self, FilterError> {
+        let proto = match &args.filter_proto {
+            Some(p) => match p.parse::<Proto>() {
+                Ok(proto @ (Proto::Tcp | Proto::Udp | Proto::Icmp | Proto::Icmpv6)) => Some(proto),
+                _ => return Err(FilterError::Proto(p.clone())),
+            },
+            None => None,
+        };
+        let host = match (&args.filter_host, args.to) {
+            (Some(h), to) => {
+                let prefix: Prefix = h.parse().map_err(|_| FilterError::Host(h.clone()))?;
+                if let Some(to) = to {
+                    if !prefix.contains(to) {
+                        return Err(FilterError::HostAndTo(h.clone(), to));
+                    }
+                }
+                Some(prefix)
+            }
+            (None, Some(to)) => Some(Prefix::host(to)),
+            (None, None) => None,
+        };
+        Ok(Self {
+            proto,
+            host,
+            port: args.filter_port,
+        })
+    }
+
+    /// The kernel's load-time filter, copying `snaplen` bytes of each packet into its event.
+    pub fn kernel(&self, snaplen: u16) -> FilterConfig {
+        let mut cfg = FilterConfig::NONE;
+        cfg.snaplen = snaplen;
+        if let Some(proto) = self.proto {
+            cfg.flags |= FILTER_PROTO;
+            cfg.proto = proto.number();
+        }
+        if let Some(port) = self.port {
+            cfg.flags |= FILTER_PORT;
+            cfg.port = port;
+        }
+        if let Some(Prefix { addr, len }) = self.host {
+            cfg.flags |= FILTER_ADDR;
+            cfg.prefix_len = len;
+            (cfg.family, cfg.addr) = family_and_bytes(addr);
+        }
+        cfg
+    }
+}
+
+/// The `--filter-*`, `--to` and `--snaplen` flags as the kernel's load-time filter.
+pub fn filter_config(args: &TraceArgs) -> Result<FilterConfig, FilterError> {
+    if args.snaplen == 0 || usize::from(args.snaplen) > CAPTURE_MAX {
+        return Err(FilterError::Snaplen(args.snaplen));
+    }
+    Ok(FilterSpec::from_args(args)?.kernel(args.snaplen))
+}
+
+/// `--ring-size` in KiB to bytes: a power of two of at least one page.
+pub fn ring_bytes(kib: u32) -> anyhow::Result<u32> {
+    let bytes = kib
+        .checked_mul(1024)
+        .filter(|b| b.is_power_of_two() && *b >= 4096 && *b <= 1 << 30);
+    bytes.with_context(|| {
+        format!("--ring-size {kib}: expected a power of two between 4 and 1048576 (KiB)")
+    })
+}
+
+/// What to trace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetSpec {
+    /// A network namespace: a name under /var/run/netns or a path; the interface inside.
+    Netns { spec: String, iface: Option<String> },
+    /// A container, by name or id, resolved by the runtime.
+    Container { name: String, exit_on_stop: bool },
+}
+
+impl TargetSpec {
+    /// The label a namespace's hooks carry: its name, or a path's last part.
+    pub fn netns_label(spec: &str) -> String {
+        spec.rsplit('/').next().unwrap_or(spec).to_string()
+    }
+}
+
+/// `-w FILE` and how to write it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaptureSpec {
+    pub path: PathBuf,
+    /// Bytes of each packet captured in the kernel.
+    pub snaplen: u16,
+    pub options: WriterOptions,
+}
+
+/// A trace, validated.
+#[derive(Clone, Debug)]
+pub struct TraceConfig {
+    pub target: TargetSpec,
+    /// Picks the uplink by route lookup (and filters to it, in `load`).
+    pub to: Option<IpAddr>,
+    /// The kernel object's load-time settings.
+    pub load: LoadOptions,
+    pub tc_mode: TcMode,
+    pub duration: Option<Duration>,
+    pub count: Option<u64>,
+    pub format: Format,
+    /// Flows kept at most.
+    pub max_flows: usize,
+    pub capture: Option<CaptureSpec>,
+}
+
+impl TraceConfig {
+    /// The trace the command line asks for.
+    pub fn from_args(args: &TraceArgs) -> anyhow::Result<Self> {
+        let target = match (&args.container, &args.netns) {
+            (Some(name), _) => TargetSpec::Container {
+                name: name.clone(),
+                exit_on_stop: args.exit_on_stop,
+            },
+            (None, Some(spec)) => TargetSpec::Netns {
+                spec: spec.clone(),
+                iface: args.iface.clone(),
+            },
+            (None, None) => bail!(
+                "nothing to trace: give --netns NAME, --container NAME, or try `pathtrace lab demo`"
+            ),
+        };
+        let mut filter = filter_config(args)?;
+        // Packet bytes only go into a `-w` capture: without one the programs copy none.
+        if args.write.is_none() {
+            filter.snaplen = 0;
+        }
+        let load = LoadOptions {
+            filter,
+            ring_bytes: ring_bytes(args.ring_size)?,
+            kernel_log: args.kernel_log,
+            drop_reasons: true,
+        };
+        let capture = args.write.as_ref().map(|path| CaptureSpec {
+            path: path.clone(),
+            snaplen: args.snaplen,
+            options: WriterOptions {
+                max_size: args.max_size,
+                max_files: args.max_files,
+            },
+        });
+        Ok(Self {
+            target,
+            to: args.to,
+            load,
+            tc_mode: args.tc_mode,
+            duration: args.duration,
+            count: args.count,
+            format: Format::of_json_flag(args.json),
+            max_flows: args.max_flows,
+            capture,
+        })
+    }
+
+    /// `lab demo`'s trace of its lab: the container namespace toward the wan host.
+    pub fn lab(
+        netns: &str,
+        to: IpAddr,
+        json: bool,
+        duration: Duration,
+        tc_mode: TcMode,
+    ) -> anyhow::Result<Self> {
+        let args = TraceArgs {
+            netns: Some(netns.to_string()),
+            to: Some(to),
+            json,
+            duration: Some(duration),
+            tc_mode,
+            snaplen: CAPTURE_DEFAULT,
+            ring_size: 8192,
+            max_flows: 65536,
+            ..TraceArgs::default()
+        };
+        Self::from_args(&args)
+    }
+}
+
+/// What `verify` traces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VerifyTarget {
+    Container(String),
+    Netns(String),
+}
+
+/// A verify run, validated.
+#[derive(Clone, Debug)]
+pub struct VerifyConfig {
+    pub target: VerifyTarget,
+    pub probe: Probe,
+    /// `--to` as given, for the report.
+    pub to: String,
+    pub expect: Expectations,
+    pub format: Format,
+    pub tc_mode: TcMode,
+    /// Only the probe's protocol and destination are emitted.
+    pub load: LoadOptions,
+}
+
+impl VerifyConfig {
+    pub fn from_args(args: &VerifyArgs) -> anyhow::Result<Self> {
+        let target = match (&args.container, &args.netns) {
+            (Some(name), None) => VerifyTarget::Container(name.clone()),
+            (None, Some(spec)) => VerifyTarget::Netns(spec.clone()),
+            _ => bail!("verify needs one of --container NAME or --netns NAME"),
+        };
+        let probe = Probe::parse(&args.to, args.proto.as_deref())?;
+        let filter = FilterSpec {
+            proto: Some(probe.proto),
+            host: Some(Prefix::host(probe.dst)),
+            port: None,
+        };
+        let path = args.expect_path.as_ref().map(|p| {
+            p.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        });
+        Ok(Self {
+            target,
+            probe,
+            to: args.to.clone(),
+            expect: Expectations {
+                snat: args.expect_snat,
+                via: args.expect_via.clone(),
+                path,
+                drop: args.expect_drop,
+            },
+            format: Format::of_json_flag(args.json),
+            tc_mode: args.tc_mode,
+            load: LoadOptions {
+                filter: filter.kernel(CAPTURE_DEFAULT),
+                ring_bytes: ring_bytes(1024)?,
+                kernel_log: false,
+                drop_reasons: true,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> TraceArgs {
+        TraceArgs {
+            snaplen: 128,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn no_flags_no_filter() {
+        let cfg = filter_config(&args()).unwrap();
+        assert_eq!(cfg.flags, 0);
+        assert_eq!(cfg.snaplen, 128);
+    }
+
+    #[test]
+    fn to_becomes_host_filter() {
+        let mut a = args();
+        a.to = Some("10.200.2.2".parse().unwrap());
+        let cfg = filter_config(&a).unwrap();
+        assert_eq!(cfg.flags, FILTER_ADDR);
+        assert_eq!((cfg.family, cfg.prefix_len), (4, 32));
+        assert_eq!(&cfg.addr[..4], &[10, 200, 2, 2]);
+    }
+
+    #[test]
+    fn proto_port_prefix() {
+        let mut a = args();
+        a.filter_proto = Some("UDP".into());
+        a.filter_port = Some(53);
+        a.filter_host = Some("2001:db8::/32".into());
+        let cfg = filter_config(&a).unwrap();
+        assert_eq!(cfg.flags, FILTER_ADDR | FILTER_PORT | FILTER_PROTO);
+        assert_eq!(
+            (cfg.proto, cfg.port, cfg.family, cfg.prefix_len),
+            (17, 53, 6, 32)
+        );
+    }
+
+    #[test]
+    fn bad_input() {
+        let mut a = args();
+        a.filter_proto = Some("sctp".into());
+        assert!(matches!(filter_config(&a), Err(FilterError::Proto(_))));
+        let mut a = args();
+        a.filter_host = Some("10.0.0.0/33".into());
+        assert!(matches!(filter_config(&a), Err(FilterError::Host(_))));
+        let mut a = args();
+        a.filter_host = Some("10.0.0.0/24".into());
+        a.to = Some("10.0.1.1".parse().unwrap());
+        assert!(matches!(filter_config(&a), Err(FilterError::HostAndTo(..))));
+        let mut a = args();
+        a.snaplen = 1000;
+        assert_eq!(filter_config(&a), Err(FilterError::Snaplen(1000)));
+    }
+}

@@ -1,0 +1,136 @@
+//! Following a container through its lifecycle while it is traced: the runtime's events
+//! ([`TargetEvent`]) become requests to the running session ([`Control`]): re-attach the
+//! container's own hooks after a restart (new namespace, new veth), say it stopped, end the trace
+//! when it is removed. Runtime-neutral: the runtime's watch stream is all it reads.
+
+use std::{collections::BTreeSet, net::IpAddr};
+
+use futures::{stream::BoxStream, StreamExt as _};
+use tokio::sync::mpsc;
+
+use crate::{
+    attach::AttachTarget,
+    model::Place,
+    runtime::{Target, TargetEvent},
+};
+
+use super::{
+    plan::{container_hooks, target_addrs},
+    session::Control,
+};
+
+/// What the follower needs to know about the trace.
+pub struct Follow {
+    /// The container's name, as messages give it.
+    pub name: String,
+    /// `Docker`: whose event stream it is.
+    pub runtime: &'static str,
+    /// `--to`: picks the uplink of re-discovered paths.
+    pub to: Option<IpAddr>,
+    /// End the trace when the container stops.
+    pub exit_on_stop: bool,
+}
+
+/// Follows `events` until the container is removed or the stream ends. Returns `Some(why)` when
+/// the container was removed, which ends the trace as an error.
+pub async fn follow(
+    mut events: BoxStream<'static, TargetEvent>,
+    f: Follow,
+    tx: mpsc::Sender<Control>,
+) -> Option<String> {
+    let name = &f.name;
+    while let Some(ev) = events.next().await {
+        let msg = match ev {
+            TargetEvent::Started(target) => restarted(&target, &f),
+            TargetEvent::StartedUnresolved { pid, why } => Control::Note(format!(
+                "container {name} started again{} but could not be re-attached: {why}",
+                pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+            )),
+            TargetEvent::Stopped { exit_code } => {
+                let code = exit_code
+                    .map(|c| format!(" (exit code {c})"))
+                    .unwrap_or_default();
+                if f.exit_on_stop {
+                    Control::Stop(format!(
+                        "container {name} stopped{code}; exiting (--exit-on-stop)"
+                    ))
+                } else {
+                    Control::Note(format!("container {name} stopped{code}; what was seen is kept, waiting for it to start again"))
+                }
+            }
+            TargetEvent::Removed => {
+                // Nothing can bring this container back: stop, and say so as an error.
+                // The session may be gone already; then there is nobody left to tell.
+                tx.send(Control::Stop(format!("container {name} was removed")))
+                    .await
+                    .ok();
+                return Some(format!(
+                    "container {name} was removed while being traced (what was seen is above); trace its replacement with --container <new name>"
+                ));
+            }
+            TargetEvent::WatchEnded { reason } => Control::Note(format!(
+                "{} event stream ended ({reason}); restarts of {name} are no longer followed",
+                f.runtime
+            )),
+        };
+        let stop = matches!(msg, Control::Stop(_));
+        if tx.send(msg).await.is_err() || stop {
+            return None;
+        }
+    }
+    None
+}
+
+/// The request after a restart: the container's own hooks again, on their old slots.
+fn restarted(target: &Target, f: &Follow) -> Control {
+    let pid = |then: &str| {
+        target
+            .pid
+            .map(|p| format!("pid {p}{then}"))
+            .unwrap_or_default()
+    };
+    match reattach(target, f.to) {
+        Ok((attach, target_addrs, detach_slots)) => {
+            let veths: BTreeSet<&str> = attach
+                .iter()
+                .filter(|t| t.hook.place == Place::Veth)
+                .map(|t| t.hook.ifname.as_str())
+                .collect();
+            let veths: Vec<&str> = veths.into_iter().collect();
+            let note = format!(
+                "container {} started again ({}new network namespace); following it on host {}",
+                f.name,
+                pid(", "),
+                veths.join(", ")
+            );
+            Control::Replace {
+                detach_slots,
+                attach,
+                target_addrs,
+                note,
+            }
+        }
+        Err(e) => Control::Note(format!(
+            "container {} started again{} but could not be re-attached: {e:#}",
+            f.name,
+            target
+                .pid
+                .map(|p| format!(" (pid {p})"))
+                .unwrap_or_default()
+        )),
+    }
+}
+
+/// The container's own hooks on its new paths, its new addresses, and the slots to free.
+fn reattach(
+    target: &Target,
+    to: Option<IpAddr>,
+) -> anyhow::Result<(Vec<AttachTarget>, Vec<IpAddr>, Vec<u8>)> {
+    let paths = target.paths(to)?;
+    let own: Vec<AttachTarget> = container_hooks(&paths)?
+        .into_iter()
+        .filter(|t| t.hook.place.is_source())
+        .collect();
+    let slots = own.iter().map(|t| t.hook.slot).collect();
+    Ok((own, target_addrs(&paths), slots))
+}

@@ -1,0 +1,108 @@
+//! The engine room: everything between "this is what to attach" and "this is what to print".
+//!
+//! ```text
+//!  plan ──► session ──► (capture::record) ──► engine ──► annotate ──► Renderer
+//!  hooks,   attach, read     -w FILE          correlate   conntrack,   text, JSON,
+//!  topology ring buffer,     (raw events)     flows, NAT  runtime      collect
+//!  rules    counters, detach                              notes
+//! ```
+//!
+//! - [`plan`]: the hooks (with slots), topology, NAT rules and endpoints of interest of a trace.
+//! - [`session`]: attaches, reads the ring buffer, hands events to an
+//!   [`Observer`](session::Observer), detaches on every way out.
+//! - [`engine`]: correlates events into flows and turns them into [`crate::render::Update`]s.
+//! - [`annotate`]: conntrack verdicts and runtime notes, on a thread of their own.
+//! - [`follow`]: a container's restarts and removal, as requests to the running session.
+//!
+//! Verbs compose these; [`trace`] is the composition every live trace shares, [`replay`] the one
+//! for a capture.
+
+pub mod annotate;
+pub mod engine;
+pub mod follow;
+pub mod plan;
+pub mod session;
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, Notify};
+
+use crate::{
+    capture::{record::Recorder, Capture, CaptureWriter},
+    collect::Event,
+    discover::nat_rules::NatRuleset,
+    model::{HookStats, RuleAttributor},
+    render::Renderer,
+};
+
+use self::{
+    engine::{Engine, Outcome},
+    session::{Control, Finished, Observer, SessionSpec, StopReason},
+};
+
+/// A live trace's session around `engine`: runs it to its end (writing `capture` as it goes),
+/// then has the engine render its final report. A capture error ends the trace and is returned
+/// after the report.
+pub fn trace(
+    rt: &tokio::runtime::Runtime,
+    session: SessionSpec,
+    engine: &mut Engine<'_>,
+    capture: Option<CaptureWriter>,
+) -> anyhow::Result<Outcome> {
+    let stop = Arc::new(Notify::new());
+    let capture_error = match capture {
+        Some(writer) => {
+            let mut recorder = Recorder::new(engine, writer, stop.clone());
+            rt.block_on(session::run(session, &mut recorder, stop))?;
+            recorder.error.take()
+        }
+        None => {
+            rt.block_on(session::run(session, engine, stop))?;
+            None
+        }
+    };
+    let outcome = engine.finish();
+    if let Some(e) = capture_error {
+        return Err(e.into());
+    }
+    Ok(outcome)
+}
+
+/// A capture replayed through the same correlation and rendering as a live trace, into
+/// `renderer`: NAT rules from the file's topology snapshot, no conntrack (a live-kernel question).
+pub fn replay(cap: &Capture, renderer: &mut dyn Renderer) -> Outcome {
+    let rules: Arc<dyn RuleAttributor> = Arc::new(NatRuleset::from_rules(&cap.topology.nat_rules));
+    let topology = Arc::new(cap.topology.clone());
+    let mut engine = Engine::new(topology, Some(rules), 1 << 20, Vec::new(), renderer);
+    let events: Vec<Event> = cap.records.iter().cloned().map(Event::Packet).collect();
+    engine.feed(&events);
+    // What the file holds per hook: every packet it has was emitted; nothing else is known.
+    let stats = cap
+        .topology
+        .hooks
+        .iter()
+        .map(|h| {
+            let emitted = cap
+                .records
+                .iter()
+                .filter(|r| r.slot == h.slot && r.direction == h.direction)
+                .count() as u64;
+            let stats = HookStats {
+                seen: emitted,
+                filtered: 0,
+                emitted,
+                lost: 0,
+            };
+            (h.clone(), stats)
+        })
+        .collect();
+    let end = Finished {
+        stats,
+        ..Finished::default()
+    };
+    engine.finished(StopReason::Requested, &end);
+    engine.finish()
+}
+
+/// Requests from outside a session's loop (a runtime's events), and where they come from.
+pub type ControlChannel = (mpsc::Sender<Control>, mpsc::Receiver<Control>);
