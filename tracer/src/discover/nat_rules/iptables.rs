@@ -1,6 +1,44 @@
 //! iptables rule text (`iptables -t nat -S` lines) into the rule model.
 
-use super::*;
+use super::model::{
+    parse_nat_range, parse_port_range, proto_number, Action, Body, Cond, Family, NatRange,
+    NatTarget, Net, ParsedRule, Rule, PORT_PROTOS,
+};
+
+/// Parses `iptables -t nat -S` output: one rule per `-A` line (policies and `-N` lines are not
+/// rules; chains come from the `-A` lines).
+pub fn parse_iptables_save(source: &str, family: Family, text: &str) -> Vec<ParsedRule> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("-A ") || l.starts_with("--append "))
+        .map(|line| {
+            let (chain, body) = match parse_iptables_rule(line) {
+                Some((chain, rule)) => (chain, Body::Rule(rule)),
+                None => (String::new(), Body::Unparsed),
+            };
+            ParsedRule {
+                source: source.to_string(),
+                family,
+                table: "nat".to_string(),
+                chain,
+                context: None,
+                text: line.to_string(),
+                body,
+            }
+        })
+        .collect()
+}
+
+/// Names of the chains an `iptables -S` listing shows (`-P`, `-N` and `-A` lines).
+pub(super) fn iptables_chain_names(text: &str) -> impl Iterator<Item = &str> {
+    text.lines().filter_map(|l| {
+        let mut w = l.split_whitespace();
+        match w.next() {
+            Some("-P" | "-N" | "-A") => w.next(),
+            _ => None,
+        }
+    })
+}
 
 /// Splits a line into words; `"..."` groups (with `\"` and `\\` escapes) form one word.
 pub(super) fn split_words(line: &str) -> Vec<String> {

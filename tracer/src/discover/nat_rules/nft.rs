@@ -1,6 +1,198 @@
 //! nftables rule text (`nft -a -s list ruleset` lines) into the rule model.
 
-use super::*;
+use std::collections::HashSet;
+
+use super::{
+    model::{
+        parse_nat_range, parse_port_range, proto_number, Action, BaseChain, Body, Cond, Family,
+        Hook, NatRange, NatTarget, Net, ParsedRule, Rule, PORT_PROTOS,
+    },
+    SOURCE_NFTABLES,
+};
+
+/// Parses `nft -a [-s] list ruleset` output, keeping the chains of `type nat` base chains and the
+/// chains they jump to. `skip` holds the (family, chain) pairs of the `nat` table that iptables-nft
+/// listed already; those are left out.
+pub fn parse_nft_ruleset(text: &str, skip: &HashSet<(Family, String)>) -> Vec<ParsedRule> {
+    let mut out = Vec::new();
+    for table in nft_tables(text) {
+        let Some(family) = Family::from_nft(&table.family) else {
+            continue; // bridge, arp, netdev: no NAT hooks.
+        };
+        let chains: Vec<(NftChain, Vec<ParsedRule>)> = table
+            .chains
+            .into_iter()
+            .map(|chain| {
+                let context = format!(
+                    "table {} {} chain {}",
+                    family.as_nft(),
+                    table.name,
+                    chain.name
+                );
+                let rules = chain
+                    .lines
+                    .iter()
+                    .map(|line| nft_line(family, &table.name, &chain.name, &context, line))
+                    .collect();
+                (chain, rules)
+            })
+            .collect();
+        let keep = reachable_nat_chains(&chains);
+        for (chain, rules) in chains {
+            let managed = family != Family::Inet
+                && table.name == "nat"
+                && skip.contains(&(family, chain.name.clone()));
+            if keep.contains(&chain.name) && !managed {
+                out.extend(rules);
+            }
+        }
+    }
+    out
+}
+
+/// Chains of one table that NAT can reach: `type nat` base chains and their jump/goto targets.
+fn reachable_nat_chains(chains: &[(NftChain, Vec<ParsedRule>)]) -> HashSet<String> {
+    let mut keep: HashSet<String> = chains
+        .iter()
+        .filter(|(_, rules)| rules.iter().any(|r| matches!(r.body, Body::Header(_))))
+        .map(|(c, _)| c.name.clone())
+        .collect();
+    let mut todo: Vec<String> = keep.iter().cloned().collect();
+    while let Some(name) = todo.pop() {
+        let Some((_, rules)) = chains.iter().find(|(c, _)| c.name == name) else {
+            continue;
+        };
+        for r in rules {
+            if let Body::Rule(Rule {
+                action: Action::Jump(t) | Action::Goto(t),
+                ..
+            }) = &r.body
+            {
+                if keep.insert(t.clone()) {
+                    todo.push(t.clone());
+                }
+            }
+        }
+    }
+    keep
+}
+
+pub(super) fn nft_line(
+    family: Family,
+    table: &str,
+    chain: &str,
+    context: &str,
+    line: &str,
+) -> ParsedRule {
+    let body = if line.starts_with("type ") {
+        match parse_nft_chain_header(line) {
+            Some(base) => Body::Header(base),
+            // A filter/route base chain, or a header we do not understand: never evaluated.
+            None => Body::Unparsed,
+        }
+    } else {
+        Body::Rule(parse_nft_rule(line))
+    };
+    ParsedRule {
+        source: SOURCE_NFTABLES.to_string(),
+        family,
+        table: table.to_string(),
+        chain: chain.to_string(),
+        context: Some(context.to_string()),
+        text: line.to_string(),
+        body,
+    }
+}
+
+struct NftTable {
+    family: String,
+    name: String,
+    chains: Vec<NftChain>,
+}
+
+struct NftChain {
+    name: String,
+    /// The chain's header (`type ...`) and rule lines, trimmed, as printed.
+    lines: Vec<String>,
+}
+
+/// Splits `nft list ruleset` text into tables and chains; sets, maps and other objects are skipped.
+fn nft_tables(text: &str) -> Vec<NftTable> {
+    let mut tables: Vec<NftTable> = Vec::new();
+    let mut in_chain = false;
+    // Depth of an object block (set, map, flowtable...) being skipped.
+    let mut skip_depth = 0i32;
+    for raw in text.lines() {
+        let line = raw.trim();
+        let code = strip_nft_comment(line).trim();
+        if skip_depth > 0 {
+            skip_depth += brace_balance(code);
+            continue;
+        }
+        let words: Vec<&str> = code.split_whitespace().collect();
+        match (in_chain, words.as_slice()) {
+            (_, ["table", family, name, "{"]) => {
+                in_chain = false;
+                tables.push(NftTable {
+                    family: family.to_string(),
+                    name: unquote(name),
+                    chains: Vec::new(),
+                });
+            }
+            (false, ["chain", name, "{"]) => {
+                if let Some(t) = tables.last_mut() {
+                    in_chain = true;
+                    t.chains.push(NftChain {
+                        name: unquote(name),
+                        lines: Vec::new(),
+                    });
+                }
+            }
+            (true, ["}"]) => in_chain = false,
+            (true, []) => {}
+            (true, [first, ..]) if matches!(*first, "policy" | "comment" | "devices") => {}
+            (true, _) => {
+                if let Some(c) = tables.last_mut().and_then(|t| t.chains.last_mut()) {
+                    c.lines.push(line.to_string());
+                }
+            }
+            (false, _) => skip_depth = brace_balance(code).max(0),
+        }
+    }
+    tables
+}
+
+/// Net `{` minus `}` outside double quotes.
+fn brace_balance(code: &str) -> i32 {
+    let mut quoted = false;
+    let mut n = 0;
+    for c in code.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            '{' if !quoted => n += 1,
+            '}' if !quoted => n -= 1,
+            _ => {}
+        }
+    }
+    n
+}
+
+/// The line without its `# ...` comment (e.g. `# handle 3`); `#` inside quotes is kept.
+fn strip_nft_comment(line: &str) -> &str {
+    let mut quoted = false;
+    for (i, c) in line.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            '#' if !quoted => return &line[..i],
+            _ => {}
+        }
+    }
+    line
+}
+
+fn unquote(s: &str) -> String {
+    s.trim_matches('"').to_string()
+}
 
 #[derive(Clone, Debug, PartialEq)]
 enum Tok {

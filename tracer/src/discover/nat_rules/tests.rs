@@ -1,4 +1,15 @@
-use super::{iptables::split_words, *};
+use std::collections::HashSet;
+
+use super::{
+    iptables::{iptables_chain_names, split_words},
+    model::{
+        parse_nat_range, parse_port_range, BaseChain, Family, Hook, NatRange, Net, ParsedRule,
+    },
+    nft::parse_nft_chain_header,
+    parse_iptables_save, parse_nft_ruleset, NatRuleset, SOURCE_IP6TABLES_NFT,
+    SOURCE_IPTABLES_LEGACY, SOURCE_IPTABLES_NFT,
+};
+use crate::model::{Endpoint, NatKind, NatQuery, NatRule, Proto, RuleAttributor};
 
 /// `iptables -t nat -S` of a Docker host running one container (172.17.0.2) with `-p 8080:80`.
 const DOCKER: &str = "\
