@@ -33,8 +33,8 @@ mod reader;
 pub mod record;
 mod writer;
 
-#[cfg(test)]
-mod testframes;
+#[doc(hidden)]
+pub mod testframes;
 #[cfg(test)]
 mod tests;
 

@@ -1,5 +1,5 @@
-//! Test material shared by the unit tests and `tests/capture_tshark.rs` (which includes this file
-//! with `#[path]`; it resolves `crate::model` and `crate::capture` through its own `use`s).
+//! Test material: frames, hooks, records and a temporary directory, shared by the unit tests and
+//! the integration tests (`capture_tshark`). Not used by the program itself.
 
 use std::{
     path::PathBuf,

@@ -1,13 +1,8 @@
 //! Docker fixtures for integration tests, offline: a busybox image built by `docker import` (no
 //! registry), containers and networks with unique names that are removed on drop (also when a
-//! test panics), and the gates for root and a reachable dockerd.
-//!
-//! Include it with `#[path = "support/docker.rs"] mod docker_support;`. Everything made here
-//! carries the label `pathtrace-test=1`; after a killed run, clean up by hand with
-//! `docker rm -f $(docker ps -aq -f label=pathtrace-test=1)` and `docker network prune -f -f label=pathtrace-test=1`.
-
-// Each test binary uses its own part of the fixtures.
-#![allow(dead_code)]
+//! test panics). Everything made here carries the label `pathtrace-test=1`; after a killed run,
+//! clean up by hand with `docker rm -f $(docker ps -aq -f label=pathtrace-test=1)` and
+//! `docker network prune -f -f label=pathtrace-test=1`.
 
 use std::{
     fs,
@@ -31,44 +26,6 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 pub fn unique_name(prefix: &str) -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     format!("{prefix}-{}-{n}", std::process::id())
-}
-
-/// Prints a loud notice and returns false; panics instead under CI (`CI` set).
-fn skip(test: &str, why: &str, fix: &str) -> bool {
-    let msg = format!(
-        "\n********************************************************************\n\
-         * SKIPPED {test}: {why}.\n\
-         * {fix}\n\
-         ********************************************************************\n"
-    );
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{msg}(CI is set: these tests must run there)"
-    );
-    eprintln!("{msg}");
-    false
-}
-
-/// False (after a loud notice) when not root; panics under CI.
-pub fn require_root_or_skip(test: &str) -> bool {
-    nix::unistd::geteuid().is_root()
-        || skip(
-            test,
-            "needs root (network namespaces, the Docker socket)",
-            "Run: sudo -E cargo test -p tracer --test docker_discover",
-        )
-}
-
-/// False (after a loud notice) when dockerd does not answer; panics under CI.
-pub fn require_docker_or_skip(test: &str) -> bool {
-    match docker(&["version", "--format", "{{.Server.Version}}"]) {
-        Ok(_) => true,
-        Err(e) => skip(
-            test,
-            &format!("dockerd is not reachable ({e:#})"),
-            "Start it: dockerd >/tmp/dockerd.log 2>&1 & (and wait for /var/run/docker.sock)",
-        ),
-    }
 }
 
 /// Runs the docker CLI; its trimmed stdout, or an error carrying its stderr.

@@ -3,14 +3,9 @@
 //! qdiscs/filters, qdisc records), a spawned binary that has announced it is tracing, another
 //! tool's tc program ([`Foreign`]), and a checked bulk transfer ([`send`], [`receive`]).
 //!
-//! Include it with `#[path = "support/privileged.rs"] mod privileged;` next to
-//! `#[path = "support/lab.rs"] mod lab_support;` (the gate, `TestLab` and `BIN` live there). The
-//! machine is shared: other people may load `pathtrace_*` programs at the same time, so
+//! The machine is shared: other people may load `pathtrace_*` programs at the same time, so
 //! comparisons of the global program and link lists leave out what another live process holds
 //! (see [`KernelState::diff`]).
-
-// Each test binary uses its own part of the fixtures.
-#![allow(dead_code)]
 
 use std::{
     collections::BTreeSet,
@@ -22,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::lab_support::BIN;
+use super::BIN;
 use tracer::{
     attach::{AttachTarget, LoadOptions, TcMode, Tracer},
     discover::netns::Netns,

@@ -4,25 +4,14 @@
 //! bad input fails with one line and exit code 2, and under load it stops at once and counts
 //! what it lost.
 
-#[path = "support/lab.rs"]
-mod lab_support;
-#[path = "support/privileged.rs"]
-mod privileged;
-
 use std::{
     net::{SocketAddr, TcpListener},
     os::unix::process::ExitStatusExt as _,
     process::{Command, Stdio},
-    sync::{Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
-use lab_support::{privileged, TestLab, BIN};
 use nix::sys::signal::Signal::{self, SIGINT, SIGKILL, SIGTERM};
-use privileged::{
-    held_by, in_ns, pathtrace_programs, poll, receive, send, summary_rows, tc_state,
-    wait_until_alone, Foreign, KernelState, RouteGuard, Running,
-};
 use serde_json::Value;
 use tracer::{
     attach::TcMode,
@@ -32,12 +21,14 @@ use tracer::{
     },
 };
 
-/// The tests share the kernel (program lists, tc filters): one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::support::{
+    kernel::{
+        held_by, in_ns, pathtrace_programs, poll, receive, send, summary_rows, tc_state,
+        wait_until_alone, Foreign, KernelState, RouteGuard, Running,
+    },
+    lab::TestLab,
+    privileged, serial, BIN,
+};
 
 fn trace_args<'a>(lab: &'a Lab, wan: &'a str, mode: &'a str) -> Vec<&'a str> {
     vec!["--netns", &lab.ctr_netns, "--to", wan, "--tc-mode", mode]

@@ -2,11 +2,6 @@
 //! host by a veth (`<p>-up0` 10.X.2.1/24 on the host, `eth0` 10.X.2.2/24 inside, X the first of
 //! 230..=249 no address or route of the host uses), with TCP and UDP echo servers inside.
 //! Everything is removed on drop, also when a test fails.
-//!
-//! Include it with `#[path = "support/wan.rs"] mod wan;`.
-
-// Each test binary uses its own part of the fixtures.
-#![allow(dead_code)]
 
 use std::{
     io::{Read, Write},

@@ -5,16 +5,9 @@
 //! Needs root and a running dockerd; without them the tests print a loud notice and pass, except
 //! under CI (`CI` set), where they fail.
 
-#[path = "support/docker.rs"]
-mod docker_support;
-
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use anyhow::{bail, ensure, Context, Result};
-use docker_support::{
-    docker, ethtool_peer_ifindex, free_port, require_docker_or_skip, require_root_or_skip,
-    TestContainer, TestNetwork,
-};
 use futures::StreamExt;
 use tracer::{
     discover::{
@@ -25,11 +18,12 @@ use tracer::{
     runtime::docker::{ContainerEvent, Docker, DockerError, PublishedPort},
 };
 
-const SLEEP: &[&str] = &["sleep", "3600"];
+use crate::support::{
+    docker::{docker, ethtool_peer_ifindex, free_port, TestContainer, TestNetwork},
+    docker_or_skip as gate,
+};
 
-fn gate(test: &str) -> bool {
-    require_root_or_skip(test) && require_docker_or_skip(test)
-}
+const SLEEP: &[&str] = &["sleep", "3600"];
 
 /// The shortest prefix of `id` no other container id starts with, plus one character.
 fn unique_prefix(id: &str) -> Result<String> {

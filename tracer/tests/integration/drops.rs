@@ -23,16 +23,13 @@ use tracer::{
 };
 use tracer_common::config::FilterConfig;
 
-#[path = "support/lab.rs"]
-mod lab_support;
-
 const DROPPED_PORT: u16 = 40999;
 const OPEN_PORT: u16 = 41000;
 const DATAGRAMS: usize = 5;
 
 /// Runs a command; panics with its stderr when it fails.
 fn run(args: &[&str]) {
-    lab_support::sh(args[0], &args[1..]);
+    crate::support::lab::sh(args[0], &args[1..]);
 }
 
 /// Two namespaces and the veth between them, named after this process; removed on drop (the
@@ -137,7 +134,7 @@ fn our_drop_programs() -> usize {
 
 #[test]
 fn netfilter_drops_of_traced_packets_come_back_with_their_reason() {
-    if !lab_support::privileged("drops") {
+    if !crate::support::privileged("drops") {
         return;
     }
     let pair = Pair::up();

@@ -6,14 +6,13 @@
 use std::{collections::BTreeMap, process::Command};
 
 // `testframes.rs` names `crate::capture` and `crate::model`; these make them resolve here.
-use tracer::{capture, model};
-
-#[path = "../src/capture/testframes.rs"]
-mod testframes;
-
-use capture::{CaptureWriter, WriterOptions};
-use model::Direction;
-use testframes::{eight_hooks, meta, records, TempDir};
+use tracer::{
+    capture::{
+        testframes::{eight_hooks, meta, records, TempDir},
+        CaptureWriter, WriterOptions,
+    },
+    model::Direction,
+};
 
 /// `tshark -r FILE -T fields -e F...`, one `Vec` of fields per packet; `None` when tshark is missing.
 fn tshark_fields(file: &std::path::Path, fields: &[&str]) -> Option<Vec<Vec<String>>> {

@@ -9,59 +9,34 @@
 //! Needs root, the kernel object (PATHTRACE_BUILD_EBPF=1) and a running dockerd; without them the
 //! tests print a loud notice and pass, except under CI (`CI` set), where they fail.
 
-#[path = "support/docker.rs"]
-mod docker_support;
-#[path = "support/wan.rs"]
-mod wan;
-
 use std::{
     io::{BufRead, BufReader, Read as _},
     net::SocketAddr,
     process::{Child, Command, ExitStatus, Stdio},
-    sync::{mpsc::Receiver, Mutex, MutexGuard},
+    sync::{mpsc::Receiver, MutexGuard},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, ensure, Context, Result};
-use docker_support::{
-    docker, free_port, host_veths_peering, require_docker_or_skip, require_root_or_skip,
-    TestContainer, TestNetwork,
-};
 use serde_json::Value;
-use wan::{exchange, run, Wan, TCP_PORT, UDP_PORT};
 
-/// The tests share docker0, the NAT table and the kernel's program list: one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
+use crate::support::{
+    docker::{docker, free_port, host_veths_peering, TestContainer, TestNetwork},
+    docker_or_skip, privileged, serial,
+    wan::{exchange, run, Wan, TCP_PORT, UDP_PORT},
+    BIN,
+};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pathtrace");
 const SLEEP: &[&str] = &["sleep", "3600"];
 /// A TCP echo server on :80 that keeps accepting (busybox nc: `-ll` with `-e`).
 const ECHO_80: &[&str] = &["nc", "-ll", "-p", "80", "-e", "cat"];
 const PROXY_NOTE: &str = "carried by docker-proxy (userland proxy) from the host, not by DNAT";
 
-fn gate(test: &str) -> bool {
-    if !(require_root_or_skip(test) && require_docker_or_skip(test)) {
-        return false;
-    }
-    if tracer::attach::object_bytes().is_empty() {
-        let msg = format!(
-            "\n!!!!!!!! SKIPPED {test}: the kernel object was not built \
-             (build with PATHTRACE_BUILD_EBPF=1) !!!!!!!!\n"
-        );
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{msg}(CI is set: failing)"
-        );
-        eprintln!("{msg}");
-        return false;
-    }
-    true
-}
-
-/// The lock that serialises these tests, or `None` (after a loud notice) when `test` cannot run.
+/// The lock that serialises these tests (they share docker0, the NAT table and the kernel's
+/// program list), or `None` (after a loud notice) when `test` cannot run.
 fn begin(test: &str) -> Option<MutexGuard<'static, ()>> {
-    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    gate(test).then_some(serial)
+    let serial = serial();
+    (docker_or_skip(test) && privileged(test)).then_some(serial)
 }
 
 /// `docker exec`; the output, or an error with its stderr.

@@ -147,29 +147,7 @@ fn good_frames() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
-fn require_privileges(test: &str) -> bool {
-    if nix::unistd::Uid::effective().is_root() {
-        return true;
-    }
-    let msg =
-        format!("!!! {test}: needs root (CAP_BPF, CAP_NET_ADMIN) to load BPF programs — NOT RUN");
-    if std::env::var_os("CI").is_some() {
-        panic!("{msg} (CI is set: failing)");
-    }
-    eprintln!("{msg}");
-    false
-}
-
-fn load() -> Option<(Tracer, u8)> {
-    if tracer::attach::object_bytes().is_empty() {
-        let msg =
-            "!!! kernel_parser: the kernel object was not built (PATHTRACE_BUILD_EBPF=1) — NOT RUN";
-        if std::env::var_os("CI").is_some() {
-            panic!("{msg} (CI is set: failing)");
-        }
-        eprintln!("{msg}");
-        return None;
-    }
+fn load() -> (Tracer, u8) {
     let opts = LoadOptions {
         filter: FilterConfig {
             snaplen: 256,
@@ -190,7 +168,7 @@ fn load() -> Option<(Tracer, u8)> {
         role: Role::All,
     };
     tracer.prepare_slot(&hook).expect("prepare slot");
-    Some((tracer, hook.slot))
+    (tracer, hook.slot)
 }
 
 /// Ethernet + VLAN tag + IPv6 header: below this the kernel may refuse a test run.
@@ -296,12 +274,10 @@ fn check_frame(
 
 #[test]
 fn kernel_parser_matches_userspace_on_crafted_and_malformed_frames() {
-    if !require_privileges("kernel_parser") {
+    if !crate::support::privileged("kernel_parser") {
         return;
     }
-    let Some((mut tracer, slot)) = load() else {
-        return;
-    };
+    let (mut tracer, slot) = load();
     let mut ring = tracer.take_events().expect("ring buffer");
     let (mut ran, mut refused) = (0, 0);
     for (name, frame) in good_frames() {

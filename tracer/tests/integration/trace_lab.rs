@@ -5,22 +5,17 @@
 use std::{
     io::{BufRead, BufReader},
     process::{Command, Stdio},
-    sync::Mutex,
     time::{Duration, Instant},
 };
 
-#[path = "support/lab.rs"]
-mod lab_support;
-#[path = "support/privileged.rs"]
-mod privileged_support;
-
-use lab_support::{privileged, TestLab, BIN};
-use privileged_support::{held_by, KernelState};
 use serde_json::Value;
 use tracer::lab::Lab;
 
-/// The tests share the kernel (program lists, tc filters): one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
+use crate::support::{
+    kernel::{held_by, KernelState},
+    lab::TestLab,
+    privileged, serial, BIN,
+};
 
 fn json_trace(lab: &Lab, mode: &str) -> Vec<Value> {
     let out = Command::new(BIN)
@@ -154,7 +149,7 @@ fn check_flows(lab: &Lab, lines: &[Value], mode: &str) {
 
 #[test]
 fn lab_paths_and_masquerade_in_both_tc_modes() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = serial();
     if !privileged("lab_paths_and_masquerade_in_both_tc_modes") {
         return;
     }
@@ -172,7 +167,7 @@ fn lab_paths_and_masquerade_in_both_tc_modes() {
 
 #[test]
 fn signals_detach_everything() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = serial();
     if !privileged("signals_detach_everything") {
         return;
     }

@@ -1,6 +1,4 @@
-//! Shared pieces of the privileged lab tests: the privilege gate, a lab that removes itself, and
-//! running the real binary.
-#![allow(dead_code, reason = "each test binary uses a different subset")]
+//! Lab fixtures: a lab that removes itself, running the real binary, reading its JSON lines.
 
 use std::{
     process::{Command, Output},
@@ -9,45 +7,7 @@ use std::{
 
 use tracer::lab::{Lab, LabSpec, LabTraffic, LabTrafficOptions};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_pathtrace");
-
-/// Root and a built kernel object; otherwise a loud skip, or a failure under CI.
-pub fn privileged(test: &str) -> bool {
-    let why = if !nix::unistd::Uid::effective().is_root() {
-        Some("needs root")
-    } else if tracer::attach::object_bytes().is_empty() {
-        Some("the kernel object was not built (PATHTRACE_BUILD_EBPF=1)")
-    } else {
-        None
-    };
-    gate(test, why)
-}
-
-/// Root (network namespaces, iptables; no kernel programs); otherwise a loud skip, or a failure
-/// under CI.
-pub fn root_or_skip(test: &str) -> bool {
-    let root = nix::unistd::Uid::effective().is_root();
-    gate(
-        test,
-        (!root).then_some("needs root (network namespaces, iptables)"),
-    )
-}
-
-/// `why` the test cannot run, if it cannot: fails under CI, else says so loudly and skips.
-fn gate(test: &str, why: Option<&str>) -> bool {
-    let Some(why) = why else {
-        return true;
-    };
-    let msg = format!("!!! {test}: {why} — NOT RUN");
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{msg} (CI is set: privileged tests must run there)"
-    );
-    // Straight to fd 2: the test harness hides the `eprintln!` of a test that passes.
-    use std::io::Write as _;
-    let _ = writeln!(std::io::stderr(), "{msg}"); // Nothing useful to do if stderr is gone.
-    false
-}
+use super::BIN;
 
 /// A lab that goes away with the test, also when it fails.
 pub struct TestLab(pub Lab);

@@ -3,17 +3,14 @@
 //! itself reports; `show --json` reproduces the live flows; `verify` passes with the lab's
 //! MASQUERADE and fails (exit 1, saying why) without it; `diff` names the NAT change.
 
-#[path = "support/lab.rs"]
-mod lab_support;
+use std::collections::BTreeMap;
 
-use std::{collections::BTreeMap, sync::Mutex};
-
-use lab_support::{
-    final_flows, json_lines, our_programs_settled, pathtrace, privileged, sh, TestLab,
-};
 use tracer::lab::traffic;
 
-static SERIAL: Mutex<()> = Mutex::new(());
+use crate::support::{
+    lab::{final_flows, json_lines, our_programs_settled, pathtrace, sh, TestLab},
+    privileged, serial,
+};
 
 fn tmp(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("pathtrace-test-{}", std::process::id()));
@@ -50,7 +47,7 @@ impl Drop for NoMasquerade {
 
 #[test]
 fn capture_opens_in_tshark_and_replays_to_the_live_flows() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = serial();
     if !privileged("capture_opens_in_tshark_and_replays_to_the_live_flows") {
         return;
     }
@@ -144,7 +141,7 @@ fn capture_opens_in_tshark_and_replays_to_the_live_flows() {
 
 #[test]
 fn verify_passes_then_fails_without_masquerade_and_diff_names_it() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = serial();
     if !privileged("verify_passes_then_fails_without_masquerade_and_diff_names_it") {
         return;
     }

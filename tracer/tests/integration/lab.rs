@@ -4,9 +4,6 @@
 //! Needs root. Without it the tests print a loud notice and pass, except under CI (`CI` set), where
 //! they fail: CI must run them.
 
-#[path = "support/lab.rs"]
-mod lab_support;
-
 use std::{
     net::{IpAddr, SocketAddr},
     path::Path,
@@ -18,7 +15,7 @@ use tracer::lab::{
     Lab, LabError, LabSpec, LabTrafficOptions,
 };
 
-use lab_support::{root_or_skip, sh};
+use crate::support::{lab::sh, root_or_skip};
 
 /// A lab name unique to this process and test (names hold at most 9 characters).
 fn unique_name(tag: char) -> String {

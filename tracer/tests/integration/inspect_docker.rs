@@ -6,28 +6,22 @@
 //! Needs root and a running dockerd; without them the tests print a loud notice and pass, except
 //! under CI (`CI` set), where they fail.
 
-#[path = "support/docker.rs"]
-mod docker_support;
-
 use std::{fs, os::unix::fs::MetadataExt as _, process::Command};
 
 use anyhow::{ensure, Context, Result};
-use docker_support::{
-    docker, free_port, host_veths_peering, require_docker_or_skip, require_root_or_skip,
-    unique_name, TestContainer,
-};
 use serde_json::Value;
+
+use crate::support::{
+    docker::{docker, free_port, host_veths_peering, unique_name, TestContainer},
+    docker_or_skip as gate, BIN,
+};
 
 const SLEEP: &[&str] = &["sleep", "3600"];
 const MASQUERADE: &str = "-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE";
 
-fn gate(test: &str) -> bool {
-    require_root_or_skip(test) && require_docker_or_skip(test)
-}
-
 /// Runs `pathtrace inspect <args>`: (exit code, stdout, stderr).
 fn inspect(args: &[&str]) -> Result<(i32, String, String)> {
-    let out = Command::new(env!("CARGO_BIN_EXE_pathtrace"))
+    let out = Command::new(BIN)
         .arg("inspect")
         .args(args)
         .output()

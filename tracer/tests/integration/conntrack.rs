@@ -2,9 +2,6 @@
 //! this test builds in namespaces of its own (client -- router -- server, MASQUERADE in the router).
 //! Traffic goes only between those namespaces. Skipped loudly when not root; fails then under CI.
 
-#[path = "support/lab.rs"]
-mod lab_support;
-
 use std::{
     io::{Read, Write},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -26,7 +23,7 @@ use tracer::{
     model::{Endpoint, NatKind, NatQuery, NatStep, Proto, RuleAttributor},
 };
 
-use lab_support::root_or_skip;
+use crate::support::root_or_skip;
 
 const CLIENT_IP: &str = "10.251.1.2";
 const ROUTER_CLIENT_SIDE: &str = "10.251.1.1";

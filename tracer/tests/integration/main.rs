@@ -1,0 +1,20 @@
+//! pathtrace's integration tests, one binary (`cargo test -p tracer --test integration`). Most
+//! are privileged: they build their own network namespaces, labs and containers, send traffic only
+//! between them, run the real binary or the real kernel object, and remove everything they made,
+//! also when they fail. Without root (or dockerd, or the kernel object) they say so loudly and
+//! skip, and under `CI=true` they fail instead.
+
+mod support;
+
+mod capture_replay;
+mod capture_tshark;
+mod conntrack;
+mod docker_discover;
+mod docker_trace;
+mod drops;
+mod inspect_docker;
+mod kernel_parser;
+mod lab;
+mod reliability;
+mod routes;
+mod trace_lab;
