@@ -22,7 +22,7 @@ pub struct FilterConfig {
     /// capture file stores them).
     pub snaplen: u16,
 }
-const _: () = assert!(core::mem::size_of::<FilterConfig>() == 28);
+const _: () = assert!(size_of::<FilterConfig>() == 28);
 
 impl FilterConfig {
     /// No filtering; the default snap length.
@@ -52,7 +52,7 @@ pub struct HookConfig {
     /// One of the `ROLE_*` values: how this hook decides whether a packet belongs to the trace.
     pub role: u32,
 }
-const _: () = assert!(core::mem::size_of::<HookConfig>() == 8);
+const _: () = assert!(size_of::<HookConfig>() == 8);
 
 pub const DIR_INGRESS: u32 = 0;
 pub const DIR_EGRESS: u32 = 1;
@@ -83,7 +83,7 @@ pub struct EndpointKey {
     pub proto: u8,
     pub family: u8,
 }
-const _: () = assert!(core::mem::size_of::<EndpointKey>() == 20);
+const _: () = assert!(size_of::<EndpointKey>() == 20);
 
 /// Capacity of the `INTEREST` map (oldest endpoints are evicted by the kernel's LRU).
 pub const INTEREST_MAX: u32 = 8192;
@@ -102,7 +102,7 @@ pub struct HookCounters {
     /// Events lost because the ring buffer was full.
     pub lost: u64,
 }
-const _: () = assert!(core::mem::size_of::<HookCounters>() == 32);
+const _: () = assert!(size_of::<HookCounters>() == 32);
 
 /// Where the drop program finds the `struct sk_buff` fields it reads, in this kernel.
 ///
@@ -134,7 +134,7 @@ pub struct SkbOffsets {
     /// normal free, not a drop), which the program skips like `SKB_NOT_DROPPED_YET` (0).
     pub consumed_reason: u32,
 }
-const _: () = assert!(core::mem::size_of::<SkbOffsets>() == 32);
+const _: () = assert!(size_of::<SkbOffsets>() == 32);
 
 impl SkbOffsets {
     /// Drop reasons off.
@@ -161,8 +161,12 @@ mod pod {
     // SAFETY: each type is `#[repr(C)]`, made of integers and byte arrays only, with no implicit
     // padding (asserted by the size checks above), so every bit pattern is valid.
     unsafe impl aya::Pod for super::FilterConfig {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::HookConfig {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::EndpointKey {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::HookCounters {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::SkbOffsets {}
 }

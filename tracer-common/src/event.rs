@@ -33,7 +33,7 @@ pub struct EventHeader {
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
     pub ktime_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<EventHeader>() == 16);
+const _: () = assert!(size_of::<EventHeader>() == 16);
 
 /// What the parser learnt about one packet: the addresses as they are at this hook, and the
 /// NAT-invariant fingerprint that ties the same packet together across hooks.
@@ -69,8 +69,8 @@ pub struct PacketMeta {
     pub l4_offset: u16,
     pub _pad1: u32,
 }
-const _: () = assert!(core::mem::size_of::<PacketMeta>() == 64);
-const _: () = assert!(core::mem::align_of::<PacketMeta>() == 8);
+const _: () = assert!(size_of::<PacketMeta>() == 64);
+const _: () = assert!(align_of::<PacketMeta>() == 8);
 
 // SAFETY: `repr(C)`, 8-byte aligned (asserted above), 64 bytes of integers and byte arrays:
 // all zero is valid.
@@ -88,7 +88,7 @@ pub struct PacketEvent {
     /// The first `cap_len` bytes of the frame, from the Ethernet header on.
     pub data: [u8; CAPTURE_MAX],
 }
-const _: () = assert!(core::mem::size_of::<PacketEvent>() == 16 + 64 + 8 + CAPTURE_MAX);
+const _: () = assert!(size_of::<PacketEvent>() == 16 + 64 + 8 + CAPTURE_MAX);
 
 /// A packet freed by `kfree_skb` with a reason, whose fingerprint matched a traced packet.
 #[repr(C)]
@@ -102,13 +102,16 @@ pub struct DropEvent {
     /// Address of the function that freed the packet (`location` argument).
     pub location: u64,
 }
-const _: () = assert!(core::mem::size_of::<DropEvent>() == 40);
+const _: () = assert!(size_of::<DropEvent>() == 40);
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: `#[repr(C)]`, integers and byte arrays only, no implicit padding (sizes asserted).
     unsafe impl aya::Pod for super::EventHeader {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::PacketMeta {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::PacketEvent {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::DropEvent {}
 }

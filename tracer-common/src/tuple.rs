@@ -46,7 +46,7 @@ pub enum Peek {
     Unsure,
 }
 
-const _: () = assert!(core::mem::size_of::<Tuple>() == 40);
+const _: () = assert!(size_of::<Tuple>() == 40);
 
 // SAFETY: `repr(C, align(8))`, 40 bytes of integers and byte arrays: all zero is valid.
 unsafe impl ZeroWords for Tuple {}

@@ -119,6 +119,10 @@ fn tick(observer: &mut dyn Observer, now: u64, stats: &[(Hook, HookStats)]) {
     observer.tick(now, stats);
 }
 
+#[expect(
+    clippy::print_stderr,
+    reason = "a measuring tool says what it measured"
+)]
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let datagrams: u32 = args.iter().find_map(|a| a.parse().ok()).unwrap_or(100_000);

@@ -21,7 +21,7 @@ use crate::{
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum FilterError {
+pub(crate) enum FilterError {
     #[error("--filter-proto {0:?}: expected tcp, udp, icmp or icmpv6")]
     Proto(String),
     #[error("--filter-host {0:?}: expected an address or ADDR/LEN, e.g. 10.0.0.0/24")]
@@ -34,7 +34,7 @@ pub enum FilterError {
 
 /// What the kernel programs emit: the in-kernel filter, before it becomes the load-time global.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FilterSpec {
+pub(crate) struct FilterSpec {
     pub proto: Option<Proto>,
     /// `--filter-host`, or `--to` alone.
     pub host: Option<Prefix>,
@@ -43,7 +43,7 @@ pub struct FilterSpec {
 
 impl FilterSpec {
     /// The `--filter-*` flags and `--to`.
-    pub fn from_args(args: &TraceArgs) -> Result<Self, FilterError> {
+    pub(crate) fn from_args(args: &TraceArgs) -> Result<Self, FilterError> {
         let proto = match &args.filter_proto {
             Some(p) => match p.parse::<Proto>() {
                 Ok(proto @ (Proto::Tcp | Proto::Udp | Proto::Icmp | Proto::Icmpv6)) => Some(proto),
@@ -72,7 +72,7 @@ impl FilterSpec {
     }
 
     /// The kernel's load-time filter, copying `snaplen` bytes of each packet into its event.
-    pub fn kernel(&self, snaplen: u16) -> FilterConfig {
+    pub(crate) fn kernel(&self, snaplen: u16) -> FilterConfig {
         let mut cfg = FilterConfig::NONE;
         cfg.snaplen = snaplen;
         if let Some(proto) = self.proto {
@@ -93,7 +93,7 @@ impl FilterSpec {
 }
 
 /// The `--filter-*`, `--to` and `--snaplen` flags as the kernel's load-time filter.
-pub fn filter_config(args: &TraceArgs) -> Result<FilterConfig, FilterError> {
+pub(crate) fn filter_config(args: &TraceArgs) -> Result<FilterConfig, FilterError> {
     if args.snaplen == 0 || usize::from(args.snaplen) > CAPTURE_MAX {
         return Err(FilterError::Snaplen(args.snaplen));
     }
@@ -101,7 +101,7 @@ pub fn filter_config(args: &TraceArgs) -> Result<FilterConfig, FilterError> {
 }
 
 /// `--ring-size` in KiB to bytes: a power of two of at least one page.
-pub fn ring_bytes(kib: u32) -> anyhow::Result<u32> {
+pub(crate) fn ring_bytes(kib: u32) -> anyhow::Result<u32> {
     let bytes = kib
         .checked_mul(1024)
         .filter(|b| b.is_power_of_two() && *b >= 4096 && *b <= 1 << 30);
@@ -112,7 +112,7 @@ pub fn ring_bytes(kib: u32) -> anyhow::Result<u32> {
 
 /// What to trace.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TargetSpec {
+pub(crate) enum TargetSpec {
     /// A network namespace: a name under /var/run/netns or a path; the interface inside.
     Netns { spec: String, iface: Option<String> },
     /// A container, by name or id, resolved by the runtime.
@@ -121,14 +121,14 @@ pub enum TargetSpec {
 
 impl TargetSpec {
     /// The label a namespace's hooks carry: its name, or a path's last part.
-    pub fn netns_label(spec: &str) -> String {
+    pub(crate) fn netns_label(spec: &str) -> String {
         spec.rsplit('/').next().unwrap_or(spec).to_string()
     }
 }
 
 /// `-w FILE` and how to write it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CaptureSpec {
+pub(crate) struct CaptureSpec {
     pub path: PathBuf,
     /// Bytes of each packet captured in the kernel.
     pub snaplen: u16,
@@ -137,7 +137,7 @@ pub struct CaptureSpec {
 
 /// A trace, validated.
 #[derive(Clone, Debug)]
-pub struct TraceConfig {
+pub(crate) struct TraceConfig {
     pub target: TargetSpec,
     /// Picks the uplink by route lookup (and filters to it, in `load`).
     pub to: Option<IpAddr>,
@@ -154,7 +154,7 @@ pub struct TraceConfig {
 
 impl TraceConfig {
     /// The trace the command line asks for.
-    pub fn from_args(args: &TraceArgs) -> anyhow::Result<Self> {
+    pub(crate) fn from_args(args: &TraceArgs) -> anyhow::Result<Self> {
         let target = match (&args.container, &args.netns) {
             (Some(name), _) => TargetSpec::Container {
                 name: name.clone(),
@@ -201,7 +201,7 @@ impl TraceConfig {
     }
 
     /// `lab demo`'s trace of its lab: the container namespace toward the wan host.
-    pub fn lab(
+    pub(crate) fn lab(
         netns: &str,
         to: IpAddr,
         json: bool,
@@ -225,14 +225,14 @@ impl TraceConfig {
 
 /// What `verify` traces.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum VerifyTarget {
+pub(crate) enum VerifyTarget {
     Container(String),
     Netns(String),
 }
 
 /// A verify run, validated.
 #[derive(Clone, Debug)]
-pub struct VerifyConfig {
+pub(crate) struct VerifyConfig {
     pub target: VerifyTarget,
     pub probe: Probe,
     /// `--to` as given, for the report.
@@ -245,7 +245,7 @@ pub struct VerifyConfig {
 }
 
 impl VerifyConfig {
-    pub fn from_args(args: &VerifyArgs) -> anyhow::Result<Self> {
+    pub(crate) fn from_args(args: &VerifyArgs) -> anyhow::Result<Self> {
         let target = match (&args.container, &args.netns) {
             (Some(name), None) => VerifyTarget::Container(name.clone()),
             (None, Some(spec)) => VerifyTarget::Netns(spec.clone()),

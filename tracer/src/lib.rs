@@ -10,13 +10,13 @@
 //! are the command line and what it becomes; [`cmd`] holds one module per verb; [`lab`] builds
 //! the built-in test topology; [`model`] is the vocabulary every stage speaks.
 
-pub mod analyze;
+mod analyze;
 pub mod attach;
 pub mod capture;
 pub mod cli;
 pub mod cmd;
 pub mod collect;
-pub mod config;
+mod config;
 pub mod correlate;
 pub mod discover;
 pub mod lab;

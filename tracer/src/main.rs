@@ -5,6 +5,10 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use tracer::{cli::Cli, cmd};
 
+#[expect(
+    clippy::print_stderr,
+    reason = "the one line naming the problem and the fix"
+)]
 fn main() -> ExitCode {
     limit_malloc_arenas();
     let cli = Cli::parse();

@@ -31,7 +31,7 @@ use report::{median, Row, Verdict};
 use traffic::{IperfServer, Load};
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Use this pathtrace binary instead of building target/release/pathtrace first.
     #[arg(long, value_name = "PATH")]
     pub pathtrace: Option<PathBuf>,
@@ -48,7 +48,7 @@ pub struct Args {
 
 /// The bench's sections, in the order they run.
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Section {
+pub(crate) enum Section {
     Bulk,
     Small,
     Ladder,
@@ -80,7 +80,7 @@ const TARGET_FILTERED_NS: f64 = 50.0;
 const TARGET_ATTACH_MS: f64 = 150.0;
 const TARGET_RSS_MIB: f64 = 64.0;
 
-pub fn run(args: &Args) -> Result<()> {
+pub(crate) fn run(args: &Args) -> Result<()> {
     if !is_root() {
         bail!("the bench loads eBPF programs and builds network namespaces: run it as root");
     }

@@ -15,24 +15,24 @@ use crate::{
 };
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Build with the release profile (target/release/pathtrace).
     #[arg(long)]
     pub release: bool,
 }
 
 /// What a build produced.
-pub struct Built {
+pub(crate) struct Built {
     pub pathtrace: PathBuf,
 }
 
-pub fn run(args: &Args) -> Result<()> {
+pub(crate) fn run(args: &Args) -> Result<()> {
     setup::toolchain()?;
     build(args.release).map(|_| ())
 }
 
 /// The build alone, for subcommands that ran the whole setup already.
-pub fn build(release: bool) -> Result<Built> {
+pub(crate) fn build(release: bool) -> Result<Built> {
     let mut cmd = run::cargo();
     cmd.args(["build", "--package", "tracer", "--bins"]);
     if release {

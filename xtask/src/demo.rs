@@ -11,7 +11,7 @@ use crate::{
     setup,
 };
 
-pub fn run() -> Result<()> {
+pub(crate) fn run() -> Result<()> {
     if !is_root() {
         return reexec_as_root();
     }

@@ -2,6 +2,12 @@
 //!
 //! `main.rs` only parses and dispatches; each subcommand lives in its own file. Shared helpers
 //! for running commands and printing steps are in `run.rs`.
+#![expect(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "xtask's steps, tables and errors are its output"
+)]
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};

@@ -54,7 +54,7 @@ enum Outcome {
 }
 
 /// Every step, as `cargo xtask setup` runs it.
-pub fn run() -> Result<()> {
+pub(crate) fn run() -> Result<()> {
     let root = is_root();
     let mut needs_root = Vec::new();
     report("apt packages", apt_packages(root), &mut needs_root)?;
@@ -70,7 +70,7 @@ pub fn run() -> Result<()> {
 }
 
 /// The steps the eBPF build needs and that need no root: `cargo xtask build` runs only these.
-pub fn toolchain() -> Result<()> {
+pub(crate) fn toolchain() -> Result<()> {
     let mut needs_root = Vec::new();
     report("rust components", rust_components(), &mut needs_root)?;
     report("bpf-linker", bpf_linker(), &mut needs_root)?;

@@ -10,7 +10,7 @@ use crate::{
     setup,
 };
 
-pub fn run() -> Result<()> {
+pub(crate) fn run() -> Result<()> {
     setup::run()?;
     let mut failed = Vec::new();
     let mut summary = Vec::new();

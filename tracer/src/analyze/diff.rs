@@ -14,7 +14,7 @@ use crate::{
 
 /// Flows of two captures are the same conversation when these agree.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub struct FlowKey {
+pub(crate) struct FlowKey {
     pub proto: Proto,
     pub src: IpAddr,
     pub dst: IpAddr,
@@ -37,7 +37,7 @@ impl std::fmt::Display for FlowKey {
 
 /// What a flow looks like, for comparison.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Shape {
+pub(crate) struct Shape {
     pub path: Vec<String>,
     /// `SNAT to 10.0.2.1 (port kept)`-style descriptions of the NAT steps.
     pub nat: Vec<String>,
@@ -47,14 +47,14 @@ pub struct Shape {
 
 /// One difference.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Change {
+pub(crate) struct Change {
     pub flow: String,
     pub what: &'static str,
     pub before: String,
     pub after: String,
 }
 
-pub fn key(f: &FlowReport) -> FlowKey {
+pub(crate) fn key(f: &FlowReport) -> FlowKey {
     FlowKey {
         proto: f.proto,
         src: f.src.addr,
@@ -63,7 +63,7 @@ pub fn key(f: &FlowReport) -> FlowKey {
     }
 }
 
-pub fn shape(f: &FlowReport) -> Shape {
+pub(crate) fn shape(f: &FlowReport) -> Shape {
     Shape {
         path: f
             .hops
@@ -109,7 +109,7 @@ fn shapes(flows: &[FlowReport]) -> BTreeMap<FlowKey, Shape> {
 }
 
 /// Pure comparison of two sets of flows.
-pub fn compare(before: &[FlowReport], after: &[FlowReport]) -> Vec<Change> {
+pub(crate) fn compare(before: &[FlowReport], after: &[FlowReport]) -> Vec<Change> {
     let (a, b) = (shapes(before), shapes(after));
     let mut changes = Vec::new();
     let join = |v: &[String]| {
@@ -167,7 +167,7 @@ pub fn compare(before: &[FlowReport], after: &[FlowReport]) -> Vec<Change> {
 
 /// A diff, as `render` prints it.
 #[derive(Clone, Debug)]
-pub struct Comparison {
+pub(crate) struct Comparison {
     pub changes: Vec<Change>,
     pub flows_before: usize,
     pub flows_after: usize,
@@ -175,7 +175,7 @@ pub struct Comparison {
 
 impl Comparison {
     /// Compares the flows of two replays.
-    pub fn of(before: &[FlowReport], after: &[FlowReport]) -> Self {
+    pub(crate) fn of(before: &[FlowReport], after: &[FlowReport]) -> Self {
         Self {
             changes: compare(before, after),
             flows_before: before.len(),
@@ -183,7 +183,7 @@ impl Comparison {
         }
     }
 
-    pub fn same(&self) -> bool {
+    pub(crate) fn same(&self) -> bool {
         self.changes.is_empty()
     }
 }

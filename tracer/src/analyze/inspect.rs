@@ -25,7 +25,7 @@ use crate::{
 
 /// One container (or namespace), as printed.
 #[derive(Debug, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     /// The first 12 characters of the container id; `null` for `--netns`.
     pub id: Option<String>,
     pub name: String,
@@ -38,7 +38,7 @@ pub struct Report {
 }
 
 #[derive(Debug, Serialize)]
-pub struct IfaceReport {
+pub(crate) struct IfaceReport {
     pub ifname: String,
     pub ifindex: u32,
     /// The host veth's ifindex (`eth0@if<N>`).
@@ -51,7 +51,7 @@ pub struct IfaceReport {
 }
 
 #[derive(Debug, Serialize)]
-pub struct VethReport {
+pub(crate) struct VethReport {
     pub name: String,
     pub ifindex: u32,
     /// The container interface's ifindex: what `ethtool -S <veth>` shows as `peer_ifindex`.
@@ -59,7 +59,7 @@ pub struct VethReport {
 }
 
 #[derive(Debug, Serialize)]
-pub struct BridgeReport {
+pub(crate) struct BridgeReport {
     pub name: String,
     pub ifindex: u32,
     /// The bridge's other ports.
@@ -67,21 +67,21 @@ pub struct BridgeReport {
 }
 
 #[derive(Debug, Serialize)]
-pub struct PortReport {
+pub(crate) struct PortReport {
     pub name: String,
     /// The container whose host veth it is, when known.
     pub container: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct RuleReport {
+pub(crate) struct RuleReport {
     /// `iptables-nft`, `iptables-legacy`, `nftables`, ...
     pub source: String,
     pub text: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct RouteReport {
+pub(crate) struct RouteReport {
     /// `default`, or the `--to` address.
     pub dst: String,
     pub dev: String,
@@ -102,7 +102,7 @@ struct Inspected {
 
 /// What to inspect: one container, one namespace, or (neither) every running container.
 #[derive(Clone, Debug, Default)]
-pub struct Query {
+pub(crate) struct Query {
     pub container: Option<String>,
     pub netns: Option<String>,
     /// The host's route toward it (default: the default route).
@@ -111,13 +111,13 @@ pub struct Query {
 
 /// The reports, and the containers that could not be shown with why (host network, exited
 /// meanwhile).
-pub struct Inspection {
+pub(crate) struct Inspection {
     pub reports: Vec<Report>,
     pub skipped: Vec<(String, String)>,
 }
 
 /// Inspects what `q` asks for.
-pub fn inspect(rt: &tokio::runtime::Runtime, q: &Query) -> anyhow::Result<Inspection> {
+pub(crate) fn inspect(rt: &tokio::runtime::Runtime, q: &Query) -> anyhow::Result<Inspection> {
     let mut skipped = Vec::new();
     let (targets, owners) = match &q.netns {
         Some(spec) => {

@@ -2,6 +2,6 @@
 //! path of a container, `verify`'s checks of one probe, `diff`'s changes between two captures.
 //! Each builds plain data that `render` prints in any format; none prints.
 
-pub mod diff;
-pub mod inspect;
-pub mod verify;
+pub(crate) mod diff;
+pub(crate) mod inspect;
+pub(crate) mod verify;

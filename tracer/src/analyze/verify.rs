@@ -23,7 +23,7 @@ use crate::{
 
 /// What the probe must show; each set field is one check.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Expectations {
+pub(crate) struct Expectations {
     /// The source address the probe must be rewritten to (MASQUERADE/SNAT).
     pub snat: Option<IpAddr>,
     /// The interface the probe must leave the host by.
@@ -36,14 +36,14 @@ pub struct Expectations {
 
 /// The probe's destination and protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Probe {
+pub(crate) struct Probe {
     pub dst: IpAddr,
     pub port: Option<u16>,
     pub proto: Proto,
 }
 
 impl Probe {
-    pub fn parse(to: &str, proto: Option<&str>) -> anyhow::Result<Self> {
+    pub(crate) fn parse(to: &str, proto: Option<&str>) -> anyhow::Result<Self> {
         let (dst, port) = match to.parse::<SocketAddr>() {
             Ok(sa) => (sa.ip(), Some(sa.port())),
             Err(_) => (
@@ -68,7 +68,7 @@ impl Probe {
 
     /// Sends the probe from the current thread's namespace; never fails the run: an unanswered
     /// probe is an observation, not an error.
-    pub fn send(&self, netns: &Netns) -> String {
+    pub(crate) fn send(&self, netns: &Netns) -> String {
         let timeout = Duration::from_secs(2);
         match self.proto {
             Proto::Tcp => {
@@ -111,7 +111,7 @@ impl Probe {
 
 /// One expectation and what was observed.
 #[derive(Clone, Debug, Serialize)]
-pub struct Check {
+pub(crate) struct Check {
     pub name: &'static str,
     pub expected: String,
     pub observed: String,
@@ -119,7 +119,7 @@ pub struct Check {
 }
 
 /// Compares a traced probe flow with the expectations (pure: unit-tested).
-pub fn evaluate(expect: &Expectations, flow: Option<&FlowReport>) -> Vec<Check> {
+pub(crate) fn evaluate(expect: &Expectations, flow: Option<&FlowReport>) -> Vec<Check> {
     let mut checks = Vec::new();
     let Some(f) = flow else {
         checks.push(Check {
@@ -220,7 +220,7 @@ pub fn evaluate(expect: &Expectations, flow: Option<&FlowReport>) -> Vec<Check> 
 
 /// Passes a session's events on and fires the probe once everything is attached; the session
 /// stops shortly after the probe is done.
-pub struct Prober<'a> {
+pub(crate) struct Prober<'a> {
     pub inner: &'a mut dyn Observer,
     pub netns: Arc<Netns>,
     pub probe: Probe,
@@ -261,7 +261,7 @@ impl Observer for Prober<'_> {
 
 /// A verify run, as `render` prints it.
 #[derive(Clone, Debug)]
-pub struct Verdict<'a> {
+pub(crate) struct Verdict<'a> {
     pub pass: bool,
     pub probe: Probe,
     /// `--to` as given.
@@ -273,7 +273,7 @@ pub struct Verdict<'a> {
 }
 
 /// The probe's flow: the outbound flow to its destination (and port) of its protocol.
-pub fn pick_flow<'f>(flows: &'f [FlowReport], probe: &Probe) -> Option<&'f FlowReport> {
+pub(crate) fn pick_flow<'f>(flows: &'f [FlowReport], probe: &Probe) -> Option<&'f FlowReport> {
     flows
         .iter()
         .filter(|f| {

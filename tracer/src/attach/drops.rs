@@ -43,18 +43,18 @@ pub enum DropSupport {
 pub struct DropNamer(Arc<BTreeMap<u32, String>>);
 
 impl DropNamer {
-    pub fn new(reasons: DropReasons) -> Self {
+    pub(crate) fn new(reasons: DropReasons) -> Self {
         Self(Arc::new(reasons.names))
     }
 
     /// The reason's name without the `SKB_DROP_REASON_` prefix. `None` for values this kernel's
     /// enum does not list (subsystem reasons, e.g. mac80211's, live in other enums).
-    pub fn name(&self, reason: u32) -> Option<&str> {
+    pub(crate) fn name(&self, reason: u32) -> Option<&str> {
         self.0.get(&reason).map(String::as_str)
     }
 
     /// Fills `reason_name` unless it is already set.
-    pub fn fill(&self, record: &mut DropRecord) {
+    pub(crate) fn fill(&self, record: &mut DropRecord) {
         if record.reason_name.is_none() {
             record.reason_name = self.name(record.reason).map(str::to_string);
         }
@@ -190,7 +190,7 @@ impl Tracer {
     }
 
     /// Whether drop reasons were asked for at load time ([`LoadOptions::drop_reasons`](super::LoadOptions)).
-    pub fn drop_reasons_requested(&self) -> bool {
+    pub(crate) fn drop_reasons_requested(&self) -> bool {
         self.drops.requested()
     }
 
@@ -200,7 +200,7 @@ impl Tracer {
     }
 
     /// The namer for the collector side (`None` unless drop reasons were prepared at load time).
-    pub fn drop_namer(&self) -> Option<DropNamer> {
+    pub(crate) fn drop_namer(&self) -> Option<DropNamer> {
         self.drops.prepared.as_ref()?.as_ref().ok().cloned()
     }
 

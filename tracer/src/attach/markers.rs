@@ -12,7 +12,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-pub const DIR: &str = "/run/pathtrace/qdiscs";
+pub(crate) const DIR: &str = "/run/pathtrace/qdiscs";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QdiscMarker {
@@ -30,12 +30,12 @@ impl QdiscMarker {
     }
 
     /// Whether the process that wrote it still runs (then its qdisc is not a leftover).
-    pub fn owner_alive(&self) -> bool {
+    pub(crate) fn owner_alive(&self) -> bool {
         Path::new(&format!("/proc/{}", self.pid)).exists() && self.pid != std::process::id()
     }
 }
 
-pub fn record(marker: &QdiscMarker) {
+pub(crate) fn record(marker: &QdiscMarker) {
     let dir = Path::new(DIR);
     let result = fs::create_dir_all(dir).and_then(|()| {
         let json = serde_json::to_vec(marker).map_err(std::io::Error::other)?;
@@ -49,7 +49,7 @@ pub fn record(marker: &QdiscMarker) {
     }
 }
 
-pub fn forget(marker: &QdiscMarker) {
+pub(crate) fn forget(marker: &QdiscMarker) {
     match fs::remove_file(marker.file(Path::new(DIR))) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -119,7 +119,7 @@ struct Attached {
 /// object and (with TCX) attaching overlap what the caller does meanwhile: discovering the
 /// hooks, then reading the NAT rules. Dropped without [`PendingTracer::wait`] (the caller failed
 /// meanwhile), it waits for the thread and detaches whatever it attached.
-pub struct PendingTracer {
+pub(crate) struct PendingTracer {
     targets: Option<std::sync::mpsc::Sender<Vec<AttachTarget>>>,
     thread: Option<std::thread::JoinHandle<Result<Loaded, AttachError>>>,
 }
@@ -132,7 +132,7 @@ struct Loaded {
 
 impl PendingTracer {
     /// Starts loading. `rt` runs the kernel log reader when `opts.kernel_log` asks for one.
-    pub fn spawn(opts: LoadOptions, mode: TcMode, rt: &tokio::runtime::Handle) -> Self {
+    pub(crate) fn spawn(opts: LoadOptions, mode: TcMode, rt: &tokio::runtime::Handle) -> Self {
         let rt = rt.clone();
         let (tx, rx) = std::sync::mpsc::channel::<Vec<AttachTarget>>();
         let thread = std::thread::spawn(move || {
@@ -163,7 +163,7 @@ impl PendingTracer {
 
     /// Attaches `targets` as soon as the object is loaded (TCX), or in [`PendingTracer::wait`]
     /// (netlink). Only the first call counts.
-    pub fn attach(&mut self, targets: Vec<AttachTarget>) {
+    pub(crate) fn attach(&mut self, targets: Vec<AttachTarget>) {
         if let Some(tx) = self.targets.take() {
             // A send fails only when loading failed and the thread ended: `wait` reports that.
             if tx.send(targets).is_err() {
@@ -174,7 +174,7 @@ impl PendingTracer {
 
     /// The loaded tracer with the targets of [`PendingTracer::attach`] attached (blocks until it
     /// is). On error nothing stays attached. A panic while loading goes on here.
-    pub fn wait(mut self) -> Result<Tracer, AttachError> {
+    pub(crate) fn wait(mut self) -> Result<Tracer, AttachError> {
         self.targets = None;
         let thread = self.thread.take().expect("waited once");
         let Loaded {
@@ -247,12 +247,12 @@ impl Tracer {
     }
 
     /// Whether this tracer attaches TCX links (else netlink clsact filters).
-    pub fn is_tcx(&self) -> bool {
+    pub(crate) fn is_tcx(&self) -> bool {
         self.tcx
     }
 
     /// `tcx` or `netlink`: what this tracer attaches with.
-    pub fn mode_name(&self) -> &'static str {
+    pub(crate) fn mode_name(&self) -> &'static str {
         if self.tcx {
             "tcx"
         } else {
@@ -260,7 +260,7 @@ impl Tracer {
         }
     }
 
-    pub fn requested_mode(&self) -> TcMode {
+    pub(crate) fn requested_mode(&self) -> TcMode {
         self.mode
     }
 
@@ -282,7 +282,7 @@ impl Tracer {
     /// CPU: with TCX, the programs are loaded here while another thread attaches the loaded
     /// ones, so the loads overlap the waits. Netlink attaches stay one at a time: the hooks of
     /// one interface share the clsact qdisc that the first of them adds.
-    pub fn attach_all(&mut self, targets: Vec<AttachTarget>) -> Result<(), AttachError> {
+    pub(crate) fn attach_all(&mut self, targets: Vec<AttachTarget>) -> Result<(), AttachError> {
         if !self.tcx || !distinct_slots(&targets) {
             return targets.into_iter().try_for_each(|t| self.attach(t));
         }
@@ -395,7 +395,7 @@ impl Tracer {
     }
 
     /// The hooks attached so far.
-    pub fn hooks(&self) -> Vec<Hook> {
+    pub(crate) fn hooks(&self) -> Vec<Hook> {
         self.attached
             .iter()
             .map(|a| a.target.hook.clone())
@@ -403,7 +403,7 @@ impl Tracer {
     }
 
     /// Detaches the hooks on one interface (moved away or deleted while traced).
-    pub fn detach_where(&mut self, mut pred: impl FnMut(&Hook) -> bool) -> Vec<Hook> {
+    pub(crate) fn detach_where(&mut self, mut pred: impl FnMut(&Hook) -> bool) -> Vec<Hook> {
         let mut gone = Vec::new();
         let mut keep = Vec::new();
         let tcx = self.tcx;
@@ -421,7 +421,7 @@ impl Tracer {
 
     /// Finds hooks whose interface was deleted or moved to another namespace (its ifindex no
     /// longer names it in the hook's namespace), detaches them and returns them.
-    pub fn release_vanished(&mut self) -> Vec<Hook> {
+    pub(crate) fn release_vanished(&mut self) -> Vec<Hook> {
         let mut vanished: Vec<(u8, Direction)> = Vec::new();
         let mut checked: Vec<(Arc<Netns>, LinkNames)> = Vec::new();
         for a in &self.attached {
@@ -456,7 +456,7 @@ impl Tracer {
     }
 
     /// Detaches everything, each link inside its own namespace, and removes qdiscs we added.
-    pub fn detach_all(&mut self) {
+    pub(crate) fn detach_all(&mut self) {
         self.drops.detach();
         for a in self.attached.drain(..).rev() {
             detach_one(a, self.tcx);
@@ -482,7 +482,10 @@ impl Tracer {
 
     /// Per-hook counters summed over CPUs for `hooks`, attached or not: the counters outlive the
     /// links, so after [`Tracer::detach_all`] they are final.
-    pub fn counters_of(&self, hooks: &[Hook]) -> Result<Vec<(Hook, HookStats)>, AttachError> {
+    pub(crate) fn counters_of(
+        &self,
+        hooks: &[Hook],
+    ) -> Result<Vec<(Hook, HookStats)>, AttachError> {
         let map = self
             .ebpf
             .map(MAP_COUNTERS)
@@ -515,7 +518,7 @@ impl Tracer {
 
     /// Declares a remote endpoint of interest up front (e.g. a published port's host address),
     /// so shared hooks emit its packets before the traced side has sent any.
-    pub fn add_interest(
+    pub(crate) fn add_interest(
         &mut self,
         key: tracer_common::config::EndpointKey,
     ) -> Result<(), AttachError> {
@@ -556,7 +559,7 @@ type LinkNames = Vec<(u32, String)>;
 
 /// The kernel program of a slot: `pathtrace_h<slot>` (also the name `tc filter show` prints in
 /// netlink mode, and what `pathtrace cleanup` looks for).
-pub fn slot_program_name(slot: u8) -> String {
+pub(crate) fn slot_program_name(slot: u8) -> String {
     format!("{HOOK_PROGRAM_PREFIX}{slot}")
 }
 

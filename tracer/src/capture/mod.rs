@@ -48,14 +48,14 @@ use serde::{Deserialize, Serialize};
 use crate::model::{Direction, Hook, PacketRecord, Place, Role, Topology};
 
 pub use reader::{parse_capture, read_capture, read_rotated};
-pub use writer::{CaptureWriter, WriteSummary, WriterOptions, FLUSH_BYTES, FLUSH_INTERVAL};
+pub use writer::{CaptureWriter, WriterOptions};
 
 /// Private Enterprise Number of the snapshot option: 32473, reserved for documentation examples
 /// by RFC 5612.
-pub const SNAPSHOT_PEN: u32 = 32473;
+pub(crate) const SNAPSHOT_PEN: u32 = 32473;
 /// First bytes of the snapshot option's data (after the PEN), so another user of the example PEN
 /// is not mistaken for pathtrace.
-pub const SNAPSHOT_TAG: &[u8; 20] = b"pathtrace.topology/1";
+pub(crate) const SNAPSHOT_TAG: &[u8; 20] = b"pathtrace.topology/1";
 
 /// What a capture records about the machine and the trace, besides packets.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,7 +74,7 @@ pub struct CaptureMeta {
 
 impl CaptureMeta {
     /// Meta for a capture on this machine, now.
-    pub fn for_this_host(topology: Topology, snaplen: u32) -> io::Result<Self> {
+    pub(crate) fn for_this_host(topology: Topology, snaplen: u32) -> io::Result<Self> {
         let read = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_string());
         Ok(Self {
             hostname: read("/proc/sys/kernel/hostname")?,
@@ -87,7 +87,7 @@ impl CaptureMeta {
 }
 
 /// The offset from CLOCK_MONOTONIC (what `bpf_ktime_get_ns` reads) to the Unix epoch, now.
-pub fn boot_to_unix_ns() -> io::Result<i64> {
+pub(crate) fn boot_to_unix_ns() -> io::Result<i64> {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -213,7 +213,7 @@ fn io_reason(e: &io::Error) -> String {
 }
 
 /// The `index`-th file of a rotated capture: `FILE` for 0, then `FILE.1`, `FILE.2`, …
-pub fn rotation_path(base: &Path, index: u32) -> PathBuf {
+pub(crate) fn rotation_path(base: &Path, index: u32) -> PathBuf {
     if index == 0 {
         return base.to_path_buf();
     }
@@ -224,7 +224,7 @@ pub fn rotation_path(base: &Path, index: u32) -> PathBuf {
 
 /// The files of a rotated capture that exist, oldest first (`FILE`, `FILE.1`, … with gaps where
 /// rotation deleted the oldest).
-pub fn rotated_files(base: &Path) -> io::Result<Vec<PathBuf>> {
+pub(crate) fn rotated_files(base: &Path) -> io::Result<Vec<PathBuf>> {
     let dir = match base.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),

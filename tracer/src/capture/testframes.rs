@@ -14,7 +14,7 @@ use crate::{
 };
 
 /// An Ethernet + IPv4 + TCP (SYN) frame with a valid IPv4 checksum.
-pub fn tcp_frame(
+pub(crate) fn tcp_frame(
     src: [u8; 4],
     dst: [u8; 4],
     sport: u16,

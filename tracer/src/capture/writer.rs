@@ -22,9 +22,9 @@ use super::{
 use crate::model::{Direction, Hook, PacketRecord};
 
 /// Queued blocks are written at least this often (when packets keep coming).
-pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 /// … or when this many bytes are queued.
-pub const FLUSH_BYTES: usize = 64 * 1024;
+pub(crate) const FLUSH_BYTES: usize = 64 * 1024;
 
 /// Rotation limits.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -110,7 +110,7 @@ impl CaptureWriter {
 
     /// Adds a hook attached after the capture started, or one attached again (same slot, e.g.
     /// after a container restart): a new IDB, which the slot's packets use from now on.
-    pub fn add_hook(&mut self, hook: &Hook) -> Result<(), CaptureError> {
+    pub(crate) fn add_hook(&mut self, hook: &Hook) -> Result<(), CaptureError> {
         self.check_running()?;
         self.remember(hook);
         self.queue_idb(hook);
@@ -139,7 +139,7 @@ impl CaptureWriter {
     }
 
     /// Writes every queued block. Call it when no packet came for a while (≈ every 100 ms).
-    pub fn flush(&mut self) -> Result<(), CaptureError> {
+    pub(crate) fn flush(&mut self) -> Result<(), CaptureError> {
         self.last_flush = Instant::now();
         if self.queue.is_empty() {
             return Ok(());

@@ -14,7 +14,8 @@ use crate::{
     discover::{netns::Netns, rtnl::Rtnl},
 };
 
-pub fn run(force: bool) -> anyhow::Result<ExitCode> {
+#[expect(clippy::print_stdout, reason = "cleanup's report is what it removed")]
+pub(super) fn run(force: bool) -> anyhow::Result<ExitCode> {
     super::require_privileges()?;
     let others = other_pathtraces();
     if !others.is_empty() && !force {
@@ -90,6 +91,11 @@ fn namespaces() -> Vec<(String, Netns)> {
 }
 
 /// Inside one namespace: our filters off every clsact interface, then our recorded qdiscs.
+#[expect(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "each removal is reported as it happens, each failure on stderr"
+)]
 fn clean_here(label: &str) -> (usize, usize) {
     let Ok(mut rtnl) = Rtnl::open() else {
         return (0, 0);

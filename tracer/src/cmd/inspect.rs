@@ -19,12 +19,12 @@ pub(super) fn run(args: &InspectArgs) -> anyhow::Result<ExitCode> {
     };
     let found = inspect::inspect(&rt, &query)?;
     for (name, why) in &found.skipped {
-        eprintln!("pathtrace: skipping {name}: {why}");
+        super::warn(format_args!("skipping {name}: {why}"));
     }
     if found.reports.is_empty() {
         // stdout stays JSON lines (none) with --json.
         match args.json {
-            true => eprintln!("no running containers"),
+            true => no_containers(),
             false => super::print("no running containers\n")?,
         }
         return Ok(ExitCode::SUCCESS);
@@ -32,4 +32,12 @@ pub(super) fn run(args: &InspectArgs) -> anyhow::Result<ExitCode> {
     let printer = Format::of_json_flag(args.json).printer();
     super::print(&printer.inspect(&found.reports)?)?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[expect(
+    clippy::print_stderr,
+    reason = "with --json, stdout holds JSON lines only"
+)]
+fn no_containers() {
+    eprintln!("no running containers");
 }

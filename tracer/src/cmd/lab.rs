@@ -17,7 +17,7 @@ use crate::{
     render::Output,
 };
 
-pub fn run(action: LabAction) -> anyhow::Result<ExitCode> {
+pub(super) fn run(action: LabAction) -> anyhow::Result<ExitCode> {
     match action {
         LabAction::Up { name, json } => {
             let lab = Lab::up(&LabSpec { name })?;
@@ -36,7 +36,9 @@ pub fn run(action: LabAction) -> anyhow::Result<ExitCode> {
             for n in names {
                 Lab::down(&n)?;
                 // A closed stdout (`| head`) must not stop the removal of the other labs.
-                let _ = writeln!(std::io::stdout(), "lab {n} removed");
+                if let Err(e) = writeln!(std::io::stdout(), "lab {n} removed") {
+                    tracing::debug!("stdout: {e}");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -81,10 +83,10 @@ impl Drop for LabGuard {
     fn drop(&mut self) {
         if let Some(lab) = self.0.take() {
             if let Err(e) = Lab::down(&lab.name) {
-                eprintln!(
-                    "pathtrace: removing lab {}: {e}; run `pathtrace lab down {}`",
+                super::warn(format_args!(
+                    "removing lab {}: {e}; run `pathtrace lab down {}`",
                     lab.name, lab.name
-                );
+                ));
             }
         }
     }
@@ -141,7 +143,7 @@ fn demo(json: bool, tc_mode: TcMode, duration: Duration) -> anyhow::Result<ExitC
     }
     drop(guard);
     if outcome.flows == 0 {
-        eprintln!("pathtrace: no flow was traced; the lab traffic did not reach the hooks");
+        super::warn("no flow was traced; the lab traffic did not reach the hooks");
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)

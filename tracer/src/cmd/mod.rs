@@ -22,7 +22,7 @@ const CAP_SYS_ADMIN: u32 = 21;
 const CAP_BPF: u32 = 39;
 
 /// Fails with one line when the process lacks what loading and attaching programs needs.
-pub fn require_privileges() -> anyhow::Result<()> {
+pub(crate) fn require_privileges() -> anyhow::Result<()> {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let eff = status
         .lines()
@@ -97,6 +97,12 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("starting the async runtime")
+}
+
+/// A warning of a verb, one line on stderr (`pathtrace: ...`), beside what it prints.
+#[expect(clippy::print_stderr, reason = "this is where verbs warn")]
+fn warn(message: impl std::fmt::Display) {
+    eprintln!("pathtrace: {message}");
 }
 
 /// Writes a verb's rendered output to stdout; a closed stdout (`| head`) is one clear error.

@@ -12,7 +12,7 @@ use crate::{
 pub(super) fn run(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let cap = capture::read_rotated(path)?;
     for w in &cap.warnings {
-        eprintln!("pathtrace: {}: {w}", path.display());
+        super::warn(format_args!("{}: {w}", path.display()));
     }
     let mut renderer = Format::of_json_flag(json).renderer(Output::stdout(), false);
     pipeline::replay(&cap, renderer.as_mut());

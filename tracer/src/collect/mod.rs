@@ -35,7 +35,7 @@ pub fn decode_with(raw: &[u8], frames: bool) -> Result<Event, DecodeError> {
 }
 
 /// The async reader of the `EVENTS` ring buffer.
-pub struct Collector {
+pub(crate) struct Collector {
     ring: AsyncFd<RingFd>,
     decode_errors: u64,
     /// Copy each packet's captured bytes (only when a capture is written).
@@ -53,7 +53,7 @@ impl AsRawFd for RingFd {
 
 impl Collector {
     /// Must be called inside the tokio runtime.
-    pub fn new(ring: RingBuf<MapData>) -> std::io::Result<Self> {
+    pub(crate) fn new(ring: RingBuf<MapData>) -> std::io::Result<Self> {
         // SAFETY: the ring buffer owns its map fd, which stays open and unchanged while the
         // AsyncFd owns it.
         let ring =
@@ -68,12 +68,12 @@ impl Collector {
 
     /// Whether packet events keep their captured bytes ([`PacketRecord::data`]); on by default.
     /// Off, a packet costs no allocation: only a capture writer reads the bytes.
-    pub fn keep_frames(&mut self, frames: bool) {
+    pub(crate) fn keep_frames(&mut self, frames: bool) {
         self.frames = frames;
     }
 
     /// Waits until events are available, then appends up to `max` of them to `out`.
-    pub async fn read(&mut self, out: &mut Vec<Event>, max: usize) -> std::io::Result<()> {
+    pub(crate) async fn read(&mut self, out: &mut Vec<Event>, max: usize) -> std::io::Result<()> {
         loop {
             let mut guard = self.ring.readable_mut().await?;
             let ring = &mut guard.get_inner_mut().0;
@@ -101,7 +101,7 @@ impl Collector {
     }
 
     /// Takes up to `max` events that are already there, without waiting.
-    pub fn drain_some(&mut self, out: &mut Vec<Event>, max: usize) {
+    pub(crate) fn drain_some(&mut self, out: &mut Vec<Event>, max: usize) {
         let ring = &mut self.ring.get_mut().0;
         for _ in 0..max {
             let Some(item) = ring.next() else {
@@ -115,7 +115,7 @@ impl Collector {
     }
 
     /// Drains whatever is left without waiting (at the end of a trace).
-    pub fn drain(&mut self, out: &mut Vec<Event>) {
+    pub(crate) fn drain(&mut self, out: &mut Vec<Event>) {
         let ring = &mut self.ring.get_mut().0;
         while let Some(item) = ring.next() {
             match decode_with(&item, self.frames) {
@@ -125,7 +125,7 @@ impl Collector {
         }
     }
 
-    pub fn decode_errors(&self) -> u64 {
+    pub(crate) fn decode_errors(&self) -> u64 {
         self.decode_errors
     }
 }

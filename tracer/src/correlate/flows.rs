@@ -21,18 +21,18 @@ use super::{
 };
 
 /// What the table needs to know about the world to place packets.
-pub struct Context<'a> {
+pub(super) struct Context<'a> {
     pub topology: &'a Topology,
     pub attributor: Option<&'a dyn RuleAttributor>,
 }
 
 /// Index of a hook in `Topology::hooks`.
-pub type HookIdx = u16;
+pub(super) type HookIdx = u16;
 
 /// Running totals of one hop of one leg: 16 bytes, the packet count in 40 bits (saturating
 /// after 10^12 packets) so that it fits beside the hook.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Hop {
+pub(crate) struct Hop {
     /// Sum over packets of the time since the packet's first sighting.
     pub sum_ns: u64,
     packets_lo: u32,
@@ -56,7 +56,7 @@ impl Hop {
         hop
     }
 
-    pub fn packets(&self) -> u64 {
+    pub(crate) fn packets(&self) -> u64 {
         u64::from(self.packets_hi) << 32 | u64::from(self.packets_lo)
     }
 
@@ -74,7 +74,7 @@ impl Hop {
 
 /// Packets of a leg by the hook of their last sighting and their drop reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct End {
+pub(crate) struct End {
     pub hook: HookIdx,
     pub leg: Leg,
     pub reason: Option<StrId>,
@@ -83,7 +83,7 @@ pub struct End {
 
 /// A NAT step of a flow: [`crate::model::NatStep`] with hooks and rule by index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NatRec {
+pub(crate) struct NatRec {
     pub leg: Leg,
     pub kind: NatKind,
     /// Set by the view once the kernel's conntrack table was asked (see `Correlator::confirm`).
@@ -97,7 +97,7 @@ pub struct NatRec {
 
 /// Totals of one direction of a flow.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct LegTotals {
+pub(crate) struct LegTotals {
     pub packets: u64,
     pub bytes: u64,
     /// The earliest hook (in path order) any packet of this leg was first seen at.
@@ -109,7 +109,7 @@ const MAX_ALIASES: usize = 8;
 
 /// A conversation: both directions of one traced-side tuple.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FlowState {
+pub(crate) struct FlowState {
     pub id: FlowId,
     /// The traced-side tuple of the direction that opened the flow.
     pub key: CTuple,
@@ -132,7 +132,7 @@ pub struct FlowState {
 
 impl FlowState {
     /// The totals of one leg and the way its packets travel.
-    pub fn leg(&self, leg: Leg) -> (&LegTotals, Orientation) {
+    pub(crate) fn leg(&self, leg: Leg) -> (&LegTotals, Orientation) {
         match leg {
             Leg::Out => (&self.legs[0], self.origin),
             Leg::Back => (&self.legs[1], self.origin.reversed()),
@@ -249,7 +249,7 @@ const MAX_FLOWS: usize = 1 << (32 - TAG_BITS);
 
 /// The bounded flow table.
 #[derive(Debug)]
-pub struct FlowTable {
+pub(super) struct FlowTable {
     /// The flows by slot; `None` for a free slot.
     flows: Vec<Option<FlowState>>,
     free: Vec<u32>,
@@ -275,7 +275,7 @@ pub struct FlowTable {
 }
 
 impl FlowTable {
-    pub fn new(max_flows: usize) -> Self {
+    pub(super) fn new(max_flows: usize) -> Self {
         let max_flows = max_flows.clamp(1, MAX_FLOWS);
         Self {
             flows: Vec::with_capacity(max_flows.min(RESERVE_MAX)),
@@ -296,39 +296,39 @@ impl FlowTable {
         }
     }
 
-    pub fn get(&self, id: FlowId) -> Option<&FlowState> {
+    pub(super) fn get(&self, id: FlowId) -> Option<&FlowState> {
         let slot = self.slot_of(id)?;
         self.flows[slot as usize].as_ref()
     }
 
-    pub fn get_mut(&mut self, id: FlowId) -> Option<&mut FlowState> {
+    pub(super) fn get_mut(&mut self, id: FlowId) -> Option<&mut FlowState> {
         let slot = self.slot_of(id)?;
         self.flows[slot as usize].as_mut()
     }
 
     /// Rule texts, drop reasons and addresses of the flows.
-    pub fn pool(&self) -> &Pool {
+    pub(super) fn pool(&self) -> &Pool {
         &self.pool
     }
 
     /// Flow ids in the order first seen.
-    pub fn ids(&self) -> Vec<FlowId> {
+    pub(super) fn ids(&self) -> Vec<FlowId> {
         let mut ids: Vec<FlowId> = self.flows.iter().flatten().map(|f| f.id).collect();
         ids.sort_unstable();
         ids
     }
 
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.len
     }
 
-    pub fn evicted(&self) -> u64 {
+    pub(super) fn evicted(&self) -> u64 {
         self.evicted
     }
 
     /// Adds a finalised packet to its flow (creating it, evicting the least recently updated
     /// flow when full) and returns the flow's id.
-    pub fn add(&mut self, inst: &Instance, ctx: &Context<'_>) -> Option<FlowId> {
+    pub(super) fn add(&mut self, inst: &Instance, ctx: &Context<'_>) -> Option<FlowId> {
         let (slot, leg) = match self.locate_cached(inst) {
             Some(found) => found,
             None => {
@@ -619,7 +619,7 @@ impl FlowTable {
 }
 
 /// Whether two hooks have the same label (`<ns>:<ifname>`), without building it.
-pub fn same_label(a: &Hook, b: &Hook) -> bool {
+pub(super) fn same_label(a: &Hook, b: &Hook) -> bool {
     a.ns_label == b.ns_label && a.ifname == b.ifname
 }
 #[cfg(test)]

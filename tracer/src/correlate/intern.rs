@@ -12,43 +12,43 @@ use super::tuple::Tuple;
 
 /// The table's shared strings and addresses.
 #[derive(Debug, Default)]
-pub struct Pool {
+pub(crate) struct Pool {
     pub strings: Strings,
     pub addrs: Addrs,
 }
 
 impl Pool {
     /// The tuple in table form, if all its addresses are known (otherwise no flow has it).
-    pub fn find(&self, t: &Tuple) -> Option<CTuple> {
+    pub(crate) fn find(&self, t: &Tuple) -> Option<CTuple> {
         let src = self.addrs.find(&t.src.addr)?;
         let dst = self.addrs.find(&t.dst.addr)?;
         Some(CTuple::new(t, src, dst))
     }
 
     /// The tuple in table form, holding a reference to each address until `release`.
-    pub fn acquire(&mut self, t: &Tuple) -> CTuple {
+    pub(crate) fn acquire(&mut self, t: &Tuple) -> CTuple {
         let src = self.addrs.acquire(t.src.addr);
         let dst = self.addrs.acquire(t.dst.addr);
         CTuple::new(t, src, dst)
     }
 
-    pub fn release(&mut self, t: CTuple) {
+    pub(crate) fn release(&mut self, t: CTuple) {
         self.addrs.release(t.src);
         self.addrs.release(t.dst);
     }
 
-    pub fn acquire_endpoint(&mut self, e: Endpoint) -> CEndpoint {
+    pub(crate) fn acquire_endpoint(&mut self, e: Endpoint) -> CEndpoint {
         CEndpoint {
             addr: self.addrs.acquire(e.addr),
             port: e.port,
         }
     }
 
-    pub fn release_endpoint(&mut self, e: CEndpoint) {
+    pub(crate) fn release_endpoint(&mut self, e: CEndpoint) {
         self.addrs.release(e.addr);
     }
 
-    pub fn tuple(&self, t: CTuple) -> Tuple {
+    pub(crate) fn tuple(&self, t: CTuple) -> Tuple {
         Tuple {
             proto: t.proto,
             src: Endpoint::new(self.addrs.get(t.src), t.sport),
@@ -56,14 +56,14 @@ impl Pool {
         }
     }
 
-    pub fn endpoint(&self, e: CEndpoint) -> Endpoint {
+    pub(crate) fn endpoint(&self, e: CEndpoint) -> Endpoint {
         Endpoint::new(self.addrs.get(e.addr), e.port)
     }
 }
 
 /// A [`Tuple`] with its addresses by id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct CTuple {
+pub(crate) struct CTuple {
     pub src: AddrId,
     pub dst: AddrId,
     pub sport: u16,
@@ -82,7 +82,7 @@ impl CTuple {
         }
     }
 
-    pub fn reversed(self) -> Self {
+    pub(crate) fn reversed(self) -> Self {
         Self {
             src: self.dst,
             dst: self.src,
@@ -95,19 +95,19 @@ impl CTuple {
 
 /// An [`Endpoint`] with its address by id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CEndpoint {
+pub(crate) struct CEndpoint {
     pub addr: AddrId,
     pub port: u16,
 }
 
 /// An interned address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct AddrId(u32);
+pub(crate) struct AddrId(u32);
 
 /// Addresses with a count of the flow records holding each; an address goes with its last
 /// holder, so the pool is bounded by the flow table.
 #[derive(Debug, Default)]
-pub struct Addrs {
+pub(crate) struct Addrs {
     /// By id: the address and its holders (0: a free id).
     addrs: Vec<(IpAddr, u32)>,
     free: Vec<u32>,
@@ -116,7 +116,7 @@ pub struct Addrs {
 }
 
 impl Addrs {
-    pub fn find(&self, a: &IpAddr) -> Option<AddrId> {
+    pub(crate) fn find(&self, a: &IpAddr) -> Option<AddrId> {
         let addrs = &self.addrs;
         let hash = self.hasher.hash_one(a);
         let found = self.index.find(hash, |&i| {
@@ -125,7 +125,7 @@ impl Addrs {
         found.map(|&i| AddrId(i))
     }
 
-    pub fn acquire(&mut self, a: IpAddr) -> AddrId {
+    pub(crate) fn acquire(&mut self, a: IpAddr) -> AddrId {
         if let Some(id) = self.find(&a) {
             self.addrs[id.0 as usize].1 += 1;
             return id;
@@ -147,7 +147,7 @@ impl Addrs {
         AddrId(i)
     }
 
-    pub fn release(&mut self, id: AddrId) {
+    pub(crate) fn release(&mut self, id: AddrId) {
         let Some((addr, holders)) = self.addrs.get_mut(id.0 as usize) else {
             return;
         };
@@ -162,13 +162,13 @@ impl Addrs {
         self.free.push(id.0);
     }
 
-    pub fn get(&self, id: AddrId) -> IpAddr {
+    pub(crate) fn get(&self, id: AddrId) -> IpAddr {
         self.addrs[id.0 as usize].0
     }
 
     /// Distinct addresses held.
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.index.len()
     }
 }
@@ -176,7 +176,7 @@ impl Addrs {
 /// Interned strings (NAT rule texts, drop reason names). Bounded: both come from finite sets
 /// (the ruleset snapshot, the kernel's drop reasons); past the bound a string is not recorded.
 #[derive(Debug, Default)]
-pub struct Strings {
+pub(crate) struct Strings {
     texts: Vec<Box<str>>,
     index: HashTable<u32>,
     hasher: DefaultHashBuilder,
@@ -184,12 +184,12 @@ pub struct Strings {
 
 /// An interned string (non-zero, so that `Option<StrId>` is 4 bytes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct StrId(NonZeroU32);
+pub(crate) struct StrId(NonZeroU32);
 
 const MAX_STRINGS: usize = 1 << 16;
 
 impl Strings {
-    pub fn intern(&mut self, s: &str) -> Option<StrId> {
+    pub(crate) fn intern(&mut self, s: &str) -> Option<StrId> {
         let hash = self.hasher.hash_one(s);
         let texts = &self.texts;
         if let Some(&i) = self.index.find(hash, |&i| &*texts[i as usize] == s) {
@@ -211,7 +211,7 @@ impl Strings {
         NonZeroU32::new(i + 1).map(StrId)
     }
 
-    pub fn get(&self, id: StrId) -> &str {
+    pub(crate) fn get(&self, id: StrId) -> &str {
         let i = id.0.get() as usize - 1;
         self.texts.get(i).map_or("", |s| s)
     }

@@ -27,13 +27,12 @@ use crate::model::{DropRecord, Hook, PacketRecord, RuleAttributor, Topology};
 use flows::{Context, FlowTable, HookIdx};
 use packets::{Instance, Pending, Sighting};
 
-pub use crate::model::Orientation;
 pub use nat::NatEntry;
 pub use report::{FlowId, FlowReport, HopTiming, Leg, Stop};
 
 /// Tuning of the correlator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CorrelateConfig {
+pub(crate) struct CorrelateConfig {
     /// How long to wait for more sightings of a packet before finalising it.
     pub settle_ns: u64,
     /// Sightings of one tag further apart than this belong to different packets.
@@ -56,7 +55,7 @@ impl Default for CorrelateConfig {
 }
 
 /// Turns hook events into flow reports.
-pub struct Correlator {
+pub(crate) struct Correlator {
     topology: Arc<Topology>,
     attributor: Option<Arc<dyn RuleAttributor>>,
     cfg: CorrelateConfig,
@@ -70,7 +69,7 @@ pub struct Correlator {
 impl Correlator {
     /// A correlator for the hooks of `topology`; `attributor`, when given, names the rule of each
     /// NAT step.
-    pub fn new(
+    pub(crate) fn new(
         topology: Arc<Topology>,
         attributor: Option<Arc<dyn RuleAttributor>>,
         cfg: CorrelateConfig,
@@ -89,7 +88,11 @@ impl Correlator {
     /// Updates the topology after hooks were re-attached (a restarted container). Changed hooks
     /// are appended, never replaced: packets already recorded keep pointing at the hook (and
     /// label) they were seen at, and new events of a reused slot go to its newest hook.
-    pub fn update_topology(&mut self, hooks: &[Hook], target_addrs: Option<&[std::net::IpAddr]>) {
+    pub(crate) fn update_topology(
+        &mut self,
+        hooks: &[Hook],
+        target_addrs: Option<&[std::net::IpAddr]>,
+    ) {
         let mut topo = (*self.topology).clone();
         for h in hooks {
             let current = topo.hooks.iter().rev().find(|old| old.slot == h.slot);
@@ -110,7 +113,7 @@ impl Correlator {
     /// Buffers one packet event. Events may arrive out of time order (per-CPU buffers) by up to
     /// `settle_ns`. Events of unknown hooks or without a fingerprint (not IP) are counted and
     /// ignored.
-    pub fn push(&mut self, rec: &PacketRecord) {
+    pub(crate) fn push(&mut self, rec: &PacketRecord) {
         // The newest hook of the slot (slots are reused when a container restarts).
         let mut hooks = self.topology.hooks.iter().enumerate().rev();
         let found = hooks.find(|(_, h)| h.slot == rec.slot);
@@ -140,13 +143,13 @@ impl Correlator {
 
     /// Buffers a kernel drop; it names the reason of the packet instance with its fingerprint
     /// that started last before it.
-    pub fn push_drop(&mut self, drop: DropRecord) {
+    pub(crate) fn push_drop(&mut self, drop: DropRecord) {
         self.pending.push_drop(drop);
     }
 
     /// Finalises the packets whose last sighting is `settle_ns` older than `now_ns` (kernel
     /// monotonic time) and returns the flows updated since the last call, in id order.
-    pub fn advance(&mut self, now_ns: u64) -> Vec<FlowId> {
+    pub(crate) fn advance(&mut self, now_ns: u64) -> Vec<FlowId> {
         let cutoff = now_ns.saturating_sub(self.cfg.settle_ns);
         let settled = self.pending.take_settled(cutoff, self.cfg.instance_gap_ns);
         self.ingest(settled);
@@ -155,29 +158,25 @@ impl Correlator {
 
     /// Finalises every buffered packet (end of trace) and returns the flows updated since the
     /// last [`Correlator::advance`].
-    pub fn finish(&mut self) -> Vec<FlowId> {
+    pub(crate) fn finish(&mut self) -> Vec<FlowId> {
         self.advance(u64::MAX)
     }
 
     /// Every flow in the table, in the order first seen. For many flows prefer
     /// [`Correlator::flow_ids`] and [`Correlator::flow`]: one report at a time.
-    pub fn flows(&self) -> Vec<FlowReport> {
+    #[cfg(test)]
+    pub(crate) fn flows(&self) -> Vec<FlowReport> {
         let ids = self.flow_ids();
         ids.into_iter().filter_map(|id| self.flow(id)).collect()
     }
 
     /// The ids of the flows in the table, in the order first seen.
-    pub fn flow_ids(&self) -> Vec<FlowId> {
+    pub(crate) fn flow_ids(&self) -> Vec<FlowId> {
         self.table.ids()
     }
 
-    /// Flows in the table.
-    pub fn flow_count(&self) -> usize {
-        self.table.len()
-    }
-
     /// One flow, unless it was evicted.
-    pub fn flow(&self, id: FlowId) -> Option<FlowReport> {
+    pub(crate) fn flow(&self, id: FlowId) -> Option<FlowReport> {
         let flow = self.table.get(id)?;
         Some(FlowReport::build(flow, &self.topology, self.table.pool()))
     }
@@ -185,13 +184,13 @@ impl Correlator {
     /// A renderer's note about a flow (e.g. a hash of what it printed; 0 until it writes one),
     /// kept for as long as the flow is in the table: the renderer needs no per-flow map of its
     /// own to bound. `None` once the flow was evicted.
-    pub fn mark_mut(&mut self, id: FlowId) -> Option<&mut u64> {
+    pub(crate) fn mark_mut(&mut self, id: FlowId) -> Option<&mut u64> {
         self.table.get_mut(id).map(|f| &mut f.mark)
     }
 
     /// Records the kernel conntrack table's verdict on the flow's `n`th NAT step of the
     /// opening direction (as in [`FlowReport::nat`]); reports show it from now on.
-    pub fn confirm(&mut self, id: FlowId, n: usize, verdict: bool) {
+    pub(crate) fn confirm(&mut self, id: FlowId, n: usize, verdict: bool) {
         let Some(f) = self.table.get_mut(id) else {
             return;
         };
@@ -201,28 +200,29 @@ impl Correlator {
     }
 
     /// Flows dropped from the table to stay within `max_flows`.
-    pub fn evicted_flows(&self) -> u64 {
+    pub(crate) fn evicted_flows(&self) -> u64 {
         self.table.evicted()
     }
 
     /// Drop events that matched no packet.
-    pub fn unmatched_drops(&self) -> u64 {
+    pub(crate) fn unmatched_drops(&self) -> u64 {
         self.pending.unmatched_drops()
     }
 
     /// Events ignored: unknown hook slot, or no fingerprint.
-    pub fn ignored_events(&self) -> u64 {
+    pub(crate) fn ignored_events(&self) -> u64 {
         self.ignored_events
     }
 
     /// Distinct addresses the flow table holds.
     #[cfg(test)]
-    pub fn pooled_addrs(&self) -> usize {
+    pub(crate) fn pooled_addrs(&self) -> usize {
         self.table.pool().addrs.len()
     }
 
+    #[cfg(test)]
     /// Sightings still waiting to settle.
-    pub fn pending_sightings(&self) -> usize {
+    pub(crate) fn pending_sightings(&self) -> usize {
         self.pending.len()
     }
 

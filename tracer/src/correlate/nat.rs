@@ -24,7 +24,7 @@ pub struct NatEntry {
 
 /// Records the NAT steps of one packet of leg `leg` into `entries`, counting repeats and asking
 /// `attributor` for the rule of each step not seen before.
-pub fn record(
+pub(super) fn record(
     inst: &Instance,
     leg: Leg,
     topology: &Topology,
@@ -68,7 +68,7 @@ pub fn record(
 }
 
 /// The step as the report shows it: hooks by label, the rule by its text.
-pub fn entry(rec: &NatRec, topology: &Topology, pool: &Pool) -> NatEntry {
+pub(super) fn entry(rec: &NatRec, topology: &Topology, pool: &Pool) -> NatEntry {
     let label = |i: HookIdx| hook(topology, i).map(Hook::label).unwrap_or_default();
     NatEntry {
         step: NatStep {

@@ -12,7 +12,7 @@ use super::{flows::HookIdx, tuple::Tuple};
 
 /// One packet seen at one hook, reduced to what correlation needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Sighting {
+pub(super) struct Sighting {
     /// Index of the hook in `Topology::hooks`.
     pub hook: HookIdx,
     pub place: Place,
@@ -24,7 +24,7 @@ pub struct Sighting {
 
 /// One packet's path: its sightings in time order, at most one per hook.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Instance {
+pub(super) struct Instance {
     pub fingerprint: u64,
     /// Never empty.
     pub sightings: Vec<Sighting>,
@@ -33,21 +33,21 @@ pub struct Instance {
 }
 
 impl Instance {
-    pub fn first(&self) -> Option<&Sighting> {
+    pub(super) fn first(&self) -> Option<&Sighting> {
         self.sightings.first()
     }
 
-    pub fn first_ns(&self) -> u64 {
+    pub(super) fn first_ns(&self) -> u64 {
         self.first().map_or(0, |s| s.ktime_ns)
     }
 
-    pub fn last_ns(&self) -> u64 {
+    pub(super) fn last_ns(&self) -> u64 {
         self.sightings.last().map_or(0, |s| s.ktime_ns)
     }
 
     /// Which way the packet went: told by its first hook, or (first seen at the bridge) by
     /// whether its source is one of the traced side's addresses.
-    pub fn orientation(&self, target_addrs: &[IpAddr]) -> Orientation {
+    pub(super) fn orientation(&self, target_addrs: &[IpAddr]) -> Orientation {
         let Some(first) = self.first() else {
             return Orientation::Outbound;
         };
@@ -64,14 +64,14 @@ impl Instance {
     }
 
     /// The tuple as the traced side sees it, when the packet was seen at a container or veth hook.
-    pub fn traced_tuple(&self) -> Option<Tuple> {
+    pub(super) fn traced_tuple(&self) -> Option<Tuple> {
         let traced = self.sightings.iter().find(|s| s.place.is_source());
         traced.map(|s| s.tuple)
     }
 
     /// The tuple at the hook nearest the traced side: the first for an outbound packet, the
     /// last for an inbound one.
-    pub fn nearest_tuple(&self, orientation: Orientation) -> Option<Tuple> {
+    pub(super) fn nearest_tuple(&self, orientation: Orientation) -> Option<Tuple> {
         let nearest = match orientation {
             Orientation::Outbound => self.sightings.first(),
             Orientation::Inbound => self.sightings.last(),
@@ -225,7 +225,7 @@ fn split(sightings: &[Sighting], gap_ns: u64) -> SmallVec<[Range<usize>; 2]> {
 /// per process: a fingerprint is a packet-controlled value, and SipHash cost a tenth of the
 /// reader's time.)
 #[derive(Debug, Default)]
-pub struct Pending {
+pub(super) struct Pending {
     groups: HashMap<u64, Group>,
     sightings: usize,
     arrivals: u64,
@@ -233,7 +233,7 @@ pub struct Pending {
 }
 
 impl Pending {
-    pub fn push(&mut self, fingerprint: u64, sighting: Sighting) {
+    pub(super) fn push(&mut self, fingerprint: u64, sighting: Sighting) {
         self.arrivals += 1;
         let group = self.groups.entry(fingerprint).or_default();
         group.sightings.push(sighting);
@@ -242,7 +242,7 @@ impl Pending {
         self.sightings += 1;
     }
 
-    pub fn push_drop(&mut self, drop: DropRecord) {
+    pub(super) fn push_drop(&mut self, drop: DropRecord) {
         let group = self.groups.entry(drop.fingerprint).or_default();
         let ns = drop.ktime_ns;
         group.drops.push(drop);
@@ -250,17 +250,17 @@ impl Pending {
     }
 
     /// Sightings waiting to settle.
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.sightings
     }
 
     /// Drops that matched no packet.
-    pub fn unmatched_drops(&self) -> u64 {
+    pub(super) fn unmatched_drops(&self) -> u64 {
         self.unmatched_drops
     }
 
     /// Takes every instance whose last sighting is at or before `cutoff_ns`, oldest first.
-    pub fn take_settled(&mut self, cutoff_ns: u64, gap_ns: u64) -> Vec<Instance> {
+    pub(super) fn take_settled(&mut self, cutoff_ns: u64, gap_ns: u64) -> Vec<Instance> {
         let mut out = Vec::new();
         let (unmatched, sightings) = (&mut self.unmatched_drops, &mut self.sightings);
         self.groups.retain(|fp, group| {
@@ -282,7 +282,7 @@ impl Pending {
     /// Takes whole fingerprint groups, least recently pushed to first, until at most `keep`
     /// sightings are left. (Arrival order, not kernel time: a packet still crossing the hooks
     /// can carry older timestamps than one finished on another CPU.)
-    pub fn take_oldest(&mut self, keep: usize, gap_ns: u64) -> Vec<Instance> {
+    pub(super) fn take_oldest(&mut self, keep: usize, gap_ns: u64) -> Vec<Instance> {
         let mut by_age: Vec<(u64, u64)> =
             self.groups.iter().map(|(fp, g)| (g.touched, *fp)).collect();
         by_age.sort_unstable();

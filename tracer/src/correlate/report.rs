@@ -32,17 +32,10 @@ pub enum Leg {
 }
 
 impl Leg {
-    pub fn other(self) -> Self {
+    pub(crate) fn other(self) -> Self {
         match self {
             Self::Out => Self::Back,
             Self::Back => Self::Out,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Out => "out",
-            Self::Back => "back",
         }
     }
 }
@@ -74,7 +67,7 @@ pub struct Stop {
 
 impl Stop {
     /// `lost after host:docker0 ingress (NETFILTER_DROP)`.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let reason = self
             .reason
             .as_ref()
@@ -117,7 +110,7 @@ pub struct FlowReport {
 
 impl FlowReport {
     /// Builds the report of a flow.
-    pub fn build(flow: &FlowState, topology: &Topology, pool: &Pool) -> Self {
+    pub(crate) fn build(flow: &FlowState, topology: &Topology, pool: &Pool) -> Self {
         let mut stops = lost(flow, Leg::Out, topology, pool);
         stops.extend(lost(flow, Leg::Back, topology, pool));
         let key = pool.tuple(flow.key);

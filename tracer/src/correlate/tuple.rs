@@ -8,7 +8,7 @@ use crate::model::{Endpoint, PacketRecord, Proto};
 /// echo identifier sits in the destination port, as a reply's port would: NAT then rewrites one
 /// side only, and a reply's tuple is the request's reversed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Tuple {
+pub(crate) struct Tuple {
     pub proto: Proto,
     pub src: Endpoint,
     pub dst: Endpoint,
@@ -16,7 +16,7 @@ pub struct Tuple {
 
 impl Tuple {
     /// The record's tuple, normalised (see [`Tuple`]).
-    pub fn of(rec: &PacketRecord) -> Self {
+    pub(crate) fn of(rec: &PacketRecord) -> Self {
         let (mut src, mut dst) = (rec.src, rec.dst);
         if is_echo_reply(rec.proto, rec.icmp_type) {
             dst.port = src.port;
@@ -30,7 +30,7 @@ impl Tuple {
     }
 
     /// The tuple of a packet going the other way.
-    pub fn reversed(self) -> Self {
+    pub(crate) fn reversed(self) -> Self {
         Self {
             proto: self.proto,
             src: self.dst,
@@ -39,7 +39,7 @@ impl Tuple {
     }
 
     /// Whether `src` is one of the traced side's own addresses.
-    pub fn src_in(&self, addrs: &[IpAddr]) -> bool {
+    pub(crate) fn src_in(&self, addrs: &[IpAddr]) -> bool {
         addrs.contains(&self.src.addr)
     }
 }

@@ -9,7 +9,7 @@
 use std::{collections::BTreeMap, path::Path};
 
 /// Where the running kernel publishes its BTF.
-pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+pub(crate) const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
 const MAGIC: u16 = 0xeb9f;
 const HEADER_MIN: usize = 24;
@@ -44,7 +44,7 @@ const KIND_ENUM64: u8 = 19;
 const REASON_PREFIX: &str = "SKB_DROP_REASON_";
 
 #[derive(Debug, thiserror::Error)]
-pub enum BtfError {
+pub(crate) enum BtfError {
     #[error("reading {path}: {source}")]
     Read {
         path: String,
@@ -71,7 +71,7 @@ pub enum BtfError {
 }
 
 /// Parsed BTF: the raw blob plus an index of where each type record starts.
-pub struct Btf {
+pub(crate) struct Btf {
     data: Vec<u8>,
     big_endian: bool,
     str_start: usize,
@@ -104,7 +104,7 @@ struct Member {
 /// Byte offsets of the `struct sk_buff` fields the drop program reads (see
 /// `tracer_common::config::SkbOffsets`); their sizes were checked against what it assumes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SkbLayout {
+pub(crate) struct SkbLayout {
     pub head: u32,
     pub data: u32,
     pub len: u32,
@@ -116,7 +116,7 @@ pub struct SkbLayout {
 /// `enum skb_drop_reason`: value to name, without the `SKB_DROP_REASON_` prefix
 /// (`NETFILTER_DROP`); `SKB_NOT_DROPPED_YET` and `SKB_CONSUMED` keep their names.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct DropReasons {
+pub(crate) struct DropReasons {
     pub names: BTreeMap<u32, String>,
     /// The value of `SKB_CONSUMED` (a normal free, not a drop), when the kernel has it.
     pub consumed: Option<u32>,
@@ -124,11 +124,11 @@ pub struct DropReasons {
 
 impl Btf {
     /// The running kernel's BTF.
-    pub fn vmlinux() -> Result<Self, BtfError> {
+    pub(crate) fn vmlinux() -> Result<Self, BtfError> {
         Self::from_file(VMLINUX)
     }
 
-    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, BtfError> {
+    pub(crate) fn from_file(path: impl AsRef<Path>) -> Result<Self, BtfError> {
         let path = path.as_ref();
         let data = std::fs::read(path).map_err(|source| BtfError::Read {
             path: path.display().to_string(),
@@ -138,7 +138,7 @@ impl Btf {
     }
 
     /// Checks the header and indexes every type record.
-    pub fn parse(data: Vec<u8>) -> Result<Self, BtfError> {
+    pub(crate) fn parse(data: Vec<u8>) -> Result<Self, BtfError> {
         let magic_le = data
             .get(..2)
             .map(|b| u16::from_le_bytes([b[0], b[1]]))
@@ -209,8 +209,9 @@ impl Btf {
         Ok(types)
     }
 
+    #[cfg(test)]
     /// How many types (not counting `void`).
-    pub fn type_count(&self) -> usize {
+    pub(crate) fn type_count(&self) -> usize {
         self.types.len()
     }
 
@@ -321,7 +322,7 @@ impl Btf {
     }
 
     /// Where `struct sk_buff` keeps the fields the drop program reads, with their sizes checked.
-    pub fn skb_layout(&self) -> Result<SkbLayout, BtfError> {
+    pub(crate) fn skb_layout(&self) -> Result<SkbLayout, BtfError> {
         let (_, skb) = self
             .find(&[KIND_STRUCT], "sk_buff")
             .ok_or(BtfError::NotFound("struct sk_buff"))?;
@@ -357,7 +358,7 @@ impl Btf {
     }
 
     /// The names of `enum skb_drop_reason`.
-    pub fn drop_reasons(&self) -> Result<DropReasons, BtfError> {
+    pub(crate) fn drop_reasons(&self) -> Result<DropReasons, BtfError> {
         let (_, rec) = self
             .find(&[KIND_ENUM, KIND_ENUM64], "skb_drop_reason")
             .ok_or(BtfError::NotFound("enum skb_drop_reason"))?;
@@ -390,8 +391,9 @@ impl Btf {
     }
 }
 
+#[cfg(test)]
 impl DropReasons {
-    pub fn name(&self, reason: u32) -> Option<&str> {
+    fn name(&self, reason: u32) -> Option<&str> {
         self.names.get(&reason).map(String::as_str)
     }
 }
@@ -572,15 +574,16 @@ mod tests {
             Err(BtfError::Magic(_))
         ));
         // Every truncation, and every single-byte corruption of the header and type section.
+        // Only that nothing panics matters here: every answer is fine.
         for len in 0..good.len() {
-            let _ = Btf::parse(good[..len].to_vec()).map(|b| (b.skb_layout(), b.drop_reasons()));
+            drop(Btf::parse(good[..len].to_vec()).map(|b| (b.skb_layout(), b.drop_reasons())));
         }
         for i in 0..good.len() {
             for v in [0u8, 0x7f, 0xff] {
                 let mut bad = good.clone();
                 bad[i] = v;
                 if let Ok(b) = Btf::parse(bad) {
-                    let _ = (b.skb_layout(), b.drop_reasons());
+                    drop((b.skb_layout(), b.drop_reasons()));
                 }
             }
         }

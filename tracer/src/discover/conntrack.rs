@@ -84,7 +84,7 @@ pub struct CtEntry {
 
 /// Which of an entry's two tuples a lookup gives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TupleDir {
+pub(crate) enum TupleDir {
     Orig,
     Reply,
 }
@@ -177,7 +177,7 @@ fn lookup_tuple(
 
 impl CtEntry {
     /// Whether `src -> dst` is this entry's tuple in direction `dir` (ICMP: the id is `src.port`).
-    pub fn has_tuple(&self, dir: TupleDir, src: Endpoint, dst: Endpoint) -> bool {
+    pub(crate) fn has_tuple(&self, dir: TupleDir, src: Endpoint, dst: Endpoint) -> bool {
         let (s, d) = match dir {
             TupleDir::Orig => (self.orig_src, self.orig_dst),
             TupleDir::Reply => (self.reply_src, self.reply_dst),

@@ -1,6 +1,6 @@
 //! Discovery: which namespaces, interfaces, bridges, routes and NAT rules make up the path.
 
-pub mod btf;
+pub(crate) mod btf;
 pub mod conntrack;
 pub mod nat_rules;
 pub mod netns;

@@ -41,7 +41,7 @@ impl Netns {
     }
 
     /// A namespace by path (`/proc/<pid>/ns/net`, `/var/run/netns/NAME`, a bind mount).
-    pub fn open(path: impl AsRef<Path>) -> Result<Self, NetnsError> {
+    pub(crate) fn open(path: impl AsRef<Path>) -> Result<Self, NetnsError> {
         let path = path.as_ref().to_path_buf();
         match File::open(&path) {
             Ok(file) => Ok(Self { file, path }),
@@ -69,7 +69,7 @@ impl Netns {
         Self::open(format!("/proc/{pid}/ns/net"))
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 

@@ -54,7 +54,7 @@ pub enum PathError {
 
 /// One hop of a path: an interface of one kind ([`Place`]) in one namespace.
 #[derive(Clone, Debug)]
-pub struct PathHop {
+pub(crate) struct PathHop {
     pub place: Place,
     /// The namespace's label in hook names: the traced side's name, or `host`.
     pub ns_label: String,
@@ -206,7 +206,7 @@ pub fn discover(
 }
 
 /// The label of the host's namespace in hook names (`host:docker0`).
-pub const HOST_LABEL: &str = "host";
+pub(crate) const HOST_LABEL: &str = "host";
 
 /// Runs inside the traced namespace: picks the interface and reads its addresses.
 fn inside(label: &str, q: &PathQuery) -> Result<(Link, Vec<IfAddr>), PathError> {
@@ -266,11 +266,6 @@ fn is_link_local(a: IpAddr) -> bool {
 }
 
 impl DiscoveredPath {
-    /// Every hop, in outbound order.
-    pub fn hops(&self) -> &[PathHop] {
-        &self.hops
-    }
-
     /// The traced interface, inside the traced namespace.
     pub fn ctr(&self) -> &Link {
         &self.hops[0].link
@@ -282,7 +277,7 @@ impl DiscoveredPath {
     }
 
     /// The hop at `place`, if the path has one.
-    pub fn hop(&self, place: Place) -> Option<&PathHop> {
+    pub(crate) fn hop(&self, place: Place) -> Option<&PathHop> {
         self.hops.iter().find(|h| h.place == place)
     }
 
@@ -292,13 +287,13 @@ impl DiscoveredPath {
     }
 
     /// The hooks of this path, slots numbered from `first_slot` (see [`hooks_of`]).
-    pub fn hooks(&self, first_slot: u8) -> Vec<AttachTarget> {
+    pub(crate) fn hooks(&self, first_slot: u8) -> Vec<AttachTarget> {
         hooks_of(&self.hops, first_slot)
     }
 
     /// This path's own hops (the container's interface and its host veth) as seen from another
     /// container on the same bridge: that container's peer hops.
-    pub fn as_peer(&self) -> Vec<PathHop> {
+    pub(crate) fn as_peer(&self) -> Vec<PathHop> {
         let peer = |place| match place {
             Place::Container => Some(Place::PeerContainer),
             Place::Veth => Some(Place::PeerVeth),
@@ -315,7 +310,7 @@ impl DiscoveredPath {
     }
 
     /// The topology snapshot for correlation, rendering and captures.
-    pub fn topology(
+    pub(crate) fn topology(
         &self,
         targets: &[AttachTarget],
         nat_rules: Vec<crate::model::NatRule>,
@@ -332,7 +327,7 @@ impl DiscoveredPath {
 
 /// The hooks of `hops`, slots numbered from `first_slot`: each hop's two directions, in the order
 /// and with the roles its place gives (8 hooks for container, veth, bridge and uplink).
-pub fn hooks_of(hops: &[PathHop], first_slot: u8) -> Vec<AttachTarget> {
+pub(crate) fn hooks_of(hops: &[PathHop], first_slot: u8) -> Vec<AttachTarget> {
     let directions = hops
         .iter()
         .flat_map(|hop| hop.place.directions().map(|d| (hop, d)));

@@ -48,7 +48,7 @@ pub struct Link {
 
 /// The result of a route lookup.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RouteInfo {
+pub(crate) struct RouteInfo {
     pub oif: u32,
     pub gateway: Option<IpAddr>,
     pub prefsrc: Option<IpAddr>,
@@ -73,7 +73,7 @@ pub enum Family {
 }
 
 impl Family {
-    pub fn of(addr: IpAddr) -> Self {
+    pub(crate) fn of(addr: IpAddr) -> Self {
         match addr {
             IpAddr::V4(_) => Self::V4,
             IpAddr::V6(_) => Self::V6,
@@ -90,7 +90,7 @@ impl Family {
 
 /// One route of a dump (any table).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Route {
+pub(crate) struct Route {
     /// Routing table (`RT_TABLE_MAIN` is 254).
     pub table: u32,
     /// Destination prefix; `None` with `dst_len` 0 for a default route.
@@ -105,21 +105,21 @@ pub struct Route {
 
 impl Route {
     /// Whether this is a default route (`0.0.0.0/0` or `::/0`) of the main table.
-    pub fn is_main_default(&self) -> bool {
+    pub(crate) fn is_main_default(&self) -> bool {
         self.dst_len == 0 && self.table == u32::from(libc::RT_TABLE_MAIN)
     }
 }
 
 /// Of `routes`, the main table's default route with the lowest metric that names an interface:
 /// the one the kernel uses while it is up (what `ip route show default` lists first).
-pub fn lowest_metric_default(routes: &[Route]) -> Option<&Route> {
+pub(crate) fn lowest_metric_default(routes: &[Route]) -> Option<&Route> {
     routes
         .iter()
         .filter(|r| r.is_main_default() && r.oif.is_some())
         .min_by_key(|r| r.metric)
 }
 
-pub struct Rtnl {
+pub(crate) struct Rtnl {
     socket: Socket,
     seq: u32,
 }
@@ -129,7 +129,7 @@ const RECV_BUF: usize = 64 * 1024;
 
 impl Rtnl {
     /// Opens a socket in the calling thread's network namespace.
-    pub fn open() -> Result<Self, RtnlError> {
+    pub(crate) fn open() -> Result<Self, RtnlError> {
         let mut socket = Socket::new(NETLINK_ROUTE)?;
         socket.bind_auto()?;
         socket.connect(&SocketAddr::new(0, 0))?;
@@ -193,7 +193,7 @@ impl Rtnl {
         }
     }
 
-    pub fn links(&mut self) -> Result<Vec<Link>, RtnlError> {
+    pub(crate) fn links(&mut self) -> Result<Vec<Link>, RtnlError> {
         let msgs = self.request(
             RouteNetlinkMessage::GetLink(LinkMessage::default()),
             NLM_F_REQUEST | NLM_F_DUMP,
@@ -208,7 +208,7 @@ impl Rtnl {
     }
 
     /// Every route of `family`, in every table.
-    pub fn routes(&mut self, family: Family) -> Result<Vec<Route>, RtnlError> {
+    pub(crate) fn routes(&mut self, family: Family) -> Result<Vec<Route>, RtnlError> {
         let mut msg = RouteMessage::default();
         msg.header.address_family = family.netlink();
         let msgs = self.request(
@@ -226,15 +226,15 @@ impl Rtnl {
 
     /// The main table's default route of `family` with the lowest metric (see
     /// [`lowest_metric_default`]), if there is one.
-    pub fn default_route(&mut self, family: Family) -> Result<Option<Route>, RtnlError> {
+    pub(crate) fn default_route(&mut self, family: Family) -> Result<Option<Route>, RtnlError> {
         Ok(lowest_metric_default(&self.routes(family)?).cloned())
     }
 
-    pub fn link_by_name(&mut self, name: &str) -> Result<Option<Link>, RtnlError> {
+    pub(crate) fn link_by_name(&mut self, name: &str) -> Result<Option<Link>, RtnlError> {
         Ok(self.links()?.into_iter().find(|l| l.name == name))
     }
 
-    pub fn addrs(&mut self) -> Result<Vec<IfAddr>, RtnlError> {
+    pub(crate) fn addrs(&mut self) -> Result<Vec<IfAddr>, RtnlError> {
         let msgs = self.request(
             RouteNetlinkMessage::GetAddress(AddressMessage::default()),
             NLM_F_REQUEST | NLM_F_DUMP,
@@ -267,7 +267,7 @@ impl Rtnl {
     }
 
     /// Whether the interface has a `clsact` qdisc.
-    pub fn has_clsact(&mut self, ifindex: u32) -> Result<bool, RtnlError> {
+    pub(crate) fn has_clsact(&mut self, ifindex: u32) -> Result<bool, RtnlError> {
         let msgs = self.request(
             RouteNetlinkMessage::GetQueueDiscipline(TcMessage::default()),
             NLM_F_REQUEST | NLM_F_DUMP,
@@ -285,7 +285,7 @@ impl Rtnl {
     }
 
     /// Number of tc filters under the interface's clsact qdisc (ingress and egress together).
-    pub fn clsact_filter_count(&mut self, ifindex: u32) -> Result<usize, RtnlError> {
+    pub(crate) fn clsact_filter_count(&mut self, ifindex: u32) -> Result<usize, RtnlError> {
         let mut n = 0;
         // TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS / TC_H_MIN_EGRESS)
         for minor in [0xfff2u16, 0xfff3] {
@@ -317,7 +317,7 @@ impl Rtnl {
 
     /// Deletes the interface's `clsact` qdisc (and every filter under it). Only for a qdisc this
     /// process created.
-    pub fn del_clsact(&mut self, ifindex: u32) -> Result<(), RtnlError> {
+    pub(crate) fn del_clsact(&mut self, ifindex: u32) -> Result<(), RtnlError> {
         let mut msg = TcMessage::with_index(ifindex as i32);
         msg.header.parent = TcHandle::CLSACT;
         msg.header.handle = TcHandle {
@@ -333,7 +333,7 @@ impl Rtnl {
     }
 
     /// `ip route get <dst>`: the kernel's own answer, policy routing included.
-    pub fn route_get(&mut self, dst: IpAddr) -> Result<RouteInfo, RtnlError> {
+    pub(crate) fn route_get(&mut self, dst: IpAddr) -> Result<RouteInfo, RtnlError> {
         let mut msg = RouteMessage::default();
         msg.header.address_family = match dst {
             IpAddr::V4(_) => AddressFamily::Inet,

@@ -28,7 +28,7 @@ use super::traffic::{TrafficError, MAX_MESSAGES};
 use crate::discover::netns::Netns;
 
 /// How long to wait for each echo reply.
-pub const REPLY_TIMEOUT: Duration = Duration::from_secs(1);
+pub(super) const REPLY_TIMEOUT: Duration = Duration::from_secs(1);
 const PAYLOAD: &[u8; 16] = b"pathtrace-ping!!";
 
 /// One reply.

@@ -16,7 +16,7 @@
 //! `verify`.
 
 mod icmp;
-pub mod state;
+pub(crate) mod state;
 mod topology;
 pub mod traffic;
 
@@ -30,8 +30,6 @@ use serde::{Deserialize, Serialize};
 use crate::discover::netns::{Netns, NetnsError};
 use state::{LabState, Resource, StateLock, STATE_DIR};
 use traffic::{LoopOptions, LoopStats, ServerHandle, ServerStats, TrafficError, TrafficLoop};
-
-pub use topology::MAX_NAME_LEN;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
@@ -139,7 +137,7 @@ pub struct Lab {
 
 impl Lab {
     /// The names and addresses of lab `name` with subnet octet `octet`; creates nothing.
-    pub fn plan(name: &str, octet: u8) -> Lab {
+    pub(crate) fn plan(name: &str, octet: u8) -> Lab {
         let ip = |c, d| Ipv4Addr::new(10, octet, c, d);
         let bridge = format!("{name}-br0");
         let subnet = format!("10.{octet}.1.0/24");
@@ -312,11 +310,6 @@ pub struct LabTrafficReport {
 }
 
 impl LabTraffic {
-    /// Counters so far.
-    pub fn stats(&self) -> LoopStats {
-        self.traffic.stats()
-    }
-
     /// Stops the loop, then the servers.
     pub fn stop(self) -> LabTrafficReport {
         let rounds = self.traffic.stop();

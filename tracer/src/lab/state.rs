@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::{Lab, LabError};
 
 /// Where state files live (tmpfs: a reboot forgets labs, as it forgets their namespaces).
-pub const STATE_DIR: &str = "/run/pathtrace";
+pub(crate) const STATE_DIR: &str = "/run/pathtrace";
 
 /// Bumped when the file format changes incompatibly.
 const STATE_VERSION: u32 = 1;
@@ -25,7 +25,7 @@ const STATE_VERSION: u32 = 1;
 /// One thing `up` created, in the order it was created; `down` undoes them in reverse.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Resource {
+pub(crate) enum Resource {
     /// A sysctl we changed, with the value to restore (e.g. `net.ipv4.ip_forward` was `0`).
     Sysctl { key: String, previous: String },
     /// A named network namespace (`ip netns add`); deleting it deletes the links inside it.
@@ -42,7 +42,7 @@ pub enum Resource {
 
 /// The content of a state file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LabState {
+pub(crate) struct LabState {
     pub version: u32,
     pub lab: Lab,
     /// False while `up` is still running (or if it died half-way).
@@ -51,7 +51,7 @@ pub struct LabState {
 }
 
 impl LabState {
-    pub fn new(lab: Lab) -> Self {
+    pub(crate) fn new(lab: Lab) -> Self {
         Self {
             version: STATE_VERSION,
             lab,
@@ -62,12 +62,12 @@ impl LabState {
 }
 
 /// The state file of the lab `name` in `dir`.
-pub fn state_path(dir: &Path, name: &str) -> PathBuf {
+pub(crate) fn state_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("lab-{name}.json"))
 }
 
 /// Writes the state file atomically (temporary file, then rename).
-pub fn save(dir: &Path, state: &LabState) -> Result<(), LabError> {
+pub(crate) fn save(dir: &Path, state: &LabState) -> Result<(), LabError> {
     let path = state_path(dir, &state.lab.name);
     let tmp = path.with_extension("json.tmp");
     let io = |source| LabError::StateIo {
@@ -83,7 +83,7 @@ pub fn save(dir: &Path, state: &LabState) -> Result<(), LabError> {
 }
 
 /// Reads the state file of the lab `name`.
-pub fn load(dir: &Path, name: &str) -> Result<LabState, LabError> {
+pub(crate) fn load(dir: &Path, name: &str) -> Result<LabState, LabError> {
     read(&state_path(dir, name), name)
 }
 
@@ -115,7 +115,7 @@ fn read(path: &Path, name: &str) -> Result<LabState, LabError> {
 }
 
 /// Removes the state file; a missing one is fine (nothing to forget).
-pub fn remove(dir: &Path, name: &str) -> Result<(), LabError> {
+pub(crate) fn remove(dir: &Path, name: &str) -> Result<(), LabError> {
     let path = state_path(dir, name);
     match fs::remove_file(&path) {
         Ok(()) => Ok(()),
@@ -126,7 +126,7 @@ pub fn remove(dir: &Path, name: &str) -> Result<(), LabError> {
 
 /// All readable state files in `dir`, sorted by lab name. Unreadable files are skipped with a warning,
 /// so one broken file does not hide the other labs.
-pub fn list(dir: &Path) -> Result<Vec<LabState>, LabError> {
+pub(crate) fn list(dir: &Path) -> Result<Vec<LabState>, LabError> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -162,12 +162,12 @@ pub fn list(dir: &Path) -> Result<Vec<LabState>, LabError> {
 
 /// An exclusive lock on `dir/lab.lock`, held while labs are created or removed.
 #[derive(Debug)]
-pub struct StateLock {
+pub(crate) struct StateLock {
     _lock: Flock<File>,
 }
 
 impl StateLock {
-    pub fn acquire(dir: &Path) -> Result<Self, LabError> {
+    pub(crate) fn acquire(dir: &Path) -> Result<Self, LabError> {
         let path = dir.join("lab.lock");
         let io = |source| LabError::StateIo {
             path: path.clone(),

@@ -17,13 +17,13 @@ use crate::{
 };
 
 /// The range of X in 10.X.1.0/24 and 10.X.2.0/24.
-pub const OCTETS: std::ops::RangeInclusive<u8> = 200..=250;
+pub(super) const OCTETS: std::ops::RangeInclusive<u8> = 200..=250;
 /// Linux interface names hold at most 15 bytes; `<name>-veth0` is the longest we make.
-pub const MAX_NAME_LEN: usize = 15 - "-veth0".len();
+pub(crate) const MAX_NAME_LEN: usize = 15 - "-veth0".len();
 const IP_FORWARD: &str = "net.ipv4.ip_forward";
 
 /// Checks a user-given lab name: it becomes part of interface, namespace and file names.
-pub fn validate_name(name: &str) -> Result<(), LabError> {
+pub(super) fn validate_name(name: &str) -> Result<(), LabError> {
     let ok_chars = name
         .chars()
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
@@ -35,7 +35,7 @@ pub fn validate_name(name: &str) -> Result<(), LabError> {
 }
 
 /// Whether anything of a lab called `name` exists: a state file, a namespace or a host link.
-pub fn name_in_use(dir: &Path, name: &str) -> bool {
+pub(super) fn name_in_use(dir: &Path, name: &str) -> bool {
     let lab = Lab::plan(name, *OCTETS.start());
     state::state_path(dir, name).exists()
         || [&lab.ctr_netns, &lab.wan_netns]
@@ -47,7 +47,7 @@ pub fn name_in_use(dir: &Path, name: &str) -> bool {
 }
 
 /// The first free `pt<N>`.
-pub fn first_free_name(dir: &Path) -> Result<String, LabError> {
+pub(super) fn first_free_name(dir: &Path) -> Result<String, LabError> {
     (1..=9999)
         .map(|i| format!("pt{i}"))
         .find(|name| !name_in_use(dir, name))
@@ -61,7 +61,7 @@ fn link_exists(name: &str) -> bool {
 }
 
 /// Whether two IPv4 prefixes share any address.
-pub fn overlaps(a: (Ipv4Addr, u8), b: (Ipv4Addr, u8)) -> bool {
+pub(super) fn overlaps(a: (Ipv4Addr, u8), b: (Ipv4Addr, u8)) -> bool {
     let prefix = |(addr, len): (Ipv4Addr, u8)| Prefix {
         addr: addr.into(),
         len: len.min(32),
@@ -70,7 +70,7 @@ pub fn overlaps(a: (Ipv4Addr, u8), b: (Ipv4Addr, u8)) -> bool {
 }
 
 /// The first X whose two /24s overlap no host prefix and no other lab.
-pub fn choose_octet(host: &[(Ipv4Addr, u8)], used_by_labs: &[u8]) -> Result<u8, LabError> {
+pub(super) fn choose_octet(host: &[(Ipv4Addr, u8)], used_by_labs: &[u8]) -> Result<u8, LabError> {
     OCTETS
         .into_iter()
         .find(|&x| {
@@ -85,7 +85,7 @@ pub fn choose_octet(host: &[(Ipv4Addr, u8)], used_by_labs: &[u8]) -> Result<u8, 
 /// IPv4 prefixes in use in the calling thread's namespace: every address (with its prefix length)
 /// and every route's destination, in all routing tables. Default routes (/0) are left out: they
 /// overlap everything by design and do not make a subnet ambiguous.
-pub fn host_prefixes() -> Result<Vec<(Ipv4Addr, u8)>, LabError> {
+pub(super) fn host_prefixes() -> Result<Vec<(Ipv4Addr, u8)>, LabError> {
     let nl = |e: RtnlError| LabError::Netlink(e.to_string());
     let mut rtnl = Rtnl::open().map_err(nl)?;
     let mut prefixes = Vec::new();
@@ -105,7 +105,7 @@ pub fn host_prefixes() -> Result<Vec<(Ipv4Addr, u8)>, LabError> {
 }
 
 /// Runs one command; a failure names the command and carries its stderr.
-pub fn run(args: &[&str]) -> Result<String, LabError> {
+pub(super) fn run(args: &[&str]) -> Result<String, LabError> {
     let cmd = args.join(" ");
     let Some((program, rest)) = args.split_first() else {
         return Err(LabError::Spawn {
@@ -168,7 +168,7 @@ fn forward_rules(lab: &Lab) -> [Vec<String>; 2] {
 
 /// The MASQUERADE rule's arguments after the chain name; without a comment, so that
 /// `iptables -t nat -S` prints exactly [`Lab::masquerade_rule_text`].
-pub fn masquerade_rule(lab: &Lab) -> Vec<String> {
+pub(super) fn masquerade_rule(lab: &Lab) -> Vec<String> {
     [
         "-s",
         &lab.subnet,
@@ -185,7 +185,7 @@ pub fn masquerade_rule(lab: &Lab) -> Vec<String> {
 
 /// Creates the topology, recording every created piece in `state` and saving it to `dir` after each
 /// step. On error the caller rolls back with [`teardown`].
-pub fn build(dir: &Path, state: &mut LabState) -> Result<(), LabError> {
+pub(super) fn build(dir: &Path, state: &mut LabState) -> Result<(), LabError> {
     let lab = state.lab.clone();
     let mut step = Recorder { dir, state };
 
@@ -290,7 +290,7 @@ fn iptables(table: &str, op: &str, chain: &str, rule: &[String]) -> Result<Strin
 }
 
 /// Undoes one created piece; a piece that is already gone is not an error.
-pub fn undo(resource: &Resource) -> Result<(), LabError> {
+pub(super) fn undo(resource: &Resource) -> Result<(), LabError> {
     match resource {
         Resource::Sysctl { key, previous } => write_sysctl(key, previous),
         Resource::Netns { name } => {
@@ -319,7 +319,7 @@ pub fn undo(resource: &Resource) -> Result<(), LabError> {
 /// Undoes `created` in reverse order, continuing past failures; returns what could not be undone.
 /// `keep_sysctls` leaves changed sysctls alone (another lab still needs them); they are returned so
 /// the caller can hand them over.
-pub fn teardown(created: &[Resource], keep_sysctls: bool) -> (Vec<LabError>, Vec<Resource>) {
+pub(super) fn teardown(created: &[Resource], keep_sysctls: bool) -> (Vec<LabError>, Vec<Resource>) {
     let mut errors = Vec::new();
     let mut kept = Vec::new();
     for resource in created.iter().rev() {

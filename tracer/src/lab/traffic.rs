@@ -21,16 +21,16 @@ use serde::Serialize;
 
 use crate::discover::netns::{Netns, NetnsError};
 
-pub use super::icmp::{icmp_echo, PingReply, PingStats};
+pub use super::icmp::icmp_echo;
 
 /// Timeout for a connect, and for each send or receive.
-pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a UDP exchange waits for each echo.
-pub const UDP_REPLY_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const UDP_REPLY_TIMEOUT: Duration = Duration::from_secs(1);
 /// Most messages (or pings) one call sends.
-pub const MAX_MESSAGES: usize = 10_000;
+pub(crate) const MAX_MESSAGES: usize = 10_000;
 /// Largest payload of one message (fits one UDP datagram).
-pub const MAX_PAYLOAD: usize = 65_507;
+pub(crate) const MAX_PAYLOAD: usize = 65_507;
 /// Most distinct peers a server remembers.
 const MAX_PEERS: usize = 64;
 /// Most connections a TCP server serves at once; more are closed at once.
@@ -163,7 +163,7 @@ impl ServerHandle {
     }
 
     /// Counters so far.
-    pub fn stats(&self) -> ServerStats {
+    pub(crate) fn stats(&self) -> ServerStats {
         self.stats
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -538,7 +538,7 @@ impl TrafficLoop {
     }
 
     /// Counters so far.
-    pub fn stats(&self) -> LoopStats {
+    pub(crate) fn stats(&self) -> LoopStats {
         self.stats
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -25,13 +25,13 @@ pub enum Direction {
 }
 
 impl Direction {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Ingress => "ingress",
             Self::Egress => "egress",
         }
     }
-    pub fn raw(self) -> u32 {
+    pub(crate) fn raw(self) -> u32 {
         match self {
             Self::Ingress => DIR_INGRESS,
             Self::Egress => DIR_EGRESS,
@@ -39,7 +39,7 @@ impl Direction {
     }
 
     /// The other direction.
-    pub fn other(self) -> Self {
+    pub(crate) fn other(self) -> Self {
         match self {
             Self::Ingress => Self::Egress,
             Self::Egress => Self::Ingress,
@@ -112,7 +112,7 @@ impl From<u8> for Proto {
 }
 
 impl Proto {
-    pub fn number(self) -> u8 {
+    pub(crate) fn number(self) -> u8 {
         match self {
             Self::Tcp => IPPROTO_TCP,
             Self::Udp => IPPROTO_UDP,
@@ -122,12 +122,12 @@ impl Proto {
         }
     }
 
-    pub fn has_ports(self) -> bool {
+    pub(crate) fn has_ports(self) -> bool {
         matches!(self, Self::Tcp | Self::Udp)
     }
 
     /// ICMP of the address family of `addr` (echo requests to an IPv6 address are ICMPv6).
-    pub fn icmp_for(addr: IpAddr) -> Self {
+    pub(crate) fn icmp_for(addr: IpAddr) -> Self {
         match addr {
             IpAddr::V4(_) => Self::Icmp,
             IpAddr::V6(_) => Self::Icmpv6,
@@ -190,7 +190,7 @@ impl<'de> Deserialize<'de> for Proto {
 
 /// An address prefix, `ADDR/LEN` (a host when `len` is the address's width).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Prefix {
+pub(crate) struct Prefix {
     pub addr: IpAddr,
     pub len: u8,
 }
@@ -202,7 +202,7 @@ pub struct BadPrefix(pub String);
 
 impl Prefix {
     /// The prefix of one address.
-    pub fn host(addr: IpAddr) -> Self {
+    pub(crate) fn host(addr: IpAddr) -> Self {
         Self {
             addr,
             len: width(addr),
@@ -210,12 +210,12 @@ impl Prefix {
     }
 
     /// Whether `a` is in this prefix (never across address families).
-    pub fn contains(&self, a: IpAddr) -> bool {
+    pub(crate) fn contains(&self, a: IpAddr) -> bool {
         self.overlaps(&Self::host(a))
     }
 
     /// Whether two prefixes share any address (never across address families).
-    pub fn overlaps(&self, other: &Self) -> bool {
+    pub(crate) fn overlaps(&self, other: &Self) -> bool {
         let ((v6a, a), (v6b, b)) = (addr_bits(self.addr), addr_bits(other.addr));
         let mask = prefix_mask(
             u32::from(self.len.min(other.len)),
@@ -254,7 +254,7 @@ fn width(addr: IpAddr) -> u8 {
 
 /// An address as the kernel side's structs hold it: family 4 or 6, and 16 bytes (IPv4 in the
 /// first four).
-pub fn family_and_bytes(addr: IpAddr) -> (u8, [u8; 16]) {
+pub(crate) fn family_and_bytes(addr: IpAddr) -> (u8, [u8; 16]) {
     let mut bytes = [0u8; 16];
     match addr {
         IpAddr::V4(a) => {
@@ -266,7 +266,7 @@ pub fn family_and_bytes(addr: IpAddr) -> (u8, [u8; 16]) {
 }
 
 /// Whether the address is IPv6, and its bits (an IPv4 address in the low 32).
-pub fn addr_bits(addr: IpAddr) -> (bool, u128) {
+pub(crate) fn addr_bits(addr: IpAddr) -> (bool, u128) {
     match addr {
         IpAddr::V4(a) => (false, u128::from(u32::from(a))),
         IpAddr::V6(a) => (true, u128::from(a)),
@@ -274,7 +274,7 @@ pub fn addr_bits(addr: IpAddr) -> (bool, u128) {
 }
 
 /// The mask of a `/n` prefix in an address of `width` bits (32 or 128), in [`addr_bits`]' form.
-pub fn prefix_mask(n: u32, width: u32) -> u128 {
+pub(crate) fn prefix_mask(n: u32, width: u32) -> u128 {
     if n == 0 {
         0
     } else {
@@ -366,15 +366,10 @@ fn read_at<T: aya::Pod>(raw: &[u8], offset: usize) -> Result<T, DecodeError> {
 }
 
 impl PacketRecord {
-    /// Decodes one ring-buffer record, captured bytes included. Never panics on arbitrary input.
-    pub fn decode(raw: &[u8]) -> Result<Self, DecodeError> {
-        Self::decode_with(raw, true)
-    }
-
     /// Decodes one ring-buffer record; the captured bytes are copied into [`PacketRecord::data`]
     /// only when `frame` is set (a capture is being written), else `data` is empty: the kernel
     /// already sent the parsed metadata, and nothing else reads the bytes.
-    pub fn decode_with(raw: &[u8], frame: bool) -> Result<Self, DecodeError> {
+    pub(crate) fn decode_with(raw: &[u8], frame: bool) -> Result<Self, DecodeError> {
         use std::mem::offset_of;
         // Checks the whole event's length and kind, but copies only the header and metadata.
         if raw.len() < size_of::<PacketEvent>() {
@@ -403,7 +398,7 @@ impl PacketRecord {
     }
 
     /// Rebuilds a record from captured bytes (replay): the same parser the kernel ran.
-    pub fn from_frame(
+    pub(crate) fn from_frame(
         slot: u8,
         direction: Direction,
         ifindex: u32,
@@ -417,7 +412,7 @@ impl PacketRecord {
 
     /// A record from what the parser found (in the kernel or here); `None` when not IP.
     fn from_meta(
-        m: &tracer_common::event::PacketMeta,
+        m: &PacketMeta,
         slot: u8,
         direction: Direction,
         ifindex: u32,
@@ -465,7 +460,7 @@ pub struct DropRecord {
 
 impl DropRecord {
     /// Decodes a [`tracer_common::event::DropEvent`] record (the reason name is resolved later).
-    pub fn decode(raw: &[u8]) -> Result<Self, DecodeError> {
+    pub(crate) fn decode(raw: &[u8]) -> Result<Self, DecodeError> {
         use tracer_common::event::{DropEvent, KIND_DROP};
         let ev: DropEvent = read_event(raw, KIND_DROP)?;
         Ok(Self {
@@ -510,6 +505,7 @@ pub struct Topology {
 }
 
 impl Topology {
+    /// The hook of a slot.
     pub fn hook(&self, slot: u8) -> Option<&Hook> {
         self.hooks.iter().find(|h| h.slot == slot)
     }

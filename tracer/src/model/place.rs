@@ -58,19 +58,19 @@ impl Place {
     /// Whether the place is on the traced side (the container's interface or the host end of its
     /// veth), where a packet carries the tuple the container itself uses and the hook's program
     /// sees only the traced side's packets.
-    pub const fn is_source(self) -> bool {
+    pub(crate) const fn is_source(self) -> bool {
         matches!(self, Self::Container | Self::Veth)
     }
 
     /// Whether the place is on the traced side's own way out (not another container's).
-    pub const fn on_main_path(self) -> bool {
+    pub(crate) const fn on_main_path(self) -> bool {
         !matches!(self, Self::PeerVeth | Self::PeerContainer)
     }
 
     /// How the kernel program of this place's hook in `direction` decides what to emit: a source
     /// hook sees only the traced side's packets (in the way it is crossed first); a shared one
     /// (bridge, uplink, a peer) emits only packets to or from endpoints of interest.
-    pub fn role(self, direction: Direction) -> Role {
+    pub(crate) fn role(self, direction: Direction) -> Role {
         if !self.is_source() {
             return Role::Shared;
         }
@@ -83,7 +83,7 @@ impl Place {
     /// The place's two hooks in the order they are attached: the one an outbound packet meets
     /// first comes first, so that a reply is never traced at a hop before its request can be at
     /// the hops upstream of it.
-    pub fn directions(self) -> [Direction; 2] {
+    pub(crate) fn directions(self) -> [Direction; 2] {
         let (i, e) = (Direction::Ingress, Direction::Egress);
         if self.ranks(i).0 <= self.ranks(e).0 {
             [i, e]
@@ -104,7 +104,7 @@ pub enum Role {
 }
 
 impl Role {
-    pub fn raw(self) -> u32 {
+    pub(crate) fn raw(self) -> u32 {
         match self {
             Self::SourceOut => ROLE_SOURCE_OUT,
             Self::SourceIn => ROLE_SOURCE_IN,
@@ -127,7 +127,7 @@ pub enum Orientation {
 impl Orientation {
     /// The orientation a hook implies on its own: the one whose path crosses it. `None` for a hook
     /// both cross (the bridge).
-    pub fn of_hook(place: Place, direction: Direction) -> Option<Self> {
+    pub(crate) fn of_hook(place: Place, direction: Direction) -> Option<Self> {
         let (out, back) = place.ranks(direction);
         match (out <= ON_PATH_MAX, back <= ON_PATH_MAX) {
             (true, true) => None,
@@ -137,7 +137,7 @@ impl Orientation {
     }
 
     /// The opposite orientation (that of replies).
-    pub fn reversed(self) -> Self {
+    pub(crate) fn reversed(self) -> Self {
         match self {
             Self::Outbound => Self::Inbound,
             Self::Inbound => Self::Outbound,
@@ -146,7 +146,7 @@ impl Orientation {
 
     /// Position of a hook on a path of this orientation; hooks crossed the other way only sort
     /// after every hook of this orientation.
-    pub fn rank(self, place: Place, direction: Direction) -> u32 {
+    pub(crate) fn rank(self, place: Place, direction: Direction) -> u32 {
         let (out, back) = place.ranks(direction);
         match self {
             Self::Outbound => out,
@@ -156,14 +156,14 @@ impl Orientation {
 
     /// Rank of the hook a packet of this orientation meets where a packet of the other
     /// orientation met `(place, direction)`: the same interface, the other direction.
-    pub fn mirror_rank(self, place: Place, direction: Direction) -> u32 {
+    pub(crate) fn mirror_rank(self, place: Place, direction: Direction) -> u32 {
         self.rank(place, direction.other())
     }
 
     /// Rank of the last hook of the traced side's own path (container, veth, bridge, uplink: not a
     /// peer's) among `hooks`, in this orientation: where a packet routed by the host is expected
     /// to end up.
-    pub fn main_path_end<'h>(
+    pub(crate) fn main_path_end<'h>(
         self,
         hooks: impl IntoIterator<Item = (Place, Direction)> + 'h,
     ) -> Option<u32> {

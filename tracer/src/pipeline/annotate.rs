@@ -23,7 +23,7 @@ pub trait Annotator: Send {
 /// The conntrack table's verdict on each NAT step of the opening direction that has none yet:
 /// `Some(true)` when the kernel's entry shows the same mapping, `Some(false)` when another; left
 /// `None` (asked again on the next update) while there is no entry.
-pub struct ConntrackConfirm;
+pub(crate) struct ConntrackConfirm;
 
 impl Annotator for ConntrackConfirm {
     fn annotate(&mut self, flow: &mut FlowReport) {
@@ -46,7 +46,7 @@ impl Annotator for ConntrackConfirm {
 }
 
 /// The runtime's notes on a flow (see [`crate::runtime::ContainerRuntime::flow_notes`]).
-pub struct RuntimeNotes(pub Box<dyn FlowNotes>);
+pub(crate) struct RuntimeNotes(pub Box<dyn FlowNotes>);
 
 impl Annotator for RuntimeNotes {
     fn annotate(&mut self, flow: &mut FlowReport) {
@@ -60,7 +60,7 @@ impl Annotator for RuntimeNotes {
 const QUEUE: usize = 4096;
 
 /// The annotation thread: reports go in, annotated, in the order they came.
-pub struct Annotation {
+pub(crate) struct Annotation {
     jobs: Option<SyncSender<FlowReport>>,
     done: Option<Receiver<FlowReport>>,
     thread: Option<JoinHandle<()>>,
@@ -69,7 +69,7 @@ pub struct Annotation {
 
 impl Annotation {
     /// A thread running `annotators` in order on every report; `None` when there are none.
-    pub fn spawn(annotators: Vec<Box<dyn Annotator>>) -> Option<Self> {
+    pub(crate) fn spawn(annotators: Vec<Box<dyn Annotator>>) -> Option<Self> {
         if annotators.is_empty() {
             return None;
         }
@@ -105,7 +105,7 @@ impl Annotation {
     }
 
     /// Queues a report without waiting; gives it back when the queue is full.
-    pub fn try_submit(&mut self, flow: FlowReport) -> Option<FlowReport> {
+    pub(crate) fn try_submit(&mut self, flow: FlowReport) -> Option<FlowReport> {
         let Some(jobs) = &self.jobs else {
             return Some(flow);
         };
@@ -119,7 +119,7 @@ impl Annotation {
     }
 
     /// Queues a report, waiting for room; gives it back when the thread is gone.
-    pub fn submit(&mut self, flow: FlowReport) -> Option<FlowReport> {
+    pub(crate) fn submit(&mut self, flow: FlowReport) -> Option<FlowReport> {
         let Some(jobs) = &self.jobs else {
             return Some(flow);
         };
@@ -133,14 +133,14 @@ impl Annotation {
     }
 
     /// An annotated report that is ready, without waiting.
-    pub fn ready(&mut self) -> Option<FlowReport> {
+    pub(crate) fn ready(&mut self) -> Option<FlowReport> {
         let flow = self.done.as_ref()?.try_recv().ok()?;
         self.in_flight -= 1;
         Some(flow)
     }
 
     /// The next annotated report, waiting for it; `None` when none is in flight.
-    pub fn wait(&mut self) -> Option<FlowReport> {
+    pub(crate) fn wait(&mut self) -> Option<FlowReport> {
         if self.in_flight == 0 {
             return None;
         }
@@ -150,7 +150,7 @@ impl Annotation {
     }
 
     /// Reports handed over and not taken back yet.
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.in_flight
     }
 }

@@ -69,7 +69,7 @@ impl<'r> Engine<'r> {
     }
 
     /// Feeds events without a session (a replay).
-    pub fn feed(&mut self, events: &[Event]) {
+    pub(crate) fn feed(&mut self, events: &[Event]) {
         self.events(events);
     }
 

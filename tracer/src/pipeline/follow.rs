@@ -20,7 +20,7 @@ use super::{
 };
 
 /// What the follower needs to know about the trace.
-pub struct Follow {
+pub(crate) struct Follow {
     /// The container's name, as messages give it.
     pub name: String,
     /// `Docker`: whose event stream it is.
@@ -33,7 +33,7 @@ pub struct Follow {
 
 /// Follows `events` until the container is removed or the stream ends. Returns `Some(why)` when
 /// the container was removed, which ends the trace as an error.
-pub async fn follow(
+pub(crate) async fn follow(
     mut events: BoxStream<'static, TargetEvent>,
     f: Follow,
     tx: mpsc::Sender<Control>,

@@ -19,13 +19,13 @@
 
 pub mod annotate;
 pub mod engine;
-pub mod follow;
-pub mod plan;
+pub(crate) mod follow;
+pub(crate) mod plan;
 pub mod session;
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 use crate::{
     capture::{record::Recorder, Capture, CaptureWriter},
@@ -37,13 +37,13 @@ use crate::{
 
 use self::{
     engine::{Engine, Outcome},
-    session::{Control, Finished, Observer, SessionSpec, StopReason},
+    session::{Finished, Observer, SessionSpec, StopReason},
 };
 
 /// A live trace's session around `engine`: runs it to its end (writing `capture` as it goes),
 /// then has the engine render its final report. A capture error ends the trace and is returned
 /// after the report.
-pub fn trace(
+pub(crate) fn trace(
     rt: &tokio::runtime::Runtime,
     session: SessionSpec,
     engine: &mut Engine<'_>,
@@ -70,7 +70,7 @@ pub fn trace(
 
 /// A capture replayed through the same correlation and rendering as a live trace, into
 /// `renderer`: NAT rules from the file's topology snapshot, no conntrack (a live-kernel question).
-pub fn replay(cap: &Capture, renderer: &mut dyn Renderer) -> Outcome {
+pub(crate) fn replay(cap: &Capture, renderer: &mut dyn Renderer) -> Outcome {
     let rules: Arc<dyn RuleAttributor> = Arc::new(NatRuleset::from_rules(&cap.topology.nat_rules));
     let topology = Arc::new(cap.topology.clone());
     let mut engine = Engine::new(topology, Some(rules), 1 << 20, Vec::new(), renderer);
@@ -103,6 +103,3 @@ pub fn replay(cap: &Capture, renderer: &mut dyn Renderer) -> Outcome {
     engine.finished(StopReason::Requested, &end);
     engine.finish()
 }
-
-/// Requests from outside a session's loop (a runtime's events), and where they come from.
-pub type ControlChannel = (mpsc::Sender<Control>, mpsc::Receiver<Control>);

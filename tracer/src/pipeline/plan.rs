@@ -25,7 +25,7 @@ use crate::{
 const SLOTS_PER_IFACE: u8 = 4;
 
 /// Hooks, topology, NAT rules and endpoints of interest of one trace.
-pub struct Plan {
+pub(crate) struct Plan {
     pub targets: Vec<AttachTarget>,
     pub topology: Arc<Topology>,
     pub rules: Arc<NatRuleset>,
@@ -36,7 +36,10 @@ pub struct Plan {
 impl Plan {
     /// The plan of one namespace's path; `targets` are its hooks (`found.hooks(0)`). Reads the NAT
     /// ruleset.
-    pub fn for_path(found: &DiscoveredPath, targets: Vec<AttachTarget>) -> anyhow::Result<Self> {
+    pub(crate) fn for_path(
+        found: &DiscoveredPath,
+        targets: Vec<AttachTarget>,
+    ) -> anyhow::Result<Self> {
         let rules = read_rules()?;
         let topology = Arc::new(found.topology(&targets, rules.rules()));
         Ok(Self {
@@ -49,7 +52,7 @@ impl Plan {
 
     /// The plan of a container's paths; `targets` are their hooks ([`container_hooks`], peers
     /// added). Reads the NAT ruleset.
-    pub fn for_container(
+    pub(crate) fn for_container(
         target: &Target,
         paths: &[TargetPath],
         targets: Vec<AttachTarget>,
@@ -70,7 +73,7 @@ impl Plan {
     }
 
     /// What names the rule of each NAT step: the ruleset read for this plan.
-    pub fn attributor(&self) -> Arc<dyn RuleAttributor> {
+    pub(crate) fn attributor(&self) -> Arc<dyn RuleAttributor> {
         self.rules.clone()
     }
 }
@@ -81,7 +84,7 @@ fn read_rules() -> anyhow::Result<NatRuleset> {
 
 /// Hooks for every interface of a container: interface `i` gets slots `4i..4i+4` for its
 /// container-side hooks (kept across restarts), then bridges and uplinks, each once.
-pub fn container_hooks(paths: &[TargetPath]) -> anyhow::Result<Vec<AttachTarget>> {
+pub(crate) fn container_hooks(paths: &[TargetPath]) -> anyhow::Result<Vec<AttachTarget>> {
     let mut own = Vec::new();
     let mut shared: Vec<AttachTarget> = Vec::new();
     for (i, p) in paths.iter().enumerate() {
@@ -117,7 +120,10 @@ pub fn container_hooks(paths: &[TargetPath]) -> anyhow::Result<Vec<AttachTarget>
 }
 
 /// Appends shared hooks after those of [`container_hooks`], on the next free slots.
-pub fn add_shared(targets: &mut Vec<AttachTarget>, more: Vec<AttachTarget>) -> anyhow::Result<()> {
+pub(crate) fn add_shared(
+    targets: &mut Vec<AttachTarget>,
+    more: Vec<AttachTarget>,
+) -> anyhow::Result<()> {
     let mut next = targets.iter().map(|t| t.hook.slot + 1).max().unwrap_or(0);
     for mut t in more {
         t.hook.slot = next;
@@ -136,7 +142,7 @@ pub fn add_shared(targets: &mut Vec<AttachTarget>, more: Vec<AttachTarget>) -> a
 /// container's endpoints of interest only). Bridged traffic never crosses the bridge device's
 /// own tc hooks, so these are where it shows on the far side. Empty when no other running
 /// container holds `to`.
-pub async fn peer_hooks(
+pub(crate) async fn peer_hooks(
     runtime: &dyn ContainerRuntime,
     target: &Target,
     paths: &[TargetPath],
@@ -172,7 +178,7 @@ pub async fn peer_hooks(
 }
 
 /// The topology snapshot of a container's paths.
-pub fn container_topology(
+pub(crate) fn container_topology(
     target: &Target,
     paths: &[TargetPath],
     hooks: &[AttachTarget],
@@ -196,7 +202,7 @@ pub fn container_topology(
 }
 
 /// The container's own addresses on all its paths.
-pub fn target_addrs(paths: &[TargetPath]) -> Vec<IpAddr> {
+pub(crate) fn target_addrs(paths: &[TargetPath]) -> Vec<IpAddr> {
     paths
         .iter()
         .flat_map(|p| p.path.ctr_addrs.iter().map(|a| a.addr))
@@ -207,7 +213,7 @@ pub fn target_addrs(paths: &[TargetPath]) -> Vec<IpAddr> {
 /// from the first SYN on, before the container has answered anything; and their container ends,
 /// so that the bridge's egress hook sees that SYN after DNAT too (its client becomes of interest
 /// only at the container's own hooks, one hop later).
-pub fn published_interest(
+pub(crate) fn published_interest(
     published: &[PublishedPort],
     uplink_addrs: &[IpAddr],
     ctr_addrs: &[IpAddr],

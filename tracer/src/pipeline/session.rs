@@ -38,6 +38,10 @@ pub trait Observer {
         false
     }
     /// Something the user should know (container restarted, interface moved away).
+    #[expect(
+        clippy::print_stderr,
+        reason = "an observer that renders nothing still says what the user should know"
+    )]
     fn note(&mut self, msg: &str) {
         eprintln!("pathtrace: {msg}");
     }
@@ -45,7 +49,7 @@ pub trait Observer {
 
 /// Requests to a running session from outside its loop (e.g. a Docker event watcher).
 #[derive(Debug)]
-pub enum Control {
+pub(crate) enum Control {
     /// Detaches the hooks on these slots and attaches these targets (after a restart).
     Replace {
         detach_slots: Vec<u8>,
@@ -92,7 +96,7 @@ impl std::fmt::Display for StopReason {
     }
 }
 
-pub struct SessionSpec {
+pub(crate) struct SessionSpec {
     /// The kernel object, loading (and attaching what it was given) since before the session.
     pub tracer: PendingTracer,
     pub duration: Option<Duration>,
@@ -104,7 +108,7 @@ pub struct SessionSpec {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum SessionError {
+pub(crate) enum SessionError {
     #[error(transparent)]
     Attach(#[from] AttachError),
     #[error("reading events: {0}")]
@@ -112,7 +116,7 @@ pub enum SessionError {
 }
 
 /// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
+pub(crate) fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -129,7 +133,7 @@ const DRAIN_EVERY: Duration = Duration::from_millis(10);
 const BATCH: usize = 4096;
 
 /// Runs a session to its end. `stop` ends it early (e.g. a probe finished).
-pub async fn run(
+pub(crate) async fn run(
     spec: SessionSpec,
     observer: &mut dyn Observer,
     stop: Arc<Notify>,

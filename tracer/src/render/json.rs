@@ -19,7 +19,7 @@ use crate::{
 use super::{Printer, RenderError, Summary};
 
 /// The JSON-lines format.
-pub struct Json;
+pub(super) struct Json;
 
 impl Printer for Json {
     /// None: the first line of a JSON trace is its first flow.
@@ -230,7 +230,7 @@ struct HookLine {
 }
 
 /// A flow as one JSON object (no trailing newline).
-pub fn flow_line(f: &FlowReport) -> serde_json::Result<String> {
+pub(crate) fn flow_line(f: &FlowReport) -> serde_json::Result<String> {
     serde_json::to_string(&FlowLine {
         kind: "flow",
         id: f.id.0,
@@ -254,7 +254,7 @@ pub fn flow_line(f: &FlowReport) -> serde_json::Result<String> {
 }
 
 /// The summary as one JSON object (no trailing newline).
-pub fn summary_line(s: &Summary<'_>) -> serde_json::Result<String> {
+pub(crate) fn summary_line(s: &Summary<'_>) -> serde_json::Result<String> {
     let hooks = s
         .hooks
         .iter()

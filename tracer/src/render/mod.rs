@@ -13,7 +13,7 @@
 
 mod inspect;
 mod json;
-pub mod output;
+pub(crate) mod output;
 mod text;
 
 use crate::{
@@ -22,9 +22,7 @@ use crate::{
     model::{Hook, HookStats},
 };
 
-pub use json::{flow_line, summary_line};
 pub use output::Output;
-pub use text::{flow_block, format_delta_us, summary_block};
 
 /// What the end-of-trace summary covers.
 #[derive(Clone, Copy, Debug)]
@@ -89,13 +87,13 @@ pub trait Renderer {
 
 /// Why output could not be rendered.
 #[derive(Debug, thiserror::Error)]
-pub enum RenderError {
+pub(crate) enum RenderError {
     #[error("cannot encode JSON: {0}")]
     Json(#[from] serde_json::Error),
 }
 
 /// One output format, whole: everything pathtrace prints, as strings that end in a newline.
-pub trait Printer: Sync {
+pub(crate) trait Printer: Sync {
     /// The first line of a live trace, if the format has one.
     fn started(&self, mode: &str, hooks: &[Hook]) -> Option<String>;
     /// One flow: a block of lines (text) or one line (JSON).
@@ -126,7 +124,7 @@ pub enum Format {
 
 impl Format {
     /// `--json` or not.
-    pub fn of_json_flag(json: bool) -> Self {
+    pub(crate) fn of_json_flag(json: bool) -> Self {
         if json {
             Self::Json
         } else {
@@ -135,7 +133,7 @@ impl Format {
     }
 
     /// The format's printer.
-    pub fn printer(self) -> &'static dyn Printer {
+    pub(crate) fn printer(self) -> &'static dyn Printer {
         match self {
             Self::Text => &text::Text,
             Self::Json => &json::Json,
@@ -148,13 +146,15 @@ impl Format {
         Box::new(StreamRenderer::new(self.printer(), out, live))
     }
 
+    #[cfg(test)]
     /// One flow, ending in a newline.
-    pub fn flow(self, flow: &FlowReport) -> Result<String, RenderError> {
+    pub(crate) fn flow(self, flow: &FlowReport) -> Result<String, RenderError> {
         self.printer().flow(flow)
     }
 
+    #[cfg(test)]
     /// The summary, ending in a newline.
-    pub fn summary(self, summary: &Summary<'_>) -> Result<String, RenderError> {
+    pub(crate) fn summary(self, summary: &Summary<'_>) -> Result<String, RenderError> {
         self.printer().summary(summary)
     }
 }
@@ -162,14 +162,14 @@ impl Format {
 /// Writes a trace's updates through a printer into a bounded, non-blocking [`Output`]: updates
 /// while tracing are shed (and counted) when the output is too slow; the final report waits for
 /// room.
-pub struct StreamRenderer {
+pub(crate) struct StreamRenderer {
     printer: &'static dyn Printer,
     out: Output,
     live: bool,
 }
 
 impl StreamRenderer {
-    pub fn new(printer: &'static dyn Printer, out: Output, live: bool) -> Self {
+    pub(crate) fn new(printer: &'static dyn Printer, out: Output, live: bool) -> Self {
         Self { printer, out, live }
     }
 
@@ -222,6 +222,10 @@ impl Renderer for StreamRenderer {
         }
     }
 
+    #[expect(
+        clippy::print_stderr,
+        reason = "after the last line of output: the one line about what it could not take"
+    )]
     fn close(&mut self) {
         self.out.close();
         let shed = self.out.shed();
@@ -235,7 +239,7 @@ impl Renderer for StreamRenderer {
 
 /// Keeps every final flow and renders nothing: what `verify` and `diff` judge.
 #[derive(Debug, Default)]
-pub struct Collect {
+pub(crate) struct Collect {
     pub flows: Vec<FlowReport>,
 }
 

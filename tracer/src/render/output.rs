@@ -23,7 +23,7 @@ pub struct Output {
 
 impl Output {
     /// Writes to stdout from a dedicated thread.
-    pub fn stdout() -> Self {
+    pub(crate) fn stdout() -> Self {
         Self::to(Box::new(std::io::stdout()))
     }
 
@@ -54,7 +54,7 @@ impl Output {
     }
 
     /// Queues output without waiting; counts it as shed when the queue is full.
-    pub fn send(&self, chunk: String) {
+    pub(crate) fn send(&self, chunk: String) {
         let Some(tx) = &self.tx else {
             return;
         };
@@ -67,7 +67,7 @@ impl Output {
     }
 
     /// Queues output, waiting for room (end of trace, where completeness beats latency).
-    pub fn send_blocking(&self, chunk: String) {
+    pub(crate) fn send_blocking(&self, chunk: String) {
         if let Some(tx) = &self.tx {
             if tx.send(chunk).is_err() {
                 self.shed.fetch_add(1, Ordering::Relaxed);
@@ -75,12 +75,12 @@ impl Output {
         }
     }
 
-    pub fn shed(&self) -> u64 {
+    pub(crate) fn shed(&self) -> u64 {
         self.shed.load(Ordering::Relaxed)
     }
 
     /// Waits until everything queued is written.
-    pub fn close(&mut self) {
+    pub(crate) fn close(&mut self) {
         self.tx.take();
         if let Some(t) = self.thread.take() {
             if t.join().is_err() {

@@ -3,12 +3,12 @@
 use crate::{
     correlate::{
         tests::{entry, ep, lab, step},
-        FlowId, FlowReport, HopTiming, Leg, NatEntry, Orientation, Stop,
+        FlowId, FlowReport, HopTiming, Leg, NatEntry, Stop,
     },
-    model::{Direction, Hook, HookStats, NatKind, Proto},
+    model::{Direction, Hook, HookStats, NatKind, Orientation, Proto},
 };
 
-use super::*;
+use super::{json::flow_line, text::format_delta_us, *};
 
 fn nat(
     kind: NatKind,

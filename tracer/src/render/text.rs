@@ -13,7 +13,7 @@ use crate::{
 use super::{inspect, Printer, RenderError, Summary};
 
 /// The text format.
-pub struct Text;
+pub(super) struct Text;
 
 impl Printer for Text {
     fn started(&self, mode: &str, hooks: &[Hook]) -> Option<String> {
@@ -133,7 +133,7 @@ fn shape_of(f: &FlowReport) -> String {
 ///   => SNAT (MASQUERADE) 10.200.1.2:41234 -> 10.200.2.1:41234   [-A POSTROUTING ...]
 ///   -> host:pt-up0 egress +21µs
 /// ```
-pub fn flow_block(f: &FlowReport) -> String {
+pub(crate) fn flow_block(f: &FlowReport) -> String {
     let inbound = if f.origin == Orientation::Inbound {
         " (inbound)"
     } else {
@@ -264,7 +264,7 @@ fn plural(n: u64, word: &str) -> String {
 }
 
 /// A delta from the first hop: `+0`, `+4µs`, `+4.5µs`, `+120µs`, `+1.2ms`, `+3.40s`.
-pub fn format_delta_us(us: f64) -> String {
+pub(crate) fn format_delta_us(us: f64) -> String {
     let us = us.max(0.0);
     if us == 0.0 {
         "+0".to_string()
@@ -281,7 +281,7 @@ pub fn format_delta_us(us: f64) -> String {
 
 /// Flow count, evictions and one row per hook, then one loud line per hook that lost events and
 /// one per kind of event the engine could not use.
-pub fn summary_block(s: &Summary<'_>) -> String {
+pub(crate) fn summary_block(s: &Summary<'_>) -> String {
     let mut out = format!("{} flows, {} evicted\n", s.flows, s.evicted);
     let labels: Vec<String> = s.hooks.iter().map(|(h, _)| h.label()).collect();
     let width = labels

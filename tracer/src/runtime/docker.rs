@@ -33,9 +33,9 @@ pub use super::{
 use crate::{discover::netns::Netns, model::Proto};
 
 /// Where Docker listens when `DOCKER_HOST` is not set.
-pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
+pub(crate) const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
 /// How long one API request may take to answer (connecting included).
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// `--network container:A` where A itself uses `container:B`: how far the chain is followed.
 const MAX_SHARED_DEPTH: usize = 4;
 
@@ -109,7 +109,7 @@ pub struct ContainerInfo {
 
 /// A line of `docker ps`.
 #[derive(Clone, Debug, Serialize)]
-pub struct RunningContainer {
+pub(crate) struct RunningContainer {
     pub id: String,
     pub name: String,
     pub image: String,
@@ -136,7 +136,7 @@ impl Docker {
     }
 
     /// Connects to `host` (`unix:///path`, a plain `/path`, `tcp://h:p` or `http://h:p`).
-    pub async fn connect_to(host: &str, timeout: Duration) -> Result<Self, DockerError> {
+    pub(crate) async fn connect_to(host: &str, timeout: Duration) -> Result<Self, DockerError> {
         let secs = timeout.as_secs().max(1);
         let endpoint = if host.starts_with('/') {
             format!("unix://{host}")
@@ -157,11 +157,6 @@ impl Docker {
             .await
             .map_err(|e| api_error(&endpoint, "asking its version", e))?;
         Ok(Self { api, endpoint })
-    }
-
-    /// `unix:///var/run/docker.sock` or whatever was connected to.
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
     }
 
     fn err(&self, what: &'static str) -> impl Fn(ApiError) -> DockerError + '_ {
@@ -251,7 +246,7 @@ impl Docker {
     }
 
     /// The running containers, by name (what `pathtrace inspect` lists without a name).
-    pub async fn list_running(&self) -> Result<Vec<RunningContainer>, DockerError> {
+    pub(crate) async fn list_running(&self) -> Result<Vec<RunningContainer>, DockerError> {
         let list = self
             .api
             .list_containers(None::<ListContainersOptions<String>>)
@@ -509,7 +504,7 @@ fn levenshtein(a: &str, b: &str) -> usize {
 
 impl ContainerInfo {
     /// The runtime-neutral view of this container.
-    pub fn target(&self) -> Target {
+    pub(crate) fn target(&self) -> Target {
         Target {
             id: self.id.clone(),
             name: self.name.clone(),

@@ -35,16 +35,11 @@ use crate::{
 /// the fix in that runtime's terms (`docker ps -a`, "is dockerd running?").
 #[derive(Debug, thiserror::Error)]
 #[error(transparent)]
-pub struct RuntimeError(Box<dyn std::error::Error + Send + Sync + 'static>);
+pub(crate) struct RuntimeError(Box<dyn std::error::Error + Send + Sync + 'static>);
 
 impl RuntimeError {
-    pub fn new(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+    pub(crate) fn new(e: impl std::error::Error + Send + Sync + 'static) -> Self {
         Self(Box::new(e))
-    }
-
-    /// The runtime's own error, for callers that know the runtime.
-    pub fn downcast_ref<E: std::error::Error + 'static>(&self) -> Option<&E> {
-        self.0.downcast_ref()
     }
 }
 
@@ -77,7 +72,7 @@ pub struct PublishedPort {
 
 /// A running container, as every runtime describes it.
 #[derive(Clone, Debug, Serialize)]
-pub struct Target {
+pub(crate) struct Target {
     pub id: String,
     /// How the runtime names it (without Docker's leading '/').
     pub name: String,
@@ -92,14 +87,14 @@ pub struct Target {
 
 /// A line of the runtime's list of running containers.
 #[derive(Clone, Debug, Serialize)]
-pub struct Listed {
+pub(crate) struct Listed {
     pub id: String,
     pub name: String,
 }
 
 /// What happens to a watched target.
 #[derive(Clone, Debug)]
-pub enum TargetEvent {
+pub(crate) enum TargetEvent {
     /// It started again, in a new network namespace; resolved anew.
     Started(Target),
     /// It started again but could not be resolved (gone again, no network): why.
@@ -113,7 +108,7 @@ pub enum TargetEvent {
 }
 
 /// A container runtime.
-pub trait ContainerRuntime: Send + Sync {
+pub(crate) trait ContainerRuntime: Send + Sync {
     /// `Docker`: how messages name the runtime.
     fn name(&self) -> &'static str;
 
@@ -135,12 +130,12 @@ pub trait ContainerRuntime: Send + Sync {
 
 /// Adds runtime knowledge to a flow report. Runs on the annotation thread, where it may block on
 /// a kernel lookup.
-pub trait FlowNotes: Send {
+pub(crate) trait FlowNotes: Send {
     fn notes(&mut self, flow: &FlowReport) -> Vec<String>;
 }
 
 /// The runtime on this host: Docker at `DOCKER_HOST` or its default socket.
-pub async fn connect() -> Result<Box<dyn ContainerRuntime>, RuntimeError> {
+pub(crate) async fn connect() -> Result<Box<dyn ContainerRuntime>, RuntimeError> {
     let docker = docker::Docker::connect().await.map_err(RuntimeError::new)?;
     Ok(Box::new(docker))
 }
@@ -181,7 +176,7 @@ pub struct TargetPath {
 
 impl Target {
     /// The container's network namespace.
-    pub fn open_netns(&self) -> Result<Netns, TargetError> {
+    pub(crate) fn open_netns(&self) -> Result<Netns, TargetError> {
         Netns::open(&self.netns).map_err(|source| TargetError::Netns {
             name: self.name.clone(),
             source,
@@ -190,19 +185,19 @@ impl Target {
 
     /// One (interface, network) pair per network, found by address inside the container's
     /// namespace (`eth0`, `eth1`, ...), sorted by interface name.
-    pub fn interfaces(&self) -> Result<Vec<TargetIface>, TargetError> {
+    pub(crate) fn interfaces(&self) -> Result<Vec<TargetIface>, TargetError> {
         interfaces_in(&self.name, &self.networks, &self.open_netns()?)
     }
 
     /// [`path::discover`] for every interface of the container, labelled with its name; `to`
     /// picks the uplink (default: the host's default route).
-    pub fn paths(&self, to: Option<IpAddr>) -> Result<Vec<TargetPath>, TargetError> {
+    pub(crate) fn paths(&self, to: Option<IpAddr>) -> Result<Vec<TargetPath>, TargetError> {
         paths_of(&self.name, &self.networks, Arc::new(self.open_netns()?), to)
     }
 }
 
 /// [`Target::interfaces`] for a container named `name` with `networks`, in `netns`.
-pub fn interfaces_in(
+pub(crate) fn interfaces_in(
     name: &str,
     networks: &[NetworkAttachment],
     netns: &Netns,
@@ -246,7 +241,7 @@ pub fn interfaces_in(
 }
 
 /// [`Target::paths`] for a container named `name` with `networks`, in `netns`.
-pub fn paths_of(
+pub(crate) fn paths_of(
     name: &str,
     networks: &[NetworkAttachment],
     netns: Arc<Netns>,
@@ -270,6 +265,6 @@ pub fn paths_of(
 }
 
 /// `/proc/<pid>/ns/net`.
-pub fn netns_of_pid(pid: u32) -> PathBuf {
+pub(crate) fn netns_of_pid(pid: u32) -> PathBuf {
     Path::new("/proc").join(pid.to_string()).join("ns/net")
 }

@@ -14,7 +14,7 @@ use tracer_common::{config::FilterConfig, event::PacketEvent, parse::parse};
 mod frames {
     //! Frame builders: Ethernet, optional VLAN tag, IPv4/IPv6, transport.
 
-    pub fn eth(ethertype: u16, vlan: bool) -> Vec<u8> {
+    pub(super) fn eth(ethertype: u16, vlan: bool) -> Vec<u8> {
         let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
         if vlan {
             f.extend_from_slice(&0x8100u16.to_be_bytes());
@@ -24,7 +24,7 @@ mod frames {
         f
     }
 
-    pub fn ipv4(proto: u8, l4: &[u8], options: &[u8]) -> Vec<u8> {
+    pub(super) fn ipv4(proto: u8, l4: &[u8], options: &[u8]) -> Vec<u8> {
         assert!(options.len().is_multiple_of(4));
         let ihl = 5 + options.len() / 4;
         let total = (ihl * 4 + l4.len()) as u16;
@@ -40,7 +40,7 @@ mod frames {
         h
     }
 
-    pub fn ipv6(next: u8, rest: &[u8]) -> Vec<u8> {
+    pub(super) fn ipv6(next: u8, rest: &[u8]) -> Vec<u8> {
         let mut h = vec![0x60, 0, 0, 0];
         h.extend_from_slice(&(rest.len() as u16).to_be_bytes());
         h.extend_from_slice(&[next, 64]);
@@ -50,7 +50,7 @@ mod frames {
         h
     }
 
-    pub fn tcp() -> Vec<u8> {
+    pub(super) fn tcp() -> Vec<u8> {
         let mut t = Vec::new();
         t.extend_from_slice(&41234u16.to_be_bytes());
         t.extend_from_slice(&8080u16.to_be_bytes());
@@ -61,7 +61,7 @@ mod frames {
         t
     }
 
-    pub fn udp() -> Vec<u8> {
+    pub(super) fn udp() -> Vec<u8> {
         let payload = b"ping-payload-123";
         let mut u = Vec::new();
         u.extend_from_slice(&5353u16.to_be_bytes());
@@ -72,7 +72,7 @@ mod frames {
         u
     }
 
-    pub fn icmp_echo(ty: u8) -> Vec<u8> {
+    pub(super) fn icmp_echo(ty: u8) -> Vec<u8> {
         let mut i = vec![ty, 0, 0, 0];
         i.extend_from_slice(&0x4242u16.to_be_bytes());
         i.extend_from_slice(&7u16.to_be_bytes());
@@ -81,7 +81,7 @@ mod frames {
     }
 
     /// A generic extension header of 8 bytes.
-    pub fn ext(next: u8) -> Vec<u8> {
+    pub(super) fn ext(next: u8) -> Vec<u8> {
         vec![next, 0, 1, 4, 0, 0, 0, 0]
     }
 }

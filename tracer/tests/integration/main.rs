@@ -3,6 +3,10 @@
 //! between them, run the real binary or the real kernel object, and remove everything they made,
 //! also when they fail. Without root (or dockerd, or the kernel object) they say so loudly and
 //! skip, and under `CI=true` they fail instead.
+#![expect(
+    clippy::print_stderr,
+    reason = "tests say what they skip, and what they saw when it helps to read a failure"
+)]
 
 mod support;
 

@@ -25,13 +25,13 @@ const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 const BPF_TCX_INGRESS: u32 = 46;
 
 /// An empty tc program attached (TCX, ingress) to one interface of the host namespace.
-pub struct EmptyProgram {
+pub(super) struct EmptyProgram {
     prog: OwnedFd,
     _link: OwnedFd,
 }
 
 impl EmptyProgram {
-    pub fn attach(ifname: &str) -> Result<Self> {
+    pub(super) fn attach(ifname: &str) -> Result<Self> {
         let name = CString::new(ifname)?;
         // SAFETY: a valid NUL-terminated string.
         let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
@@ -43,7 +43,7 @@ impl EmptyProgram {
     }
 
     /// The program's run statistics, from this process's fdinfo.
-    pub fn stats(&self) -> Result<ProgStats> {
+    pub(super) fn stats(&self) -> Result<ProgStats> {
         let path = format!("/proc/self/fdinfo/{}", self.prog.as_raw_fd());
         let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
         let field = |k: &str| -> Result<u64> {

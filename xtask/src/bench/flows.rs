@@ -32,14 +32,14 @@ fn in_netns<T: Send + 'static>(
 
 /// Sink sockets on the wan host, so the datagrams are received (no ICMP port-unreachable
 /// replies, which would be traffic of their own). Closed when dropped.
-pub struct Sinks {
+pub(super) struct Sinks {
     _sockets: Vec<UdpSocket>,
 }
 
-pub const SINK_PORTS: [u16; 3] = [9000, 9001, 9002];
+pub(super) const SINK_PORTS: [u16; 3] = [9000, 9001, 9002];
 
 impl Sinks {
-    pub fn open(wan_ns: &str, wan_addr: Ipv4Addr) -> Result<Self> {
+    pub(super) fn open(wan_ns: &str, wan_addr: Ipv4Addr) -> Result<Self> {
         let sockets = in_netns(wan_ns, move || {
             SINK_PORTS
                 .iter()
@@ -55,7 +55,7 @@ impl Sinks {
 
 /// How a flow run went.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Sent {
+pub(super) struct Sent {
     pub flows: u64,
     /// Source ports that could not be bound or sent from (already in use).
     pub skipped_ports: u64,
@@ -64,7 +64,7 @@ pub struct Sent {
 
 /// Sends one datagram from each source port in `ports` to each [`SINK_PORTS`] at `dst`, paced at
 /// about `per_second` datagrams per second; gives up after `limit`.
-pub fn send(
+pub(super) fn send(
     ctr_ns: &str,
     dst: Ipv4Addr,
     ports: std::ops::Range<u16>,

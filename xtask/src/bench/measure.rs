@@ -18,7 +18,7 @@ const REPORT_LIMIT: Duration = Duration::from_secs(60);
 
 /// What runs beside the load.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Watcher {
+pub(super) enum Watcher {
     Untraced,
     /// pathtrace on all 8 hooks, emitting an event per packet per hook.
     Traced,
@@ -27,7 +27,7 @@ pub enum Watcher {
 }
 
 /// One load run with a watcher beside it.
-pub struct Run {
+pub(super) struct Run {
     pub iperf: IperfResult,
     /// The tracer's summary, for [`Watcher::Traced`].
     pub summary: Option<Summary>,
@@ -38,7 +38,7 @@ pub struct Run {
 }
 
 /// Runs `load` for `secs` with `watcher` beside it.
-pub fn run_with(
+pub(super) fn run_with(
     pathtrace: &Path,
     lab: &Lab,
     watcher: Watcher,
@@ -77,7 +77,7 @@ pub fn run_with(
 
 /// Alternating rounds: each round runs every watcher once, in an order rotated by the round,
 /// so that a slow spell on the machine does not always hit the same one.
-pub fn rounds(
+pub(super) fn rounds(
     pathtrace: &Path,
     lab: &Lab,
     watchers: &[Watcher],
@@ -110,7 +110,7 @@ pub fn rounds(
 }
 
 /// One offered rate of the event-rate ladder.
-pub struct RateStep {
+pub(super) struct RateStep {
     pub offered_pps: u64,
     pub seconds: f64,
     pub summary: Summary,
@@ -119,23 +119,28 @@ pub struct RateStep {
 
 impl RateStep {
     /// Events the programs handed to the ring buffer, per second of load.
-    pub fn emitted_per_sec(&self) -> f64 {
+    pub(super) fn emitted_per_sec(&self) -> f64 {
         self.summary.emitted() as f64 / self.seconds
     }
 
     /// Events the path offered (emitted or lost), per second of load.
-    pub fn offered_events_per_sec(&self) -> f64 {
+    pub(super) fn offered_events_per_sec(&self) -> f64 {
         (self.summary.emitted() + self.summary.lost()) as f64 / self.seconds
     }
 
     /// Packets per second the container actually sent through the path.
-    pub fn path_pps(&self) -> f64 {
+    pub(super) fn path_pps(&self) -> f64 {
         self.summary.ctr_egress_seen() as f64 / self.seconds
     }
 }
 
 /// Paced 64-byte UDP at each rate in `pps`, traced, for `secs` each.
-pub fn rate_ladder(pathtrace: &Path, lab: &Lab, pps: &[u64], secs: u64) -> Result<Vec<RateStep>> {
+pub(super) fn rate_ladder(
+    pathtrace: &Path,
+    lab: &Lab,
+    pps: &[u64],
+    secs: u64,
+) -> Result<Vec<RateStep>> {
     let mut steps = Vec::new();
     for &rate in pps {
         proc::check_stop()?;
@@ -160,7 +165,7 @@ pub fn rate_ladder(pathtrace: &Path, lab: &Lab, pps: &[u64], secs: u64) -> Resul
 
 /// Kernel run time of the hook programs per run, for one tracer configuration.
 #[derive(Clone, Debug, Default)]
-pub struct Cost {
+pub(super) struct Cost {
     pub runs: u64,
     pub ns_per_run: f64,
     /// The hook whose program took longest per run: its name and ns per run.
@@ -169,7 +174,12 @@ pub struct Cost {
 
 /// Per-packet program cost from the kernel's BPF statistics: once with every packet traced,
 /// once with `--filter-port 1`, which no packet matches (every packet is filtered in-kernel).
-pub fn program_cost(pathtrace: &Path, lab: &Lab, pps: u64, secs: u64) -> Result<(Cost, Cost, f64)> {
+pub(super) fn program_cost(
+    pathtrace: &Path,
+    lab: &Lab,
+    pps: u64,
+    secs: u64,
+) -> Result<(Cost, Cost, f64)> {
     let stats = BpfStats::enable()?;
     let traced = cost_of(pathtrace, lab, &[], pps, secs).context("traced")?;
     // The empty program runs on the host veth's ingress beside pathtrace's, on the same packets.
@@ -242,7 +252,12 @@ fn hook_of(prog: &str, summary: &Summary) -> String {
 }
 
 /// Time to "tracing 8 hooks" with `--tc-mode MODE`, `n` times.
-pub fn attach_times(pathtrace: &Path, lab: &Lab, mode: &str, n: usize) -> Result<Vec<Duration>> {
+pub(super) fn attach_times(
+    pathtrace: &Path,
+    lab: &Lab,
+    mode: &str,
+    n: usize,
+) -> Result<Vec<Duration>> {
     let mut times = Vec::new();
     for i in 0..n {
         proc::check_stop()?;
@@ -255,7 +270,7 @@ pub fn attach_times(pathtrace: &Path, lab: &Lab, mode: &str, n: usize) -> Result
 }
 
 /// The many-flows run.
-pub struct FlowRun {
+pub(super) struct FlowRun {
     pub sent: flows::Sent,
     pub max_flows: u64,
     pub summary: Summary,
@@ -267,7 +282,7 @@ pub struct FlowRun {
 
 /// Sends one datagram per (source port, sink port) pair, 3 × `ports.len()` flows, through a
 /// tracer holding at most `max_flows`, and reads the tracer's peak RSS.
-pub fn many_flows(
+pub(super) fn many_flows(
     pathtrace: &Path,
     lab: &Lab,
     ports: std::ops::Range<u16>,

@@ -35,7 +35,7 @@ extern "C" fn on_signal(_: libc::c_int) {
 }
 
 /// SIGINT and SIGTERM set a flag that [`check_stop`] turns into an error.
-pub fn catch_signals() -> Result<()> {
+pub(super) fn catch_signals() -> Result<()> {
     let action = SigAction::new(
         SigHandler::Handler(on_signal),
         SaFlags::empty(),
@@ -50,7 +50,7 @@ pub fn catch_signals() -> Result<()> {
 }
 
 /// An error once SIGINT or SIGTERM arrived.
-pub fn check_stop() -> Result<()> {
+pub(super) fn check_stop() -> Result<()> {
     if STOP.load(Ordering::SeqCst) {
         bail!("interrupted");
     }
@@ -58,7 +58,7 @@ pub fn check_stop() -> Result<()> {
 }
 
 /// Sleeps `d`, in steps, returning early with an error when interrupted.
-pub fn sleep(d: Duration) -> Result<()> {
+pub(super) fn sleep(d: Duration) -> Result<()> {
     let end = Instant::now() + d;
     loop {
         check_stop()?;
@@ -72,7 +72,7 @@ pub fn sleep(d: Duration) -> Result<()> {
 
 /// What a reader thread keeps of a child's stdout.
 #[derive(Default)]
-pub struct Captured {
+pub(super) struct Captured {
     /// The lines `keep` accepted.
     pub lines: Vec<String>,
     /// All lines read.
@@ -80,7 +80,7 @@ pub struct Captured {
 }
 
 /// How a child ended.
-pub struct Exit {
+pub(super) struct Exit {
     pub status: ExitStatus,
     /// Its peak resident set size (`ru_maxrss` of wait4), in KiB.
     pub max_rss_kib: u64,
@@ -90,7 +90,7 @@ pub struct Exit {
 }
 
 /// A child process that is killed and reaped when dropped, unless it ended already.
-pub struct Proc {
+pub(super) struct Proc {
     name: String,
     child: Option<Child>,
     stdout: Option<JoinHandle<Captured>>,
@@ -100,7 +100,7 @@ pub struct Proc {
 impl Proc {
     /// Starts `cmd` with stdout read by a thread that keeps the lines `keep` accepts and sends
     /// the time of the first line to the returned receiver. Stderr is kept (its tail) for errors.
-    pub fn spawn(
+    pub(super) fn spawn(
         name: &str,
         cmd: &mut Command,
         keep: fn(&str) -> bool,
@@ -120,7 +120,7 @@ impl Proc {
                     let Ok(l) = l else { break };
                     if captured.count == 0 {
                         // The receiver may be gone (nobody waits for the first line): fine.
-                        let _ = first_tx.send(Instant::now());
+                        first_tx.send(Instant::now()).ok();
                     }
                     captured.count += 1;
                     if keep(&l) {
@@ -142,12 +142,12 @@ impl Proc {
         ))
     }
 
-    pub fn pid(&self) -> Option<u32> {
+    pub(super) fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 
     /// Sends `sig` to the child, if it still runs.
-    pub fn signal(&self, sig: Signal) -> Result<()> {
+    pub(super) fn signal(&self, sig: Signal) -> Result<()> {
         if let Some(pid) = self.pid() {
             signal::kill(Pid::from_raw(pid as i32), sig)
                 .with_context(|| format!("sending {sig} to {}", self.name))?;
@@ -157,7 +157,7 @@ impl Proc {
 
     /// Waits up to `limit` for the child to end and reaps it with its resource usage; after
     /// `limit` the child is killed and this is an error.
-    pub fn wait(mut self, limit: Duration) -> Result<Exit> {
+    pub(super) fn wait(mut self, limit: Duration) -> Result<Exit> {
         let pid = self.pid().ok_or_else(|| anyhow!("no child"))? as libc::pid_t;
         let end = Instant::now() + limit;
         let (status, max_rss_kib, cpu_secs) = loop {
@@ -203,7 +203,7 @@ impl Proc {
     }
 
     /// Waits like [`Proc::wait`] and fails unless the child exited 0.
-    pub fn wait_ok(mut self, limit: Duration) -> Result<Exit> {
+    pub(super) fn wait_ok(mut self, limit: Duration) -> Result<Exit> {
         let name = self.name.clone();
         let err = self.stderr.take();
         let exit = self.wait(limit)?;
@@ -215,7 +215,7 @@ impl Proc {
     }
 
     /// Whether the child has ended (without reaping it).
-    pub fn ended(&self) -> bool {
+    pub(super) fn ended(&self) -> bool {
         let Some(pid) = self.pid() else {
             return true;
         };
@@ -249,7 +249,7 @@ impl Proc {
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             // It may have ended already (then kill fails with ESRCH-like errors): wait reaps it.
-            let _ = child.kill();
+            child.kill().ok();
             if let Err(e) = child.wait() {
                 eprintln!("[bench] reaping {}: {e}", self.name);
             }
@@ -281,28 +281,28 @@ fn tail(mut r: impl Read) -> String {
 }
 
 /// Runs `cmd` to its end within `limit` and returns its stdout; an error if it fails.
-pub fn output(name: &str, cmd: &mut Command, limit: Duration) -> Result<String> {
+pub(super) fn output(name: &str, cmd: &mut Command, limit: Duration) -> Result<String> {
     let (p, _) = Proc::spawn(name, cmd, |_| true)?;
     let exit = p.wait_ok(limit)?;
     Ok(exit.stdout.lines.join("\n"))
 }
 
 /// `ip netns exec NS PROGRAM ARGS...`.
-pub fn in_ns(ns: &str, program: &str) -> Command {
+pub(super) fn in_ns(ns: &str, program: &str) -> Command {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns, program]);
     cmd
 }
 
 /// The lab the bench made; taken down on drop.
-pub struct LabGuard {
+pub(super) struct LabGuard {
     pathtrace: PathBuf,
     pub lab: Lab,
 }
 
 /// The parts of `pathtrace lab up --json` the bench uses.
 #[derive(Clone, Debug, Default)]
-pub struct Lab {
+pub(super) struct Lab {
     pub name: String,
     pub ctr_netns: String,
     pub wan_netns: String,
@@ -316,7 +316,7 @@ pub struct Lab {
 
 impl LabGuard {
     /// `pathtrace lab up --name NAME --json`.
-    pub fn up(pathtrace: &Path, name: &str) -> Result<Self> {
+    pub(super) fn up(pathtrace: &Path, name: &str) -> Result<Self> {
         let out = output(
             "pathtrace lab up",
             Command::new(pathtrace).args(["lab", "up", "--name", name, "--json"]),
@@ -358,11 +358,12 @@ impl Drop for LabGuard {
         // host's table; remove them rather than leave them to time out. `conntrack -D` exits 1
         // when nothing matched, which is fine.
         if !self.lab.ctr_addr.is_empty() {
-            let _ = Command::new("conntrack")
+            Command::new("conntrack")
                 .args(["-D", "-s", &self.lab.ctr_addr])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
-                .status();
+                .status()
+                .ok();
         }
         let mut cmd = Command::new(&self.pathtrace);
         cmd.args(["lab", "down", &self.lab.name]);
@@ -383,10 +384,10 @@ impl Drop for LabGuard {
 /// static key, but the kernel turns it off again when the fd closes, so the statistics cannot
 /// stay on after the bench, even when it is killed. (The sysctl keeps reading 0: it shows only
 /// what was written to it.)
-pub struct BpfStats(#[allow(dead_code, reason = "held for its Drop (close)")] OwnedFd);
+pub(super) struct BpfStats(#[expect(dead_code, reason = "held for its Drop (close)")] OwnedFd);
 
 impl BpfStats {
-    pub fn enable() -> Result<Self> {
+    pub(super) fn enable() -> Result<Self> {
         const BPF_ENABLE_STATS: libc::c_long = 32;
         const BPF_STATS_RUN_TIME: u32 = 0;
         // `union bpf_attr` for BPF_ENABLE_STATS is `{ __u32 type; }`; the kernel wants the rest
@@ -398,7 +399,7 @@ impl BpfStats {
                 libc::SYS_bpf,
                 BPF_ENABLE_STATS,
                 attr.as_ptr(),
-                std::mem::size_of_val(&attr),
+                size_of_val(&attr),
             )
         };
         if fd < 0 {
@@ -412,7 +413,7 @@ impl BpfStats {
 }
 
 /// A program's name, from `bpftool -j prog show id ID`.
-pub fn prog_name(id: u32) -> Option<String> {
+pub(super) fn prog_name(id: u32) -> Option<String> {
     let mut cmd = Command::new("bpftool");
     cmd.args(["-j", "prog", "show", "id", &id.to_string()]);
     let out = output("bpftool", &mut cmd, Duration::from_secs(5)).ok()?;
@@ -422,7 +423,7 @@ pub fn prog_name(id: u32) -> Option<String> {
 
 /// A BPF program a process holds, from `/proc/PID/fdinfo`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ProgStats {
+pub(super) struct ProgStats {
     pub id: u32,
     pub run_time_ns: u64,
     pub run_cnt: u64,
@@ -430,7 +431,7 @@ pub struct ProgStats {
 
 /// What `/proc/PID/fdinfo` tells about a process's BPF objects.
 #[derive(Debug, Default)]
-pub struct BpfFds {
+pub(super) struct BpfFds {
     /// BPF links (TCX attachments).
     pub links: usize,
     /// Its tc (sched_cls) programs, each once.
@@ -439,7 +440,7 @@ pub struct BpfFds {
 
 /// Reads `/proc/PID/fdinfo/*`. The kernel prints `link_type:` for link fds and `prog_type:`,
 /// `prog_id:`, `run_time_ns:`, `run_cnt:` for program fds (the same counters bpftool shows).
-pub fn bpf_fds(pid: u32) -> Result<BpfFds> {
+pub(super) fn bpf_fds(pid: u32) -> Result<BpfFds> {
     const SCHED_CLS: u64 = 3;
     let dir = format!("/proc/{pid}/fdinfo");
     let mut found = BpfFds::default();

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub(super) enum Verdict {
     Pass,
     Fail,
     /// A figure without a target (a baseline, a yardstick).
@@ -13,7 +13,7 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    pub fn of(pass: bool) -> Self {
+    pub(super) fn of(pass: bool) -> Self {
         if pass {
             Self::Pass
         } else {
@@ -31,7 +31,7 @@ impl Verdict {
     }
 }
 
-pub struct Row {
+pub(super) struct Row {
     pub metric: String,
     pub measured: String,
     pub target: String,
@@ -39,7 +39,7 @@ pub struct Row {
 }
 
 impl Row {
-    pub fn new(
+    pub(super) fn new(
         metric: impl Into<String>,
         measured: impl Into<String>,
         target: impl Into<String>,
@@ -53,13 +53,13 @@ impl Row {
         }
     }
 
-    pub fn info(metric: impl Into<String>, measured: impl Into<String>) -> Self {
+    pub(super) fn info(metric: impl Into<String>, measured: impl Into<String>) -> Self {
         Self::new(metric, measured, "-", Verdict::Info)
     }
 }
 
 /// The rows as an aligned Markdown table.
-pub fn table(rows: &[Row]) -> String {
+pub(super) fn table(rows: &[Row]) -> String {
     let head = ["metric", "measured", "target", "result"];
     let cells: Vec<[&str; 4]> = rows
         .iter()
@@ -84,7 +84,7 @@ pub fn table(rows: &[Row]) -> String {
         for (c, w) in row.iter().zip(width) {
             let pad = w - c.chars().count();
             // Writing to a String cannot fail.
-            let _ = write!(out, " {c}{} |", " ".repeat(pad));
+            write!(out, " {c}{} |", " ".repeat(pad)).ok();
         }
         out.push('\n');
     };
@@ -102,7 +102,7 @@ pub fn table(rows: &[Row]) -> String {
 }
 
 /// The median of `v` (the mean of the middle two for an even count); 0 when empty.
-pub fn median(v: &[f64]) -> f64 {
+pub(super) fn median(v: &[f64]) -> f64 {
     let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
     v.sort_by(f64::total_cmp);
     match v.len() {

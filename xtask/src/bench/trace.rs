@@ -12,11 +12,11 @@ use nix::sys::signal::Signal;
 use super::proc::{self, bpf_fds, Lab, Proc, ProgStats};
 
 /// Hooks on the lab's path: eth0, host veth, bridge, uplink, each ingress and egress.
-pub const HOOKS: usize = 8;
+pub(super) const HOOKS: usize = 8;
 
 /// One hook's line of the summary.
 #[derive(Clone, Debug, Default)]
-pub struct HookCounts {
+pub(super) struct HookCounts {
     pub hook: String,
     pub dir: String,
     pub seen: u64,
@@ -27,14 +27,14 @@ pub struct HookCounts {
 
 impl HookCounts {
     /// The kernel counts every packet once as filtered, emitted or lost.
-    pub fn adds_up(&self) -> bool {
+    pub(super) fn adds_up(&self) -> bool {
         self.seen == self.filtered + self.emitted + self.lost
     }
 }
 
 /// `{"type":"summary",...}`: the last line of `pathtrace --json`.
 #[derive(Clone, Debug, Default)]
-pub struct Summary {
+pub(super) struct Summary {
     pub flows: u64,
     pub evicted: u64,
     pub hooks: Vec<HookCounts>,
@@ -65,17 +65,17 @@ impl Summary {
         })
     }
 
-    pub fn emitted(&self) -> u64 {
+    pub(super) fn emitted(&self) -> u64 {
         self.hooks.iter().map(|h| h.emitted).sum()
     }
 
-    pub fn lost(&self) -> u64 {
+    pub(super) fn lost(&self) -> u64 {
         self.hooks.iter().map(|h| h.lost).sum()
     }
 
     /// The smallest share of packets seen that were emitted or lost (i.e. not filtered), over
     /// the hooks that saw any.
-    pub fn min_unfiltered_share(&self) -> f64 {
+    pub(super) fn min_unfiltered_share(&self) -> f64 {
         self.hooks
             .iter()
             .filter(|h| h.seen > 0)
@@ -84,7 +84,7 @@ impl Summary {
     }
 
     /// Packets seen at the container's eth0 on the way out: the rate offered to the path.
-    pub fn ctr_egress_seen(&self) -> u64 {
+    pub(super) fn ctr_egress_seen(&self) -> u64 {
         self.hooks
             .iter()
             .find(|h| h.dir == "egress" && h.hook.contains("eth0"))
@@ -93,7 +93,7 @@ impl Summary {
 }
 
 /// What a finished trace reported.
-pub struct Traced {
+pub(super) struct Traced {
     pub summary: Summary,
     pub max_rss_kib: u64,
     /// CPU time pathtrace used over its whole life, user and system, in seconds.
@@ -102,14 +102,19 @@ pub struct Traced {
 }
 
 /// A running `pathtrace --netns <ctr> --to <wan> --json`; killed if dropped.
-pub struct Trace {
+pub(super) struct Trace {
     proc: Proc,
 }
 
 impl Trace {
     /// Starts pathtrace with `extra` flags and returns once all its hooks are attached (it then
     /// holds [`HOOKS`] BPF links), within `limit`.
-    pub fn start(pathtrace: &Path, lab: &Lab, extra: &[&str], limit: Duration) -> Result<Self> {
+    pub(super) fn start(
+        pathtrace: &Path,
+        lab: &Lab,
+        extra: &[&str],
+        limit: Duration,
+    ) -> Result<Self> {
         let mut cmd = command(pathtrace, lab);
         cmd.arg("--json").args(extra);
         let (proc, _) = Proc::spawn("pathtrace", &mut cmd, |l| {
@@ -135,13 +140,13 @@ impl Trace {
     }
 
     /// Its tc programs' kernel run-time counters now.
-    pub fn prog_stats(&self) -> Result<Vec<ProgStats>> {
+    pub(super) fn prog_stats(&self) -> Result<Vec<ProgStats>> {
         let pid = self.proc.pid().context("pathtrace has ended")?;
         Ok(bpf_fds(pid)?.tc_progs)
     }
 
     /// Its resident set size now (`VmRSS`), in KiB.
-    pub fn rss_kib(&self) -> Result<u64> {
+    pub(super) fn rss_kib(&self) -> Result<u64> {
         let pid = self.proc.pid().context("pathtrace has ended")?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
             .context("reading pathtrace's /proc status")?;
@@ -153,7 +158,7 @@ impl Trace {
     }
 
     /// SIGINT, then its summary and peak RSS once it has printed everything.
-    pub fn stop(self, limit: Duration) -> Result<Traced> {
+    pub(super) fn stop(self, limit: Duration) -> Result<Traced> {
         self.proc.signal(Signal::SIGINT)?;
         let exit = self.proc.wait_ok(limit)?;
         let line = exit
@@ -173,7 +178,7 @@ impl Trace {
 /// `pathtrace --netns <ctr> --to <wan>`. `--to` is what makes pathtrace pick the lab's uplink
 /// (by route lookup); without it, it would take the host's default route's interface. It also
 /// sets an address filter, which every packet of the bench matches.
-pub fn command(pathtrace: &Path, lab: &Lab) -> Command {
+pub(super) fn command(pathtrace: &Path, lab: &Lab) -> Command {
     let mut cmd = Command::new(pathtrace);
     cmd.args(["--netns", &lab.ctr_netns, "--to", &lab.wan_addr]);
     cmd
@@ -181,7 +186,7 @@ pub fn command(pathtrace: &Path, lab: &Lab) -> Command {
 
 /// Time from starting `pathtrace --tc-mode MODE` (text mode) until it prints "tracing 8
 /// hooks": discovery, loading and verifying the programs, attaching them.
-pub fn time_to_attach(pathtrace: &Path, lab: &Lab, mode: &str) -> Result<Duration> {
+pub(super) fn time_to_attach(pathtrace: &Path, lab: &Lab, mode: &str) -> Result<Duration> {
     let mut cmd = command(pathtrace, lab);
     cmd.args(["--duration", "30s", "--tc-mode", mode]);
     let started = Instant::now();

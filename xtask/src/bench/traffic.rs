@@ -9,15 +9,15 @@ use anyhow::{bail, Context as _, Result};
 
 use super::proc::{self, in_ns, Lab, Proc};
 
-pub const IPERF_PORT: &str = "5201";
+pub(super) const IPERF_PORT: &str = "5201";
 
 /// `iperf3 -s` in the wan namespace, until dropped.
-pub struct IperfServer {
+pub(super) struct IperfServer {
     _proc: Proc,
 }
 
 impl IperfServer {
-    pub fn start(lab: &Lab) -> Result<Self> {
+    pub(super) fn start(lab: &Lab) -> Result<Self> {
         let mut cmd = in_ns(&lab.wan_netns, "iperf3");
         cmd.args(["-s", "-B", &lab.wan_addr, "-p", IPERF_PORT]);
         let (p, _) = Proc::spawn("iperf3 server", &mut cmd, |_| false)?;
@@ -40,7 +40,7 @@ impl IperfServer {
 
 /// What one iperf3 client run measured, receiver side.
 #[derive(Clone, Copy, Debug)]
-pub struct IperfResult {
+pub(super) struct IperfResult {
     pub bits_per_second: f64,
     /// Datagrams received per second (UDP), 0 for TCP.
     pub packets_per_second: f64,
@@ -49,7 +49,7 @@ pub struct IperfResult {
 
 /// The iperf3 load shapes the bench uses.
 #[derive(Clone, Copy, Debug)]
-pub enum Load {
+pub(super) enum Load {
     /// One TCP stream as fast as it goes.
     TcpBulk,
     /// 64-byte UDP datagrams, as fast as the client can send (`-b 0`).
@@ -59,10 +59,10 @@ pub enum Load {
 }
 
 /// UDP payload bytes per datagram.
-pub const UDP_LEN: u64 = 64;
+pub(super) const UDP_LEN: u64 = 64;
 
 /// Runs the iperf3 client in the container namespace for `secs` and reads its JSON report.
-pub fn iperf(lab: &Lab, load: Load, secs: u64) -> Result<IperfResult> {
+pub(super) fn iperf(lab: &Lab, load: Load, secs: u64) -> Result<IperfResult> {
     let mut cmd = in_ns(&lab.ctr_netns, "iperf3");
     cmd.args(["-c", &lab.wan_addr, "-p", IPERF_PORT, "-J"])
         .args(["-t", &secs.to_string()]);
@@ -112,12 +112,12 @@ fn parse_iperf(json: &str, tcp: bool) -> Result<IperfResult> {
 
 /// `tcpdump -s 128 -w /dev/null` on the lab's four interfaces (eth0 inside the container's
 /// namespace, the others in the host's), until dropped.
-pub struct Tcpdumps {
+pub(super) struct Tcpdumps {
     _procs: Vec<Proc>,
 }
 
 impl Tcpdumps {
-    pub fn start(lab: &Lab) -> Result<Self> {
+    pub(super) fn start(lab: &Lab) -> Result<Self> {
         let args = |iface: &str| -> Vec<String> {
             ["-n", "-s", "128", "-w", "/dev/null", "-i", iface]
                 .into_iter()

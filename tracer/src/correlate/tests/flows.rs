@@ -3,7 +3,10 @@
 use crate::model::{Direction, DropRecord, Proto};
 
 use super::*;
-use crate::correlate::{Leg, Orientation, Stop};
+use crate::{
+    correlate::{Leg, Stop},
+    model::Orientation,
+};
 
 const SERVER: &str = "10.200.2.2:8080";
 
@@ -279,7 +282,10 @@ fn unknown_hooks_and_non_ip_events_are_ignored() {
 fn lab_conversation_renders_as_text() {
     let mut records = conversation();
     records.extend(stopped_at_bridge(300, 3_000));
-    let text: String = run(records).iter().map(crate::render::flow_block).collect();
+    let text: String = run(records)
+        .iter()
+        .map(|f| crate::render::Format::Text.flow(f).unwrap_or_default())
+        .collect();
     let expected = "\
 tcp 10.200.1.2:41234 -> 10.200.2.2:8080   4 pkts out, 2 back
   lab-ctr:eth0 egress +0 -> host:pt-veth0 ingress +4µs -> host:pt-br0 ingress +9µs

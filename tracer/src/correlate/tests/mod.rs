@@ -18,21 +18,21 @@ use crate::model::{
 
 use super::{CorrelateConfig, Correlator, FlowReport, NatEntry};
 
-pub const CTR: &str = "10.200.1.2";
-pub const UP: &str = "10.200.2.1";
-pub const MASQ_RULE: &str = "-A POSTROUTING -s 10.200.1.0/24 ! -o pt-br0 -j MASQUERADE";
-pub const DNAT_RULE: &str =
+pub(crate) const CTR: &str = "10.200.1.2";
+pub(crate) const UP: &str = "10.200.2.1";
+pub(crate) const MASQ_RULE: &str = "-A POSTROUTING -s 10.200.1.0/24 ! -o pt-br0 -j MASQUERADE";
+pub(crate) const DNAT_RULE: &str =
     "-A PREROUTING -i pt-up0 -p tcp --dport 8080 -j DNAT --to-destination 10.200.1.2:80";
 
 /// Slots of the lab hooks.
-pub const CTR_EG: u8 = 0;
-pub const CTR_IN: u8 = 1;
-pub const VETH_IN: u8 = 2;
-pub const VETH_EG: u8 = 3;
-pub const BR_IN: u8 = 4;
-pub const BR_EG: u8 = 5;
-pub const UP_EG: u8 = 6;
-pub const UP_IN: u8 = 7;
+pub(crate) const CTR_EG: u8 = 0;
+pub(crate) const CTR_IN: u8 = 1;
+pub(crate) const VETH_IN: u8 = 2;
+pub(crate) const VETH_EG: u8 = 3;
+pub(crate) const BR_IN: u8 = 4;
+pub(crate) const BR_EG: u8 = 5;
+pub(crate) const UP_EG: u8 = 6;
+pub(crate) const UP_IN: u8 = 7;
 
 fn hook(slot: u8, ns: &str, ifname: &str, direction: Direction, place: Place) -> Hook {
     Hook {
@@ -47,7 +47,7 @@ fn hook(slot: u8, ns: &str, ifname: &str, direction: Direction, place: Place) ->
 }
 
 /// The lab: `lab-ctr:eth0`, `host:pt-veth0`, `host:pt-br0`, `host:pt-up0`, both directions.
-pub fn lab() -> Topology {
+pub(crate) fn lab() -> Topology {
     use Direction::{Egress, Ingress};
     Topology {
         target: "lab-ctr".into(),
@@ -67,18 +67,18 @@ pub fn lab() -> Topology {
     }
 }
 
-pub fn ip(s: &str) -> IpAddr {
+pub(crate) fn ip(s: &str) -> IpAddr {
     s.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))
 }
 
 /// `addr:port` → endpoint.
-pub fn ep(s: &str) -> Endpoint {
+pub(crate) fn ep(s: &str) -> Endpoint {
     let sa: SocketAddr = s.parse().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
     Endpoint::new(sa.ip(), sa.port())
 }
 
 /// A NAT step as a report holds it (no conntrack verdict).
-pub fn step(
+pub(crate) fn step(
     kind: NatKind,
     before: &str,
     after: &str,
@@ -95,14 +95,14 @@ pub fn step(
     }
 }
 
-pub fn entry(step: NatStep, packets: u64) -> NatEntry {
+pub(crate) fn entry(step: NatStep, packets: u64) -> NatEntry {
     NatEntry { step, packets }
 }
 
 /// Records the attributor's queries; names the lab's MASQUERADE and DNAT rules. Replies of the
 /// published service (container port 80) match neither, as conntrack reverses their DNAT.
 #[derive(Default)]
-pub struct FakeRules {
+pub(crate) struct FakeRules {
     pub queries: Mutex<Vec<String>>,
 }
 
@@ -127,7 +127,14 @@ impl RuleAttributor for FakeRules {
 }
 
 /// One packet at one hook.
-pub fn rec(slot: u8, t_us: u64, fp: u64, proto: Proto, src: &str, dst: &str) -> PacketRecord {
+pub(crate) fn rec(
+    slot: u8,
+    t_us: u64,
+    fp: u64,
+    proto: Proto,
+    src: &str,
+    dst: &str,
+) -> PacketRecord {
     let topo = lab();
     let direction = topo.hook(slot).map_or(Direction::Ingress, |h| h.direction);
     PacketRecord {
@@ -149,7 +156,7 @@ pub fn rec(slot: u8, t_us: u64, fp: u64, proto: Proto, src: &str, dst: &str) -> 
 }
 
 /// An outbound TCP packet, container port `cport` masqueraded to uplink port `nport`.
-pub fn masq_out(fp: u64, t_us: u64, cport: u16, nport: u16, dst: &str) -> Vec<PacketRecord> {
+pub(crate) fn masq_out(fp: u64, t_us: u64, cport: u16, nport: u16, dst: &str) -> Vec<PacketRecord> {
     let inside = format!("{CTR}:{cport}");
     let outside = format!("{UP}:{nport}");
     vec![
@@ -161,7 +168,13 @@ pub fn masq_out(fp: u64, t_us: u64, cport: u16, nport: u16, dst: &str) -> Vec<Pa
 }
 
 /// The reply to [`masq_out`], de-NATed between the uplink and the bridge.
-pub fn masq_back(fp: u64, t_us: u64, cport: u16, nport: u16, src: &str) -> Vec<PacketRecord> {
+pub(crate) fn masq_back(
+    fp: u64,
+    t_us: u64,
+    cport: u16,
+    nport: u16,
+    src: &str,
+) -> Vec<PacketRecord> {
     let inside = format!("{CTR}:{cport}");
     let outside = format!("{UP}:{nport}");
     vec![
@@ -172,7 +185,7 @@ pub fn masq_back(fp: u64, t_us: u64, cport: u16, nport: u16, src: &str) -> Vec<P
     ]
 }
 
-pub fn correlator(cfg: CorrelateConfig) -> (Correlator, Arc<FakeRules>) {
+pub(crate) fn correlator(cfg: CorrelateConfig) -> (Correlator, Arc<FakeRules>) {
     let rules = Arc::new(FakeRules::default());
     let attributor: Arc<dyn RuleAttributor> = rules.clone();
     (
@@ -182,7 +195,7 @@ pub fn correlator(cfg: CorrelateConfig) -> (Correlator, Arc<FakeRules>) {
 }
 
 /// Feeds records (in the order given) and finishes.
-pub fn run(records: Vec<PacketRecord>) -> Vec<FlowReport> {
+pub(crate) fn run(records: Vec<PacketRecord>) -> Vec<FlowReport> {
     let (mut c, _) = correlator(CorrelateConfig::default());
     records.into_iter().for_each(|r| c.push(&r));
     c.finish();
@@ -190,7 +203,7 @@ pub fn run(records: Vec<PacketRecord>) -> Vec<FlowReport> {
 }
 
 /// `"<hook> <dir>"` of each hop.
-pub fn hop_names(hops: &[super::HopTiming]) -> Vec<String> {
+pub(crate) fn hop_names(hops: &[super::HopTiming]) -> Vec<String> {
     hops.iter()
         .map(|h| format!("{} {}", h.hook, h.dir))
         .collect()

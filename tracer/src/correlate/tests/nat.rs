@@ -3,7 +3,7 @@
 use crate::model::{NatKind, Proto};
 
 use super::*;
-use crate::correlate::Orientation;
+use crate::model::Orientation;
 
 #[test]
 fn masquerade_and_its_de_nat() {

@@ -28,7 +28,6 @@ use crate::model::{NatQuery, NatRule, RuleAttributor};
 
 pub use iptables::parse_iptables_save;
 pub use model::{Family, ParsedRule};
-pub use nft::parse_nft_ruleset;
 pub use read::snapshot;
 
 use model::{index_tables, Body, TableIndex};
@@ -37,11 +36,11 @@ use nft::nft_line;
 /// [`NatRule::source`] of rules read with `iptables` on nf_tables.
 pub const SOURCE_IPTABLES_NFT: &str = "iptables-nft";
 /// [`NatRule::source`] of rules read with `ip6tables` on nf_tables.
-pub const SOURCE_IP6TABLES_NFT: &str = "ip6tables-nft";
+pub(crate) const SOURCE_IP6TABLES_NFT: &str = "ip6tables-nft";
 /// [`NatRule::source`] of rules read with `iptables-legacy`.
-pub const SOURCE_IPTABLES_LEGACY: &str = "iptables-legacy";
+pub(crate) const SOURCE_IPTABLES_LEGACY: &str = "iptables-legacy";
 /// [`NatRule::source`] of rules read with `ip6tables-legacy`.
-pub const SOURCE_IP6TABLES_LEGACY: &str = "ip6tables-legacy";
+pub(crate) const SOURCE_IP6TABLES_LEGACY: &str = "ip6tables-legacy";
 /// [`NatRule::source`] of native nftables rules (`nft list ruleset`).
 pub const SOURCE_NFTABLES: &str = "nftables";
 
@@ -60,7 +59,7 @@ pub struct NatRuleset {
 }
 
 impl NatRuleset {
-    pub fn new(rules: Vec<ParsedRule>) -> Self {
+    pub(crate) fn new(rules: Vec<ParsedRule>) -> Self {
         let tables = index_tables(&rules);
         Self { rules, tables }
     }
@@ -76,7 +75,7 @@ impl NatRuleset {
         self.rules.iter().map(ParsedRule::to_nat_rule).collect()
     }
 
-    pub fn parsed(&self) -> &[ParsedRule] {
+    pub(crate) fn parsed(&self) -> &[ParsedRule] {
         &self.rules
     }
 }

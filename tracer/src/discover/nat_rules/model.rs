@@ -68,22 +68,23 @@ pub struct ParsedRule {
 
 impl ParsedRule {
     /// The text that stands for this rule in a topology snapshot and in attributions.
-    pub fn full_text(&self) -> String {
+    pub(crate) fn full_text(&self) -> String {
         match &self.context {
             Some(ctx) => format!("{ctx}: {}", self.text),
             None => self.text.clone(),
         }
     }
 
-    pub fn to_nat_rule(&self) -> NatRule {
+    pub(crate) fn to_nat_rule(&self) -> NatRule {
         NatRule {
             source: self.source.clone(),
             text: self.full_text(),
         }
     }
 
+    #[cfg(test)]
     /// Whether the text was understood well enough to take part in attribution.
-    pub fn is_understood(&self) -> bool {
+    pub(crate) fn is_understood(&self) -> bool {
         match &self.body {
             Body::Unparsed => false,
             Body::Header(_) => true,

@@ -13,7 +13,7 @@ use super::{
 /// Parses `nft -a [-s] list ruleset` output, keeping the chains of `type nat` base chains and the
 /// chains they jump to. `skip` holds the (family, chain) pairs of the `nat` table that iptables-nft
 /// listed already; those are left out.
-pub fn parse_nft_ruleset(text: &str, skip: &HashSet<(Family, String)>) -> Vec<ParsedRule> {
+pub(crate) fn parse_nft_ruleset(text: &str, skip: &HashSet<(Family, String)>) -> Vec<ParsedRule> {
     let mut out = Vec::new();
     for table in nft_tables(text) {
         let Some(family) = Family::from_nft(&table.family) else {

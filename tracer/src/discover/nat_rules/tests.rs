@@ -5,9 +5,9 @@ use super::{
     model::{
         parse_nat_range, parse_port_range, BaseChain, Family, Hook, NatRange, Net, ParsedRule,
     },
-    nft::parse_nft_chain_header,
-    parse_iptables_save, parse_nft_ruleset, NatRuleset, SOURCE_IP6TABLES_NFT,
-    SOURCE_IPTABLES_LEGACY, SOURCE_IPTABLES_NFT,
+    nft::{parse_nft_chain_header, parse_nft_ruleset},
+    parse_iptables_save, NatRuleset, SOURCE_IP6TABLES_NFT, SOURCE_IPTABLES_LEGACY,
+    SOURCE_IPTABLES_NFT,
 };
 use crate::model::{Endpoint, NatKind, NatQuery, NatRule, Proto, RuleAttributor};
 

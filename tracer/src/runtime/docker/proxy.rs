@@ -13,7 +13,8 @@ use crate::{
 };
 
 /// The note for connections to a published port that docker-proxy opened from the host.
-pub const PROXY_NOTE: &str = "carried by docker-proxy (userland proxy) from the host, not by DNAT";
+pub(super) const PROXY_NOTE: &str =
+    "carried by docker-proxy (userland proxy) from the host, not by DNAT";
 
 /// Verdicts kept at most; beyond, they are forgotten and asked again (a cache, not a record).
 const MAX_VERDICTS: usize = 65_536;

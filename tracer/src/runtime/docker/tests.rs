@@ -106,7 +106,7 @@ fn published_ports_one_per_binding_exposed_only_skipped() {
     ]);
     let got = published_ports(&map);
     let port = |proto: &str, ip: &str, host_port, container_port| PublishedPort {
-        proto: proto.parse().unwrap_or(crate::model::Proto::Other(0)),
+        proto: proto.parse().unwrap_or(Proto::Other(0)),
         host_ip: ip.parse().ok(),
         host_port,
         container_port,

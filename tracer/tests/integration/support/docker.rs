@@ -17,19 +17,19 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 
-pub const BUSYBOX_IMAGE: &str = "pathtrace-test-busybox:latest";
+pub(crate) const BUSYBOX_IMAGE: &str = "pathtrace-test-busybox:latest";
 const LABEL: &str = "pathtrace-test=1";
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// `prefix-<pid>-<n>`: unique in this process, and across processes running at the same time.
-pub fn unique_name(prefix: &str) -> String {
+pub(crate) fn unique_name(prefix: &str) -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     format!("{prefix}-{}-{n}", std::process::id())
 }
 
 /// Runs the docker CLI; its trimmed stdout, or an error carrying its stderr.
-pub fn docker(args: &[&str]) -> Result<String> {
+pub(crate) fn docker(args: &[&str]) -> Result<String> {
     let out = Command::new("docker")
         .args(args)
         .output()
@@ -44,7 +44,7 @@ pub fn docker(args: &[&str]) -> Result<String> {
 }
 
 /// The test image, built once (by `docker import`) if Docker does not have it yet.
-pub fn ensure_busybox_image() -> Result<String> {
+pub(crate) fn ensure_busybox_image() -> Result<String> {
     static BUILT: Mutex<bool> = Mutex::new(false);
     // A test that panicked while holding the lock did not leave the flag half-set.
     let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
@@ -155,19 +155,19 @@ impl Drop for TempDir {
 
 /// A container of the test image, removed (`docker rm -f`) on drop.
 #[derive(Debug)]
-pub struct TestContainer {
+pub(crate) struct TestContainer {
     pub name: String,
     pub id: String,
 }
 
 impl TestContainer {
     /// `docker run -d --name <unique> <args> <image> <cmd>`.
-    pub fn run(name_prefix: &str, args: &[&str], cmd: &[&str]) -> Result<Self> {
+    pub(crate) fn run(name_prefix: &str, args: &[&str], cmd: &[&str]) -> Result<Self> {
         Self::make(&["run", "-d"], name_prefix, args, cmd)
     }
 
     /// `docker create` (never started: state "created").
-    pub fn create(name_prefix: &str, args: &[&str], cmd: &[&str]) -> Result<Self> {
+    pub(crate) fn create(name_prefix: &str, args: &[&str], cmd: &[&str]) -> Result<Self> {
         Self::make(&["create"], name_prefix, args, cmd)
     }
 
@@ -188,11 +188,11 @@ impl TestContainer {
     }
 
     /// Main pid as the docker CLI reports it (0 when not running).
-    pub fn pid(&self) -> Result<u32> {
+    pub(crate) fn pid(&self) -> Result<u32> {
         Ok(docker(&["inspect", "--format", "{{.State.Pid}}", &self.name])?.parse()?)
     }
 
-    pub fn inspect(&self, format: &str) -> Result<String> {
+    pub(crate) fn inspect(&self, format: &str) -> Result<String> {
         docker(&["inspect", "--format", format, &self.name])
     }
 }
@@ -210,14 +210,14 @@ impl Drop for TestContainer {
 /// A user-defined bridge network with its own /24 under 10.213.0.0/16, removed on drop. Declare
 /// it before the containers on it, so they are dropped (removed) first.
 #[derive(Debug)]
-pub struct TestNetwork {
+pub(crate) struct TestNetwork {
     pub name: String,
     pub id: String,
     pub subnet: String,
 }
 
 impl TestNetwork {
-    pub fn create(name_prefix: &str) -> Result<Self> {
+    pub(crate) fn create(name_prefix: &str) -> Result<Self> {
         let name = unique_name(name_prefix);
         let routes = Command::new("ip").args(["-4", "route", "show"]).output()?;
         let routes = String::from_utf8_lossy(&routes.stdout).to_string();
@@ -243,7 +243,7 @@ impl TestNetwork {
     }
 
     /// Whether `ip` is inside this network's subnet.
-    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: std::net::IpAddr) -> bool {
         let prefix = self.subnet.trim_end_matches("0/24");
         ip.to_string().starts_with(prefix)
     }
@@ -258,14 +258,14 @@ impl Drop for TestNetwork {
 }
 
 /// A TCP port nobody listens on right now (to publish a container port on).
-pub fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
 
 /// What `ethtool -S <veth>` says the peer's ifindex is: the by-hand check of a veth pair.
-pub fn ethtool_peer_ifindex(veth: &str) -> Result<u32> {
+pub(crate) fn ethtool_peer_ifindex(veth: &str) -> Result<u32> {
     let out = Command::new("ethtool")
         .args(["-S", veth])
         .output()
@@ -280,9 +280,9 @@ pub fn ethtool_peer_ifindex(veth: &str) -> Result<u32> {
 }
 
 /// The host interfaces whose `ethtool -S` peer_ifindex is `ifindex`.
-pub fn host_veths_peering(ifindex: u32) -> Result<Vec<String>> {
+pub(crate) fn host_veths_peering(ifindex: u32) -> Result<Vec<String>> {
     let mut out = Vec::new();
-    for entry in std::fs::read_dir("/sys/class/net")? {
+    for entry in fs::read_dir("/sys/class/net")? {
         let name = entry?.file_name().to_string_lossy().into_owned();
         if name.starts_with("veth") && ethtool_peer_ifindex(&name).ok() == Some(ifindex) {
             out.push(name);

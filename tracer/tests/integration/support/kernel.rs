@@ -27,7 +27,7 @@ use tracer::{
 use tracer_common::config::FilterConfig;
 
 /// `tc` output for the lab's four traced interfaces (qdiscs, ingress and egress filters).
-pub fn tc_state(lab: &Lab) -> String {
+pub(crate) fn tc_state(lab: &Lab) -> String {
     let mut all = String::new();
     for (ns, dev) in lab_interfaces(lab) {
         for args in [
@@ -59,7 +59,7 @@ fn lab_interfaces(lab: &Lab) -> [(Option<&str>, &str); 4] {
 /// What pathtrace can leave in the kernel and in /run: loaded `pathtrace_*` programs, BPF links
 /// to them, the lab's tc state, and clsact records (`/run/pathtrace/qdiscs`) for lab interfaces.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KernelState {
+pub(crate) struct KernelState {
     pub programs: BTreeSet<(u32, String)>,
     /// (link id, program id)
     pub links: BTreeSet<(u32, u32)>,
@@ -68,7 +68,7 @@ pub struct KernelState {
 }
 
 impl KernelState {
-    pub fn take(lab: &Lab) -> Self {
+    pub(crate) fn take(lab: &Lab) -> Self {
         let programs = pathtrace_programs();
         let ids: BTreeSet<u32> = programs.iter().map(|(id, _)| *id).collect();
         let links = aya::programs::loaded_links()
@@ -98,7 +98,7 @@ impl KernelState {
 
     /// Waits up to 3 s (cls_bpf releases a program after an RCU grace period) until the state is
     /// back to `self` as [`diff`](Self::diff) sees it, else fails naming the differences.
-    pub fn assert_restored(&self, lab: &Lab, what: &str) {
+    pub(crate) fn assert_restored(&self, lab: &Lab, what: &str) {
         let (mut diff, mut notes) = (Vec::new(), Vec::new());
         poll(Duration::from_secs(3), || {
             (diff, notes) = KernelState::take(lab).diff(self);
@@ -113,7 +113,7 @@ impl KernelState {
     /// Differences from `before` that are ours to answer for: new programs and links, except those
     /// a live process other than this one holds (another user's pathtrace on this shared machine),
     /// which come back as notes. No differences: nothing was left behind.
-    pub fn diff(&self, before: &KernelState) -> (Vec<String>, Vec<String>) {
+    pub(crate) fn diff(&self, before: &KernelState) -> (Vec<String>, Vec<String>) {
         let held = held_by_others();
         let (mut out, mut notes) = (Vec::new(), Vec::new());
         for p in self.programs.difference(&before.programs) {
@@ -149,7 +149,7 @@ impl KernelState {
 }
 
 /// Loaded programs named `pathtrace_*` (hooks `pathtrace_h<N>`, the drop tracer), with their ids.
-pub fn pathtrace_programs() -> BTreeSet<(u32, String)> {
+pub(crate) fn pathtrace_programs() -> BTreeSet<(u32, String)> {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .filter_map(|p| Some((p.id(), p.name_as_str()?.to_string())))
@@ -159,12 +159,12 @@ pub fn pathtrace_programs() -> BTreeSet<(u32, String)> {
 
 /// BPF program and link ids a process holds through file descriptors (from /proc/PID/fdinfo).
 #[derive(Debug, Default)]
-pub struct HeldIds {
+pub(crate) struct HeldIds {
     pub programs: BTreeSet<u32>,
     pub links: BTreeSet<u32>,
 }
 
-pub fn held_by(pid: u32) -> HeldIds {
+pub(crate) fn held_by(pid: u32) -> HeldIds {
     let mut held = HeldIds::default();
     add_held(pid, &mut held);
     held
@@ -212,7 +212,7 @@ fn pids() -> Vec<u32> {
 }
 
 /// Pids of running `pathtrace` processes other than `except`.
-pub fn other_pathtraces(except: &[u32]) -> Vec<u32> {
+pub(crate) fn other_pathtraces(except: &[u32]) -> Vec<u32> {
     pids()
         .into_iter()
         .filter(|p| !except.contains(p))
@@ -224,7 +224,7 @@ pub fn other_pathtraces(except: &[u32]) -> Vec<u32> {
 }
 
 /// Waits (up to `limit`) until no other pathtrace runs; returns whether that happened.
-pub fn wait_until_alone(limit: Duration) -> bool {
+pub(crate) fn wait_until_alone(limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
     loop {
         let others = other_pathtraces(&[]);
@@ -240,7 +240,7 @@ pub fn wait_until_alone(limit: Duration) -> bool {
 }
 
 /// Polls `cond` every 50 ms until it holds or `limit` passes; returns its last value.
-pub fn poll(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+pub(crate) fn poll(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     loop {
         if cond() {
@@ -255,7 +255,7 @@ pub fn poll(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 /// A spawned `pathtrace` (text mode) that printed its "tracing N hooks" line; the rest of its
 /// stdout and its stderr are collected on threads.
-pub struct Running {
+pub(crate) struct Running {
     pub child: Child,
     pub first_line: String,
     stdout: Option<JoinHandle<String>>,
@@ -264,7 +264,7 @@ pub struct Running {
 
 /// What a finished pathtrace printed.
 #[derive(Debug)]
-pub struct Finished {
+pub(crate) struct Finished {
     pub status: std::process::ExitStatus,
     pub stdout: String,
     pub stderr: String,
@@ -272,7 +272,7 @@ pub struct Finished {
 
 impl Running {
     /// Starts `pathtrace ARGS` and waits (up to 20 s) for its first line, which must say it traces.
-    pub fn start(args: &[&str]) -> Self {
+    pub(crate) fn start(args: &[&str]) -> Self {
         let mut child = Command::new(BIN)
             .args(args)
             .stdout(Stdio::piped())
@@ -316,16 +316,16 @@ impl Running {
         running
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+    pub(crate) fn signal(&self, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig).expect("kill");
     }
 
     /// Waits for the exit and returns what it printed after the first line.
-    pub fn wait(&mut self) -> Finished {
+    pub(crate) fn wait(&mut self) -> Finished {
         let status = self.child.wait().expect("wait for pathtrace");
         let stdout = self
             .stdout
@@ -360,7 +360,7 @@ impl Drop for Running {
 }
 
 /// The hook table of a text summary: (label, dir, seen, filtered, emitted, lost) per row.
-pub fn summary_rows(text: &str) -> Vec<(String, String, [u64; 4])> {
+pub(crate) fn summary_rows(text: &str) -> Vec<(String, String, [u64; 4])> {
     text.lines()
         .filter_map(|l| {
             let cols: Vec<&str> = l.split_whitespace().collect();
@@ -378,13 +378,13 @@ pub fn summary_rows(text: &str) -> Vec<(String, String, [u64; 4])> {
 
 /// FNV-1a, 64 bit.
 #[derive(Clone, Copy)]
-pub struct Fnv(pub u64);
+pub(crate) struct Fnv(pub u64);
 
 impl Fnv {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self(0xcbf2_9ce4_8422_2325)
     }
-    pub fn update(&mut self, bytes: &[u8]) {
+    pub(crate) fn update(&mut self, bytes: &[u8]) {
         for b in bytes {
             self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
         }
@@ -392,21 +392,21 @@ impl Fnv {
 }
 
 /// A reproducible pseudo-random byte stream (xorshift64*), so the receiver can check every byte.
-pub struct Stream {
+pub(crate) struct Stream {
     state: u64,
     word: [u8; 8],
     used: usize,
 }
 
 impl Stream {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             state: 0x9e37_79b9_7f4a_7c15,
             word: [0; 8],
             used: 8,
         }
     }
-    pub fn byte(&mut self) -> u8 {
+    pub(crate) fn byte(&mut self) -> u8 {
         if self.used == 8 {
             self.state ^= self.state << 13;
             self.state ^= self.state >> 7;
@@ -417,13 +417,13 @@ impl Stream {
         self.used += 1;
         self.word[self.used - 1]
     }
-    pub fn fill(&mut self, buf: &mut [u8]) {
+    pub(crate) fn fill(&mut self, buf: &mut [u8]) {
         buf.iter_mut().for_each(|b| *b = self.byte());
     }
 }
 
 /// Removes a route this test added, also when the test fails.
-pub struct RouteGuard(pub &'static str);
+pub(crate) struct RouteGuard(pub &'static str);
 
 impl Drop for RouteGuard {
     fn drop(&mut self) {
@@ -437,7 +437,7 @@ impl Drop for RouteGuard {
 }
 
 /// A process that is killed on drop.
-pub struct Proc(pub std::process::Child);
+pub(crate) struct Proc(pub Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -446,7 +446,7 @@ impl Drop for Proc {
     }
 }
 
-pub fn in_ns(ns: &str, args: &[&str]) -> Proc {
+pub(crate) fn in_ns(ns: &str, args: &[&str]) -> Proc {
     Proc(
         Command::new("ip")
             .args(["netns", "exec", ns])
@@ -460,7 +460,7 @@ pub fn in_ns(ns: &str, args: &[&str]) -> Proc {
 
 /// Another tool's tc program: an independent load of the kernel object through the library,
 /// attached at the lab bridge's ingress. Its `seen` counter counts every packet it ran on.
-pub struct Foreign {
+pub(crate) struct Foreign {
     tracer: Tracer,
     pub slot: u8,
     prog_id: u32,
@@ -468,7 +468,7 @@ pub struct Foreign {
 }
 
 impl Foreign {
-    pub fn attach(lab: &Lab, mode: TcMode, slot: u8) -> Self {
+    pub(crate) fn attach(lab: &Lab, mode: TcMode, slot: u8) -> Self {
         let opts = LoadOptions {
             filter: FilterConfig::NONE,
             ring_bytes: 1 << 16,
@@ -512,12 +512,12 @@ impl Foreign {
         }
     }
 
-    pub fn seen(&self) -> u64 {
+    pub(crate) fn seen(&self) -> u64 {
         self.tracer.counters().expect("counters")[0].1.seen
     }
 
     /// Its link (TCX) or filter (netlink) is still in place.
-    pub fn attached(&self, lab: &Lab) -> bool {
+    pub(crate) fn attached(&self, lab: &Lab) -> bool {
         match self.mode {
             TcMode::Netlink => {
                 let out = Command::new("tc")
@@ -535,13 +535,13 @@ impl Foreign {
     }
 }
 
-pub const TOTAL: usize = 2 << 20;
+pub(crate) const TOTAL: usize = 2 << 20;
 
 /// What the receiver saw: bytes, digest, and the offset of the first byte that differs from the
 /// stream.
-pub type Received = (usize, u64, Option<usize>);
+pub(crate) type Received = (usize, u64, Option<usize>);
 
-pub fn receive(listener: TcpListener) -> std::io::Result<Received> {
+pub(crate) fn receive(listener: TcpListener) -> std::io::Result<Received> {
     listener.set_nonblocking(true)?;
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut conn = loop {
@@ -572,7 +572,7 @@ pub fn receive(listener: TcpListener) -> std::io::Result<Received> {
     }
 }
 
-pub fn send(ctr: &Netns, dst: SocketAddr) -> (usize, u64) {
+pub(crate) fn send(ctr: &Netns, dst: SocketAddr) -> (usize, u64) {
     ctr.run(|| {
         let mut s = TcpStream::connect_timeout(&dst, Duration::from_secs(5)).expect("connect");
         s.set_write_timeout(Some(Duration::from_secs(10)))

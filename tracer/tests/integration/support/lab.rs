@@ -10,16 +10,16 @@ use tracer::lab::{Lab, LabSpec, LabTraffic, LabTrafficOptions};
 use super::BIN;
 
 /// A lab that goes away with the test, also when it fails.
-pub struct TestLab(pub Lab);
+pub(crate) struct TestLab(pub Lab);
 
 impl TestLab {
-    pub fn up(tag: &str) -> Self {
+    pub(crate) fn up(tag: &str) -> Self {
         let name = format!("{}{}", tag, std::process::id() % 10_000);
         Self(Lab::up(&LabSpec { name: Some(name) }).expect("lab up"))
     }
 
     /// The lab's ICMP, TCP and UDP loop on servers at any free port; stops when dropped.
-    pub fn start_traffic(&self) -> LabTraffic {
+    pub(crate) fn start_traffic(&self) -> LabTraffic {
         let opts = LabTrafficOptions {
             tcp_port: 0,
             udp_port: 0,
@@ -38,7 +38,7 @@ impl Drop for TestLab {
 }
 
 /// Runs the binary and returns its output.
-pub fn pathtrace(args: &[&str]) -> Output {
+pub(crate) fn pathtrace(args: &[&str]) -> Output {
     Command::new(BIN)
         .args(args)
         .output()
@@ -46,7 +46,7 @@ pub fn pathtrace(args: &[&str]) -> Output {
 }
 
 /// Runs a command; panics with its stderr when it fails.
-pub fn sh(cmd: &str, args: &[&str]) -> String {
+pub(crate) fn sh(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd)
         .args(args)
         .output()
@@ -60,7 +60,7 @@ pub fn sh(cmd: &str, args: &[&str]) -> String {
 }
 
 /// Names of loaded BPF programs that are ours, after cls_bpf's RCU-delayed release settles.
-pub fn our_programs_settled() -> Vec<String> {
+pub(crate) fn our_programs_settled() -> Vec<String> {
     let ours = || -> Vec<String> {
         aya::programs::loaded_programs()
             .filter_map(Result::ok)
@@ -76,7 +76,7 @@ pub fn our_programs_settled() -> Vec<String> {
 }
 
 /// Parses JSON lines.
-pub fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
+pub(crate) fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
@@ -84,7 +84,7 @@ pub fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
 }
 
 /// The last line of each flow id (its final state), `conntrack` removed (a live-only field).
-pub fn final_flows(
+pub(crate) fn final_flows(
     lines: &[serde_json::Value],
 ) -> std::collections::BTreeMap<u64, serde_json::Value> {
     let mut out = std::collections::BTreeMap::new();

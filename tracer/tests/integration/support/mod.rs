@@ -5,10 +5,10 @@
 //! spawned trace, another tool's tc program), [`docker`] (an offline busybox image, containers and
 //! networks that remove themselves) and [`wan`] (a test uplink with echo servers).
 
-pub mod docker;
-pub mod kernel;
-pub mod lab;
-pub mod wan;
+pub(crate) mod docker;
+pub(crate) mod kernel;
+pub(crate) mod lab;
+pub(crate) mod wan;
 
 use std::{
     io::Write as _,
@@ -16,17 +16,17 @@ use std::{
 };
 
 /// The binary under test.
-pub const BIN: &str = env!("CARGO_BIN_EXE_pathtrace");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_pathtrace");
 
 /// Tests that attach to the kernel's hooks, or count programs and tc filters, take this first:
 /// one at a time, whatever `--test-threads` says.
-pub fn serial() -> MutexGuard<'static, ()> {
+pub(crate) fn serial() -> MutexGuard<'static, ()> {
     static SERIAL: Mutex<()> = Mutex::new(());
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Root and a built kernel object; otherwise a loud skip, or a failure under CI.
-pub fn privileged(test: &str) -> bool {
+pub(crate) fn privileged(test: &str) -> bool {
     let why = if !nix::unistd::Uid::effective().is_root() {
         Some("needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)".to_string())
     } else if tracer::attach::object_bytes().is_empty() {
@@ -39,7 +39,7 @@ pub fn privileged(test: &str) -> bool {
 
 /// Root (network namespaces, iptables, the Docker socket; no kernel programs); otherwise a loud
 /// skip, or a failure under CI.
-pub fn root_or_skip(test: &str) -> bool {
+pub(crate) fn root_or_skip(test: &str) -> bool {
     let root = nix::unistd::Uid::effective().is_root();
     gate(
         test,
@@ -48,7 +48,7 @@ pub fn root_or_skip(test: &str) -> bool {
 }
 
 /// Root and a dockerd that answers; otherwise a loud skip, or a failure under CI.
-pub fn docker_or_skip(test: &str) -> bool {
+pub(crate) fn docker_or_skip(test: &str) -> bool {
     if !root_or_skip(test) {
         return false;
     }

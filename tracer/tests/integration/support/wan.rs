@@ -19,15 +19,15 @@ use anyhow::{ensure, Context, Result};
 use tracer::discover::netns::Netns;
 
 /// The port of the wan's TCP echo server.
-pub const TCP_PORT: u16 = 8080;
+pub(crate) const TCP_PORT: u16 = 8080;
 /// The port of the wan's UDP echo server.
-pub const UDP_PORT: u16 = 9999;
+pub(crate) const UDP_PORT: u16 = 9999;
 
-pub fn ip(args: &str) -> Result<String> {
+pub(crate) fn ip(args: &str) -> Result<String> {
     run("ip", &args.split_whitespace().collect::<Vec<_>>())
 }
 
-pub fn run(cmd: &str, args: &[&str]) -> Result<String> {
+pub(crate) fn run(cmd: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(cmd)
         .args(args)
         .output()
@@ -42,7 +42,7 @@ pub fn run(cmd: &str, args: &[&str]) -> Result<String> {
 }
 
 /// The test's far end: netns `<p>-wan` behind the host's `<p>-up0`.
-pub struct Wan {
+pub(crate) struct Wan {
     pub ns_name: String,
     /// The host end of the veth (`<p>-up0`).
     pub uplink: String,
@@ -56,7 +56,7 @@ pub struct Wan {
 }
 
 impl Wan {
-    pub fn up() -> Result<Self> {
+    pub(crate) fn up() -> Result<Self> {
         let p = format!("dt{}", std::process::id() % 100_000);
         let used = ip("-4 addr")? + &ip("-4 route")?;
         let x = (230..=249)
@@ -119,7 +119,7 @@ impl Wan {
     }
 
     /// [`exchange`] from inside the wan.
-    pub fn exchange(&self, addr: SocketAddr) -> Result<()> {
+    pub(crate) fn exchange(&self, addr: SocketAddr) -> Result<()> {
         self.ns.run(move || exchange(addr))?
     }
 }
@@ -134,7 +134,7 @@ fn echo_once(mut s: TcpStream) -> std::io::Result<()> {
 
 /// A TCP echo exchange with `addr` from the calling thread's namespace, retried for a while
 /// (the server may be starting).
-pub fn exchange(addr: SocketAddr) -> Result<()> {
+pub(crate) fn exchange(addr: SocketAddr) -> Result<()> {
     let once = || -> Result<()> {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
         s.set_read_timeout(Some(Duration::from_secs(2)))?;
