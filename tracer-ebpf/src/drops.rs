@@ -53,7 +53,7 @@ const _: () = {
 };
 
 #[btf_tracepoint(function = "kfree_skb")]
-pub fn pathtrace_drop(ctx: BtfTracePointContext) -> i32 {
+pub(crate) fn pathtrace_drop(ctx: BtfTracePointContext) -> i32 {
     let offsets = SKB_OFFSETS.load();
     // Read-only data: with drop reasons off, the verifier prunes everything after this.
     if offsets.valid == 0 {
@@ -157,7 +157,7 @@ fn emit(fingerprint: u64, reason: u32, location: u64, counters: &mut HookCounter
 /// drop reasons are off. CPUs may race on a slot: the loser's packet is forgotten, and the worst
 /// outcome is one unreported drop, as with an eviction.
 #[inline(always)]
-pub fn remember(fingerprint: u64) {
+pub(crate) fn remember(fingerprint: u64) {
     if global_field!(SKB_OFFSETS: SkbOffsets, valid) == 0 {
         return;
     }

@@ -12,14 +12,14 @@ use tracer_common::parse::Frame;
 const DIRECT_MAX_OFFSET: usize = 0x0fff;
 
 /// The linear header area of the packet, read in place.
-pub struct LinearFrame {
+pub(crate) struct LinearFrame {
     data: usize,
     data_end: usize,
 }
 
 impl LinearFrame {
     #[inline(always)]
-    pub fn new(ctx: &TcContext) -> Self {
+    pub(crate) fn new(ctx: &TcContext) -> Self {
         let skb = ctx.skb.skb;
         // Volatile: otherwise LLVM may hoist these 32-bit context loads into a calling function
         // and pass them in as arguments, widened in the callee, and the verifier rejects any
@@ -54,7 +54,7 @@ impl Frame for LinearFrame {
 /// The whole packet, linear and paged parts alike, through `bpf_skb_load_bytes`. (Reading the
 /// linear part in place here as well made the verifier's state count explode on the IPv6
 /// extension-header walk: every packet-pointer range is a state of its own.)
-pub struct SkbFrame<'a>(pub &'a TcContext);
+pub(crate) struct SkbFrame<'a>(pub &'a TcContext);
 
 impl Frame for SkbFrame<'_> {
     #[inline(always)]

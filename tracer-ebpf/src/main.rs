@@ -26,7 +26,7 @@ mod programs {
         ($($name:ident = $slot:literal),* $(,)?) => {
             $(
                 #[classifier]
-                pub fn $name(ctx: TcContext) -> i32 {
+                pub(crate) fn $name(ctx: TcContext) -> i32 {
                     observe::observe(&ctx, $slot);
                     TC_ACT_UNSPEC
                 }
@@ -67,7 +67,7 @@ mod programs {
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
     // The verifier rejects any path that could reach here; this is never executed.
     loop {}
 }

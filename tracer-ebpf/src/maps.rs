@@ -26,27 +26,29 @@ macro_rules! kernel_name {
 
 /// Events to userspace. 8 MiB by default (`--ring-size` changes it at load time).
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 kernel_name!(EVENTS, MAP_EVENTS);
 
 /// Per-slot direction and role, written by userspace before the slot is attached.
 #[map]
-pub static HOOKS: Array<HookConfig> = Array::with_max_entries(MAX_HOOKS as u32, 0);
+pub(crate) static HOOKS: Array<HookConfig> = Array::with_max_entries(MAX_HOOKS as u32, 0);
 kernel_name!(HOOKS, MAP_HOOKS);
 
 /// Per-slot counters (per CPU, so no atomics on the fast path).
 #[map]
-pub static COUNTERS: PerCpuArray<HookCounters> = PerCpuArray::with_max_entries(MAX_HOOKS as u32, 0);
+pub(crate) static COUNTERS: PerCpuArray<HookCounters> =
+    PerCpuArray::with_max_entries(MAX_HOOKS as u32, 0);
 kernel_name!(COUNTERS, MAP_COUNTERS);
 
 /// Remote endpoints the traced side talks to; shared hooks emit only packets to or from them.
 #[map]
-pub static INTEREST: LruHashMap<EndpointKey, u32> = LruHashMap::with_max_entries(INTEREST_MAX, 0);
+pub(crate) static INTEREST: LruHashMap<EndpointKey, u32> =
+    LruHashMap::with_max_entries(INTEREST_MAX, 0);
 kernel_name!(INTEREST, MAP_INTEREST);
 
 /// The in-kernel filter, fixed at load time (read-only data, so switched-off tests cost nothing).
 #[unsafe(no_mangle)]
-pub static FILTER: Global<FilterConfig> = Global::new(FilterConfig::NONE);
+pub(crate) static FILTER: Global<FilterConfig> = Global::new(FilterConfig::NONE);
 kernel_name!(FILTER, GLOBAL_FILTER);
 
 /// Fingerprints of packets the tc programs emitted (filled only while drop reasons are on); the
@@ -55,26 +57,26 @@ kernel_name!(FILTER, GLOBAL_FILTER);
 /// in the same slot. An array element is a plain store, where an LRU hash insert per emitted
 /// packet took a lock and dominated the traced path.
 #[map]
-pub static TRACED: Array<u64> = Array::with_max_entries(TRACED_MAX, 0);
+pub(crate) static TRACED: Array<u64> = Array::with_max_entries(TRACED_MAX, 0);
 kernel_name!(TRACED, MAP_TRACED);
 
 /// The drop program's counters, one slot, per CPU: `seen` = drops (not consumed) it ran on,
 /// `filtered` = not IP or not traced, `emitted`, `lost` (ring buffer full).
 #[map]
-pub static DROP_COUNTERS: PerCpuArray<HookCounters> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static DROP_COUNTERS: PerCpuArray<HookCounters> = PerCpuArray::with_max_entries(1, 0);
 kernel_name!(DROP_COUNTERS, MAP_DROP_COUNTERS);
 
 /// `struct sk_buff` field offsets from the kernel's BTF, fixed at load time (read-only data:
 /// while `valid` is 0 the drop program and the `TRACED` bookkeeping fold away).
 #[unsafe(no_mangle)]
-pub static SKB_OFFSETS: Global<SkbOffsets> = Global::new(SkbOffsets::NONE);
+pub(crate) static SKB_OFFSETS: Global<SkbOffsets> = Global::new(SkbOffsets::NONE);
 kernel_name!(SKB_OFFSETS, GLOBAL_SKB_OFFSETS);
 
 /// Wake the reader only once this many bytes wait in `EVENTS` (userspace sets a quarter of the
 /// ring); below that it drains on its own short timer. A wakeup per event costs more than the
 /// event itself (an interrupt to the reader's CPU), so batching them keeps the traced path fast.
 #[unsafe(no_mangle)]
-pub static WAKE_BYTES: Global<u64> = Global::new(0);
+pub(crate) static WAKE_BYTES: Global<u64> = Global::new(0);
 kernel_name!(WAKE_BYTES, GLOBAL_WAKE_BYTES);
 
 /// One field of a load-time global, read on its own: `global_field!(FILTER: FilterConfig, flags)`.

@@ -23,7 +23,7 @@ use crate::{
 };
 
 #[inline(never)]
-pub fn observe(ctx: &TcContext, slot: u32) {
+pub(crate) fn observe(ctx: &TcContext, slot: u32) {
     let Some(counters) = COUNTERS.get_ptr_mut(slot) else {
         return;
     };
@@ -120,8 +120,8 @@ fn filter_admits(tuple: &Tuple) -> bool {
 /// address arrays byte by byte: 28 loads and as many stack spills, on every packet.)
 #[inline(always)]
 fn filter() -> FilterConfig {
-    const WORDS: usize = core::mem::size_of::<FilterConfig>() / 4;
-    const _: () = assert!(core::mem::align_of::<FilterConfig>() == 4 && WORDS * 4 == 28);
+    const WORDS: usize = size_of::<FilterConfig>() / 4;
+    const _: () = assert!(align_of::<FilterConfig>() == 4 && WORDS * 4 == 28);
     let filter: *const [u32; WORDS] = (&raw const FILTER).cast();
     // SAFETY: `Global<T>` is a transparent wrapper of an initialised `T`, 4-byte aligned and 28
     // bytes long; every bit pattern of the words is a valid `FilterConfig` (integers and byte
