@@ -101,17 +101,19 @@ pub(crate) struct Route {
     pub prefsrc: Option<IpAddr>,
     /// `RTA_PRIORITY`, what `ip route` prints as `metric` (0 when absent).
     pub metric: u32,
+    /// The TOS the route is for (`ip route add ... tos 0x10`); 0 for any.
+    pub tos: u8,
 }
 
 impl Route {
-    /// Whether this is a default route (`0.0.0.0/0` or `::/0`) of the main table.
+    /// Whether this is a default route (`0.0.0.0/0` or `::/0`) of the main table, for any TOS.
     pub(crate) fn is_main_default(&self) -> bool {
-        self.dst_len == 0 && self.table == u32::from(libc::RT_TABLE_MAIN)
+        self.dst_len == 0 && self.table == u32::from(libc::RT_TABLE_MAIN) && self.tos == 0
     }
 }
 
-/// Of `routes`, the main table's default route with the lowest metric that names an interface:
-/// the one the kernel uses while it is up (what `ip route show default` lists first).
+/// Of `routes`, the main table's default route with the lowest metric that names an interface
+/// and is not for one TOS only: the one the kernel uses for ordinary traffic while it is up.
 pub(crate) fn lowest_metric_default(routes: &[Route]) -> Option<&Route> {
     routes
         .iter()
@@ -387,6 +389,7 @@ fn route_from(r: &RouteMessage) -> Route {
         gateway: None,
         prefsrc: None,
         metric: 0,
+        tos: r.header.tos,
     };
     for a in &r.attributes {
         match a {
@@ -457,6 +460,7 @@ mod tests {
             gateway: None,
             prefsrc: None,
             metric,
+            tos: 0,
         }
     }
 
@@ -471,6 +475,11 @@ mod tests {
                 ..default_via(7, 0, main)
             },
             default_via(4, 50, main),
+            // For one TOS only: not what ordinary traffic takes, however low its metric.
+            Route {
+                tos: 0x10,
+                ..default_via(5, 1, main)
+            },
         ];
         assert_eq!(lowest_metric_default(&routes).and_then(|r| r.oif), Some(4));
         assert_eq!(lowest_metric_default(&routes[1..3]), None);

@@ -1,5 +1,6 @@
-//! The uplink on a host with two default routes: `trace` attaches to the one the kernel uses (the
-//! main table's lowest metric) and `inspect` names the same one.
+//! The uplink on a host with two default routes: `trace` attaches to the one the kernel uses for
+//! ordinary traffic (the main table's lowest metric, not one for a single TOS), `inspect` names the
+//! same one, and it is the one `ip route get` answers with.
 //!
 //! A namespace plays the host (the way Kind nodes are containers), so the test can give it two
 //! uplinks and two default routes without touching the machine's own: a "container" namespace on
@@ -54,30 +55,21 @@ impl Host {
         for dev in [&veth, &br, &up1, &up2] {
             in_host(&["link", "set", dev, "up"]);
         }
-        // The higher metric first: a reader that takes the first default route it is given
-        // would pick the one the kernel does not use.
-        in_host(&[
-            "route",
-            "add",
-            "default",
-            "via",
-            "10.77.2.2",
-            "dev",
-            &up1,
-            "metric",
-            "200",
-        ]);
-        in_host(&[
-            "route",
-            "add",
-            "default",
-            "via",
-            "10.77.3.2",
-            "dev",
-            &up2,
-            "metric",
-            "100",
-        ]);
+        // A route for one TOS, at a higher metric: the kernel lists it before the plain one, so
+        // a reader that takes the first default route it is given picks the uplink ordinary
+        // traffic does not use.
+        let via = |gw: &str, dev: &str, metric: &str| {
+            let mut args = vec!["route", "add", "default"];
+            if metric == "200" {
+                args.extend(["tos", "0x10"]);
+            }
+            args.extend(["via", gw, "dev", dev, "metric", metric]);
+            args.iter().map(|a| a.to_string()).collect::<Vec<_>>()
+        };
+        for args in [via("10.77.2.2", &up1, "200"), via("10.77.3.2", &up2, "100")] {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            in_host(&args);
+        }
         sh(
             "ip",
             &["-n", &c, "addr", "add", "10.77.1.2/24", "dev", "eth0"],
@@ -130,6 +122,23 @@ fn trace_and_inspect_take_the_lowest_metric_default_route() {
     let host = Host::up();
     let ctr = host.ns("ctr");
     let lowest = format!("{}u2", host.tag);
+    // The kernel's own answer for an ordinary packet of the container to somewhere outside.
+    let kernel = sh(
+        "ip",
+        &[
+            "-n",
+            &host.ns("host"),
+            "route",
+            "get",
+            "10.99.0.1",
+            "from",
+            "10.77.1.1",
+        ],
+    );
+    assert!(
+        kernel.contains(&format!("dev {lowest} ")),
+        "ip route get: {kernel}"
+    );
 
     let trace = host.pathtrace(&["--netns", &ctr, "--json", "--duration", "1"]);
     let summary = trace.last().expect("a summary line");
