@@ -105,8 +105,8 @@ pub enum LabAction {
     Demo {
         #[arg(long)]
         json: bool,
-        #[arg(long, value_enum, default_value_t = TcMode::Auto)]
-        tc_mode: TcMode,
+        #[arg(long, value_enum, default_value_t = TcModeArg::Auto)]
+        tc_mode: TcModeArg,
         /// How long to trace.
         #[arg(long, value_parser = parse_duration, default_value = "3s")]
         duration: Duration,
@@ -142,8 +142,8 @@ pub struct VerifyArgs {
     pub expect_drop: bool,
     #[arg(long)]
     pub json: bool,
-    #[arg(long, value_enum, default_value_t = TcMode::Auto)]
-    pub tc_mode: TcMode,
+    #[arg(long, value_enum, default_value_t = TcModeArg::Auto)]
+    pub tc_mode: TcModeArg,
 }
 
 /// What to trace and how to show it.
@@ -199,8 +199,8 @@ pub struct TraceArgs {
     pub snaplen: u16,
 
     /// TCX links (default when the kernel has them) or netlink clsact filters.
-    #[arg(long, value_enum, default_value_t = TcMode::Auto)]
-    pub tc_mode: TcMode,
+    #[arg(long, value_enum, default_value_t = TcModeArg::Auto)]
+    pub tc_mode: TcModeArg,
     /// Ring buffer size in KiB (power of two).
     #[arg(long, default_value_t = 8192, value_name = "KIB")]
     pub ring_size: u32,
@@ -210,6 +210,28 @@ pub struct TraceArgs {
     /// Kernel-side debug messages (aya-log), shown with -vv.
     #[arg(long)]
     pub kernel_log: bool,
+}
+
+/// `--tc-mode`: how programs are attached at tc.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum TcModeArg {
+    /// TCX links when the kernel has them (>= 6.6), netlink clsact filters otherwise.
+    #[default]
+    Auto,
+    /// TCX links only.
+    Tcx,
+    /// cls_bpf filters on a clsact qdisc, over netlink.
+    Netlink,
+}
+
+impl From<TcModeArg> for TcMode {
+    fn from(mode: TcModeArg) -> Self {
+        match mode {
+            TcModeArg::Auto => Self::Auto,
+            TcModeArg::Tcx => Self::Tcx,
+            TcModeArg::Netlink => Self::Netlink,
+        }
+    }
 }
 
 /// `5s`, `500ms`, `2m`, `1h`, or plain seconds.

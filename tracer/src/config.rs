@@ -191,7 +191,7 @@ impl TraceConfig {
             target,
             to: args.to,
             load,
-            tc_mode: args.tc_mode,
+            tc_mode: args.tc_mode.into(),
             duration: args.duration,
             count: args.count,
             format: Format::of_json_flag(args.json),
@@ -213,13 +213,15 @@ impl TraceConfig {
             to: Some(to),
             json,
             duration: Some(duration),
-            tc_mode,
             snaplen: CAPTURE_DEFAULT,
             ring_size: 8192,
             max_flows: 65536,
             ..TraceArgs::default()
         };
-        Self::from_args(&args)
+        Ok(Self {
+            tc_mode,
+            ..Self::from_args(&args)?
+        })
     }
 }
 
@@ -274,7 +276,7 @@ impl VerifyConfig {
                 drop: args.expect_drop,
             },
             format: Format::of_json_flag(args.json),
-            tc_mode: args.tc_mode,
+            tc_mode: args.tc_mode.into(),
             load: LoadOptions {
                 filter: filter.kernel(CAPTURE_DEFAULT),
                 ring_bytes: ring_bytes(1024)?,

@@ -34,7 +34,7 @@ pub use drops::{DropNamer, DropSupport, DROP_PROGRAM};
 pub use object::object_bytes;
 
 /// How programs are attached at tc.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum TcMode {
     /// TCX links when the kernel has them (>= 6.6), netlink clsact filters otherwise.
     #[default]

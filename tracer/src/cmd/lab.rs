@@ -52,7 +52,7 @@ pub(super) fn run(action: LabAction) -> anyhow::Result<ExitCode> {
             json,
             tc_mode,
             duration,
-        } => demo(json, tc_mode, duration),
+        } => demo(json, tc_mode.into(), duration),
     }
 }
 
