@@ -126,7 +126,7 @@ fn demo(json: bool, tc_mode: TcMode, duration: Duration) -> anyhow::Result<ExitC
         vec![Box::new(ConntrackConfirm)],
         renderer.as_mut(),
     );
-    let session = super::trace::session(&cfg, tracer, &plan, None);
+    let session = super::session(&cfg, tracer, &plan, None);
     let traced = pipeline::trace(&rt, session, &mut engine, None);
     drop(engine);
     let report = traffic.stop();

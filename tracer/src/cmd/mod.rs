@@ -14,7 +14,17 @@ use std::{io::Write as _, process::ExitCode};
 
 use anyhow::Context as _;
 
-use crate::cli::{Cli, Command};
+use tokio::sync::mpsc;
+
+use crate::{
+    attach::PendingTracer,
+    cli::{Cli, Command},
+    config::TraceConfig,
+    pipeline::{
+        plan::Plan,
+        session::{Control, SessionSpec},
+    },
+};
 
 /// Capabilities a tracing verb needs (bit numbers from linux/capability.h).
 const CAP_NET_ADMIN: u32 = 12;
@@ -97,6 +107,22 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("starting the async runtime")
+}
+
+/// The session of a trace: its tracer, limits and endpoints of interest.
+fn session(
+    cfg: &TraceConfig,
+    tracer: PendingTracer,
+    plan: &Plan,
+    control: Option<mpsc::Receiver<Control>>,
+) -> SessionSpec {
+    SessionSpec {
+        tracer,
+        duration: cfg.duration,
+        count: cfg.count,
+        interest: plan.interest.clone(),
+        control,
+    }
 }
 
 /// A warning of a verb, one line on stderr (`pathtrace: ...`), beside what it prints.

@@ -21,7 +21,7 @@ use crate::{
         engine::Engine,
         follow::{follow, Follow},
         plan::{self, Plan},
-        session::{Control, SessionSpec},
+        session::SessionSpec,
     },
     render::Output,
     runtime,
@@ -59,7 +59,7 @@ fn netns(
     live(
         cfg,
         rt,
-        session(cfg, tracer, &plan, None),
+        super::session(cfg, tracer, &plan, None),
         &plan,
         annotators,
         capture,
@@ -99,7 +99,7 @@ fn container(
     };
     let follower = rt.spawn(follow(runtime.watch(&target), follow_cfg, tx));
     let capture = open_capture(cfg, &plan.topology)?;
-    let session = session(cfg, tracer, &plan, Some(rx));
+    let session = super::session(cfg, tracer, &plan, Some(rx));
     let result = live(cfg, rt, session, &plan, annotators, capture);
     let removed = if follower.is_finished() {
         rt.block_on(follower).ok().flatten()
@@ -133,22 +133,6 @@ fn live(
     );
     pipeline::trace(rt, session, &mut engine, capture)?;
     Ok(())
-}
-
-/// The session of a trace: its tracer, limits and endpoints of interest.
-pub(super) fn session(
-    cfg: &TraceConfig,
-    tracer: PendingTracer,
-    plan: &Plan,
-    control: Option<mpsc::Receiver<Control>>,
-) -> SessionSpec {
-    SessionSpec {
-        tracer,
-        duration: cfg.duration,
-        count: cfg.count,
-        interest: plan.interest.clone(),
-        control,
-    }
 }
 
 /// Opens `-w FILE` for a topology, if asked.
