@@ -9,6 +9,7 @@
 //! host's).
 
 use std::{
+    panic::AssertUnwindSafe,
     sync::mpsc::{self, Receiver, SyncSender, TrySendError},
     thread::JoinHandle,
 };
@@ -81,8 +82,14 @@ impl Annotation {
             .spawn(move || {
                 let mut annotators = annotators;
                 for mut flow in rx {
-                    for a in &mut annotators {
-                        a.annotate(&mut flow);
+                    // An annotator that panics costs the flow its annotations, never the flow.
+                    let annotated = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        for a in &mut annotators {
+                            a.annotate(&mut flow);
+                        }
+                    }));
+                    if annotated.is_err() {
+                        tracing::warn!("annotating flow {} failed; it is shown as traced", flow.id);
                     }
                     if tx.send(flow).is_err() {
                         return;
@@ -139,14 +146,23 @@ impl Annotation {
         Some(flow)
     }
 
-    /// The next annotated report, waiting for it; `None` when none is in flight.
+    /// The next annotated report, waiting for it; `None` when none is in flight (or the thread
+    /// is gone, which it is only after a panic outside an annotator).
     pub(crate) fn wait(&mut self) -> Option<FlowReport> {
         if self.in_flight == 0 {
             return None;
         }
-        let flow = self.done.as_ref()?.recv().ok()?;
-        self.in_flight -= 1;
-        Some(flow)
+        match self.done.as_ref()?.recv() {
+            Ok(flow) => {
+                self.in_flight -= 1;
+                Some(flow)
+            }
+            Err(_) => {
+                let lost = std::mem::take(&mut self.in_flight);
+                tracing::error!("the annotation thread ended with {lost} flows in hand");
+                None
+            }
+        }
     }
 
     /// Reports handed over and not taken back yet.

@@ -233,3 +233,170 @@ impl Observer for Engine<'_> {
         self.end = Some((why, end.clone()));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{
+        correlate::tests::{lab, masq_back, masq_out},
+        model::{PacketRecord, RuleAttributor},
+    };
+
+    const SERVER: &str = "10.200.2.2:8080";
+
+    /// What a renderer was told, in order.
+    #[derive(Default)]
+    struct Log {
+        live: bool,
+        seen: Vec<String>,
+        finals: Vec<FlowReport>,
+        unused: Option<Unused>,
+    }
+
+    impl Renderer for Log {
+        fn wants_changes(&self) -> bool {
+            self.live
+        }
+        fn update(&mut self, update: Update<'_>) {
+            let line = match update {
+                Update::Started { hooks, .. } => format!("started {}", hooks.len()),
+                Update::FlowChanged { flow, printed } => {
+                    *printed += 1;
+                    format!("changed {} (printed {printed})", flow.id)
+                }
+                Update::Note(n) => format!("note {n}"),
+                Update::Final => "final".into(),
+                Update::FlowFinal(flow) => {
+                    self.finals.push(flow.clone());
+                    format!("flow {}", flow.id)
+                }
+                Update::Summary(s) => {
+                    self.unused = Some(s.unused);
+                    format!("summary {} flows", s.flows)
+                }
+            };
+            self.seen.push(line);
+        }
+    }
+
+    /// Notes every flow; panics on the flow with `panic_on`.
+    struct Noting {
+        panic_on: u64,
+    }
+
+    impl Annotator for Noting {
+        fn annotate(&mut self, flow: &mut FlowReport) {
+            assert_ne!(flow.id.0, self.panic_on, "an annotator's bug");
+            flow.notes.push(format!("seen {}", flow.id));
+        }
+    }
+
+    /// Three connections from three source ports, each a request and its reply.
+    fn three_flows() -> Vec<Event> {
+        let mut records: Vec<PacketRecord> = Vec::new();
+        for (i, port) in [41000u16, 41001, 41002].into_iter().enumerate() {
+            let (t, fp) = (1_000 * i as u64, 100 + 2 * i as u64);
+            records.extend(masq_out(fp, t, port, port, SERVER));
+            records.extend(masq_back(fp + 1, t + 100, port, port, SERVER));
+        }
+        records.into_iter().map(Event::Packet).collect()
+    }
+
+    fn engine<'r>(annotators: Vec<Box<dyn Annotator>>, log: &'r mut Log) -> Engine<'r> {
+        let rules: Option<Arc<dyn RuleAttributor>> = None;
+        Engine::new(Arc::new(lab()), rules, 1024, annotators, log)
+    }
+
+    #[test]
+    fn every_flow_once_in_order_annotated_even_when_an_annotator_panics() {
+        let mut log = Log::default();
+        let mut e = engine(vec![Box::new(Noting { panic_on: 2 })], &mut log);
+        e.feed(&three_flows());
+        let outcome = e.finish();
+        drop(e);
+        assert_eq!(
+            outcome,
+            Outcome {
+                flows: 3,
+                stop: None
+            }
+        );
+        let ids: Vec<u64> = log.finals.iter().map(|f| f.id.0).collect();
+        assert_eq!(ids, [1, 2, 3]);
+        let notes: Vec<&[String]> = log.finals.iter().map(|f| f.notes.as_slice()).collect();
+        assert_eq!(notes[0], ["seen 1"]);
+        assert!(
+            notes[1].is_empty(),
+            "the panicking annotator's flow is shown as traced"
+        );
+        assert_eq!(notes[2], ["seen 3"]);
+        assert_eq!(log.seen.first().map(String::as_str), Some("final"));
+        assert_eq!(log.seen.last().map(String::as_str), Some("summary 3 flows"));
+    }
+
+    #[test]
+    fn changes_go_out_on_ticks_with_the_renderers_mark_kept_per_flow() {
+        let mut log = Log {
+            live: true,
+            ..Log::default()
+        };
+        let mut e = engine(Vec::new(), &mut log);
+        e.attached("tcx", &lab().hooks);
+        e.feed(&three_flows());
+        e.tick(u64::MAX, &[]);
+        e.note("container restarted");
+        // The same flows again, later: changed again, and the mark the renderer left is back.
+        let later: Vec<Event> = masq_out(500, 10_000, 41000, 41000, SERVER)
+            .into_iter()
+            .map(Event::Packet)
+            .collect();
+        e.feed(&later);
+        e.tick(u64::MAX, &[]);
+        e.finish();
+        drop(e);
+        assert_eq!(
+            log.seen[..7],
+            [
+                "started 8",
+                "changed 1 (printed 1)",
+                "changed 2 (printed 1)",
+                "changed 3 (printed 1)",
+                "note container restarted",
+                "changed 1 (printed 2)",
+                "final",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_summary_counts_what_went_unused() {
+        let mut log = Log::default();
+        let mut e = engine(Vec::new(), &mut log);
+        let mut stray = masq_out(900, 0, 42000, 42000, SERVER);
+        stray.truncate(1);
+        stray[0].slot = 20; // no hook of the topology has this slot
+        let events: Vec<Event> = stray.into_iter().map(Event::Packet).collect();
+        e.feed(&events);
+        let end = Finished {
+            undecodable: 2,
+            drops: Some(HookStats {
+                lost: 3,
+                ..HookStats::default()
+            }),
+            ..Finished::default()
+        };
+        e.finished(StopReason::Duration, &end);
+        let outcome = e.finish();
+        drop(e);
+        assert_eq!(outcome.stop, Some(StopReason::Duration));
+        let want = Unused {
+            undecodable: 2,
+            ignored_events: 1,
+            unmatched_drops: 0,
+            drops_lost: 3,
+        };
+        assert_eq!(log.unused, Some(want));
+    }
+}
