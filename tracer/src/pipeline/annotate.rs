@@ -56,9 +56,10 @@ impl Annotator for RuntimeNotes {
     }
 }
 
-/// Reports waiting for the annotation thread, at most: beyond, a live update goes out without
-/// its annotations (the final report always has them).
-const QUEUE: usize = 4096;
+/// Reports handed to the annotation thread and not taken back, at most. Enough to keep it busy;
+/// few, because a report holds a flow's hops and steps while it waits (the engine keeps the ids
+/// of flows beyond this, which cost 8 bytes each, and builds their reports when there is room).
+const QUEUE: usize = 64;
 
 /// The annotation thread: reports go in, annotated, in the order they came.
 pub(crate) struct Annotation {

@@ -7,7 +7,11 @@
 //! Every count it keeps reaches the summary: flows evicted, events it had no hook for, drop
 //! reports that matched no packet, and what the session could not decode or send.
 
-use std::{collections::HashMap, net::IpAddr, sync::Arc};
+use std::{
+    collections::{HashMap, VecDeque},
+    net::IpAddr,
+    sync::Arc,
+};
 
 use crate::{
     collect::Event,
@@ -40,6 +44,10 @@ pub struct Engine<'r> {
     correlator: Correlator,
     annotation: Option<Annotation>,
     renderer: &'r mut dyn Renderer,
+    /// Changed flows waiting for room on the annotation thread, oldest first.
+    backlog: VecDeque<FlowId>,
+    /// At most as many as the table holds flows (twice: a flow may wait with an older change).
+    backlog_max: usize,
     /// Lost count last warned about, per slot (warned again only when it doubles).
     hooks_lost: HashMap<u8, u64>,
     end: Option<(StopReason, Finished)>,
@@ -63,6 +71,8 @@ impl<'r> Engine<'r> {
             correlator: Correlator::new(topology, attributor, cfg),
             annotation: Annotation::spawn(annotators),
             renderer,
+            backlog: VecDeque::new(),
+            backlog_max: max_flows.saturating_mul(2),
             hooks_lost: HashMap::new(),
             end: None,
         }
@@ -78,7 +88,9 @@ impl<'r> Engine<'r> {
     /// than the table.
     pub fn finish(&mut self) -> Outcome {
         self.correlator.finish();
-        // Updates still being annotated were due before the end: they go out as updates.
+        // Updates still being annotated were due before the end: they go out as updates. Those
+        // still waiting for room are superseded by the final report.
+        self.backlog.clear();
         while let Some(flow) = self.annotation.as_mut().and_then(Annotation::wait) {
             self.changed_annotated(flow);
         }
@@ -128,31 +140,49 @@ impl<'r> Engine<'r> {
         Outcome { flows, stop }
     }
 
-    /// The flows `advance` found changed: annotated first when there are annotators (off this
-    /// thread; a full queue sends the flow as it is), then rendered.
+    /// The flows `advance` found changed: rendered at once, or with annotators queued for them
+    /// (off this thread) and rendered when they are done.
     fn report_changed(&mut self, ids: Vec<FlowId>) {
         if !self.renderer.wants_changes() {
             return;
         }
+        if self.annotation.is_some() {
+            // Bounded by the table: a flow's id waits here at most once per change.
+            self.backlog.extend(ids);
+            self.backlog.truncate(self.backlog_max);
+            self.feed_annotation();
+            return;
+        }
         for id in ids {
-            let Some(flow) = self.correlator.flow(id) else {
-                continue;
-            };
-            let unannotated = match self.annotation.as_mut() {
-                Some(a) => a.try_submit(flow),
-                None => Some(flow),
-            };
-            if let Some(flow) = unannotated {
+            if let Some(flow) = self.correlator.flow(id) {
                 self.render_changed(&flow);
             }
         }
     }
 
-    /// Takes back the updates the annotation thread is done with.
+    /// Hands the annotation thread the reports of waiting flows while it has room, built now (so
+    /// they are as fresh as they can be).
+    fn feed_annotation(&mut self) {
+        while let Some(id) = self.backlog.pop_front() {
+            let Some(flow) = self.correlator.flow(id) else {
+                continue;
+            };
+            let Some(annotation) = self.annotation.as_mut() else {
+                return;
+            };
+            if annotation.try_submit(flow).is_some() {
+                self.backlog.push_front(id);
+                return;
+            }
+        }
+    }
+
+    /// Takes back the updates the annotation thread is done with, and gives it more.
     fn collect_annotated(&mut self) {
         while let Some(flow) = self.annotation.as_mut().and_then(Annotation::ready) {
             self.changed_annotated(flow);
         }
+        self.feed_annotation();
     }
 
     fn changed_annotated(&mut self, flow: FlowReport) {
@@ -367,6 +397,53 @@ mod tests {
                 "changed 1 (printed 2)",
                 "final",
             ]
+        );
+    }
+
+    #[test]
+    fn more_changes_than_the_annotation_queue_all_go_out_annotated() {
+        let mut log = Log {
+            live: true,
+            ..Log::default()
+        };
+        let mut e = engine(vec![Box::new(Noting { panic_on: 0 })], &mut log);
+        let mut records: Vec<PacketRecord> = Vec::new();
+        for i in 0..200u16 {
+            records.extend(masq_out(
+                1_000 + u64::from(i),
+                0,
+                30_000 + i,
+                30_000 + i,
+                SERVER,
+            ));
+        }
+        let events: Vec<Event> = records.into_iter().map(Event::Packet).collect();
+        e.feed(&events);
+        e.tick(u64::MAX, &[]);
+        let changed = |e: &Engine<'_>| e.backlog.len();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while (changed(&e) > 0 || e.annotation.as_ref().is_some_and(|a| a.in_flight() > 0))
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            e.tick(u64::MAX, &[]);
+        }
+        e.finish();
+        drop(e);
+        let changed: Vec<&String> = log
+            .seen
+            .iter()
+            .filter(|l| l.starts_with("changed"))
+            .collect();
+        assert_eq!(
+            changed.len(),
+            200,
+            "every change, in spite of a queue of 64"
+        );
+        assert_eq!(log.finals.len(), 200);
+        assert!(
+            log.finals.iter().all(|f| f.notes.len() == 1),
+            "annotated once each"
         );
     }
 
