@@ -11,7 +11,10 @@
 use std::{net::Ipv4Addr, sync::Arc};
 
 use tracer::{
-    capture::record::{self, Recorder},
+    capture::{
+        record::{self, Recorder},
+        testframes,
+    },
     collect::{decode_with, Event},
     model::{Direction, Hook, HookStats, Place, Role, Topology},
     pipeline::{
@@ -27,15 +30,7 @@ const WAN: [u8; 4] = [10, 200, 2, 2];
 const UPLINK: [u8; 4] = [10, 200, 2, 1];
 
 fn hook(slot: u8, ns: &str, ifname: &str, direction: Direction, place: Place) -> Hook {
-    Hook {
-        slot,
-        ns_label: ns.into(),
-        ifname: ifname.into(),
-        ifindex: 10 + u32::from(slot),
-        direction,
-        place,
-        role: Role::All,
-    }
+    testframes::hook(slot, ns, ifname, direction, place, Role::All)
 }
 
 fn topology() -> Topology {

@@ -44,7 +44,15 @@ pub(crate) fn tcp_frame(
     f
 }
 
-fn hook(slot: u8, ns: &str, ifname: &str, direction: Direction, place: Place, role: Role) -> Hook {
+/// A hook on interface index `10 + slot`.
+pub fn hook(
+    slot: u8,
+    ns: &str,
+    ifname: &str,
+    direction: Direction,
+    place: Place,
+    role: Role,
+) -> Hook {
     Hook {
         slot,
         ns_label: ns.into(),
