@@ -134,7 +134,8 @@ pub struct VerifyArgs {
     /// The interface the probe must leave the host by.
     #[arg(long, value_name = "IFACE")]
     pub expect_via: Option<String>,
-    /// The hops the probe must take, comma-separated (`host:docker0` or `host:docker0 ingress`).
+    /// Hops the probe must take, in this order, comma-separated (`host:docker0` or `host:docker0
+    /// ingress`); other hops may come between them.
     #[arg(long, value_name = "HOOK,HOOK,...")]
     pub expect_path: Option<String>,
     /// The probe must be dropped (a firewall rule that should block it).

@@ -12,7 +12,7 @@ use tracer_common::{
 };
 
 use crate::{
-    analyze::verify::{Expectations, Probe},
+    analyze::verify::{ExpectHop, Expectations, Probe},
     attach::{LoadOptions, TcMode},
     capture::WriterOptions,
     cli::{TraceArgs, VerifyArgs},
@@ -259,12 +259,17 @@ impl VerifyConfig {
             host: Some(Prefix::host(probe.dst)),
             port: None,
         };
-        let path = args.expect_path.as_ref().map(|p| {
-            p.split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect()
-        });
+        let path = match &args.expect_path {
+            Some(p) => Some(
+                p.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::parse::<ExpectHop>)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(anyhow::Error::msg)?,
+            ),
+            None => None,
+        };
         Ok(Self {
             target,
             probe,

@@ -28,8 +28,8 @@ pub(crate) struct Expectations {
     pub snat: Option<IpAddr>,
     /// The interface the probe must leave the host by.
     pub via: Option<String>,
-    /// The hops the probe must take (`host:docker0` or `host:docker0 ingress`).
-    pub path: Option<Vec<String>>,
+    /// Hops the probe must take, in this order (others may come between them).
+    pub path: Option<Vec<ExpectHop>>,
     /// The probe must be dropped; otherwise it must be delivered and answered.
     pub drop: bool,
 }
@@ -176,16 +176,13 @@ pub(crate) fn evaluate(expect: &Expectations, flow: Option<&FlowReport>) -> Vec<
         });
     }
     if let Some(want) = &expect.path {
-        let matches = want.len() == path.len()
-            && want
-                .iter()
-                .zip(&path)
-                .all(|(w, p)| p == w || p.split(' ').next() == Some(w.as_str()));
+        let observed = f.hops.iter().map(|h| (h.hook.as_str(), h.dir));
+        let expected: Vec<String> = want.iter().map(ExpectHop::to_string).collect();
         checks.push(Check {
             name: "path",
-            expected: want.join(" -> "),
+            expected: format!("{} (in this order)", expected.join(" -> ")),
             observed: path.join(" -> "),
-            ok: matches,
+            ok: is_subsequence(want, observed),
         });
     }
     if expect.drop {
@@ -216,6 +213,67 @@ pub(crate) fn evaluate(expect: &Expectations, flow: Option<&FlowReport>) -> Vec<
         });
     }
     checks
+}
+
+/// One hop of `--expect-path`: `host:docker0`, or `host:docker0 ingress` for one direction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ExpectHop {
+    /// `<namespace>:<interface>`, as hops are labelled.
+    pub hook: String,
+    pub dir: Option<Direction>,
+}
+
+impl std::str::FromStr for ExpectHop {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "--expect-path {s:?}: expected NS:IFACE or NS:IFACE ingress|egress, e.g. \
+                 host:docker0 ingress"
+            )
+        };
+        let mut words = s.split_whitespace();
+        let hook = words.next().filter(|h| h.contains(':')).ok_or_else(bad)?;
+        let dir = match words.next() {
+            None => None,
+            Some("ingress") => Some(Direction::Ingress),
+            Some("egress") => Some(Direction::Egress),
+            Some(_) => return Err(bad()),
+        };
+        if words.next().is_some() {
+            return Err(bad());
+        }
+        Ok(Self {
+            hook: hook.to_string(),
+            dir,
+        })
+    }
+}
+
+impl std::fmt::Display for ExpectHop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.dir {
+            Some(d) => write!(f, "{} {d}", self.hook),
+            None => f.write_str(&self.hook),
+        }
+    }
+}
+
+/// Whether every wanted hop is among `hops`, in order (others may come between them).
+fn is_subsequence<'h>(
+    want: &[ExpectHop],
+    hops: impl IntoIterator<Item = (&'h str, Direction)>,
+) -> bool {
+    let mut want = want.iter().peekable();
+    for (hook, dir) in hops {
+        if let Some(w) = want.peek() {
+            if w.hook == hook && w.dir.is_none_or(|d| d == dir) {
+                want.next();
+            }
+        }
+    }
+    want.peek().is_none()
 }
 
 /// Passes a session's events on and fires the probe once everything is attached; the session

@@ -22,7 +22,12 @@ pub(super) fn run(action: LabAction) -> anyhow::Result<ExitCode> {
         LabAction::Up { name, json } => {
             let lab = Lab::up(&LabSpec { name })?;
             if json {
-                super::print(&(serde_json::to_string(&lab)? + "\n"))?;
+                super::print(
+                    &(serde_json::to_string(&LabLine {
+                        kind: "lab",
+                        lab: &lab,
+                    })? + "\n"),
+                )?;
             } else {
                 super::print(&lab_text(&lab))?;
             }
@@ -54,6 +59,15 @@ pub(super) fn run(action: LabAction) -> anyhow::Result<ExitCode> {
             duration,
         } => demo(json, tc_mode.into(), duration),
     }
+}
+
+/// `lab up --json`: the lab, typed like every JSON line.
+#[derive(serde::Serialize)]
+struct LabLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(flatten)]
+    lab: &'a Lab,
 }
 
 /// A lab's names and addresses, and how to trace it.

@@ -4,6 +4,7 @@
 //! what happened with the expectations (see `analyze::verify`). Exit 0 pass, 1 fail, 2 error.
 
 use std::{
+    net::IpAddr,
     process::ExitCode,
     sync::{Arc, Mutex},
     time::Duration,
@@ -12,13 +13,13 @@ use std::{
 use tokio::sync::Notify;
 
 use crate::{
-    analyze::verify::{evaluate, pick_flow, Prober, Verdict},
+    analyze::verify::{evaluate, pick_flow, Check, Prober, Verdict},
     attach::{AttachTarget, PendingTracer},
     cli::VerifyArgs,
     config::{TargetSpec, VerifyConfig, VerifyTarget},
     discover::{
         netns::Netns,
-        path::{self, PathQuery},
+        path::{self, PathError, PathQuery},
     },
     pipeline::{
         annotate::ConntrackConfirm,
@@ -39,7 +40,14 @@ pub(super) fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     let rt = super::runtime()?;
     // The kernel object loads while the path is discovered.
     let mut tracer = PendingTracer::spawn(cfg.load.clone(), cfg.tc_mode, rt.handle());
-    let (netns, plan) = discover(&cfg, &rt, |targets| tracer.attach(targets))?;
+    let (netns, plan) = match discover(&cfg, &rt, |targets| tracer.attach(targets)) {
+        Ok(found) => found,
+        // No route is an answer, not an error: the probe has no way out.
+        Err(e) => match unroutable(&e) {
+            Some(to) => return no_route(&cfg, to),
+            None => return Err(e),
+        },
+    };
     let mut flows = Collect::default();
     let mut engine = Engine::new(
         plan.topology.clone(),
@@ -83,6 +91,35 @@ pub(super) fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// The destination the host has no route to, when that is why discovery failed.
+fn unroutable(e: &anyhow::Error) -> Option<IpAddr> {
+    e.chain()
+        .find_map(|cause| match cause.downcast_ref::<PathError>() {
+            Some(PathError::Unroutable(to)) => Some(*to),
+            _ => None,
+        })
+}
+
+/// FAIL: the host has no route to the probe's destination.
+fn no_route(cfg: &VerifyConfig, to: IpAddr) -> anyhow::Result<ExitCode> {
+    let checks = vec![Check {
+        name: "route",
+        expected: format!("a route from the host to {to}"),
+        observed: format!("no route (`ip route get {to}` fails)"),
+        ok: false,
+    }];
+    let verdict = Verdict {
+        pass: false,
+        probe: cfg.probe,
+        to: &cfg.to,
+        outcome: "not sent: the host has no route to it".into(),
+        checks,
+        flow: None,
+    };
+    super::print(&cfg.format.printer().verify(&verdict)?)?;
+    Ok(ExitCode::from(1))
 }
 
 /// The probe's namespace and the plan of its path; `attach` gets the hooks as soon as they are

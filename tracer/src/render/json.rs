@@ -56,8 +56,11 @@ impl Printer for Json {
     /// One object per container.
     fn inspect(&self, reports: &[Report]) -> Result<String, RenderError> {
         let mut out = String::new();
-        for r in reports {
-            out.push_str(&line(r)?);
+        for report in reports {
+            out.push_str(&line(&InspectLine {
+                kind: "inspect",
+                report,
+            })?);
         }
         Ok(out)
     }
@@ -72,7 +75,7 @@ impl Printer for Json {
                 outcome: &v.outcome,
             },
             checks: &v.checks,
-            flow: v.flow,
+            flow: v.flow.map(flow_object),
         })
     }
 
@@ -109,13 +112,21 @@ struct NoteLine<'a> {
 }
 
 #[derive(Serialize)]
+struct InspectLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(flatten)]
+    report: &'a Report,
+}
+
+#[derive(Serialize)]
 struct VerifyLine<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     result: &'static str,
     probe: ProbeLine<'a>,
     checks: &'a [Check],
-    flow: Option<&'a FlowReport>,
+    flow: Option<FlowLine<'a>>,
 }
 
 #[derive(Serialize)]
@@ -231,7 +242,12 @@ struct HookLine {
 
 /// A flow as one JSON object (no trailing newline).
 pub(crate) fn flow_line(f: &FlowReport) -> serde_json::Result<String> {
-    serde_json::to_string(&FlowLine {
+    serde_json::to_string(&flow_object(f))
+}
+
+/// A flow as the one flow object every output uses (a live or replayed line, `verify`'s flow).
+fn flow_object(f: &FlowReport) -> FlowLine<'_> {
+    FlowLine {
         kind: "flow",
         id: f.id.0,
         proto: f.proto.to_string(),
@@ -250,7 +266,7 @@ pub(crate) fn flow_line(f: &FlowReport) -> serde_json::Result<String> {
         notes: &f.notes,
         first_ns: f.first_ns,
         last_ns: f.last_ns,
-    })
+    }
 }
 
 /// The summary as one JSON object (no trailing newline).

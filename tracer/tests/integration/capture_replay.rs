@@ -213,6 +213,7 @@ fn verify_passes_then_fails_without_masquerade_and_diff_names_it() {
             String::from_utf8_lossy(&fail.stdout)
         );
         let v: serde_json::Value = serde_json::from_slice(&fail.stdout).expect("verify JSON");
+        crate::support::schema::check(&v);
         assert_eq!(v["result"], "fail");
         let snat = v["checks"]
             .as_array()

@@ -105,9 +105,7 @@ fn trace_json(
     traffic: impl FnOnce() -> Result<()>,
 ) -> Result<Vec<Value>> {
     let out = trace(name, &[args, &["--json"]].concat(), traffic)?;
-    out.lines()
-        .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l}")))
-        .collect()
+    Ok(crate::support::lab::json_lines(out.as_bytes()))
 }
 
 /// Each flow's last line (flows are reprinted as they change, and once more at the end).

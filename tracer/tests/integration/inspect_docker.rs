@@ -38,7 +38,9 @@ fn inspect_json(name: &str) -> Result<Value> {
     let (code, stdout, stderr) = inspect(&["--container", name, "--json"])?;
     ensure!(code == 0, "exit {code}: {stderr}");
     ensure!(stdout.lines().count() == 1, "not one JSON line: {stdout}");
-    Ok(serde_json::from_str(&stdout)?)
+    let v: Value = serde_json::from_str(&stdout)?;
+    crate::support::schema::check(&v);
+    Ok(v)
 }
 
 /// The container's eth0 ifindex, read inside it.

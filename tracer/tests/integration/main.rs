@@ -19,6 +19,7 @@ mod drops;
 mod inspect_docker;
 mod kernel_parser;
 mod lab;
+mod outputs;
 mod reliability;
 mod routes;
 mod trace_lab;

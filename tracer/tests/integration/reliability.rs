@@ -286,10 +286,8 @@ fn two_pathtraces_on_the_same_hooks() {
 /// each way and through one NAT step. Flows in flight when the trace started or ended miss hops
 /// (attaching and detaching take a few ms per hook), so any complete one counts.
 fn check_three_flows(lab: &Lab, stdout: &str, what: &str) {
-    let lines: Vec<Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{what} not JSON: {l}: {e}")))
-        .collect();
+    let lines: Vec<Value> = crate::support::lab::json_lines(stdout.as_bytes());
+    assert!(!lines.is_empty(), "{what}: no JSON lines");
     // The last line of each flow id is its final state.
     let mut last = std::collections::BTreeMap::new();
     for l in lines.iter().filter(|l| l["type"] == "flow") {

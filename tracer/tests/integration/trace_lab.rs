@@ -37,10 +37,7 @@ fn json_trace(lab: &Lab, mode: &str) -> Vec<Value> {
         "pathtrace failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
-        .collect()
+    crate::support::lab::json_lines(&out.stdout)
 }
 
 fn check_flows(lab: &Lab, lines: &[Value], mode: &str) {

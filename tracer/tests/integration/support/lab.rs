@@ -75,11 +75,15 @@ pub(crate) fn our_programs_settled() -> Vec<String> {
     ours()
 }
 
-/// Parses JSON lines.
+/// Parses JSON lines, each checked against the output schema.
 pub(crate) fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(stdout)
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .map(|l| {
+            let v = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}"));
+            super::schema::check(&v);
+            v
+        })
         .collect()
 }
 

@@ -3,11 +3,13 @@
 //! keeps tests that share the kernel's hooks apart ([`serial`]), and the fixtures: [`lab`] (a lab
 //! that removes itself, running the binary), [`kernel`] (what pathtrace could leave behind, a
 //! spawned trace, another tool's tc program), [`docker`] (an offline busybox image, containers and
-//! networks that remove themselves) and [`wan`] (a test uplink with echo servers).
+//! networks that remove themselves), [`wan`] (a test uplink with echo servers) and [`schema`]
+//! (every JSON line read is checked against the one output schema).
 
 pub(crate) mod docker;
 pub(crate) mod kernel;
 pub(crate) mod lab;
+pub(crate) mod schema;
 pub(crate) mod wan;
 
 use std::{
