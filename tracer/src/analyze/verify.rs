@@ -141,13 +141,19 @@ pub(crate) fn evaluate(expect: &Expectations, flow: Option<&FlowReport>) -> Vec<
         .iter()
         .map(|h| format!("{} {}", h.hook, h.dir))
         .collect();
-    let dropped = !f.stops.is_empty();
-    let stop_text = f
-        .stops
-        .iter()
-        .map(crate::correlate::Stop::describe)
-        .collect::<Vec<_>>()
-        .join("; ");
+    // Only a loss is an answer about the packet; where pathtrace lost sight of it (ring buffer
+    // full, an untraced exit) it cannot tell, and says that instead of a drop.
+    let (losses, unknown): (Vec<_>, Vec<_>) = f.stops.iter().partition(|s| s.cause.is_loss());
+    let dropped = !losses.is_empty();
+    let describe = |stops: &[&crate::correlate::Stop]| {
+        stops
+            .iter()
+            .map(|s| s.describe())
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let stop_text = describe(&losses);
+    let unknown_text = describe(&unknown);
     if let Some(addr) = expect.snat {
         let ok = snat.iter().any(|a| *a == addr.to_string());
         let observed = if snat.is_empty() {
@@ -191,6 +197,8 @@ pub(crate) fn evaluate(expect: &Expectations, flow: Option<&FlowReport>) -> Vec<
             expected: "dropped".into(),
             observed: if dropped {
                 stop_text
+            } else if !unknown.is_empty() {
+                format!("cannot tell: {unknown_text}")
             } else {
                 "not dropped".into()
             },
@@ -202,6 +210,8 @@ pub(crate) fn evaluate(expect: &Expectations, flow: Option<&FlowReport>) -> Vec<
             stop_text
         } else if answered {
             "answered".into()
+        } else if !unknown.is_empty() {
+            format!("cannot tell: {unknown_text}")
         } else {
             "no answer".into()
         };
@@ -210,6 +220,16 @@ pub(crate) fn evaluate(expect: &Expectations, flow: Option<&FlowReport>) -> Vec<
             expected: "delivered and answered".into(),
             observed,
             ok: !dropped && answered,
+        });
+    }
+    if !unknown.is_empty() && !dropped {
+        // Even an answered probe had packets pathtrace lost sight of: the path shown may be
+        // incomplete, and a script must not take a PASS built on it.
+        checks.push(Check {
+            name: "seen_whole",
+            expected: "every packet of the probe seen at every hook it crossed".into(),
+            observed: unknown_text,
+            ok: false,
         });
     }
     checks
@@ -340,4 +360,104 @@ pub(crate) fn pick_flow<'f>(flows: &'f [FlowReport], probe: &Probe) -> Option<&'
                 && probe.port.is_none_or(|p| f.dst.port == p)
         })
         .max_by_key(|f| f.packets_out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        correlate::{tests::ep, FlowId, Leg, Stop, StopCause},
+        model::Orientation,
+    };
+
+    fn probe_flow(stop: Option<StopCause>, packets_back: u64) -> FlowReport {
+        FlowReport {
+            id: FlowId(1),
+            proto: Proto::Icmp,
+            origin: Orientation::Outbound,
+            src: ep("10.200.1.2:7"),
+            dst: ep("10.200.2.2:0"),
+            packets_out: 1,
+            packets_back,
+            bytes_out: 84,
+            bytes_back: 84 * packets_back,
+            first_ns: 0,
+            last_ns: 1,
+            hops: Vec::new(),
+            hops_back: Vec::new(),
+            nat: Vec::new(),
+            nat_back: Vec::new(),
+            stops: stop
+                .into_iter()
+                .map(|cause| Stop {
+                    leg: Leg::Out,
+                    after_hook: "host:pt-br0".into(),
+                    after_dir: Direction::Ingress,
+                    count: 1,
+                    reason: (cause == StopCause::Dropped).then(|| "NETFILTER_DROP".into()),
+                    cause,
+                })
+                .collect(),
+            notes: Vec::new(),
+        }
+    }
+
+    fn failed(checks: &[Check]) -> Vec<(&str, &str)> {
+        checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| (c.name, c.observed.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn a_ring_buffer_gap_fails_as_unknown_never_as_a_drop() {
+        let gap = StopCause::EventsLost {
+            at: "host:pt-up0".into(),
+            at_dir: Direction::Egress,
+        };
+        // Expecting delivery, with no answer seen: not a drop, but nothing can be concluded.
+        let checks = evaluate(
+            &Expectations::default(),
+            Some(&probe_flow(Some(gap.clone()), 0)),
+        );
+        let failed = failed(&checks);
+        assert_eq!(failed.len(), 2, "{checks:?}");
+        assert_eq!(failed[0].0, "delivered");
+        assert!(failed[0].1.starts_with("cannot tell: not seen after host:pt-br0 ingress (ring buffer full at host:pt-up0 egress)"), "{checks:?}");
+        assert_eq!(failed[1].0, "seen_whole");
+        // Expecting a drop: a gap does not make one.
+        let drop = Expectations {
+            drop: true,
+            ..Expectations::default()
+        };
+        let checks = evaluate(&drop, Some(&probe_flow(Some(gap), 1)));
+        assert!(
+            checks
+                .iter()
+                .any(|c| c.name == "drop" && !c.ok && c.observed.starts_with("cannot tell")),
+            "{checks:?}"
+        );
+    }
+
+    #[test]
+    fn a_drop_is_a_drop_and_a_clean_answer_passes() {
+        let drop = Expectations {
+            drop: true,
+            ..Expectations::default()
+        };
+        let checks = evaluate(&drop, Some(&probe_flow(Some(StopCause::Dropped), 0)));
+        assert!(failed(&checks).is_empty(), "{checks:?}");
+        let checks = evaluate(&Expectations::default(), Some(&probe_flow(None, 1)));
+        assert!(failed(&checks).is_empty(), "{checks:?}");
+        let untraced = StopCause::UntracedExit {
+            via: "pt-up1".into(),
+            route: "default dev pt-up1 table 100".into(),
+        };
+        let checks = evaluate(
+            &Expectations::default(),
+            Some(&probe_flow(Some(untraced), 1)),
+        );
+        assert_eq!(failed(&checks), vec![("seen_whole", "left by the untraced interface pt-up1 after host:pt-br0 ingress (route: default dev pt-up1 table 100)")]);
+    }
 }

@@ -14,6 +14,7 @@ use crate::model::{Direction, Hook, NatKind, Orientation, Place, RuleAttributor,
 
 use super::{
     intern::{CEndpoint, CTuple, Pool, StrId},
+    losses::LossLog,
     nat,
     packets::Instance,
     report::{FlowId, Leg},
@@ -24,6 +25,8 @@ use super::{
 pub(super) struct Context<'a> {
     pub topology: &'a Topology,
     pub attributor: Option<&'a dyn RuleAttributor>,
+    /// When hooks lost events.
+    pub losses: &'a LossLog,
 }
 
 /// Index of a hook in `Topology::hooks`.
@@ -78,7 +81,18 @@ pub(crate) struct End {
     pub hook: HookIdx,
     pub leg: Leg,
     pub reason: Option<StrId>,
+    /// 1 + the index of a hook further on that was losing events when these packets would have
+    /// crossed it (so their end may be the ring buffer's, not theirs); 0: none. 255: one past
+    /// the first 254 hooks. One byte, in what was padding.
+    pub unseen_at: u8,
     pub count: u64,
+}
+
+impl End {
+    /// The hook that lost events where these packets were headed, if one did.
+    pub(crate) fn unseen_at(&self) -> Option<HookIdx> {
+        self.unseen_at.checked_sub(1).map(HookIdx::from)
+    }
 }
 
 /// A NAT step of a flow: [`crate::model::NatStep`] with hooks and rule by index.
@@ -174,25 +188,75 @@ impl FlowState {
             }
         }
         let attributor = ctx.attributor.filter(|_| leg == Leg::Out);
-        nat::record(inst, leg, ctx.topology, attributor, pool, &mut self.nat);
+        nat::record(
+            inst,
+            leg,
+            orientation,
+            ctx.topology,
+            attributor,
+            pool,
+            &mut self.nat,
+        );
         let reason = inst
             .drop_reason
             .as_deref()
             .and_then(|r| pool.strings.intern(r));
-        let end = self
-            .ends
-            .iter_mut()
-            .find(|e| e.hook == last.hook && e.leg == leg && e.reason == reason);
+        let unseen_at = match reason {
+            Some(_) => 0,
+            None => unseen_at(ctx, orientation, last, &self.hops, leg),
+        };
+        let end = self.ends.iter_mut().find(|e| {
+            e.hook == last.hook && e.leg == leg && e.reason == reason && e.unseen_at == unseen_at
+        });
         match end {
             Some(e) => e.count += 1,
             None => self.ends.push(End {
                 hook: last.hook,
                 leg,
                 reason,
+                unseen_at,
                 count: 1,
             }),
         }
     }
+}
+
+/// [`End::unseen_at`] of a packet last seen at `last`: the first hook further on its path that
+/// was losing events when the packet would have got there. Hooks the flow's other packets of
+/// this leg crossed (`hops`) come first: they are where it goes; other hooks it could cross
+/// only after them (the bridge's egress hook is on the way to a peer, not to the uplink).
+fn unseen_at(
+    ctx: &Context<'_>,
+    orientation: Orientation,
+    last: &super::packets::Sighting,
+    hops: &[Hop],
+    leg: Leg,
+) -> u8 {
+    if ctx.losses.is_empty() {
+        return 0;
+    }
+    let after = orientation.rank(last.place, last.direction);
+    let known = |i: usize| {
+        hops.iter()
+            .any(|h| h.leg == leg && usize::from(h.hook) == i)
+    };
+    let mut ahead: SmallVec<[(bool, u32, usize); 8]> = ctx
+        .topology
+        .hooks
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| orientation.crosses(h.place, h.direction))
+        .map(|(i, h)| (!known(i), orientation.rank(h.place, h.direction), i))
+        .filter(|(_, rank, _)| *rank > after)
+        .collect();
+    ahead.sort_unstable();
+    ahead
+        .into_iter()
+        .find(|(_, _, i)| {
+            let h = &ctx.topology.hooks[*i];
+            ctx.losses.lossy(h.slot, h.direction, last.ktime_ns)
+        })
+        .map_or(0, |(_, _, i)| u8::try_from(i + 1).unwrap_or(u8::MAX))
 }
 
 /// No neighbour in the LRU list.

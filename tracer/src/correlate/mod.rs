@@ -12,6 +12,7 @@
 
 mod flows;
 mod intern;
+mod losses;
 mod nat;
 mod packets;
 mod report;
@@ -22,13 +23,13 @@ pub(crate) mod tests;
 
 use std::sync::Arc;
 
-use crate::model::{DropRecord, Hook, PacketRecord, RuleAttributor, Topology};
+use crate::model::{DropRecord, Hook, HookStats, PacketRecord, RuleAttributor, Topology};
 
 use flows::{Context, FlowTable, HookIdx};
 use packets::{Instance, Pending, Sighting};
 
 pub use nat::NatEntry;
-pub use report::{FlowId, FlowReport, HopTiming, Leg, Stop};
+pub use report::{FlowId, FlowReport, HopTiming, Leg, Stop, StopCause};
 
 /// Tuning of the correlator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +62,8 @@ pub(crate) struct Correlator {
     cfg: CorrelateConfig,
     pending: Pending,
     table: FlowTable,
+    /// When hooks lost events, from their counters.
+    losses: losses::LossLog,
     /// Flows updated since the last [`Correlator::advance`] (with repeats, see `note_changed`).
     changed: Vec<FlowId>,
     ignored_events: u64,
@@ -80,6 +83,7 @@ impl Correlator {
             cfg,
             pending: Pending::default(),
             table: FlowTable::new(cfg.max_flows),
+            losses: losses::LossLog::default(),
             changed: Vec::new(),
             ignored_events: 0,
         }
@@ -139,6 +143,13 @@ impl Correlator {
             let early = self.pending.take_oldest(keep, self.cfg.instance_gap_ns);
             self.ingest(early);
         }
+    }
+
+    /// Reads the hooks' cumulative counters, taken at `now_ns`: where they lost events, a
+    /// packet's end is no evidence that it stopped there. Call it before [`Correlator::advance`]
+    /// with the same tick's counters, and with the final counters before [`Correlator::finish`].
+    pub(crate) fn note_counters(&mut self, now_ns: u64, stats: &[(Hook, HookStats)]) {
+        self.losses.note(now_ns, stats);
     }
 
     /// Buffers a kernel drop; it names the reason of the packet instance with its fingerprint
@@ -230,6 +241,7 @@ impl Correlator {
         let ctx = Context {
             topology: &self.topology,
             attributor: self.attributor.as_deref(),
+            losses: &self.losses,
         };
         for inst in &instances {
             // A busy flow's packets come one after another: note it once per run of them.

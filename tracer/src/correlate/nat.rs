@@ -1,10 +1,12 @@
 //! NAT steps: where along a packet's path its tuple changed, and which rule did it.
 
+use std::cmp::Ordering;
+
 use serde::Serialize;
 use smallvec::SmallVec;
 
 use crate::model::{
-    Direction, Endpoint, Hook, NatKind, NatQuery, NatStep, RuleAttributor, Topology,
+    Direction, Endpoint, Hook, NatKind, NatQuery, NatStep, Orientation, RuleAttributor, Topology,
 };
 
 use super::{
@@ -27,6 +29,7 @@ pub struct NatEntry {
 pub(super) fn record(
     inst: &Instance,
     leg: Leg,
+    orientation: Orientation,
     topology: &Topology,
     attributor: Option<&dyn RuleAttributor>,
     pool: &mut Pool,
@@ -45,13 +48,24 @@ pub(super) fn record(
                     && e.kind == kind
                     && pool.endpoint(e.before) == before
                     && pool.endpoint(e.after) == after
-                    && (e.between == (a.hook, b.hook) || same_place(topology, e.between, (ha, hb)))
+                    && (e.between == (a.hook, b.hook)
+                        || same_place(topology, e.between, (ha, hb))
+                        || nested(topology, orientation, e.between, (a.hook, b.hook)).is_some())
             };
+            let q = || query(kind, before, after, peer, a, ha, hb);
             if let Some(e) = entries.iter_mut().find(same) {
                 e.packets += 1;
+                // A packet whose event at a hook in between was lost shows the same rewrite over
+                // a wider span: one step, placed as narrowly as any packet showed it.
+                if nested(topology, orientation, e.between, (a.hook, b.hook))
+                    == Some(Ordering::Greater)
+                {
+                    e.between = (a.hook, b.hook);
+                    let rule = attributor.and_then(|attr| attr.attribute(&q()));
+                    e.rule = rule.as_deref().and_then(|r| pool.strings.intern(r));
+                }
                 continue;
             }
-            let q = || query(kind, before, after, peer, a, ha, hb);
             let rule = attributor.and_then(|attr| attr.attribute(&q()));
             entries.push(NatRec {
                 leg,
@@ -92,6 +106,29 @@ fn same_place(topology: &Topology, between: (HookIdx, HookIdx), hooks: (&Hook, &
         return false;
     };
     same_label(a, hooks.0) && same_label(b, hooks.1)
+}
+
+/// Whether two spans of hooks share one end and one lies within the other: `Greater` when
+/// `known` is the wider, `Less` when `new` is; `None` otherwise (also when equal).
+fn nested(
+    topology: &Topology,
+    orientation: Orientation,
+    known: (HookIdx, HookIdx),
+    new: (HookIdx, HookIdx),
+) -> Option<Ordering> {
+    let rank = |i: HookIdx| hook(topology, i).map(|h| orientation.rank(h.place, h.direction));
+    let same = |x: HookIdx, y: HookIdx| match (hook(topology, x), hook(topology, y)) {
+        (Some(x), Some(y)) => same_label(x, y),
+        _ => false,
+    };
+    let (k0, k1, n0, n1) = (rank(known.0)?, rank(known.1)?, rank(new.0)?, rank(new.1)?);
+    if same(known.1, new.1) && !same(known.0, new.0) {
+        Some(n0.cmp(&k0)).filter(|o| o.is_ne())
+    } else if same(known.0, new.0) && !same(known.1, new.1) {
+        Some(k1.cmp(&n1)).filter(|o| o.is_ne())
+    } else {
+        None
+    }
 }
 
 /// The rewrites between two consecutive sightings: (kind, before, after, untouched peer).

@@ -63,17 +63,55 @@ pub struct Stop {
     pub count: u64,
     /// Kernel drop reason, when a drop event matched these packets.
     pub reason: Option<String>,
+    /// What is known about why they were not seen further.
+    pub cause: StopCause,
+}
+
+/// Why packets were last seen where they were, as far as pathtrace can tell. Only `Dropped` and
+/// `NotSeen` are losses; the others say where pathtrace could not follow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopCause {
+    /// The kernel freed them with the drop reason in [`Stop::reason`].
+    Dropped,
+    /// Not seen again, and nothing pathtrace knows explains it.
+    NotSeen,
+    /// The ring buffer had no room at `at` when they would have got there: whether they did is
+    /// not known.
+    EventsLost { at: String, at_dir: Direction },
+    /// The kernel routes them out by an interface pathtrace does not watch.
+    UntracedExit { via: String, route: String },
+}
+
+impl StopCause {
+    /// Whether the packets are known to have gone no further (dropped, or not seen again with
+    /// nothing to explain it); otherwise pathtrace only lost sight of them.
+    pub fn is_loss(&self) -> bool {
+        matches!(self, Self::Dropped | Self::NotSeen)
+    }
 }
 
 impl Stop {
-    /// `lost after host:docker0 ingress (NETFILTER_DROP)`.
+    /// `lost after host:docker0 ingress (NETFILTER_DROP)`, `not seen after ... (ring buffer full
+    /// at ...)`, `left by an untraced interface ...`.
     pub(crate) fn describe(&self) -> String {
-        let reason = self
-            .reason
-            .as_ref()
-            .map(|r| format!(" ({r})"))
-            .unwrap_or_default();
-        format!("lost after {} {}{reason}", self.after_hook, self.after_dir)
+        let (hook, dir) = (&self.after_hook, self.after_dir);
+        match &self.cause {
+            StopCause::Dropped | StopCause::NotSeen => {
+                let reason = self
+                    .reason
+                    .as_ref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default();
+                format!("lost after {hook} {dir}{reason}")
+            }
+            StopCause::EventsLost { at, at_dir } => {
+                format!("not seen after {hook} {dir} (ring buffer full at {at} {at_dir})")
+            }
+            StopCause::UntracedExit { via, route } => {
+                format!("left by the untraced interface {via} after {hook} {dir} (route: {route})")
+            }
+        }
     }
 }
 
@@ -185,12 +223,24 @@ fn lost(flow: &FlowState, leg: Leg, topology: &Topology, pool: &Pool) -> Vec<Sto
             // stack (no socket any more, queue purged at close) was delivered, not lost; only a
             // firewall drop there is worth reporting.
             let dropped = reason.as_deref().is_some_and(|r| short || is_firewall(r));
+            let cause = match (&reason, end.unseen_at()) {
+                (Some(_), _) => StopCause::Dropped,
+                (None, Some(at)) => match topology.hooks.get(usize::from(at)) {
+                    Some(h) => StopCause::EventsLost {
+                        at: h.label(),
+                        at_dir: h.direction,
+                    },
+                    None => StopCause::NotSeen,
+                },
+                (None, None) => StopCause::NotSeen,
+            };
             (short || dropped).then(|| Stop {
                 leg,
                 after_hook: hook.label(),
                 after_dir: hook.direction,
                 count: end.count,
                 reason,
+                cause,
             })
         })
         .collect()

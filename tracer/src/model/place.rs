@@ -154,6 +154,11 @@ impl Orientation {
         }
     }
 
+    /// Whether a packet of this orientation crosses the hook at all.
+    pub(crate) fn crosses(self, place: Place, direction: Direction) -> bool {
+        self.rank(place, direction) <= ON_PATH_MAX
+    }
+
     /// Rank of the hook a packet of this orientation meets where a packet of the other
     /// orientation met `(place, direction)`: the same interface, the other direction.
     pub(crate) fn mirror_rank(self, place: Place, direction: Direction) -> u32 {

@@ -246,6 +246,9 @@ impl Observer for Engine<'_> {
 
     fn tick(&mut self, now_ns: u64, stats: &[(Hook, HookStats)]) {
         self.collect_annotated();
+        // Before the packets that settle now are placed: where the ring buffer had no room, an
+        // end is no evidence of a loss.
+        self.correlator.note_counters(now_ns, stats);
         let ids = self.correlator.advance(now_ns);
         self.report_changed(ids);
         self.warn_lost(stats);
@@ -260,6 +263,8 @@ impl Observer for Engine<'_> {
     }
 
     fn finished(&mut self, why: StopReason, end: &Finished) {
+        self.correlator
+            .note_counters(super::session::monotonic_ns(), &end.stats);
         self.end = Some((why, end.clone()));
     }
 }

@@ -12,7 +12,7 @@ use crate::{
         inspect::Report,
         verify::{Check, Verdict},
     },
-    correlate::{FlowReport, HopTiming, Leg, NatEntry, Stop},
+    correlate::{FlowReport, HopTiming, Leg, NatEntry, Stop, StopCause},
     model::{Direction, Hook, NatKind, Orientation, Proto},
 };
 
@@ -206,6 +206,17 @@ struct StopLine<'a> {
     dir: Direction,
     count: u64,
     reason: Option<&'a str>,
+    /// `dropped`, `not_seen` (losses); `events_lost` (the ring buffer had no room at `at`),
+    /// `untraced_exit` (routed out by `via`, which is not traced).
+    cause: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    at: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    at_dir: Option<Direction>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    via: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    route: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -319,11 +330,28 @@ fn nat(e: &NatEntry) -> NatLine<'_> {
 }
 
 fn stop(s: &Stop) -> StopLine<'_> {
-    StopLine {
+    let mut line = StopLine {
         leg: s.leg,
         after: &s.after_hook,
         dir: s.after_dir,
         count: s.count,
         reason: s.reason.as_deref(),
+        cause: "not_seen",
+        at: None,
+        at_dir: None,
+        via: None,
+        route: None,
+    };
+    match &s.cause {
+        StopCause::Dropped => line.cause = "dropped",
+        StopCause::NotSeen => {}
+        StopCause::EventsLost { at, at_dir } => {
+            (line.cause, line.at, line.at_dir) = ("events_lost", Some(at.as_str()), Some(*at_dir));
+        }
+        StopCause::UntracedExit { via, route } => {
+            (line.cause, line.via, line.route) =
+                ("untraced_exit", Some(via.as_str()), Some(route.as_str()));
+        }
     }
+    line
 }

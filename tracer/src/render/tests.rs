@@ -3,7 +3,7 @@
 use crate::{
     correlate::{
         tests::{entry, ep, lab, step},
-        FlowId, FlowReport, HopTiming, Leg, NatEntry, Stop,
+        FlowId, FlowReport, HopTiming, Leg, NatEntry, Stop, StopCause,
     },
     model::{Direction, Hook, HookStats, NatKind, Orientation, Proto},
 };
@@ -82,6 +82,7 @@ fn masq_flow() -> FlowReport {
             after_dir: Ingress,
             count: 1,
             reason: Some("NETFILTER_DROP".into()),
+            cause: StopCause::Dropped,
         }],
         notes: Vec::new(),
     }
@@ -143,7 +144,7 @@ fn json_flow_golden() {
         r#""rule":"-A POSTROUTING -s 10.200.1.0/24 ! -o pt-br0 -j MASQUERADE","conntrack":null,"packets":6}],"#,
         r#""nat_back":[{"kind":"dnat","before":"10.200.2.1:41234","after":"10.200.1.2:41234","#,
         r#""between":["host:pt-up0","host:pt-br0"],"rule":null,"conntrack":null,"packets":6}],"#,
-        r#""stops":[{"leg":"out","after":"host:pt-br0","dir":"ingress","count":1,"reason":"NETFILTER_DROP"}],"#,
+        r#""stops":[{"leg":"out","after":"host:pt-br0","dir":"ingress","count":1,"reason":"NETFILTER_DROP","cause":"dropped"}],"#,
         r#""first_ns":1000,"last_ns":9000}"#,
         "\n"
     );
@@ -229,4 +230,56 @@ fn deltas_read_naturally() {
     for (us, text) in cases {
         assert_eq!(format_delta_us(us), text, "{us}");
     }
+}
+
+/// The lab's flow with its one stop put down to the ring buffer, not to the kernel.
+fn unseen_flow() -> FlowReport {
+    let mut f = masq_flow();
+    f.stops[0].reason = None;
+    f.stops[0].cause = StopCause::EventsLost {
+        at: "host:pt-up0".into(),
+        at_dir: Direction::Egress,
+    };
+    f
+}
+
+#[test]
+fn a_ring_buffer_gap_is_not_printed_as_a_loss() {
+    let text = Format::Text.flow(&unseen_flow()).unwrap_or_default();
+    assert!(!text.contains("lost:"), "{text}");
+    assert!(
+        text.contains(
+            "  1 events not seen after host:pt-br0 ingress (ring buffer full at host:pt-up0 egress; \
+             not a packet loss as far as pathtrace can tell)\n"
+        ),
+        "{text}"
+    );
+    let json = flow_line(&unseen_flow()).unwrap_or_default();
+    assert!(
+        json.contains(
+            r#""stops":[{"leg":"out","after":"host:pt-br0","dir":"ingress","count":1,"reason":null,"cause":"events_lost","at":"host:pt-up0","at_dir":"egress"}]"#
+        ),
+        "{json}"
+    );
+}
+
+#[test]
+fn an_untraced_exit_names_the_interface_and_the_route() {
+    let mut f = masq_flow();
+    f.stops[0].reason = None;
+    f.stops[0].cause = StopCause::UntracedExit {
+        via: "pt-up1".into(),
+        route: "default via 10.200.3.2 dev pt-up1 table 100".into(),
+    };
+    let text = Format::Text.flow(&f).unwrap_or_default();
+    assert!(!text.contains("lost:"), "{text}");
+    assert!(
+        text.contains("  1 left by the untraced interface pt-up1 after host:pt-br0 ingress (route: default via 10.200.3.2 dev pt-up1 table 100)\n"),
+        "{text}"
+    );
+    let json = flow_line(&f).unwrap_or_default();
+    assert!(
+        json.contains(r#""cause":"untraced_exit","via":"pt-up1","route":"default via 10.200.3.2 dev pt-up1 table 100"}"#),
+        "{json}"
+    );
 }

@@ -6,7 +6,7 @@ use std::hash::{Hash as _, Hasher as _};
 
 use crate::{
     analyze::{diff::Comparison, inspect::Report, verify::Verdict},
-    correlate::{FlowReport, HopTiming, Leg, NatEntry, Stop},
+    correlate::{FlowReport, HopTiming, Leg, NatEntry, Stop, StopCause},
     model::{Hook, NatKind, Orientation},
 };
 
@@ -120,7 +120,7 @@ fn shape_of(f: &FlowReport) -> String {
     let stops: Vec<_> = f
         .stops
         .iter()
-        .map(|s| (s.after_hook.as_str(), s.reason.as_deref()))
+        .map(|s| (s.after_hook.as_str(), s.reason.as_deref(), &s.cause))
         .collect();
     format!("{hops:?}{back:?}{nat:?}{stops:?}")
 }
@@ -244,6 +244,20 @@ fn nat_line(arrow: &str, what: &str, e: &NatEntry) -> String {
 
 fn stop_line(s: &Stop) -> String {
     let leg = if s.leg == Leg::Back { " (back)" } else { "" };
+    let (count, hook, dir) = (s.count, &s.after_hook, s.after_dir);
+    match &s.cause {
+        StopCause::EventsLost { at, at_dir } => {
+            return format!(
+                "  {count} events not seen after {hook} {dir}{leg} (ring buffer full at {at} {at_dir}; not a packet loss as far as pathtrace can tell)\n"
+            )
+        }
+        StopCause::UntracedExit { via, route } => {
+            return format!(
+                "  {count} left by the untraced interface {via} after {hook} {dir}{leg} (route: {route})\n"
+            )
+        }
+        StopCause::Dropped | StopCause::NotSeen => {}
+    }
     let mut line = format!(
         "  lost: {} after {} {}{leg}",
         s.count, s.after_hook, s.after_dir

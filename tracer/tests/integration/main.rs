@@ -21,5 +21,6 @@ mod kernel_parser;
 mod lab;
 mod outputs;
 mod reliability;
+mod ring_gaps;
 mod routes;
 mod trace_lab;

@@ -1,10 +1,10 @@
 //! Packets into flows: counts, hop chains, ordering, retransmissions, losses, eviction.
 
-use crate::model::{Direction, DropRecord, Proto};
+use crate::model::{Direction, DropRecord, HookStats, Proto};
 
 use super::*;
 use crate::{
-    correlate::{Leg, Stop},
+    correlate::{Leg, Stop, StopCause},
     model::Orientation,
 };
 
@@ -167,6 +167,7 @@ fn packet_stopping_at_the_bridge_is_lost_there() {
         after_dir: Direction::Ingress,
         count: 1,
         reason: None,
+        cause: StopCause::NotSeen,
     };
     assert_eq!(flows[0].stops, [expected]);
     assert_eq!(flows[0].packets_out, 4);
@@ -297,4 +298,75 @@ tcp 10.200.1.2:41234 -> 10.200.2.2:8080   4 pkts out, 2 back
   lost: 1 after host:pt-br0 ingress
 ";
     assert_eq!(text, expected);
+}
+
+fn lost_at(slot: u8, lost: u64) -> (Hook, HookStats) {
+    let hook = lab().hooks.into_iter().find(|h| h.slot == slot);
+    let stats = HookStats {
+        lost,
+        ..HookStats::default()
+    };
+    (hook.unwrap_or_else(|| lab().hooks[0].clone()), stats)
+}
+
+#[test]
+fn packets_unseen_where_the_ring_buffer_was_full_are_not_losses() {
+    let (mut c, _) = correlator(CorrelateConfig::default());
+    // Counters at 0 ms: nothing lost. At 250 ms: the uplink's egress hook lost 1 event.
+    c.note_counters(
+        0,
+        &[lost_at(UP_EG, 0), lost_at(BR_IN, 0), lost_at(BR_EG, 0)],
+    );
+    conversation().into_iter().for_each(|r| c.push(&r));
+    stopped_at_bridge(300, 100_000)
+        .into_iter()
+        .for_each(|r| c.push(&r));
+    // The bridge's egress hook lost events too, but packets to the uplink do not go there.
+    c.note_counters(
+        250_000_000,
+        &[lost_at(UP_EG, 1), lost_at(BR_IN, 0), lost_at(BR_EG, 3)],
+    );
+    // Long after: a packet stopping at the bridge then is a loss again.
+    stopped_at_bridge(301, 2_000_000)
+        .into_iter()
+        .for_each(|r| c.push(&r));
+    c.note_counters(2_500_000_000, &[lost_at(UP_EG, 1), lost_at(BR_IN, 0)]);
+    c.finish();
+    let stops = &c.flows()[0].stops;
+    let causes: Vec<_> = stops.iter().map(|s| (s.count, s.cause.clone())).collect();
+    assert_eq!(
+        causes,
+        [
+            (
+                1,
+                StopCause::EventsLost {
+                    at: "host:pt-up0".into(),
+                    at_dir: Direction::Egress
+                }
+            ),
+            (1, StopCause::NotSeen),
+        ]
+    );
+}
+
+#[test]
+fn a_nat_step_seen_over_a_gap_is_the_same_step() {
+    let mut records = conversation();
+    // A packet whose event at the bridge was lost: SNAT seen between the veth and the uplink.
+    let mut gap = masq_out(400, 5_000, 41234, 41234, SERVER);
+    gap.remove(2);
+    records.splice(0..0, gap);
+    let flows = run(records);
+    assert_eq!(flows.len(), 1);
+    let snat: Vec<_> = flows[0]
+        .nat
+        .iter()
+        .map(|n| (&n.step.between, n.packets))
+        .collect();
+    assert_eq!(
+        snat,
+        [(&("host:pt-br0".to_string(), "host:pt-up0".to_string()), 4)],
+        "{:?}",
+        flows[0].nat
+    );
 }
