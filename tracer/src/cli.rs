@@ -134,6 +134,9 @@ pub struct VerifyArgs {
     /// The interface the probe must leave the host by.
     #[arg(long, value_name = "IFACE")]
     pub expect_via: Option<String>,
+    /// Also trace this host interface as an uplink (repeatable).
+    #[arg(long = "uplink", value_name = "IFACE")]
+    pub uplinks: Vec<String>,
     /// Hops the probe must take, in this order, comma-separated (`host:docker0` or `host:docker0
     /// ingress`); other hops may come between them.
     #[arg(long, value_name = "HOOK,HOOK,...")]
@@ -166,6 +169,10 @@ pub struct TraceArgs {
     /// Destination: picks the uplink by route lookup and filters to traffic with this address.
     #[arg(long, value_name = "ADDR")]
     pub to: Option<IpAddr>,
+    /// Also trace this host interface as an uplink (repeatable), for traffic routed out of an
+    /// interface that is not on a default route (pathtrace says when it sees such traffic).
+    #[arg(long = "uplink", value_name = "IFACE")]
+    pub uplinks: Vec<String>,
 
     /// Only this protocol.
     #[arg(long = "filter-proto", value_name = "tcp|udp|icmp|icmpv6")]

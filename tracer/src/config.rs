@@ -141,6 +141,8 @@ pub(crate) struct TraceConfig {
     pub target: TargetSpec,
     /// Picks the uplink by route lookup (and filters to it, in `load`).
     pub to: Option<IpAddr>,
+    /// `--uplink`: more host interfaces to trace as uplinks.
+    pub uplinks: Vec<String>,
     /// The kernel object's load-time settings.
     pub load: LoadOptions,
     pub tc_mode: TcMode,
@@ -190,6 +192,7 @@ impl TraceConfig {
         Ok(Self {
             target,
             to: args.to,
+            uplinks: args.uplinks.clone(),
             load,
             tc_mode: args.tc_mode.into(),
             duration: args.duration,
@@ -240,6 +243,8 @@ pub(crate) struct VerifyConfig {
     /// `--to` as given, for the report.
     pub to: String,
     pub expect: Expectations,
+    /// `--uplink`: more host interfaces to trace as uplinks.
+    pub uplinks: Vec<String>,
     pub format: Format,
     pub tc_mode: TcMode,
     /// Only the probe's protocol and destination are emitted.
@@ -280,6 +285,7 @@ impl VerifyConfig {
                 path,
                 drop: args.expect_drop,
             },
+            uplinks: args.uplinks.clone(),
             format: Format::of_json_flag(args.json),
             tc_mode: args.tc_mode.into(),
             load: LoadOptions {

@@ -214,7 +214,7 @@ fn discover_all(
 
 fn container_paths(target: &Target, to: Option<IpAddr>) -> anyhow::Result<Paths> {
     Ok(target
-        .paths(to)?
+        .paths(to, &[])?
         .into_iter()
         .map(|p| (Some(p.iface.network.network_name), p.path))
         .collect())
@@ -255,6 +255,7 @@ fn netns_target(spec: &str, to: Option<IpAddr>) -> anyhow::Result<Inspected> {
         let q = PathQuery {
             iface: Some(l.name.clone()),
             to,
+            uplinks: Vec::new(),
         };
         match path::discover(&label, netns.clone(), &q) {
             Ok(p) => paths.push((None, p)),

@@ -169,15 +169,33 @@ pub(crate) fn evaluate(expect: &Expectations, flow: Option<&FlowReport>) -> Vec<
         });
     }
     if let Some(iface) = &expect.via {
-        let last = f.hops.iter().rev().find(|h| h.dir == Direction::Egress);
-        let observed = last
-            .map(|h| h.hook.clone())
-            .unwrap_or_else(|| "no egress hop".into());
-        let ok = last.is_some_and(|h| h.hook.rsplit(':').next() == Some(iface.as_str()));
+        // Where it left the host: the last egress hop in the host's namespace (the container's
+        // own interface is where it starts, not where it leaves).
+        let last = f
+            .hops
+            .iter()
+            .rev()
+            .find(|h| h.dir == Direction::Egress && h.hook.starts_with("host:"));
+        let untraced = f.stops.iter().find_map(|s| match &s.cause {
+            crate::correlate::StopCause::UntracedExit { via, route } => Some((via, route)),
+            _ => None,
+        });
+        let (observed, ok) = match (last, untraced) {
+            (Some(h), _) => (
+                format!("leaves by {}", h.hook),
+                h.hook.rsplit(':').next() == Some(iface.as_str()),
+            ),
+            // As the host's routes say, not as seen: not enough for a PASS.
+            (None, Some((via, route))) => (
+                format!("not seen leaving; the route says the untraced interface {via} ({route}); trace it with --uplink {via}"),
+                false,
+            ),
+            (None, None) => ("not seen leaving the host".into(), false),
+        };
         checks.push(Check {
             name: "via",
             expected: format!("leaves by {iface}"),
-            observed: format!("leaves by {observed}"),
+            observed,
             ok,
         });
     }

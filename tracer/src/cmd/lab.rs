@@ -125,6 +125,7 @@ fn demo(json: bool, tc_mode: TcMode, duration: Duration) -> anyhow::Result<ExitC
         &PathQuery {
             iface: None,
             to: cfg.to,
+            uplinks: cfg.uplinks.clone(),
         },
     )?;
     let plan = Plan::for_path(&found, found.hooks(0))?;

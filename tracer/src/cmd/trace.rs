@@ -19,6 +19,7 @@ use crate::{
         self,
         annotate::{Annotator, ConntrackConfirm, RuntimeNotes},
         engine::Engine,
+        exits::UntracedExits,
         follow::{follow, Follow},
         plan::{self, Plan},
         session::SessionSpec,
@@ -49,7 +50,12 @@ fn netns(
 ) -> anyhow::Result<ExitCode> {
     let netns = Arc::new(Netns::by_name_or_path(spec)?);
     let label = TargetSpec::netns_label(spec);
-    let found = path::discover(&label, netns, &PathQuery { iface, to: cfg.to })?;
+    let q = PathQuery {
+        iface,
+        to: cfg.to,
+        uplinks: cfg.uplinks.clone(),
+    };
+    let found = path::discover(&label, netns, &q)?;
     let targets = found.hooks(0);
     // Attaching starts as soon as the object is loaded; the NAT rules are read meanwhile.
     tracer.attach(targets.clone());
@@ -76,7 +82,7 @@ fn container(
 ) -> anyhow::Result<ExitCode> {
     let runtime = rt.block_on(runtime::connect())?;
     let target = rt.block_on(runtime.resolve(name))?;
-    let paths = target.paths(cfg.to)?;
+    let paths = target.paths(cfg.to, &cfg.uplinks)?;
     let mut targets = plan::container_hooks(&paths)?;
     if let Some(to) = cfg.to {
         let peer = rt.block_on(plan::peer_hooks(runtime.as_ref(), &target, &paths, to))?;
@@ -95,6 +101,7 @@ fn container(
         name: target.name.clone(),
         runtime: runtime.name(),
         to: cfg.to,
+        uplinks: cfg.uplinks.clone(),
         exit_on_stop,
     };
     let follower = rt.spawn(follow(runtime.watch(&target), follow_cfg, tx));
@@ -120,9 +127,10 @@ fn live(
     rt: &tokio::runtime::Runtime,
     session: SessionSpec,
     plan: &Plan,
-    annotators: Vec<Box<dyn Annotator>>,
+    mut annotators: Vec<Box<dyn Annotator>>,
     capture: Option<CaptureWriter>,
 ) -> anyhow::Result<()> {
+    annotators.push(Box::new(UntracedExits::new(plan.topology.clone())));
     let mut renderer = cfg.format.renderer(Output::stdout(), true);
     let mut engine = Engine::new(
         plan.topology.clone(),

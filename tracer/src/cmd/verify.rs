@@ -24,6 +24,7 @@ use crate::{
     pipeline::{
         annotate::ConntrackConfirm,
         engine::Engine,
+        exits::UntracedExits,
         plan::{self, Plan},
         session::{self, SessionSpec},
     },
@@ -53,7 +54,10 @@ pub(super) fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
         plan.topology.clone(),
         Some(plan.attributor()),
         4096,
-        vec![Box::new(ConntrackConfirm)],
+        vec![
+            Box::new(ConntrackConfirm),
+            Box::new(UntracedExits::new(plan.topology.clone())),
+        ],
         &mut flows,
     );
     let stop = Arc::new(Notify::new());
@@ -134,7 +138,7 @@ fn discover(
         VerifyTarget::Container(name) => {
             let runtime = rt.block_on(runtime::connect())?;
             let target = rt.block_on(runtime.resolve(name))?;
-            let paths = target.paths(to)?;
+            let paths = target.paths(to, &cfg.uplinks)?;
             let targets = plan::container_hooks(&paths)?;
             attach(targets.clone());
             let plan = Plan::for_container(&target, &paths, targets)?;
@@ -143,7 +147,11 @@ fn discover(
         VerifyTarget::Netns(spec) => {
             let netns = Arc::new(Netns::by_name_or_path(spec)?);
             let label = TargetSpec::netns_label(spec);
-            let q = PathQuery { iface: None, to };
+            let q = PathQuery {
+                iface: None,
+                to,
+                uplinks: cfg.uplinks.clone(),
+            };
             let found = path::discover(&label, netns.clone(), &q)?;
             let targets = found.hooks(0);
             attach(targets.clone());

@@ -6,3 +6,4 @@ pub mod nat_rules;
 pub mod netns;
 pub mod path;
 pub mod rtnl;
+pub(crate) mod uplinks;

@@ -11,7 +11,8 @@ use std::{net::IpAddr, sync::Arc};
 
 use super::{
     netns::{Netns, NetnsError},
-    rtnl::{Family, IfAddr, Link, Rtnl, RtnlError},
+    rtnl::{self, Family, IfAddr, Link, RouteQuery, Rtnl, RtnlError},
+    uplinks::{self, Exit},
 };
 use crate::{
     attach::AttachTarget,
@@ -74,6 +75,8 @@ pub struct DiscoveredPath {
     /// Every port of the bridge, the host veth included.
     pub bridge_ports: Vec<Link>,
     pub uplink_addrs: Vec<IfAddr>,
+    /// Each uplink's name and why it is one (the route or rule that sends traffic there).
+    pub exits: Vec<(String, String)>,
 }
 
 /// What to look for.
@@ -81,8 +84,11 @@ pub struct DiscoveredPath {
 pub struct PathQuery {
     /// Interface inside the namespace (default: the one with the default route, else `eth0`).
     pub iface: Option<String>,
-    /// Destination the uplink is chosen for (default: the host's default route).
+    /// Destination the uplink is chosen for (default: the default routes the container's
+    /// traffic can take, policy rules included).
     pub to: Option<IpAddr>,
+    /// More host interfaces to trace as uplinks (`--uplink`).
+    pub uplinks: Vec<String>,
 }
 
 fn rtnl_err(ns: &str) -> impl Fn(RtnlError) -> PathError + '_ {
@@ -150,40 +156,48 @@ pub fn discover(
             .collect(),
         None => Vec::new(),
     };
-    let uplink_ifindex = match q.to {
-        Some(to) => {
-            rtnl.route_get(to)
-                .map_err(|e| match e {
-                    RtnlError::NoRoute(a) => PathError::Unroutable(a),
-                    other => PathError::Rtnl {
-                        ns: "host".into(),
-                        source: other,
-                    },
-                })?
-                .oif
+    // Where the kernel forwards what arrives from the container: on the bridge, or on the host
+    // veth itself when it is routed (no bridge).
+    let arrives_on = bridge.as_ref().unwrap_or(&host_veth).clone();
+    let exits = exits(&mut rtnl, &ctr_addrs, &arrives_on, q)?;
+    let mut uplinks: Vec<(Link, String)> = Vec::new();
+    for exit in exits {
+        let is_loopback = links
+            .iter()
+            .any(|l| l.ifindex == exit.oif && l.name == "lo");
+        if exit.oif == arrives_on.ifindex || exit.oif == host_veth.ifindex || is_loopback {
+            continue;
         }
-        None => {
-            let family = ctr_addrs.first().map_or(Family::V4, |a| Family::of(a.addr));
-            rtnl.default_route(family)
-                .map_err(rtnl_err("host"))?
-                .and_then(|r| r.oif)
-                .ok_or_else(|| PathError::NoDefaultRoute { ns: "host".into() })?
+        if let Some(l) = links.iter().find(|l| l.ifindex == exit.oif) {
+            if !uplinks.iter().any(|(u, _)| u.ifindex == l.ifindex) {
+                uplinks.push((l.clone(), exit.why));
+            }
         }
-    };
-    let uplink = match &bridge {
-        Some(b) if b.ifindex == uplink_ifindex => None,
-        _ if uplink_ifindex == host_veth.ifindex => None,
-        _ => links.iter().find(|l| l.ifindex == uplink_ifindex).cloned(),
-    };
-    let uplink_addrs = match &uplink {
-        Some(u) => rtnl
-            .addrs()
+    }
+    for name in &q.uplinks {
+        let link = links
+            .iter()
+            .find(|l| &l.name == name)
+            .ok_or_else(|| PathError::NoIface {
+                ns: HOST_LABEL.into(),
+                iface: name.clone(),
+            })?;
+        if !uplinks.iter().any(|(u, _)| u.ifindex == link.ifindex) {
+            uplinks.push((link.clone(), "--uplink".into()));
+        }
+    }
+    let uplink_addrs = if uplinks.is_empty() {
+        Vec::new()
+    } else {
+        rtnl.addrs()
             .map_err(rtnl_err("host"))?
             .into_iter()
-            .filter(|a| a.ifindex == u.ifindex)
-            .collect(),
-        None => Vec::new(),
+            .filter(|a| uplinks.iter().any(|(u, _)| u.ifindex == a.ifindex))
+            .collect()
     };
+    for (u, why) in &uplinks {
+        tracing::debug!("uplink {}: {why}", u.name);
+    }
     let hop = |place, netns: &Arc<Netns>, ns_label: &str, link: Link| PathHop {
         place,
         ns_label: ns_label.to_string(),
@@ -195,14 +209,131 @@ pub fn discover(
         hop(Place::Veth, &host, HOST_LABEL, host_veth),
     ];
     hops.extend(bridge.map(|b| hop(Place::Bridge, &host, HOST_LABEL, b)));
-    hops.extend(uplink.map(|u| hop(Place::Uplink, &host, HOST_LABEL, u)));
+    let exits = uplinks
+        .iter()
+        .map(|(u, why)| (u.name.clone(), why.clone()))
+        .collect();
+    hops.extend(
+        uplinks
+            .into_iter()
+            .map(|(u, _)| hop(Place::Uplink, &host, HOST_LABEL, u)),
+    );
     Ok(DiscoveredPath {
         target_label: label.to_string(),
         hops,
         ctr_addrs,
         bridge_ports,
         uplink_addrs,
+        exits,
     })
+}
+
+/// The interfaces the kernel can forward the traced side's packets out of (arriving on
+/// `arrives_on`), the one most of them take first (see [`super::uplinks`]).
+fn exits(
+    rtnl: &mut Rtnl,
+    ctr_addrs: &[IfAddr],
+    arrives_on: &Link,
+    q: &PathQuery,
+) -> Result<Vec<Exit>, PathError> {
+    let host_err = rtnl_err(HOST_LABEL);
+    let src_of = |family: Family| {
+        ctr_addrs
+            .iter()
+            .map(|a| a.addr)
+            .find(|a| Family::of(*a) == family)
+    };
+    let names = |links: &[Link], i: u32| {
+        links
+            .iter()
+            .find(|l| l.ifindex == i)
+            .map_or_else(|| format!("if{i}"), |l| l.name.clone())
+    };
+    let Some(to) = q.to else {
+        let mut families: Vec<Family> = ctr_addrs.iter().map(|a| Family::of(a.addr)).collect();
+        families.dedup();
+        if families.is_empty() {
+            families.push(Family::V4);
+        }
+        let mut out: Vec<Exit> = Vec::new();
+        for family in families {
+            let (rules, routes) = (
+                rtnl.rules(family).map_err(&host_err)?,
+                rtnl.routes(family).map_err(&host_err)?,
+            );
+            let found = match src_of(family) {
+                Some(src) => uplinks::default_exits(&rules, &routes, src, &arrives_on.name),
+                None => rtnl::lowest_metric_default(&routes)
+                    .and_then(|r| {
+                        r.oif.map(|oif| Exit {
+                            oif,
+                            why: uplinks::describe_route(r),
+                        })
+                    })
+                    .into_iter()
+                    .collect(),
+            };
+            for e in found {
+                if !out.iter().any(|o| o.oif == e.oif) {
+                    out.push(e);
+                }
+            }
+        }
+        if out.is_empty() {
+            return Err(PathError::NoDefaultRoute { ns: "host".into() });
+        }
+        return Ok(out);
+    };
+    let links = rtnl.links().map_err(&host_err)?;
+    let src = src_of(Family::of(to));
+    let forwarded = RouteQuery {
+        dst: to,
+        src,
+        iif: src.map(|_| arrives_on.ifindex),
+        mark: None,
+    };
+    // The kernel's route for the container's packet as it forwards it; where it refuses that
+    // lookup (forwarding off, a source it would not accept), the host's own route, as `ip route
+    // get` gives it.
+    let (query, info) = match rtnl.route_lookup(&forwarded) {
+        Ok(info) => (forwarded, info),
+        Err(e) => {
+            tracing::debug!(
+                "route for {to} from {src:?} arriving on {}: {e}",
+                arrives_on.name
+            );
+            let plain = RouteQuery::to(to);
+            let info = rtnl.route_lookup(&plain).map_err(|e| match e {
+                RtnlError::NoRoute(a) => PathError::Unroutable(a),
+                other => host_err(other),
+            })?;
+            (plain, info)
+        }
+    };
+    let mut out = vec![Exit {
+        oif: info.oif,
+        why: uplinks::describe_lookup(&query, &info, |i| names(&links, i)),
+    }];
+    // A rule by firewall mark may send the packet elsewhere: the packet's mark is not known
+    // here, so every mark a rule looks for is tried.
+    if let (Some(src), Some(_)) = (src, query.iif) {
+        let rules = rtnl.rules(Family::of(to)).map_err(&host_err)?;
+        for mark in uplinks::marks_that_matter(&rules, src, &arrives_on.name, to) {
+            let marked = RouteQuery {
+                mark: Some(mark),
+                ..query
+            };
+            if let Ok(info) = rtnl.route_lookup(&marked) {
+                if !out.iter().any(|e| e.oif == info.oif) {
+                    out.push(Exit {
+                        oif: info.oif,
+                        why: uplinks::describe_lookup(&marked, &info, |i| names(&links, i)),
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The label of the host's namespace in hook names (`host:docker0`).

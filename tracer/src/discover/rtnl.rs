@@ -12,11 +12,14 @@ use netlink_packet_core::{
 use netlink_packet_route::{
     address::{AddressAttribute, AddressMessage},
     link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
-    route::{RouteAddress, RouteAttribute, RouteMessage},
+    route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage},
+    rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage},
     tc::{TcAttribute, TcHandle, TcMessage},
     AddressFamily, RouteNetlinkMessage,
 };
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+use crate::model::Prefix;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RtnlError {
@@ -52,6 +55,53 @@ pub(crate) struct RouteInfo {
     pub oif: u32,
     pub gateway: Option<IpAddr>,
     pub prefsrc: Option<IpAddr>,
+    /// The table the route came from (`RTA_TABLE`), when the kernel says.
+    pub table: Option<u32>,
+}
+
+/// A route lookup as the kernel makes it for a packet: `ip route get DST [from SRC iif DEV]
+/// [mark M]`. With `iif` the kernel looks up the input route of a packet arriving there, as it
+/// does for a packet it forwards (policy rules by source, interface and mark included).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct RouteQuery {
+    pub dst: IpAddr,
+    pub src: Option<IpAddr>,
+    pub iif: Option<u32>,
+    pub mark: Option<u32>,
+}
+
+impl RouteQuery {
+    /// `ip route get DST`: the host's own route.
+    pub(crate) fn to(dst: IpAddr) -> Self {
+        Self {
+            dst,
+            src: None,
+            iif: None,
+            mark: None,
+        }
+    }
+}
+
+/// One policy routing rule (`ip rule`), as far as deciding where forwarded packets go needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Rule {
+    pub priority: u32,
+    /// `from PREFIX`.
+    pub src: Option<Prefix>,
+    /// `to PREFIX`.
+    pub dst: Option<Prefix>,
+    /// `iif NAME`.
+    pub iif: Option<String>,
+    /// `oif NAME` (matches only packets the host itself sends).
+    pub oif: Option<String>,
+    /// `fwmark MARK/MASK`.
+    pub fwmark: Option<(u32, u32)>,
+    /// `not`: the rule applies where its selectors do not match.
+    pub invert: bool,
+    /// Selectors this file does not decide (uid range, ports, ip protocol, tos, l3mdev, ...).
+    pub other_selectors: bool,
+    /// `lookup TABLE`; `None` for other actions (goto, nop, blackhole, unreachable, prohibit).
+    pub table: Option<u32>,
 }
 
 /// An address on an interface.
@@ -334,16 +384,55 @@ impl Rtnl {
         Ok(())
     }
 
+    /// Every policy routing rule of `family` (`ip rule`), in the kernel's order (by priority).
+    pub(crate) fn rules(&mut self, family: Family) -> Result<Vec<Rule>, RtnlError> {
+        let mut msg = RuleMessage::default();
+        msg.header.family = family.netlink();
+        let msgs = self.request(
+            RouteNetlinkMessage::GetRule(msg),
+            NLM_F_REQUEST | NLM_F_DUMP,
+        )?;
+        let mut rules: Vec<Rule> = msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewRule(r) => Some(rule_from(&r)),
+                _ => None,
+            })
+            .collect();
+        rules.sort_by_key(|r| r.priority);
+        Ok(rules)
+    }
+
     /// `ip route get <dst>`: the kernel's own answer, policy routing included.
     pub(crate) fn route_get(&mut self, dst: IpAddr) -> Result<RouteInfo, RtnlError> {
+        self.route_lookup(&RouteQuery::to(dst))
+    }
+
+    /// The kernel's route for a packet (see [`RouteQuery`]).
+    pub(crate) fn route_lookup(&mut self, q: &RouteQuery) -> Result<RouteInfo, RtnlError> {
+        let dst = q.dst;
+        let full = if dst.is_ipv4() { 32 } else { 128 };
         let mut msg = RouteMessage::default();
         msg.header.address_family = match dst {
             IpAddr::V4(_) => AddressFamily::Inet,
             IpAddr::V6(_) => AddressFamily::Inet6,
         };
-        msg.header.destination_prefix_length = if dst.is_ipv4() { 32 } else { 128 };
+        msg.header.destination_prefix_length = full;
+        // Report the table the route came from (without this flag the kernel says `main`).
+        msg.header.flags = RouteFlags::LookupTable;
         msg.attributes
             .push(RouteAttribute::Destination(RouteAddress::from(dst)));
+        if let Some(src) = q.src {
+            msg.header.source_prefix_length = full;
+            msg.attributes
+                .push(RouteAttribute::Source(RouteAddress::from(src)));
+        }
+        if let Some(iif) = q.iif {
+            msg.attributes.push(RouteAttribute::Iif(iif));
+        }
+        if let Some(mark) = q.mark {
+            msg.attributes.push(RouteAttribute::Mark(mark));
+        }
         let answer = self
             .request(RouteNetlinkMessage::GetRoute(msg), NLM_F_REQUEST)
             .map_err(|e| match e {
@@ -363,10 +452,12 @@ impl Rtnl {
                 oif: 0,
                 gateway: None,
                 prefsrc: None,
+                table: Some(u32::from(r.header.table)),
             };
             for at in &r.attributes {
                 match at {
                     RouteAttribute::Oif(i) => info.oif = *i,
+                    RouteAttribute::Table(t) => info.table = Some(*t),
                     RouteAttribute::Gateway(a) => info.gateway = route_ip(a),
                     RouteAttribute::PrefSource(a) => info.prefsrc = route_ip(a),
                     _ => {}
@@ -378,6 +469,62 @@ impl Rtnl {
         }
         Err(RtnlError::NoRoute(dst))
     }
+}
+
+fn rule_from(r: &RuleMessage) -> Rule {
+    let h = &r.header;
+    let mut rule = Rule {
+        priority: 0,
+        src: None,
+        dst: None,
+        iif: None,
+        oif: None,
+        fwmark: None,
+        invert: h.flags.contains(RuleFlags::Invert),
+        other_selectors: h.tos != 0,
+        table: (h.action == RuleAction::ToTable).then_some(u32::from(h.table)),
+    };
+    let (mut mark, mut mask) = (None, None);
+    for a in &r.attributes {
+        match a {
+            RuleAttribute::Priority(p) => rule.priority = *p,
+            RuleAttribute::Source(ip) => {
+                rule.src = Some(Prefix {
+                    addr: *ip,
+                    len: h.src_len,
+                });
+            }
+            RuleAttribute::Destination(ip) => {
+                rule.dst = Some(Prefix {
+                    addr: *ip,
+                    len: h.dst_len,
+                });
+            }
+            RuleAttribute::Iifname(n) => rule.iif = Some(n.clone()),
+            RuleAttribute::Oifname(n) => rule.oif = Some(n.clone()),
+            RuleAttribute::FwMark(m) => mark = Some(*m),
+            RuleAttribute::FwMask(m) => mask = Some(*m),
+            // FRA_TABLE carries tables above 255, which the header's byte cannot.
+            RuleAttribute::Table(t) if rule.table.is_some() => rule.table = Some(*t),
+            // The kernel reports a full uid range on every rule; only a narrower one selects.
+            RuleAttribute::UidRange(u) => {
+                rule.other_selectors |= !(u.start == 0 && u.end == u32::MAX);
+            }
+            RuleAttribute::L3MDev(true)
+            | RuleAttribute::IpProtocol(_)
+            | RuleAttribute::SourcePortRange(_)
+            | RuleAttribute::DestinationPortRange(_)
+            | RuleAttribute::TunId(_) => rule.other_selectors = true,
+            _ => {}
+        }
+    }
+    // `fwmark 0` with no mask selects nothing; a mask alone means the mark 0 under it.
+    rule.fwmark = match (mark, mask) {
+        (Some(0) | None, None) => None,
+        (m, Some(mask)) => Some((m.unwrap_or(0), mask)),
+        (Some(m), None) => Some((m, u32::MAX)),
+    };
+    rule
 }
 
 fn route_from(r: &RouteMessage) -> Route {

@@ -27,6 +27,8 @@ pub(crate) struct Follow {
     pub runtime: &'static str,
     /// `--to`: picks the uplink of re-discovered paths.
     pub to: Option<IpAddr>,
+    /// `--uplink`: more uplinks of re-discovered paths.
+    pub uplinks: Vec<String>,
     /// End the trace when the container stops.
     pub exit_on_stop: bool,
 }
@@ -89,7 +91,7 @@ fn restarted(target: &Target, f: &Follow) -> Control {
             .map(|p| format!("pid {p}{then}"))
             .unwrap_or_default()
     };
-    match reattach(target, f.to) {
+    match reattach(target, f.to, &f.uplinks) {
         Ok((attach, target_addrs, detach_slots)) => {
             let veths: BTreeSet<&str> = attach
                 .iter()
@@ -125,8 +127,9 @@ fn restarted(target: &Target, f: &Follow) -> Control {
 fn reattach(
     target: &Target,
     to: Option<IpAddr>,
+    uplinks: &[String],
 ) -> anyhow::Result<(Vec<AttachTarget>, Vec<IpAddr>, Vec<u8>)> {
-    let paths = target.paths(to)?;
+    let paths = target.paths(to, uplinks)?;
     let own: Vec<AttachTarget> = container_hooks(&paths)?
         .into_iter()
         .filter(|t| t.hook.place.is_source())

@@ -19,6 +19,7 @@
 
 pub mod annotate;
 pub mod engine;
+pub(crate) mod exits;
 pub(crate) mod follow;
 pub(crate) mod plan;
 pub mod session;

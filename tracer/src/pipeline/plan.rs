@@ -169,7 +169,7 @@ pub(crate) async fn peer_hooks(
         if peer.netns == target.netns || !peer.networks.iter().any(|n| n.ip == Some(to)) {
             continue;
         }
-        let paths = peer.paths(Some(to))?;
+        let paths = peer.paths(Some(to), &[])?;
         if let Some(p) = paths.iter().find(|p| p.iface.network.ip == Some(to)) {
             return Ok(path::hooks_of(&p.path.as_peer(), 0));
         }

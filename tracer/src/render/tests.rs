@@ -274,7 +274,7 @@ fn an_untraced_exit_names_the_interface_and_the_route() {
     let text = Format::Text.flow(&f).unwrap_or_default();
     assert!(!text.contains("lost:"), "{text}");
     assert!(
-        text.contains("  1 left by the untraced interface pt-up1 after host:pt-br0 ingress (route: default via 10.200.3.2 dev pt-up1 table 100)\n"),
+        text.contains("  1 left by the untraced interface pt-up1 after host:pt-br0 ingress (route: default via 10.200.3.2 dev pt-up1 table 100; trace it with --uplink pt-up1)\n"),
         "{text}"
     );
     let json = flow_line(&f).unwrap_or_default();

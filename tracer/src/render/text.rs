@@ -253,7 +253,7 @@ fn stop_line(s: &Stop) -> String {
         }
         StopCause::UntracedExit { via, route } => {
             return format!(
-                "  {count} left by the untraced interface {via} after {hook} {dir}{leg} (route: {route})\n"
+                "  {count} left by the untraced interface {via} after {hook} {dir}{leg} (route: {route}; trace it with --uplink {via})\n"
             )
         }
         StopCause::Dropped | StopCause::NotSeen => {}

@@ -527,7 +527,7 @@ impl ContainerInfo {
 
     /// See [`Target::paths`].
     pub fn paths(&self, to: Option<IpAddr>) -> Result<Vec<ContainerPath>, TargetError> {
-        self.target().paths(to)
+        self.target().paths(to, &[])
     }
 }
 

@@ -190,9 +190,14 @@ impl Target {
     }
 
     /// [`path::discover`] for every interface of the container, labelled with its name; `to`
-    /// picks the uplink (default: the host's default route).
-    pub(crate) fn paths(&self, to: Option<IpAddr>) -> Result<Vec<TargetPath>, TargetError> {
-        paths_of(&self.name, &self.networks, Arc::new(self.open_netns()?), to)
+    /// picks the uplink (default: the default routes its traffic can take), `uplinks` adds more.
+    pub(crate) fn paths(
+        &self,
+        to: Option<IpAddr>,
+        uplinks: &[String],
+    ) -> Result<Vec<TargetPath>, TargetError> {
+        let netns = Arc::new(self.open_netns()?);
+        paths_of(&self.name, &self.networks, netns, to, uplinks)
     }
 }
 
@@ -246,6 +251,7 @@ pub(crate) fn paths_of(
     networks: &[NetworkAttachment],
     netns: Arc<Netns>,
     to: Option<IpAddr>,
+    uplinks: &[String],
 ) -> Result<Vec<TargetPath>, TargetError> {
     interfaces_in(name, networks, &netns)?
         .into_iter()
@@ -253,6 +259,7 @@ pub(crate) fn paths_of(
             let q = PathQuery {
                 iface: Some(iface.ifname.clone()),
                 to,
+                uplinks: uplinks.to_vec(),
             };
             let path =
                 path::discover(name, netns.clone(), &q).map_err(|source| TargetError::Path {

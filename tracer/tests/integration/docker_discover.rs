@@ -85,7 +85,7 @@ async fn resolves_by_name_id_and_prefix_and_finds_the_host_veth() -> Result<()> 
     let netns = Arc::new(Netns::of_pid(info.pid)?);
     let q = PathQuery {
         iface: Some("eth0".into()),
-        to: None,
+        ..PathQuery::default()
     };
     let p = path::discover(&info.name, netns, &q)?;
     ensure!(

@@ -20,6 +20,7 @@ mod inspect_docker;
 mod kernel_parser;
 mod lab;
 mod outputs;
+mod policy_routing;
 mod reliability;
 mod ring_gaps;
 mod routes;

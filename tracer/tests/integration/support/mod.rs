@@ -7,6 +7,7 @@
 //! (every JSON line read is checked against the one output schema).
 
 pub(crate) mod docker;
+pub(crate) mod hostns;
 pub(crate) mod kernel;
 pub(crate) mod lab;
 pub(crate) mod schema;
