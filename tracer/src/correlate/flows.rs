@@ -10,7 +10,7 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 use smallvec::SmallVec;
 use std::hash::BuildHasher;
 
-use crate::model::{Direction, Hook, NatKind, Orientation, Place, RuleAttributor, Topology};
+use crate::model::{Direction, Hook, NatKind, Orientation, Place, Proto, RuleAttributor, Topology};
 
 use super::{
     intern::{CEndpoint, CTuple, Pool, StrId},
@@ -134,6 +134,11 @@ pub(crate) struct FlowState {
     /// What the view last printed of this flow (a hash); kept here so it goes with the flow.
     pub mark: u64,
     legs: [LegTotals; 2],
+    /// The sequence number of the SYN that opened the connection (TCP), if one was seen: a
+    /// SYN with another one on the same tuple is a new connection.
+    syn_seq: u32,
+    /// Whether `syn_seq` was seen (apart: an `Option<u32>` would not fit in the padding).
+    has_syn: bool,
     pub hops: SmallVec<[Hop; 4]>,
     pub ends: SmallVec<[End; 1]>,
     pub nat: SmallVec<[NatRec; 1]>,
@@ -329,6 +334,8 @@ pub(super) struct FlowTable {
     next_id: u64,
     evicted: u64,
     max_flows: usize,
+    /// See [`super::CorrelateConfig::idle_restart_ns`].
+    idle_restart_ns: u64,
     pool: Pool,
     /// Bumped whenever the tuple index changes: what a lookup found stays true until then.
     generation: u64,
@@ -339,7 +346,7 @@ pub(super) struct FlowTable {
 }
 
 impl FlowTable {
-    pub(super) fn new(max_flows: usize) -> Self {
+    pub(super) fn new(max_flows: usize, idle_restart_ns: u64) -> Self {
         let max_flows = max_flows.clamp(1, MAX_FLOWS);
         Self {
             flows: Vec::with_capacity(max_flows.min(RESERVE_MAX)),
@@ -353,6 +360,7 @@ impl FlowTable {
             next_id: 1,
             evicted: 0,
             max_flows,
+            idle_restart_ns,
             pool: Pool::default(),
             generation: 0,
             recent_key: None,
@@ -394,6 +402,13 @@ impl FlowTable {
     /// flow when full) and returns the flow's id.
     pub(super) fn add(&mut self, inst: &Instance, ctx: &Context<'_>) -> Option<FlowId> {
         let (slot, leg) = match self.locate_cached(inst) {
+            Some((slot, leg)) if self.starts_anew(slot, leg, inst) => {
+                // The earlier connection is over: it keeps what it saw, the tuple (and the
+                // mappings beyond NAT) go to the new one.
+                self.retire(slot);
+                let orientation = inst.orientation(&ctx.topology.target_addrs);
+                (self.create(inst, orientation)?, Leg::Out)
+            }
             Some(found) => found,
             None => {
                 let orientation = inst.orientation(&ctx.topology.target_addrs);
@@ -402,12 +417,46 @@ impl FlowTable {
         };
         self.touch(slot);
         let flow = self.flows[slot as usize].as_mut()?;
+        if let Some(first) = inst.first() {
+            if leg == Leg::Out && !flow.has_syn && is_syn(first.tcp_flags) {
+                (flow.syn_seq, flow.has_syn) = (first.seq, true);
+            }
+        }
         flow.first_ns = flow.first_ns.min(inst.first_ns());
         flow.last_ns = flow.last_ns.max(inst.last_ns());
         flow.add(inst, leg, ctx, &mut self.pool);
         let id = flow.id;
         self.register_aliases(slot, leg, inst);
         Some(id)
+    }
+
+    /// Whether a packet found on flow `slot`'s tuple opens a new connection there: a TCP SYN
+    /// that is not the flow's own (retransmitted) one, or a UDP/ICMP packet after a long idle
+    /// gap.
+    fn starts_anew(&self, slot: u32, leg: Leg, inst: &Instance) -> bool {
+        let (Some(flow), Some(first)) = (self.flows[slot as usize].as_ref(), inst.first()) else {
+            return false;
+        };
+        match first.tuple.proto {
+            Proto::Tcp => {
+                let own = flow.has_syn && flow.syn_seq == first.seq;
+                leg == Leg::Out && is_syn(first.tcp_flags) && !own
+            }
+            _ => inst.first_ns().saturating_sub(flow.last_ns) > self.idle_restart_ns,
+        }
+    }
+
+    /// Takes flow `slot` out of the tuple index: it stays in the table, found by id only.
+    fn retire(&mut self, slot: u32) {
+        let Some(flow) = self.flows[slot as usize].as_ref() else {
+            return;
+        };
+        let (key, aliases) = (flow.key, flow.aliases.clone());
+        self.unindex(Ref::key(slot), key);
+        for (n, (t, _)) in aliases.iter().enumerate() {
+            self.unindex(Ref::alias(slot, n, false), *t);
+            self.unindex(Ref::alias(slot, n, true), t.reversed());
+        }
     }
 
     fn hash(&self, t: &CTuple) -> u64 {
@@ -491,6 +540,8 @@ impl FlowTable {
             last_ns: inst.last_ns(),
             mark: 0,
             legs: Default::default(),
+            syn_seq: 0,
+            has_syn: false,
             hops: SmallVec::new(),
             ends: SmallVec::new(),
             nat: SmallVec::new(),
@@ -682,6 +733,13 @@ impl FlowTable {
     }
 }
 
+/// A SYN without ACK: what opens a TCP connection.
+fn is_syn(flags: u8) -> bool {
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    flags & (SYN | ACK) == SYN
+}
+
 /// Whether two hooks have the same label (`<ns>:<ifname>`), without building it.
 pub(super) fn same_label(a: &Hook, b: &Hook) -> bool {
     a.ns_label == b.ns_label && a.ifname == b.ifname
@@ -696,6 +754,8 @@ fn record_sizes() {
         size_of::<Option<FlowState>>()
     );
     assert_eq!(size_of::<Hop>(), 16);
+    // What every pending sighting costs.
+    assert_eq!(size_of::<super::packets::Sighting>(), 64);
     assert_eq!(size_of::<End>(), 16);
     assert_eq!(size_of::<NatRec>(), 40);
 }

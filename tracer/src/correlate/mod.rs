@@ -42,6 +42,10 @@ pub(crate) struct CorrelateConfig {
     pub max_flows: usize,
     /// Sightings buffered at most; the least recently seen packets are finalised early beyond.
     pub max_pending: usize,
+    /// A UDP or ICMP packet on a flow's tuple after this long without one starts a flow of its
+    /// own: conntrack's own timeout for UDP (`nf_conntrack_udp_timeout`), after which the
+    /// kernel makes a new entry and MASQUERADE may map it anew.
+    pub idle_restart_ns: u64,
 }
 
 impl Default for CorrelateConfig {
@@ -51,6 +55,7 @@ impl Default for CorrelateConfig {
             instance_gap_ns: 1_000_000_000,
             max_flows: 65_536,
             max_pending: 262_144,
+            idle_restart_ns: 30_000_000_000,
         }
     }
 }
@@ -82,7 +87,7 @@ impl Correlator {
             attributor,
             cfg,
             pending: Pending::default(),
-            table: FlowTable::new(cfg.max_flows),
+            table: FlowTable::new(cfg.max_flows, cfg.idle_restart_ns),
             losses: losses::LossLog::default(),
             changed: Vec::new(),
             ignored_events: 0,
@@ -136,6 +141,8 @@ impl Correlator {
             ktime_ns: rec.ktime_ns,
             tuple: tuple::Tuple::of(rec),
             pkt_len: rec.pkt_len,
+            tcp_flags: rec.tcp_flags,
+            seq: rec.seq,
         };
         self.pending.push(rec.fingerprint, sighting);
         if self.pending.len() > self.cfg.max_pending {

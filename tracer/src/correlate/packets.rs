@@ -20,6 +20,10 @@ pub(super) struct Sighting {
     pub ktime_ns: u64,
     pub tuple: Tuple,
     pub pkt_len: u32,
+    /// TCP flags (0 for other protocols): the same at every hook, NAT leaves them alone.
+    pub tcp_flags: u8,
+    /// TCP sequence number or ICMP echo sequence, as the kernel program read it.
+    pub seq: u32,
 }
 
 /// One packet's path: its sightings in time order, at most one per hook.

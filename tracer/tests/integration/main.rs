@@ -25,3 +25,4 @@ mod reliability;
 mod ring_gaps;
 mod routes;
 mod trace_lab;
+mod tuple_reuse;

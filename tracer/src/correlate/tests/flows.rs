@@ -370,3 +370,83 @@ fn a_nat_step_seen_over_a_gap_is_the_same_step() {
         flows[0].nat
     );
 }
+
+/// A connection's packets out and back (SYN, SYN-ACK, ACK, FIN, ACK), container port `cport`
+/// masqueraded to `nport`, its SYN with sequence number `isn`.
+fn connection(fp: u64, t_us: u64, cport: u16, nport: u16, isn: u32) -> Vec<PacketRecord> {
+    let with = |mut recs: Vec<PacketRecord>, flags: u8, seq: u32| {
+        for r in &mut recs {
+            (r.tcp_flags, r.seq) = (flags, seq);
+        }
+        recs
+    };
+    let mut r = with(masq_out(fp, t_us, cport, nport, SERVER), 0x02, isn);
+    r.extend(with(
+        masq_back(fp + 1, t_us + 100, cport, nport, SERVER),
+        0x12,
+        9,
+    ));
+    r.extend(with(
+        masq_out(fp + 2, t_us + 200, cport, nport, SERVER),
+        0x10,
+        isn + 1,
+    ));
+    r.extend(with(
+        masq_out(fp + 3, t_us + 300, cport, nport, SERVER),
+        0x11,
+        isn + 1,
+    ));
+    r.extend(with(
+        masq_back(fp + 4, t_us + 400, cport, nport, SERVER),
+        0x10,
+        10,
+    ));
+    r
+}
+
+#[test]
+fn a_new_connection_on_a_used_tuple_is_a_new_flow_with_its_own_nat() {
+    // The same container port twice; MASQUERADE maps it to another port the second time.
+    let mut records = connection(10, 0, 41000, 41000, 1_000);
+    records.extend(connection(20, 60_000, 41000, 50000, 7_000));
+    let flows = run(records);
+    assert_eq!(flows.len(), 2, "{flows:#?}");
+    for (f, port) in flows.iter().zip([41000, 50000]) {
+        assert_eq!(f.src, ep("10.200.1.2:41000"));
+        assert_eq!((f.packets_out, f.packets_back), (3, 2), "{f:#?}");
+        assert_eq!(f.nat.len(), 1, "{f:#?}");
+        assert_eq!(f.nat[0].step.after.port, port, "{f:#?}");
+        assert_eq!(f.nat_back.len(), 1, "{f:#?}");
+        assert!(f.stops.is_empty(), "{f:#?}");
+    }
+}
+
+#[test]
+fn a_retransmitted_syn_stays_in_its_flow() {
+    let mut records = connection(10, 0, 41000, 41000, 1_000);
+    let mut again = masq_out(30, 1_000_000, 41000, 41000, SERVER);
+    for r in &mut again {
+        (r.tcp_flags, r.seq) = (0x02, 1_000);
+    }
+    records.splice(4..4, again);
+    let flows = run(records);
+    assert_eq!(flows.len(), 1, "{flows:#?}");
+    assert_eq!(flows[0].packets_out, 4);
+}
+
+#[test]
+fn udp_after_a_long_idle_gap_is_a_new_flow() {
+    let udp = |fp: u64, t_us: u64| {
+        let mut r = masq_out(fp, t_us, 5353, 5353, "10.200.2.2:53");
+        for x in &mut r {
+            x.proto = Proto::Udp;
+        }
+        r
+    };
+    let mut records = udp(1, 0);
+    records.extend(udp(2, 10_000_000)); // 10 s later: the same flow
+    records.extend(udp(3, 50_000_000)); // 40 s after that: a new one
+    let flows = run(records);
+    let counts: Vec<u64> = flows.iter().map(|f| f.packets_out).collect();
+    assert_eq!(counts, [2, 1], "{flows:#?}");
+}
