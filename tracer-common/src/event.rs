@@ -60,15 +60,24 @@ pub struct PacketMeta {
     pub icmp_code: u8,
     /// Set (1) when the transport header could not be read (truncated, or a non-first fragment).
     pub l4_missing: u8,
-    pub _pad0: u16,
+    /// IP fragment bits as IPv4 holds them, for IPv6 too: [`FRAG_MORE`] and the offset in 8-byte
+    /// units ([`FRAG_OFFSET`]); 0 for a packet that is not a fragment.
+    pub frag: u16,
     /// TCP sequence number, or ICMP echo sequence (used to tell retransmissions apart).
     pub seq: u32,
     /// Offset of the IP header in the frame.
     pub l3_offset: u16,
     /// Offset of the transport header in the frame.
     pub l4_offset: u16,
-    pub _pad1: u32,
+    /// IPv4 identification, or the IPv6 fragment header's identification (0 without one): with
+    /// the addresses and protocol, what ties the fragments of one datagram together.
+    pub ip_id: u32,
 }
+
+/// [`PacketMeta::frag`]: more fragments follow.
+pub const FRAG_MORE: u16 = 0x2000;
+/// [`PacketMeta::frag`]: the fragment's offset, in 8-byte units.
+pub const FRAG_OFFSET: u16 = 0x1fff;
 const _: () = assert!(size_of::<PacketMeta>() == 64);
 const _: () = assert!(align_of::<PacketMeta>() == 8);
 

@@ -6,7 +6,10 @@
 //! not fit ends parsing with what was learnt so far. The parser never writes.
 
 use crate::words::ZeroWords;
-use crate::{event::PacketMeta, fingerprint::Fingerprint};
+use crate::{
+    event::{PacketMeta, FRAG_MORE, FRAG_OFFSET},
+    fingerprint::Fingerprint,
+};
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
@@ -104,9 +107,11 @@ fn parse_ipv4<F: Frame + ?Sized>(frame: &F, l3: usize, meta: &mut PacketMeta) ->
     }
     let tot_len = be16(&ip, 2);
     let id = be16(&ip, 4);
-    let frag = be16(&ip, 6) & 0x1fff;
+    let frag = be16(&ip, 6) & FRAG_OFFSET;
     let proto = ip[9];
     meta.family = 4;
+    meta.ip_id = u32::from(id);
+    meta.frag = be16(&ip, 6) & (FRAG_MORE | FRAG_OFFSET);
     meta.proto = proto;
     meta.saddr[..4].copy_from_slice(&ip[12..16]);
     meta.daddr[..4].copy_from_slice(&ip[16..20]);
@@ -167,6 +172,8 @@ fn parse_ipv6<F: Frame + ?Sized>(frame: &F, l3: usize, meta: &mut PacketMeta) ->
                     return finish_missing(meta, next, off, fp);
                 };
                 let frag = be16(&h, 2) >> 3;
+                meta.ip_id = be32(&h, 4);
+                meta.frag = frag | if be16(&h, 2) & 1 == 1 { FRAG_MORE } else { 0 };
                 fp = fp.word(u32::from(frag)).word(be32(&h, 4));
                 next = h[0];
                 off += 8;
@@ -313,5 +320,46 @@ mod tests {
     fn parse_l3_ignores_other_ethertypes() {
         let (f, len) = udp4(false);
         assert_eq!(parse_l3(&f[14..len], 0x0806, 0).family, 0);
+    }
+}
+
+#[cfg(test)]
+mod frag_tests {
+    use super::*;
+
+    /// Ethernet + IPv4 with the fragment field `frag` and id 0x4242, UDP header when first.
+    fn ipv4_fragment(frag: u16) -> [u8; 64] {
+        let mut f = [0u8; 64];
+        f[12..14].copy_from_slice(&ETH_P_IP.to_be_bytes());
+        let ip = &mut f[14..34];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&48u16.to_be_bytes());
+        ip[4..6].copy_from_slice(&0x4242u16.to_be_bytes());
+        ip[6..8].copy_from_slice(&frag.to_be_bytes());
+        ip[9] = IPPROTO_UDP;
+        ip[12..16].copy_from_slice(&[10, 0, 0, 1]);
+        ip[16..20].copy_from_slice(&[10, 0, 0, 2]);
+        f[34..36].copy_from_slice(&5000u16.to_be_bytes());
+        f[36..38].copy_from_slice(&53u16.to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn fragments_carry_their_id_offset_and_more_bit() {
+        // DF set, not a fragment: no fragment bits.
+        let whole = parse(&ipv4_fragment(0x4000)[..]);
+        assert_eq!((whole.frag, whole.ip_id, whole.l4_missing), (0, 0x4242, 0));
+        let first = parse(&ipv4_fragment(FRAG_MORE)[..]);
+        assert_eq!(
+            (first.frag, first.sport, first.l4_missing),
+            (FRAG_MORE, 5000, 0)
+        );
+        let later = parse(&ipv4_fragment(FRAG_MORE | 185)[..]);
+        assert_eq!(
+            (later.frag & FRAG_OFFSET, later.sport, later.l4_missing),
+            (185, 0, 1)
+        );
+        let last = parse(&ipv4_fragment(370)[..]);
+        assert_eq!((last.frag, last.ip_id), (370, 0x4242));
     }
 }

@@ -181,27 +181,7 @@ impl FlowState {
         if totals.entry.is_none_or(|e| entry.0 < e.0) {
             totals.entry = Some(entry);
         }
-        for s in &inst.sightings {
-            let since = s.ktime_ns.saturating_sub(first.ktime_ns);
-            match self
-                .hops
-                .iter_mut()
-                .find(|h| h.hook == s.hook && h.leg == leg)
-            {
-                Some(h) => h.add(since),
-                None => self.hops.push(Hop::new(s.hook, leg, since)),
-            }
-        }
-        let attributor = ctx.attributor.filter(|_| leg == Leg::Out);
-        nat::record(
-            inst,
-            leg,
-            orientation,
-            ctx.topology,
-            attributor,
-            pool,
-            &mut self.nat,
-        );
+        self.add_path(inst, leg, first.ktime_ns, ctx, pool);
         let reason = inst
             .drop_reason
             .as_deref()
@@ -224,6 +204,75 @@ impl FlowState {
             }),
         }
     }
+}
+
+impl FlowState {
+    /// Each sighting's time since `from_ns` into its hop's timing, and the NAT steps between
+    /// them. `attribute`: ask for the rule of NAT steps, on the opening leg only: netfilter
+    /// picks a NAT rule for a connection's first packet; replies are translated back by
+    /// conntrack, and a rule that merely matches a reply's tuple did not do it.
+    fn add_path(
+        &mut self,
+        inst: &Instance,
+        leg: Leg,
+        from_ns: u64,
+        ctx: &Context<'_>,
+        pool: &mut Pool,
+    ) {
+        let orientation = self.orientation(leg);
+        let attributor = ctx.attributor.filter(|_| leg == Leg::Out);
+        nat::record(
+            inst,
+            leg,
+            orientation,
+            ctx.topology,
+            attributor,
+            pool,
+            &mut self.nat,
+        );
+        for s in &inst.sightings {
+            let since = s.ktime_ns.saturating_sub(from_ns);
+            match self
+                .hops
+                .iter_mut()
+                .find(|h| h.hook == s.hook && h.leg == leg)
+            {
+                Some(h) => h.add(since),
+                None => self.hops.push(Hop::new(s.hook, leg, since)),
+            }
+        }
+    }
+
+    /// A later fragment of one of this flow's datagrams: its bytes, not a packet of its own.
+    fn add_fragment(&mut self, inst: &Instance, leg: Leg) {
+        if let Some(first) = inst.first() {
+            self.legs[leg as usize].bytes += u64::from(first.pkt_len);
+        }
+        self.last_ns = self.last_ns.max(inst.last_ns());
+    }
+
+    /// The whole form of a datagram already counted by its first fragment (first seen at
+    /// `first_ns`): where it was seen and the rewrites it shows, not a packet of its own.
+    fn add_whole(
+        &mut self,
+        inst: &Instance,
+        leg: Leg,
+        first_ns: u64,
+        ctx: &Context<'_>,
+        pool: &mut Pool,
+    ) {
+        self.add_path(inst, leg, first_ns, ctx, pool);
+        self.last_ns = self.last_ns.max(inst.last_ns());
+    }
+}
+
+/// Fragments one hook saw of a flow's datagrams (see [`super::frags`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FragHop {
+    pub hook: HookIdx,
+    pub leg: Leg,
+    /// 0 where the hook saw the datagrams whole (reassembled).
+    pub fragments: u64,
 }
 
 /// [`End::unseen_at`] of a packet last seen at `last`: the first hook further on its path that
@@ -324,6 +373,9 @@ pub(super) struct FlowTable {
     free: Vec<u32>,
     /// Slots by flow id.
     by_id: HashTable<u32>,
+    /// Per hook fragment counts of the flows that had fragments (few: kept apart, so that a
+    /// flow without costs nothing).
+    frag_hops: hashbrown::HashMap<FlowId, SmallVec<[FragHop; 4]>>,
     /// Slots by traced-side key and by post-NAT alias (the latest mapping of an alias wins).
     by_tuple: HashTable<Ref>,
     hasher: DefaultHashBuilder,
@@ -352,6 +404,7 @@ impl FlowTable {
             flows: Vec::with_capacity(max_flows.min(RESERVE_MAX)),
             free: Vec::new(),
             by_id: HashTable::new(),
+            frag_hops: hashbrown::HashMap::new(),
             by_tuple: HashTable::new(),
             hasher: DefaultHashBuilder::default(),
             lru_head: NIL,
@@ -399,8 +452,8 @@ impl FlowTable {
     }
 
     /// Adds a finalised packet to its flow (creating it, evicting the least recently updated
-    /// flow when full) and returns the flow's id.
-    pub(super) fn add(&mut self, inst: &Instance, ctx: &Context<'_>) -> Option<FlowId> {
+    /// flow when full) and returns the flow's id and the packet's leg.
+    pub(super) fn add(&mut self, inst: &Instance, ctx: &Context<'_>) -> Option<(FlowId, Leg)> {
         let (slot, leg) = match self.locate_cached(inst) {
             Some((slot, leg)) if self.starts_anew(slot, leg, inst) => {
                 // The earlier connection is over: it keeps what it saw, the tuple (and the
@@ -427,7 +480,68 @@ impl FlowTable {
         flow.add(inst, leg, ctx, &mut self.pool);
         let id = flow.id;
         self.register_aliases(slot, leg, inst);
-        Some(id)
+        if inst.frag.is_fragment() {
+            for s in &inst.sightings {
+                let whole = inst.whole_at.contains(&s.hook);
+                self.count_fragments(id, s.hook, leg, u64::from(!whole));
+            }
+        }
+        Some((id, leg))
+    }
+
+    /// A later fragment of a datagram of flow `id`; false when the flow is gone.
+    pub(super) fn add_later(&mut self, id: FlowId, leg: Leg, inst: &Instance) -> bool {
+        let Some(slot) = self.slot_of(id) else {
+            return false;
+        };
+        self.touch(slot);
+        if let Some(flow) = self.flows[slot as usize].as_mut() {
+            flow.add_fragment(inst, leg);
+        }
+        for s in &inst.sightings {
+            self.count_fragments(id, s.hook, leg, 1);
+        }
+        true
+    }
+
+    /// The whole form of a datagram of flow `id` whose first fragment (first seen at
+    /// `first_ns`) was added before; false when the flow is gone.
+    pub(super) fn add_whole(
+        &mut self,
+        id: FlowId,
+        leg: Leg,
+        first_ns: u64,
+        inst: &Instance,
+        ctx: &Context<'_>,
+    ) -> bool {
+        let Some(slot) = self.slot_of(id) else {
+            return false;
+        };
+        self.touch(slot);
+        if let Some(flow) = self.flows[slot as usize].as_mut() {
+            flow.add_whole(inst, leg, first_ns, ctx, &mut self.pool);
+        }
+        for s in &inst.sightings {
+            self.count_fragments(id, s.hook, leg, 0);
+        }
+        true
+    }
+
+    fn count_fragments(&mut self, id: FlowId, hook: HookIdx, leg: Leg, n: u64) {
+        let hops = self.frag_hops.entry(id).or_default();
+        match hops.iter_mut().find(|h| h.hook == hook && h.leg == leg) {
+            Some(h) => h.fragments += n,
+            None => hops.push(FragHop {
+                hook,
+                leg,
+                fragments: n,
+            }),
+        }
+    }
+
+    /// The fragment counts of flow `id`, if it had fragments.
+    pub(super) fn frag_hops(&self, id: FlowId) -> Option<&[FragHop]> {
+        self.frag_hops.get(&id).map(|h| h.as_slice())
     }
 
     /// Whether a packet found on flow `slot`'s tuple opens a new connection there: a TCP SYN
@@ -601,6 +715,7 @@ impl FlowTable {
         self.evicted += 1;
         self.len -= 1;
         self.free.push(slot);
+        self.frag_hops.remove(&flow.id);
         if let Ok(e) = self
             .by_id
             .find_entry(self.hasher.hash_one(flow.id), |&s| s == slot)

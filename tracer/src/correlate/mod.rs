@@ -11,6 +11,7 @@
 //! Pure logic: feed it [`PacketRecord`]s and [`DropRecord`]s, recorded or live.
 
 mod flows;
+mod frags;
 mod intern;
 mod losses;
 mod nat;
@@ -69,6 +70,8 @@ pub(crate) struct Correlator {
     table: FlowTable,
     /// When hooks lost events, from their counters.
     losses: losses::LossLog,
+    /// Where recent datagrams' first fragments went.
+    datagrams: frags::Datagrams,
     /// Flows updated since the last [`Correlator::advance`] (with repeats, see `note_changed`).
     changed: Vec<FlowId>,
     ignored_events: u64,
@@ -89,6 +92,7 @@ impl Correlator {
             pending: Pending::default(),
             table: FlowTable::new(cfg.max_flows, cfg.idle_restart_ns),
             losses: losses::LossLog::default(),
+            datagrams: frags::Datagrams::default(),
             changed: Vec::new(),
             ignored_events: 0,
         }
@@ -144,7 +148,11 @@ impl Correlator {
             tcp_flags: rec.tcp_flags,
             seq: rec.seq,
         };
-        self.pending.push(rec.fingerprint, sighting);
+        let frag = frags::Frag {
+            id: rec.ip_id,
+            bits: rec.frag,
+        };
+        self.pending.push(rec.fingerprint, sighting, frag);
         if self.pending.len() > self.cfg.max_pending {
             let keep = self.cfg.max_pending / 4 * 3;
             let early = self.pending.take_oldest(keep, self.cfg.instance_gap_ns);
@@ -196,7 +204,13 @@ impl Correlator {
     /// One flow, unless it was evicted.
     pub(crate) fn flow(&self, id: FlowId) -> Option<FlowReport> {
         let flow = self.table.get(id)?;
-        Some(FlowReport::build(flow, &self.topology, self.table.pool()))
+        let frags = self.table.frag_hops(id);
+        Some(FlowReport::build(
+            flow,
+            &self.topology,
+            self.table.pool(),
+            frags,
+        ))
     }
 
     /// A renderer's note about a flow (e.g. a hash of what it printed; 0 until it writes one),
@@ -227,6 +241,11 @@ impl Correlator {
         self.pending.unmatched_drops()
     }
 
+    /// IP fragments after the first whose first fragment was never seen: not in any flow.
+    pub(crate) fn orphan_fragments(&self) -> u64 {
+        self.datagrams.orphans
+    }
+
     /// Events ignored: unknown hook slot, or no fingerprint.
     pub(crate) fn ignored_events(&self) -> u64 {
         self.ignored_events
@@ -250,12 +269,35 @@ impl Correlator {
             attributor: self.attributor.as_deref(),
             losses: &self.losses,
         };
-        for inst in &instances {
+        let (packets, later) = frags::assemble(instances);
+        let mut changed = |id: FlowId| {
             // A busy flow's packets come one after another: note it once per run of them.
-            if let Some(id) = self.table.add(inst, &ctx) {
-                if self.changed.last() != Some(&id) {
-                    self.changed.push(id);
+            if self.changed.last() != Some(&id) {
+                self.changed.push(id);
+            }
+        };
+        for inst in &packets {
+            // The whole form of a datagram whose first fragment settled before.
+            if let Some(seen) = self.datagrams.of_whole(inst) {
+                if self
+                    .table
+                    .add_whole(seen.flow, seen.leg, seen.first_ns, inst, &ctx)
+                {
+                    changed(seen.flow);
+                    continue;
                 }
+            }
+            if let Some((id, leg)) = self.table.add(inst, &ctx) {
+                if inst.frag.is_first() {
+                    self.datagrams.note_first(inst, id, leg);
+                }
+                changed(id);
+            }
+        }
+        for inst in &later {
+            match self.datagrams.of_later(inst) {
+                Some(seen) if self.table.add_later(seen.flow, seen.leg, inst) => changed(seen.flow),
+                _ => self.datagrams.orphans += 1,
             }
         }
         // Bounded between ticks even when one busy flow updates over and over.

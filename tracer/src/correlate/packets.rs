@@ -8,7 +8,7 @@ use smallvec::SmallVec;
 
 use crate::model::{Direction, DropRecord, Orientation, Place};
 
-use super::{flows::HookIdx, tuple::Tuple};
+use super::{flows::HookIdx, frags::Frag, tuple::Tuple};
 
 /// One packet seen at one hook, reduced to what correlation needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,6 +34,11 @@ pub(super) struct Instance {
     pub sightings: Vec<Sighting>,
     /// Name of the kernel drop reason of a drop event that matched this packet.
     pub drop_reason: Option<String>,
+    /// The IP fragment this packet is (the same at every hook: the fingerprint covers it).
+    pub frag: Frag,
+    /// For a first fragment joined with its datagram reassembled (see [`super::frags`]): the
+    /// hooks that saw the whole datagram rather than the fragment.
+    pub whole_at: SmallVec<[HookIdx; 2]>,
 }
 
 impl Instance {
@@ -101,6 +106,8 @@ fn majority_orientation(sightings: &[Sighting]) -> Orientation {
 /// Sightings (and drops) of one fingerprint not yet turned into instances.
 #[derive(Debug, Default)]
 struct Group {
+    /// The fragment bits of the fingerprint (one packet's: the fingerprint covers them).
+    frag: Frag,
     sightings: Vec<Sighting>,
     drops: Vec<DropRecord>,
     /// Arrival number of the latest sighting (see [`Pending::take_oldest`]).
@@ -154,6 +161,8 @@ impl Group {
                 fingerprint: fp,
                 sightings: std::mem::take(&mut self.sightings),
                 drop_reason: None,
+                frag: self.frag,
+                whole_at: SmallVec::new(),
             });
         } else {
             let keep_from = bounds.get(due).map_or(self.sightings.len(), |r| r.start);
@@ -163,6 +172,8 @@ impl Group {
                 fingerprint: fp,
                 sightings: taken.by_ref().take(r.len()).collect(),
                 drop_reason: None,
+                frag: self.frag,
+                whole_at: SmallVec::new(),
             }));
         }
         let given_up = if self.drops.is_empty() {
@@ -237,9 +248,10 @@ pub(super) struct Pending {
 }
 
 impl Pending {
-    pub(super) fn push(&mut self, fingerprint: u64, sighting: Sighting) {
+    pub(super) fn push(&mut self, fingerprint: u64, sighting: Sighting, frag: Frag) {
         self.arrivals += 1;
         let group = self.groups.entry(fingerprint).or_default();
+        group.frag = frag;
         group.sightings.push(sighting);
         group.note_added(sighting.ktime_ns);
         group.touched = self.arrivals;

@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::model::{Direction, Endpoint, Orientation, Proto, Topology};
 
 use super::{
-    flows::{FlowState, LegTotals},
+    flows::{FlowState, FragHop, LegTotals},
     intern::Pool,
     nat::{self, NatEntry},
 };
@@ -49,8 +49,11 @@ pub struct HopTiming {
     /// Mean over the packets seen here, in microseconds.
     pub delta_us: f64,
     pub slot: u8,
-    /// Packets of the leg seen at this hook.
+    /// Packets of the leg seen at this hook (a datagram sent in fragments is one packet).
     pub packets: u64,
+    /// In a flow whose datagrams were fragmented somewhere: the fragments seen at this hook (0
+    /// where the hook saw them whole, reassembled); `None` in a flow without fragments.
+    pub fragments: Option<u64>,
 }
 
 /// Packets of a leg that were last seen at one hook, short of where that leg's packets go.
@@ -148,7 +151,12 @@ pub struct FlowReport {
 
 impl FlowReport {
     /// Builds the report of a flow.
-    pub(crate) fn build(flow: &FlowState, topology: &Topology, pool: &Pool) -> Self {
+    pub(crate) fn build(
+        flow: &FlowState,
+        topology: &Topology,
+        pool: &Pool,
+        frags: Option<&[FragHop]>,
+    ) -> Self {
         let mut stops = lost(flow, Leg::Out, topology, pool);
         stops.extend(lost(flow, Leg::Back, topology, pool));
         let key = pool.tuple(flow.key);
@@ -169,8 +177,8 @@ impl FlowReport {
             bytes_back: back.bytes,
             first_ns: flow.first_ns,
             last_ns: flow.last_ns,
-            hops: hops(flow, Leg::Out, topology),
-            hops_back: hops(flow, Leg::Back, topology),
+            hops: hops(flow, Leg::Out, topology, frags),
+            hops_back: hops(flow, Leg::Back, topology, frags),
             nat: nat(Leg::Out),
             nat_back: nat(Leg::Back),
             stops,
@@ -179,7 +187,12 @@ impl FlowReport {
     }
 }
 
-fn hops(flow: &FlowState, leg: Leg, topology: &Topology) -> Vec<HopTiming> {
+fn hops(
+    flow: &FlowState,
+    leg: Leg,
+    topology: &Topology,
+    frags: Option<&[FragHop]>,
+) -> Vec<HopTiming> {
     let orientation = flow.leg(leg).1;
     let mut out: Vec<((u32, u8, u16), HopTiming)> = flow
         .hops
@@ -194,6 +207,12 @@ fn hops(flow: &FlowState, leg: Leg, topology: &Topology) -> Vec<HopTiming> {
                 delta_us: mean_ns / 1000.0,
                 slot: hook.slot,
                 packets: acc.packets(),
+                fragments: frags.map(|f| {
+                    f.iter()
+                        .filter(|h| h.hook == acc.hook && h.leg == leg)
+                        .map(|h| h.fragments)
+                        .sum()
+                }),
             };
             let rank = orientation.rank(hook.place, hook.direction);
             Some(((rank, hook.slot, acc.hook), timing))

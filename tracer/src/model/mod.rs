@@ -320,6 +320,10 @@ pub struct PacketRecord {
     pub icmp_code: u8,
     /// TCP sequence number or ICMP echo sequence.
     pub seq: u32,
+    /// IP identification (IPv4, or an IPv6 fragment header's; 0 otherwise).
+    pub ip_id: u32,
+    /// Fragment bits: more-fragments and offset (see [`tracer_common::event::PacketMeta::frag`]).
+    pub frag: u16,
     pub pkt_len: u32,
     /// The first bytes of the frame as captured in the kernel.
     pub data: Bytes,
@@ -442,6 +446,8 @@ impl PacketRecord {
             icmp_type: m.icmp_type,
             icmp_code: m.icmp_code,
             seq: m.seq,
+            ip_id: m.ip_id,
+            frag: m.frag,
             pkt_len,
             data,
         })

@@ -132,6 +132,7 @@ impl<'r> Engine<'r> {
                 undecodable,
                 ignored_events: self.correlator.ignored_events(),
                 unmatched_drops: self.correlator.unmatched_drops(),
+                orphan_fragments: self.correlator.orphan_fragments(),
                 drops_lost,
             },
         };
@@ -477,6 +478,7 @@ mod tests {
             undecodable: 2,
             ignored_events: 1,
             unmatched_drops: 0,
+            orphan_fragments: 0,
             drops_lost: 3,
         };
         assert_eq!(log.unused, Some(want));

@@ -186,6 +186,9 @@ struct HopLine<'a> {
     dir: Direction,
     delta_us: f64,
     packets: u64,
+    /// Only in flows whose datagrams were fragmented somewhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fragments: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -233,6 +236,8 @@ struct SummaryLine {
     ignored_events: u64,
     #[serde(skip_serializing_if = "is_zero")]
     unmatched_drops: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    orphan_fragments: u64,
     #[serde(skip_serializing_if = "is_zero")]
     drops_lost: u64,
 }
@@ -302,6 +307,7 @@ pub(crate) fn summary_line(s: &Summary<'_>) -> serde_json::Result<String> {
         undecodable: s.unused.undecodable,
         ignored_events: s.unused.ignored_events,
         unmatched_drops: s.unused.unmatched_drops,
+        orphan_fragments: s.unused.orphan_fragments,
         drops_lost: s.unused.drops_lost,
     })
 }
@@ -313,6 +319,7 @@ fn hop(h: &HopTiming) -> HopLine<'_> {
         // Nanosecond resolution: no float noise in the last digits.
         delta_us: (h.delta_us * 1000.0).round() / 1000.0,
         packets: h.packets,
+        fragments: h.fragments,
     }
 }
 

@@ -47,6 +47,8 @@ pub struct Unused {
     pub ignored_events: u64,
     /// Kernel drop reports that matched no traced packet.
     pub unmatched_drops: u64,
+    /// IP fragments after the first whose first fragment was not seen: in no flow.
+    pub orphan_fragments: u64,
     /// Drop reports the drop program could not send (ring buffer full).
     pub drops_lost: u64,
 }

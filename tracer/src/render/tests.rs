@@ -32,6 +32,7 @@ fn hops(chain: &[(&str, Direction, f64)]) -> Vec<HopTiming> {
             delta_us: *delta_us,
             slot: i as u8,
             packets: 6,
+            fragments: None,
         })
         .collect()
 }

@@ -198,6 +198,13 @@ fn chain(
             hop.dir,
             format_delta_us(hop.delta_us)
         ));
+        // A fragmented flow: what each hook saw of its datagrams.
+        match hop.fragments {
+            Some(0) => line.push_str(" (reassembled)"),
+            Some(1) => line.push_str(" (1 fragment)"),
+            Some(n) => line.push_str(&format!(" ({n} fragments)")),
+            None => {}
+        }
     }
     out.push_str(&line);
     out.push('\n');
@@ -336,6 +343,10 @@ pub(crate) fn summary_block(s: &Summary<'_>) -> String {
         (
             u.unmatched_drops,
             "kernel drop reports matched no traced packet",
+        ),
+        (
+            u.orphan_fragments,
+            "IP fragments came without their first fragment (no ports: in no flow)",
         ),
         (u.drops_lost, "drop reports were lost: ring buffer full"),
     ] {

@@ -16,6 +16,7 @@ mod conntrack;
 mod docker_discover;
 mod docker_trace;
 mod drops;
+mod fragments;
 mod inspect_docker;
 mod kernel_parser;
 mod lab;

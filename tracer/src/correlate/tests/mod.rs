@@ -2,6 +2,7 @@
 //! a fake rule attributor.
 
 mod flows;
+mod frags;
 mod nat;
 
 use std::{
@@ -150,6 +151,8 @@ pub(crate) fn rec(
         icmp_type: 0,
         icmp_code: 0,
         seq: 0,
+        ip_id: 0,
+        frag: 0,
         pkt_len: 60,
         data: Bytes::new(),
     }
