@@ -31,6 +31,7 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",
     "docker.io",
     "ethtool",
+    "ipset",
 ];
 /// Answers tshark's "may non-root users capture?" question so the install never waits on it.
 const TSHARK_PRESEED: &str = "wireshark-common wireshark-common/install-setuid boolean false\n";

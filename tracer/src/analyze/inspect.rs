@@ -19,7 +19,7 @@ use crate::{
         path::{self, DiscoveredPath, PathQuery},
         rtnl::{Family, Rtnl},
     },
-    model::{Endpoint, NatKind, NatQuery, Place, Proto, RuleAttributor},
+    model::{Endpoint, NatKind, NatQuery, Place, Proto, RuleConfidence},
     runtime::{self, ContainerRuntime, PublishedPort, Target},
 };
 
@@ -78,6 +78,9 @@ pub(crate) struct RuleReport {
     /// `iptables-nft`, `iptables-legacy`, `nftables`, ...
     pub source: String,
     pub text: String,
+    /// Set when the rule may apply but pathtrace cannot tell: why (a firewall mark, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -316,11 +319,19 @@ fn build_report(
         interfaces.push(iface_report(network.clone(), p, owners));
     }
     nat.sort_unstable();
-    nat.dedup();
+    // A rule decided for one query and a candidate for another is listed once, as decided.
+    nat.dedup_by(|later, first| {
+        let same = later.0 == first.0;
+        if same && later.1.is_none() {
+            first.1 = None;
+        }
+        same
+    });
     let parsed = rules.parsed();
-    let nat_rules = nat.into_iter().map(|i| RuleReport {
+    let nat_rules = nat.into_iter().map(|(i, why)| RuleReport {
         source: parsed[i].source.clone(),
         text: parsed[i].full_text(),
+        candidate: why,
     });
     Report {
         id: t.id,
@@ -383,11 +394,12 @@ struct NatContext<'a> {
     published: &'a [PublishedPort],
 }
 
-/// Indices (into `rules.parsed()`) of the rules netfilter would apply to connections of `ip`:
+/// Indices (into `rules.parsed()`) of the rules netfilter would apply to connections of `ip`
+/// (with why, for a rule that only may):
 /// SNAT/MASQUERADE of outgoing TCP, UDP and ICMP, DNAT of each published port, and the hairpin
 /// MASQUERADE of a published port reached from its own bridge. Asks the ruleset's own chain walk
-/// ([`RuleAttributor::attribute`]), as the live view does for an observed rewrite.
-fn rules_for(rules: &NatRuleset, c: &NatContext<'_>, ip: IpAddr) -> Vec<usize> {
+/// ([`NatRuleset::attribute_rules`]), as the live view does for an observed rewrite.
+fn rules_for(rules: &NatRuleset, c: &NatContext<'_>, ip: IpAddr) -> Vec<(usize, Option<String>)> {
     let v6 = ip.is_ipv6();
     let elsewhere: IpAddr = match v6 {
         true => IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
@@ -399,8 +411,14 @@ fn rules_for(rules: &NatRuleset, c: &NatContext<'_>, ip: IpAddr) -> Vec<usize> {
     let ep = Endpoint::new;
     let mut found = Vec::new();
     let mut ask = |q: NatQuery<'_>| {
-        let text = rules.attribute(&q);
-        found.extend(text.and_then(|t| rules.parsed().iter().position(|r| r.full_text() == t)));
+        let Some((a, indices)) = rules.attribute_rules(&q) else {
+            return;
+        };
+        let why = match a.confidence {
+            RuleConfidence::Evaluated => None,
+            _ => a.why.clone(),
+        };
+        found.extend(indices.into_iter().map(|i| (i, why.clone())));
     };
     let icmp = if v6 { Proto::Icmpv6 } else { Proto::Icmp };
     for (proto, sport, dport) in [
@@ -521,6 +539,7 @@ mod tests {
             SOURCE_IPTABLES_NFT,
             nat_rules::Family::Ip,
             DOCKER_NAT,
+            &nat_rules::Sets::default(),
         ));
         let ctx = NatContext {
             bridge: Some("docker0"),
@@ -533,7 +552,7 @@ mod tests {
         idx.sort_unstable();
         idx.dedup();
         idx.into_iter()
-            .map(|i| rules.parsed()[i].text.clone())
+            .map(|(i, _)| rules.parsed()[i].text.clone())
             .collect()
     }
 

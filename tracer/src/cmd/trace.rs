@@ -17,7 +17,7 @@ use crate::{
     model::Topology,
     pipeline::{
         self,
-        annotate::{Annotator, ConntrackConfirm, RuntimeNotes},
+        annotate::{Annotator, ConntrackConfirm, RuleCounters, RuntimeNotes},
         engine::Engine,
         exits::UntracedExits,
         follow::{follow, Follow},
@@ -131,6 +131,7 @@ fn live(
     capture: Option<CaptureWriter>,
 ) -> anyhow::Result<()> {
     annotators.push(Box::new(UntracedExits::new(plan.topology.clone())));
+    annotators.push(Box::new(RuleCounters::new(plan.rules.clone())));
     let mut renderer = cfg.format.renderer(Output::stdout(), true);
     let mut engine = Engine::new(
         plan.topology.clone(),

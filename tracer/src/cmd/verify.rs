@@ -22,7 +22,7 @@ use crate::{
         path::{self, PathError, PathQuery},
     },
     pipeline::{
-        annotate::ConntrackConfirm,
+        annotate::{ConntrackConfirm, RuleCounters},
         engine::Engine,
         exits::UntracedExits,
         plan::{self, Plan},
@@ -57,6 +57,7 @@ pub(super) fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
         vec![
             Box::new(ConntrackConfirm),
             Box::new(UntracedExits::new(plan.topology.clone())),
+            Box::new(RuleCounters::new(plan.rules.clone())),
         ],
         &mut flows,
     );

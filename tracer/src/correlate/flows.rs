@@ -103,7 +103,8 @@ pub(crate) struct NatRec {
     /// Set by the view once the kernel's conntrack table was asked (see `Correlator::confirm`).
     pub conntrack: Option<bool>,
     pub between: (HookIdx, HookIdx),
-    pub rule: Option<StrId>,
+    /// What the ruleset said about it (see [`crate::model::Attribution`]).
+    pub rule: Option<super::intern::Id>,
     pub before: CEndpoint,
     pub after: CEndpoint,
     pub packets: u64,

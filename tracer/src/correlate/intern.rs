@@ -14,6 +14,8 @@ use super::tuple::Tuple;
 #[derive(Debug, Default)]
 pub(crate) struct Pool {
     pub strings: Strings,
+    /// What the ruleset said about each NAT step (few: one per distinct rewrite and rule).
+    pub attributions: Interner<crate::model::Attribution>,
     pub addrs: Addrs,
 }
 
@@ -173,46 +175,80 @@ impl Addrs {
     }
 }
 
-/// Interned strings (NAT rule texts, drop reason names). Bounded: both come from finite sets
-/// (the ruleset snapshot, the kernel's drop reasons); past the bound a string is not recorded.
-#[derive(Debug, Default)]
-pub(crate) struct Strings {
-    texts: Vec<Box<str>>,
+/// Values stored once and named by a 4-byte id. Bounded: what is interned comes from finite
+/// sets (the ruleset snapshot, the kernel's drop reasons); past the bound a value is not recorded.
+#[derive(Debug)]
+pub(crate) struct Interner<T> {
+    values: Vec<T>,
     index: HashTable<u32>,
     hasher: DefaultHashBuilder,
 }
 
-/// An interned string (non-zero, so that `Option<StrId>` is 4 bytes).
+impl<T> Default for Interner<T> {
+    fn default() -> Self {
+        Self {
+            values: Vec::new(),
+            index: HashTable::new(),
+            hasher: DefaultHashBuilder::default(),
+        }
+    }
+}
+
+/// An interned value (non-zero, so that an `Option` of it is 4 bytes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct StrId(NonZeroU32);
+pub(crate) struct Id(NonZeroU32);
 
-const MAX_STRINGS: usize = 1 << 16;
+/// An interned string.
+pub(crate) type StrId = Id;
 
-impl Strings {
-    pub(crate) fn intern(&mut self, s: &str) -> Option<StrId> {
-        let hash = self.hasher.hash_one(s);
-        let texts = &self.texts;
-        if let Some(&i) = self.index.find(hash, |&i| &*texts[i as usize] == s) {
+const MAX_INTERNED: usize = 1 << 16;
+
+impl<T: std::hash::Hash + Eq> Interner<T> {
+    /// The id of `key`'s value, made with `make` the first time.
+    pub(crate) fn intern_with<K>(&mut self, key: &K, make: impl FnOnce() -> T) -> Option<Id>
+    where
+        T: std::borrow::Borrow<K>,
+        K: std::hash::Hash + Eq + ?Sized,
+    {
+        let hash = self.hasher.hash_one(key);
+        let values = &self.values;
+        if let Some(&i) = self
+            .index
+            .find(hash, |&i| values[i as usize].borrow() == key)
+        {
             return Self::id(i);
         }
-        if self.texts.len() >= MAX_STRINGS {
-            tracing::debug!("string table full, not recording {s:?}");
+        if self.values.len() >= MAX_INTERNED {
+            tracing::debug!("intern table full, not recording a value");
             return None;
         }
-        let i = self.texts.len() as u32;
-        self.texts.push(s.into());
-        let (texts, hasher) = (&self.texts, &self.hasher);
-        self.index
-            .insert_unique(hash, i, |&j| hasher.hash_one(&*texts[j as usize]));
+        let i = self.values.len() as u32;
+        self.values.push(make());
+        let (values, hasher) = (&self.values, &self.hasher);
+        self.index.insert_unique(hash, i, |&j| {
+            hasher.hash_one(<T as std::borrow::Borrow<K>>::borrow(&values[j as usize]))
+        });
         Self::id(i)
     }
 
-    fn id(i: u32) -> Option<StrId> {
-        NonZeroU32::new(i + 1).map(StrId)
+    fn id(i: u32) -> Option<Id> {
+        NonZeroU32::new(i + 1).map(Id)
+    }
+
+    pub(crate) fn value(&self, id: Id) -> Option<&T> {
+        self.values.get(id.0.get() as usize - 1)
+    }
+}
+
+/// Interned strings (NAT rule texts, drop reason names).
+pub(crate) type Strings = Interner<Box<str>>;
+
+impl Strings {
+    pub(crate) fn intern(&mut self, s: &str) -> Option<StrId> {
+        self.intern_with(s, || s.into())
     }
 
     pub(crate) fn get(&self, id: StrId) -> &str {
-        let i = id.0.get() as usize - 1;
-        self.texts.get(i).map_or("", |s| s)
+        self.value(id).map_or("", |s| s)
     }
 }

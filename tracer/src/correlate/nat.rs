@@ -62,7 +62,7 @@ pub(super) fn record(
                 {
                     e.between = (a.hook, b.hook);
                     let rule = attributor.and_then(|attr| attr.attribute(&q()));
-                    e.rule = rule.as_deref().and_then(|r| pool.strings.intern(r));
+                    e.rule = rule.and_then(|a| pool.attributions.intern_with(&a, || a.clone()));
                 }
                 continue;
             }
@@ -72,7 +72,7 @@ pub(super) fn record(
                 kind,
                 conntrack: None,
                 between: (a.hook, b.hook),
-                rule: rule.as_deref().and_then(|r| pool.strings.intern(r)),
+                rule: rule.and_then(|a| pool.attributions.intern_with(&a, || a.clone())),
                 before: pool.acquire_endpoint(before),
                 after: pool.acquire_endpoint(after),
                 packets: 1,
@@ -84,13 +84,19 @@ pub(super) fn record(
 /// The step as the report shows it: hooks by label, the rule by its text.
 pub(super) fn entry(rec: &NatRec, topology: &Topology, pool: &Pool) -> NatEntry {
     let label = |i: HookIdx| hook(topology, i).map(Hook::label).unwrap_or_default();
+    let attribution = rec.rule.and_then(|r| pool.attributions.value(r));
     NatEntry {
         step: NatStep {
             kind: rec.kind,
             before: pool.endpoint(rec.before),
             after: pool.endpoint(rec.after),
             between: (label(rec.between.0), label(rec.between.1)),
-            rule: rec.rule.map(|r| pool.strings.get(r).to_string()),
+            rule: attribution.and_then(|a| a.rule.clone()),
+            rule_confidence: attribution.map(|a| a.confidence),
+            candidates: attribution
+                .map(|a| a.candidates.clone())
+                .unwrap_or_default(),
+            why: attribution.and_then(|a| a.why.clone()),
             conntrack: rec.conntrack,
         },
         packets: rec.packets,

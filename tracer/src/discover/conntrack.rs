@@ -504,6 +504,9 @@ mod tests {
             after: ep(after),
             between: (String::new(), String::new()),
             rule: None,
+            rule_confidence: None,
+            candidates: Vec::new(),
+            why: None,
             conntrack: None,
         }
     }

@@ -538,9 +538,57 @@ pub struct NatStep {
     pub between: (String, String),
     /// The rule's own text, when one was attributed.
     pub rule: Option<String>,
+    /// How `rule` was decided, or that it could not be (`None`: no rule could make it).
+    #[serde(default)]
+    pub rule_confidence: Option<RuleConfidence>,
+    /// With [`RuleConfidence::Candidates`] (and [`RuleConfidence::Counters`]: among which): every
+    /// rule that may have made the rewrite, in the order netfilter tries them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub candidates: Vec<String>,
+    /// Why the walk of the ruleset could not decide (a match on what the packet alone does not
+    /// tell: a firewall mark, a connection mark, an unread set, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
     /// `Some(true)` when the kernel's conntrack entry shows the same mapping, `Some(false)` when it
     /// shows another, `None` when no entry was found or it was not asked.
     pub conntrack: Option<bool>,
+}
+
+/// How the rule of a NAT step was decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleConfidence {
+    /// Walking the ruleset the way netfilter does for the connection's first packet: the first
+    /// rule that surely matches it and makes this rewrite.
+    Evaluated,
+    /// Of the candidates, the only one whose packet counter moved during the trace.
+    Counters,
+    /// Several rules may have made it (see `candidates` and `why`); the walk cannot choose.
+    Candidates,
+}
+
+/// What the ruleset says about a NAT step (see [`RuleAttributor`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Attribution {
+    /// The rule, when decided.
+    pub rule: Option<String>,
+    pub confidence: RuleConfidence,
+    /// See [`NatStep::candidates`].
+    pub candidates: Vec<String>,
+    /// See [`NatStep::why`].
+    pub why: Option<String>,
+}
+
+impl Attribution {
+    /// A rule the walk decided.
+    pub fn evaluated(rule: impl Into<String>) -> Self {
+        Self {
+            rule: Some(rule.into()),
+            confidence: RuleConfidence::Evaluated,
+            candidates: Vec::new(),
+            why: None,
+        }
+    }
 }
 
 /// What is known about a NAT step when asking which rule made it.
@@ -562,8 +610,9 @@ pub struct NatQuery<'a> {
 
 /// Finds the rule that made a NAT step; implemented over a ruleset snapshot.
 pub trait RuleAttributor: Send + Sync {
-    /// The rule's own text, as the ruleset in use prints it.
-    fn attribute(&self, query: &NatQuery<'_>) -> Option<String>;
+    /// The rule (its own text, as the ruleset in use prints it) or the candidates; `None` when no
+    /// rule of the ruleset can make the rewrite.
+    fn attribute(&self, query: &NatQuery<'_>) -> Option<Attribution>;
 }
 
 #[cfg(test)]

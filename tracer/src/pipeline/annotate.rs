@@ -14,7 +14,14 @@ use std::{
     thread::JoinHandle,
 };
 
-use crate::{correlate::FlowReport, discover::conntrack, model::NatKind, runtime::FlowNotes};
+use std::sync::Arc;
+
+use crate::{
+    correlate::FlowReport,
+    discover::{conntrack, nat_rules::NatRuleset},
+    model::{NatKind, NatStep, RuleConfidence},
+    runtime::FlowNotes,
+};
 
 /// Adds to a flow report what the trace alone does not know. May block.
 pub trait Annotator: Send {
@@ -42,6 +49,128 @@ impl Annotator for ConntrackConfirm {
                 tracing::debug!("conntrack lookup: {e}");
                 None
             });
+        }
+    }
+}
+
+/// Counters read at most this often (each read runs the ruleset's tools again).
+const COUNTERS_EVERY_NS: u64 = 250_000_000;
+/// Counter readings kept (one per read: a few per second while new flows come).
+const READINGS: usize = 64;
+
+/// The rule counters' word on each NAT step of the opening direction. netfilter's NAT chains
+/// see a connection's first packet only, so a rule whose packet counter moved between the
+/// readings just before and just after a flow's first packet NATed some connection then. Of
+/// several candidates, the only one that moved then is chosen ([`RuleConfidence::Counters`]); a
+/// rule the walk chose whose counter did not move then is refuted (it becomes the one
+/// candidate, with why). Rules without a counter (nftables rules without a `counter` statement)
+/// say nothing. Counters count every connection, not this flow's only: where others were NATed
+/// in the same interval, the counters can only narrow the choice.
+pub(crate) struct RuleCounters {
+    rules: Arc<NatRuleset>,
+    /// Readings, oldest first: when (kernel monotonic time) and each rule's counter. The
+    /// ruleset's own (read before tracing began) stand for time 0.
+    readings: std::collections::VecDeque<(u64, Vec<Option<u64>>)>,
+}
+
+impl RuleCounters {
+    pub(crate) fn new(rules: Arc<NatRuleset>) -> Self {
+        let start = rules.parsed().iter().map(|r| r.counter).collect();
+        Self {
+            rules,
+            readings: std::iter::once((0, start)).collect(),
+        }
+    }
+
+    /// The readings just before `first_ns` and just after it (reading the counters now when
+    /// none is after it yet, at most every [`COUNTERS_EVERY_NS`]).
+    fn window(&mut self, first_ns: u64) -> Option<(usize, usize)> {
+        // NAT happens within microseconds of the first sighting; a millisecond is plenty.
+        let after_ns = first_ns.saturating_add(1_000_000);
+        if self.readings.back().is_none_or(|(at, _)| *at <= after_ns) {
+            let now_ns = super::session::monotonic_ns();
+            let last = self.readings.back().map_or(0, |(at, _)| *at);
+            if now_ns.saturating_sub(last) < COUNTERS_EVERY_NS || now_ns <= after_ns {
+                return None;
+            }
+            match self.rules.counters_now() {
+                Ok(c) => self.readings.push_back((now_ns, c)),
+                Err(e) => {
+                    tracing::debug!("rule counters: {e}");
+                    return None;
+                }
+            }
+            if self.readings.len() > READINGS {
+                // The ruleset's own reading stays: it is the start of every early window.
+                self.readings.remove(1);
+            }
+        }
+        let before = self.readings.iter().rposition(|(at, _)| *at <= first_ns)?;
+        let after = self.readings.iter().position(|(at, _)| *at > after_ns)?;
+        Some((before, after))
+    }
+
+    /// Whether the rule with this text NATed a connection between two readings; `None` when
+    /// it has no counter.
+    fn moved(&self, (before, after): (usize, usize), text: &str) -> Option<bool> {
+        let i = self.rules.index_of(text)?;
+        let at = |r: usize| self.readings.get(r)?.1.get(i).copied().flatten();
+        Some(at(after)? > at(before)?)
+    }
+
+    fn judge(&self, step: &mut NatStep, window: (usize, usize)) {
+        match step.rule_confidence {
+            Some(RuleConfidence::Candidates) => {
+                let verdicts: Vec<Option<bool>> = step
+                    .candidates
+                    .iter()
+                    .map(|c| self.moved(window, c))
+                    .collect();
+                let moved: Vec<usize> = (0..verdicts.len())
+                    .filter(|&i| verdicts[i] == Some(true))
+                    .collect();
+                if let ([one], false) = (moved.as_slice(), verdicts.contains(&None)) {
+                    step.rule = Some(step.candidates[*one].clone());
+                    step.rule_confidence = Some(RuleConfidence::Counters);
+                }
+            }
+            Some(RuleConfidence::Evaluated) => {
+                let Some(rule) = step.rule.clone() else {
+                    return;
+                };
+                if self.moved(window, &rule) == Some(false) {
+                    step.rule = None;
+                    step.rule_confidence = Some(RuleConfidence::Candidates);
+                    step.candidates = vec![rule];
+                    step.why = Some(
+                        "the walk of the ruleset chose it, but its counter did not move when the flow began"
+                            .into(),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Annotator for RuleCounters {
+    fn annotate(&mut self, flow: &mut FlowReport) {
+        let judged = |s: &NatStep| {
+            matches!(
+                s.rule_confidence,
+                Some(RuleConfidence::Candidates | RuleConfidence::Evaluated)
+            )
+        };
+        if !flow.nat.iter().any(|e| judged(&e.step)) {
+            return;
+        }
+        // Not yet (no reading after the flow began, and one was made a moment ago): the flow
+        // is judged on a later update, or in the final report.
+        let Some(window) = self.window(flow.first_ns) else {
+            return;
+        };
+        for e in &mut flow.nat {
+            self.judge(&mut e.step, window);
         }
     }
 }

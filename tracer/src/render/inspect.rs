@@ -56,7 +56,12 @@ pub(super) fn text_block(r: &Report) -> String {
         .max()
         .unwrap_or(0);
     for n in &r.nat_rules {
-        line("nat", format!("{:<width$}  {}", n.source, n.text));
+        let maybe = n
+            .candidate
+            .as_ref()
+            .map(|why| format!("  (may apply: {why})"))
+            .unwrap_or_default();
+        line("nat", format!("{:<width$}  {}{maybe}", n.source, n.text));
     }
     let Some(rt) = &r.route else {
         line("route", "no default route on the host".into());
@@ -105,6 +110,7 @@ mod tests {
             nat_rules: vec![RuleReport {
                 source: "iptables-nft".into(),
                 text: "-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE".into(),
+                candidate: None,
             }],
             published: Vec::new(),
             route: Some(RouteReport {

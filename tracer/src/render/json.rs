@@ -13,7 +13,7 @@ use crate::{
         verify::{Check, Verdict},
     },
     correlate::{FlowReport, HopTiming, Leg, NatEntry, Stop, StopCause},
-    model::{Direction, Hook, NatKind, Orientation, Proto},
+    model::{Direction, Hook, NatKind, Orientation, Proto, RuleConfidence},
 };
 
 use super::{Printer, RenderError, Summary};
@@ -198,6 +198,12 @@ struct NatLine<'a> {
     after: String,
     between: [&'a str; 2],
     rule: Option<&'a str>,
+    /// `evaluated`, `counters` or `candidates`; null when no rule can have made it.
+    rule_confidence: Option<RuleConfidence>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    candidates: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    why: Option<&'a str>,
     conntrack: Option<bool>,
     packets: u64,
 }
@@ -331,6 +337,9 @@ fn nat(e: &NatEntry) -> NatLine<'_> {
         after: s.after.to_string(),
         between: [&s.between.0, &s.between.1],
         rule: s.rule.as_deref(),
+        rule_confidence: s.rule_confidence,
+        candidates: &s.candidates,
+        why: s.why.as_deref(),
         conntrack: s.conntrack,
         packets: e.packets,
     }

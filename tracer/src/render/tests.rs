@@ -142,9 +142,9 @@ fn json_flow_golden() {
         r#"{"hook":"lab-ctr:eth0","dir":"ingress","delta_us":15.0,"packets":6}],"#,
         r#""nat":[{"kind":"snat","before":"10.200.1.2:41234","after":"10.200.2.1:41234","#,
         r#""between":["host:pt-br0","host:pt-up0"],"#,
-        r#""rule":"-A POSTROUTING -s 10.200.1.0/24 ! -o pt-br0 -j MASQUERADE","conntrack":null,"packets":6}],"#,
+        r#""rule":"-A POSTROUTING -s 10.200.1.0/24 ! -o pt-br0 -j MASQUERADE","rule_confidence":"evaluated","conntrack":null,"packets":6}],"#,
         r#""nat_back":[{"kind":"dnat","before":"10.200.2.1:41234","after":"10.200.1.2:41234","#,
-        r#""between":["host:pt-up0","host:pt-br0"],"rule":null,"conntrack":null,"packets":6}],"#,
+        r#""between":["host:pt-up0","host:pt-br0"],"rule":null,"rule_confidence":null,"conntrack":null,"packets":6}],"#,
         r#""stops":[{"leg":"out","after":"host:pt-br0","dir":"ingress","count":1,"reason":"NETFILTER_DROP","cause":"dropped"}],"#,
         r#""first_ns":1000,"last_ns":9000}"#,
         "\n"

@@ -7,7 +7,7 @@ use std::hash::{Hash as _, Hasher as _};
 use crate::{
     analyze::{diff::Comparison, inspect::Report, verify::Verdict},
     correlate::{FlowReport, HopTiming, Leg, NatEntry, Stop, StopCause},
-    model::{Hook, NatKind, Orientation},
+    model::{Hook, NatKind, Orientation, RuleConfidence},
 };
 
 use super::{inspect, Printer, RenderError, Summary};
@@ -239,8 +239,20 @@ fn back_nat_line(e: &NatEntry) -> String {
 
 fn nat_line(arrow: &str, what: &str, e: &NatEntry) -> String {
     let mut line = format!("  {arrow} {what} {} -> {}", e.step.before, e.step.after);
-    if let Some(rule) = &e.step.rule {
-        line.push_str(&format!("   [{rule}]"));
+    let step = &e.step;
+    match (&step.rule, step.rule_confidence) {
+        (Some(rule), Some(RuleConfidence::Counters)) => line.push_str(&format!(
+            "   [{rule}]   (of {} candidate rules, the one whose counter moved)",
+            step.candidates.len()
+        )),
+        (Some(rule), _) => line.push_str(&format!("   [{rule}]")),
+        (None, Some(RuleConfidence::Candidates)) => {
+            line.push_str(&format!("   [one of: {}]", step.candidates.join(" | ")));
+            if let Some(why) = &step.why {
+                line.push_str(&format!("   (cannot tell which: {why})"));
+            }
+        }
+        (None, _) => {}
     }
     if e.step.conntrack == Some(false) {
         line.push_str("   (conntrack disagrees)");

@@ -20,6 +20,7 @@ mod fragments;
 mod inspect_docker;
 mod kernel_parser;
 mod lab;
+mod nat_attribution;
 mod outputs;
 mod policy_routing;
 mod reliability;

@@ -4,13 +4,10 @@
 //! holds the main table's default route, u2 a second table's, u3 only a prefix route
 //! (10.98.0.0/24). The ground truth is tcpdump on each uplink.
 
-use std::time::Duration;
-
 use serde_json::Value;
 
 use crate::support::{
     hostns::{HostNs, Tcpdump},
-    kernel::{pathtrace_programs, poll},
     lab::json_lines,
     privileged, serial,
 };
@@ -36,28 +33,8 @@ fn topology(prefix: &str) -> HostNs {
     ns
 }
 
-/// Traces for `secs` while `traffic` runs in the container; the JSON lines.
 fn trace(ns: &HostNs, args: &[&str], secs: &str, traffic: impl FnOnce()) -> Vec<Value> {
-    let before = pathtrace_programs().len();
-    let mut all = vec!["--netns", "", "--json", "--duration", secs];
-    let ctr = ns.ctr_ns();
-    all[1] = &ctr;
-    all.extend(args);
-    let child = ns.spawn_pathtrace(&all);
-    assert!(
-        poll(Duration::from_secs(10), || pathtrace_programs().len()
-            > before),
-        "pathtrace {all:?} did not load its programs"
-    );
-    std::thread::sleep(Duration::from_millis(600));
-    traffic();
-    let out = child.wait_with_output().expect("pathtrace");
-    assert!(
-        out.status.success(),
-        "pathtrace {all:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    json_lines(&out.stdout)
+    ns.trace(args, secs, traffic)
 }
 
 /// The final state of the outbound flow of `proto` to `dst`.
@@ -196,24 +173,7 @@ fn a_mark_rule_splits_one_destination_over_two_uplinks() {
     }
     let ns = topology("pm");
     let t = ns.tag.clone();
-    let br = format!("{t}br");
-    ns.host(&[
-        "iptables",
-        "-t",
-        "mangle",
-        "-A",
-        "PREROUTING",
-        "-i",
-        &br,
-        "-p",
-        "udp",
-        "--dport",
-        "5353",
-        "-j",
-        "MARK",
-        "--set-mark",
-        "0x7",
-    ]);
+    ns.mark_udp(5353, "0x7");
     ns.ip("rule add fwmark 0x7 lookup 100 pref 100");
     let host = ns.host_ns();
     let dumps: Vec<Tcpdump> = (1..=2)

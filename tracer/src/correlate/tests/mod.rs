@@ -92,6 +92,9 @@ pub(crate) fn step(
         after: ep(after),
         between: (between.0.into(), between.1.into()),
         rule: rule.map(str::to_string),
+        rule_confidence: rule.map(|_| crate::model::RuleConfidence::Evaluated),
+        candidates: Vec::new(),
+        why: None,
         conntrack: None,
     }
 }
@@ -108,7 +111,13 @@ pub(crate) struct FakeRules {
 }
 
 impl RuleAttributor for FakeRules {
-    fn attribute(&self, q: &NatQuery<'_>) -> Option<String> {
+    fn attribute(&self, q: &NatQuery<'_>) -> Option<crate::model::Attribution> {
+        self.rule(q).map(crate::model::Attribution::evaluated)
+    }
+}
+
+impl FakeRules {
+    fn rule(&self, q: &NatQuery<'_>) -> Option<String> {
         if let Ok(mut log) = self.queries.lock() {
             log.push(format!(
                 "{:?} {} -> {} in={:?} out={:?}",

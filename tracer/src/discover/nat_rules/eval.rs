@@ -1,28 +1,46 @@
 //! Which rule made a rewrite: the chains a connection's first packet traverses, walked the way
-//! netfilter does, with a three-valued match where the query does not know a field.
+//! netfilter does, with a three-valued match where the packet alone does not tell (a firewall
+//! mark, a connection mark, a set that could not be read, a match pathtrace does not evaluate).
+//! A rule that may match and would make the rewrite is a candidate; the walk goes on as if it
+//! did not, until a rule that surely matches and makes it, which ends the list.
 
 use std::net::IpAddr;
 
 use crate::model::{addr_bits, Endpoint, NatKind, NatQuery, Proto};
 
 use super::{
-    model::{Action, Body, Cond, Hook, NatRange, NatTarget, Rule, TableIndex},
+    model::{
+        Action, AddrKind, Body, Cond, Hook, MapKey, MapKeyValue, NatRange, NatTarget, Rule,
+        TableIndex,
+    },
     NatRuleset,
 };
 
 /// Nesting bound for `-j CHAIN` / `jump` (the kernel's own limit is far lower in practice).
 const MAX_JUMP_DEPTH: usize = 64;
 
+/// What the walk found, by rule index.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct Verdict {
+    /// The rule that surely made the rewrite, if the walk reached one.
+    pub chosen: Option<usize>,
+    /// Rules before it that may have made it instead (or, without `chosen`, all that may have).
+    pub candidates: Vec<usize>,
+    /// Why each candidate is only a candidate.
+    pub why: Vec<String>,
+}
+
 impl NatRuleset {
-    /// Walks the chains a query's packet would traverse and returns the index of the rule that
-    /// made its rewrite.
-    pub(super) fn attribute_index(&self, q: &NatQuery<'_>) -> Option<usize> {
+    /// Walks the chains a query's packet would traverse: the rule that made its rewrite, or the
+    /// candidates; `None` when no rule can have made it.
+    pub(super) fn attribute_index(&self, q: &NatQuery<'_>) -> Option<Verdict> {
         let probe = Probe::new(q)?;
         let hooks: &[Hook] = match q.kind {
             NatKind::Snat => &[Hook::Postrouting],
             NatKind::Dnat => &[Hook::Prerouting, Hook::Output],
         };
-        for &hook in hooks {
+        let mut walk = Verdict::default();
+        'hooks: for &hook in hooks {
             // All base chains on the hook, lowest priority first; for equal priorities the order
             // of registration is not visible, so keep the snapshot's (iptables-nft, legacy, nft).
             let mut bases: Vec<(i32, &TableIndex, &str)> = self
@@ -38,17 +56,25 @@ impl NatRuleset {
                 .collect();
             bases.sort_by_key(|b| b.0);
             for (_, table, chain) in bases {
-                match self.run_chain(table, chain, &probe, hook, 0) {
-                    Flow::Found(i) => return Some(i),
+                match self.run_chain(table, chain, &probe, hook, 0, None, &mut walk) {
+                    Flow::Found(i) => {
+                        walk.chosen = Some(i);
+                        break 'hooks;
+                    }
                     // The first packet would have been NATed otherwise: not by this hook.
                     Flow::Conflict => break,
                     Flow::Continue | Flow::Return | Flow::Stop => {}
                 }
             }
         }
-        None
+        (walk.chosen.is_some() || !walk.candidates.is_empty()).then_some(walk)
     }
 
+    /// `unsure`: why the walk may not have got here (a jump that may not have happened).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one recursive walk's state, passed down"
+    )]
     fn run_chain(
         &self,
         table: &TableIndex,
@@ -56,6 +82,8 @@ impl NatRuleset {
         p: &Probe<'_>,
         hook: Hook,
         depth: usize,
+        unsure: Option<&str>,
+        walk: &mut Verdict,
     ) -> Flow {
         let Some(members) = table.chains.get(chain) else {
             return Flow::Continue;
@@ -71,33 +99,50 @@ impl NatRuleset {
             let Body::Rule(rule) = &self.rules[i].body else {
                 continue;
             };
-            let m = rule.matches(p);
+            let (m, why) = rule.matches(p, &self.local_addrs);
             if m == Tri::No {
                 continue;
             }
-            let sure = m == Tri::Yes;
+            // A maybe without a reason is an interface the query does not know: assumed to match
+            // for a rule that makes the rewrite (the packet went some way), never for one that
+            // would end the walk.
+            let sure = m == Tri::Yes && unsure.is_none();
+            let assumed = m == Tri::Maybe && why.is_none() && unsure.is_none();
+            let reason = why.as_deref().or(unsure);
             match &rule.action {
                 Action::None | Action::Unknown(_) => {}
                 Action::Accept | Action::Drop if sure => return Flow::Stop,
                 Action::Return if sure => return Flow::Return,
+                // May end the chain: the walk goes on as if it did not.
                 Action::Accept | Action::Drop | Action::Return => {}
                 Action::Jump(target) | Action::Goto(target) => {
-                    match self.run_chain(table, target, p, hook, depth + 1) {
+                    let inner = if sure || assumed { None } else { reason };
+                    match self.run_chain(table, target, p, hook, depth + 1, inner, walk) {
                         Flow::Continue | Flow::Return => {
                             // Falling off a `goto` chain returns to this chain's caller.
                             if sure && matches!(rule.action, Action::Goto(_)) {
                                 return Flow::Return;
                             }
                         }
+                        // Only sure all the way down: a maybe-jump's chain reports candidates.
                         other => return other,
                     }
                 }
+                // A map without the packet's key: the rule does nothing (nor for a protocol its
+                // key implies, e.g. `tcp dport` for UDP).
+                Action::Nat(target) if !target.has_key_for(p) => {}
                 Action::Nat(target) => {
-                    if target.kind(hook) == p.kind && target.produces(p) {
-                        return Flow::Found(i);
-                    }
-                    if sure {
-                        return Flow::Conflict;
+                    let makes_it = target.kind(hook) == p.kind && target.produces(p);
+                    match (makes_it, sure || assumed) {
+                        (true, true) => return Flow::Found(i),
+                        (true, false) => {
+                            walk.candidates.push(i);
+                            let why = reason.unwrap_or("its match cannot be decided here");
+                            walk.why.push(why.to_string());
+                        }
+                        (false, true) if sure => return Flow::Conflict,
+                        (false, true) => {}
+                        (false, false) => {}
                     }
                 }
             }
@@ -185,36 +230,49 @@ impl<'a> Probe<'a> {
 }
 
 impl Rule {
-    fn matches(&self, p: &Probe<'_>) -> Tri {
-        self.conds
-            .iter()
-            .map(|c| c.matches(p))
-            .min()
-            .unwrap_or(Tri::Yes)
+    /// The match, and why it is only a maybe (the first undecided condition's reason).
+    fn matches(&self, p: &Probe<'_>, local: &[IpAddr]) -> (Tri, Option<String>) {
+        let mut least = Tri::Yes;
+        let mut why = None;
+        for c in &self.conds {
+            let (m, reason) = c.matches(p, local);
+            if m == Tri::No {
+                return (Tri::No, None);
+            }
+            if m == Tri::Maybe && why.is_none() {
+                why = reason;
+            }
+            least = least.min(m);
+        }
+        (least, why)
     }
 }
 
 impl Cond {
-    fn matches(&self, p: &Probe<'_>) -> Tri {
+    fn matches(&self, p: &Probe<'_>, local: &[IpAddr]) -> (Tri, Option<String>) {
+        let decided = |t: Tri| (t, None);
         match self {
             Self::Addr { src, neg, v6, nets } => {
                 if *v6 != p.v6 {
-                    return Tri::No;
+                    return decided(Tri::No);
                 }
                 let addr = if *src { p.src.addr } else { p.dst.addr };
-                Tri::from_bool(nets.iter().any(|n| n.contains(addr))).negate_if(*neg)
+                decided(Tri::from_bool(nets.iter().any(|n| n.contains(addr))).negate_if(*neg))
             }
             Self::Iface { input, neg, names } => {
                 let name = if *input { p.iif } else { p.oif };
                 match name {
-                    None => Tri::Maybe,
-                    Some(name) => Tri::from_bool(names.iter().any(|pat| iface_matches(pat, name)))
-                        .negate_if(*neg),
+                    // Not the packet's unknown: the query's (see `assumed` in `run_chain`).
+                    None => (Tri::Maybe, None),
+                    Some(name) => decided(
+                        Tri::from_bool(names.iter().any(|pat| iface_matches(pat, name)))
+                            .negate_if(*neg),
+                    ),
                 }
             }
-            Self::Proto { neg, protos } => {
-                Tri::from_bool(protos.iter().any(|&n| n == 0 || n == p.proto)).negate_if(*neg)
-            }
+            Self::Proto { neg, protos } => decided(
+                Tri::from_bool(protos.iter().any(|&n| n == 0 || n == p.proto)).negate_if(*neg),
+            ),
             Self::Port {
                 src,
                 neg,
@@ -222,19 +280,71 @@ impl Cond {
                 ranges,
             } => {
                 if !p.has_ports || !protos.contains(&p.proto) {
-                    return Tri::No;
+                    return decided(Tri::No);
                 }
                 let port = if *src { p.src.port } else { p.dst.port };
-                Tri::from_bool(ranges.iter().any(|&(a, b)| (a..=b).contains(&port))).negate_if(*neg)
+                decided(
+                    Tri::from_bool(ranges.iter().any(|&(a, b)| (a..=b).contains(&port)))
+                        .negate_if(*neg),
+                )
             }
-            // The rewritten destination of a DNAT step is the host's own address (Docker's
-            // published ports); anything else depends on addresses the query does not carry.
-            Self::Local { src: false, neg } if p.kind == NatKind::Dnat => Tri::Yes.negate_if(*neg),
-            Self::Local { .. } => Tri::Maybe,
-            Self::Family { v6 } => Tri::from_bool(*v6 == p.v6),
-            Self::Unknown(_) => Tri::No,
+            Self::AddrType { src, neg, kinds } => {
+                let addr = if *src { p.src.addr } else { p.dst.addr };
+                match addr_kind(addr, kinds, local, p) {
+                    Some(t) => decided(t.negate_if(*neg)),
+                    None => (
+                        Tri::Maybe,
+                        Some("its address-type match needs the host's addresses, which were not read".into()),
+                    ),
+                }
+            }
+            Self::Mark { what, conn } => (
+                Tri::Maybe,
+                Some(format!(
+                    "`{what}` depends on the {} mark, which pathtrace cannot see",
+                    if *conn {
+                        "connection's"
+                    } else {
+                        "packet's firewall"
+                    }
+                )),
+            ),
+            Self::Family { v6 } => decided(Tri::from_bool(*v6 == p.v6)),
+            Self::NewConnection => decided(Tri::Yes),
+            Self::Unknown(what) => (
+                Tri::Maybe,
+                Some(format!("`{what}` is not evaluated by pathtrace")),
+            ),
         }
     }
+}
+
+/// Whether `addr` is of one of `kinds`; `None` when that takes the host's addresses and they
+/// are not known.
+fn addr_kind(addr: IpAddr, kinds: &[AddrKind], local: &[IpAddr], p: &Probe<'_>) -> Option<Tri> {
+    let multicast = addr.is_multicast();
+    let broadcast = match addr {
+        IpAddr::V4(a) => a.is_broadcast(),
+        IpAddr::V6(_) => false,
+    };
+    let is_local = if local.is_empty() {
+        // Without the host's addresses: a DNAT step's original destination is the host's own
+        // (Docker's published ports); nothing else can be told.
+        (p.kind == NatKind::Dnat && addr == p.before.addr).then_some(true)
+    } else {
+        Some(local.contains(&addr) || addr.is_loopback())
+    };
+    let mut any = false;
+    for k in kinds {
+        let hit = match k {
+            AddrKind::Local => is_local?,
+            AddrKind::Multicast => multicast,
+            AddrKind::Broadcast => broadcast,
+            AddrKind::Unicast => !multicast && !broadcast && !is_local?,
+        };
+        any |= hit;
+    }
+    Some(Tri::from_bool(any))
 }
 
 fn iface_matches(pattern: &str, name: &str) -> bool {
@@ -248,11 +358,21 @@ fn iface_matches(pattern: &str, name: &str) -> bool {
 }
 
 impl NatTarget {
+    /// For a map: whether it has an entry for the packet.
+    fn has_key_for(&self, p: &Probe<'_>) -> bool {
+        match self {
+            Self::Mapped { key, entries, .. } => {
+                entries.iter().any(|(k, _)| key_matches(key, k, p))
+            }
+            _ => true,
+        }
+    }
+
     /// Which rewrite this target makes at `hook`.
     fn kind(&self, hook: Hook) -> NatKind {
         match self {
-            Self::Masquerade(_) | Self::Snat(_) => NatKind::Snat,
-            Self::Dnat(_) | Self::Redirect(_) => NatKind::Dnat,
+            Self::Masquerade(_) | Self::Snat(_) | Self::Mapped { snat: true, .. } => NatKind::Snat,
+            Self::Dnat(_) | Self::Redirect(_) | Self::Mapped { snat: false, .. } => NatKind::Dnat,
             Self::Netmap(_) => match hook {
                 Hook::Postrouting | Hook::Input => NatKind::Snat,
                 Hook::Prerouting | Hook::Output => NatKind::Dnat,
@@ -279,6 +399,9 @@ impl NatTarget {
             Self::Dnat(ranges) => ranges
                 .iter()
                 .any(|r| r.admits(p.after.addr) && port_ok(r.ports, true)),
+            Self::Mapped { snat, key, entries } => entries.iter().any(|(k, range)| {
+                key_matches(key, k, p) && range.admits(p.after.addr) && port_ok(range.ports, !snat)
+            }),
             Self::Netmap(net) => {
                 let (Some((v6, lo, hi)), (after_v6, after), (_, before)) = (
                     net.as_range(),
@@ -294,6 +417,20 @@ impl NatTarget {
                     && port_ok(None, true)
             }
         }
+    }
+}
+
+/// Whether a map entry's key `k` is the packet's value of `key`.
+fn key_matches(key: &MapKey, k: &MapKeyValue, p: &Probe<'_>) -> bool {
+    match (key, k) {
+        (MapKey::Addr { src }, MapKeyValue::Net(n)) => {
+            n.contains(if *src { p.src.addr } else { p.dst.addr })
+        }
+        (MapKey::Port { src, protos }, MapKeyValue::Ports(a, b)) => {
+            let port = if *src { p.src.port } else { p.dst.port };
+            p.has_ports && protos.contains(&p.proto) && (*a..=*b).contains(&port)
+        }
+        _ => false,
     }
 }
 

@@ -1,18 +1,26 @@
 //! iptables rule text (`iptables -t nat -S` lines) into the rule model.
 
 use super::model::{
-    parse_nat_range, parse_port_range, proto_number, Action, Body, Cond, Family, NatRange,
-    NatTarget, Net, ParsedRule, Rule, PORT_PROTOS,
+    parse_nat_range, parse_port_range, proto_number, Action, AddrKind, Body, Cond, Family,
+    NatRange, NatTarget, Net, ParsedRule, Rule, Sets, PORT_PROTOS,
 };
 
-/// Parses `iptables -t nat -S` output: one rule per `-A` line (policies and `-N` lines are not
-/// rules; chains come from the `-A` lines).
-pub fn parse_iptables_save(source: &str, family: Family, text: &str) -> Vec<ParsedRule> {
+/// Parses `iptables -t nat -S [-v]` output: one rule per `-A` line (policies and `-N` lines are
+/// not rules; chains come from the `-A` lines). With `-v` each line carries its counters
+/// (`-c PACKETS BYTES`): they are read into [`ParsedRule::counter`] and left out of the text.
+/// `-m set` matches are resolved against `sets` (ipset).
+pub fn parse_iptables_save(
+    source: &str,
+    family: Family,
+    text: &str,
+    sets: &Sets,
+) -> Vec<ParsedRule> {
     text.lines()
         .map(str::trim)
         .filter(|l| l.starts_with("-A ") || l.starts_with("--append "))
         .map(|line| {
-            let (chain, body) = match parse_iptables_rule(line) {
+            let (line, counter) = strip_counters(line);
+            let (chain, body) = match parse_iptables_rule(&line, sets) {
                 Some((chain, rule)) => (chain, Body::Rule(rule)),
                 None => (String::new(), Body::Unparsed),
             };
@@ -22,11 +30,29 @@ pub fn parse_iptables_save(source: &str, family: Family, text: &str) -> Vec<Pars
                 table: "nat".to_string(),
                 chain,
                 context: None,
-                text: line.to_string(),
+                text: line,
                 body,
+                counter,
             }
         })
         .collect()
+}
+
+/// The line without its ` -c PACKETS BYTES` (what `-S -v` adds), and the packets.
+pub(super) fn strip_counters(line: &str) -> (String, Option<u64>) {
+    let words: Vec<&str> = line.split(' ').collect();
+    let at = words
+        .windows(3)
+        .position(|w| w[0] == "-c" && w[1].parse::<u64>().is_ok() && w[2].parse::<u64>().is_ok());
+    match at {
+        Some(i) => {
+            let packets = words[i + 1].parse().ok();
+            let mut kept = words[..i].to_vec();
+            kept.extend(&words[i + 3..]);
+            (kept.join(" "), packets)
+        }
+        None => (line.to_string(), None),
+    }
 }
 
 /// Names of the chains an `iptables -S` listing shows (`-P`, `-N` and `-A` lines).
@@ -77,7 +103,7 @@ pub(super) fn split_words(line: &str) -> Vec<String> {
 }
 
 /// Parses one `-A CHAIN ...` line into its chain and rule.
-pub(super) fn parse_iptables_rule(line: &str) -> Option<(String, Rule)> {
+pub(super) fn parse_iptables_rule(line: &str, sets: &Sets) -> Option<(String, Rule)> {
     let words = split_words(line);
     let mut it = words.iter().map(String::as_str);
     if !matches!(it.next(), Some("-A" | "--append")) {
@@ -87,6 +113,8 @@ pub(super) fn parse_iptables_rule(line: &str) -> Option<(String, Rule)> {
     let mut conds = Vec::new();
     let mut action = Action::None;
     let mut neg = false;
+    // The match module whose options follow (`-m mark --mark ...`).
+    let mut module = "";
     while let Some(w) = it.next() {
         if w == "!" {
             neg = true;
@@ -122,7 +150,46 @@ pub(super) fn parse_iptables_rule(line: &str) -> Option<(String, Rule)> {
                 }
             }
             "-m" | "--match" => {
-                it.next()?; // the module's options follow and are parsed one by one
+                module = it.next()?; // the module's options follow and are parsed one by one
+                neg = false;
+                continue;
+            }
+            "--mark" if matches!(module, "mark" | "connmark") => {
+                let v = it.next()?;
+                let bang = if neg { "! " } else { "" };
+                Cond::Mark {
+                    what: format!("-m {module} {bang}--mark {v}"),
+                    conn: module == "connmark",
+                }
+            }
+            "--match-set" => {
+                let (name, dirs) = (it.next()?, it.next()?);
+                match (sets.ipset(name), dirs) {
+                    (Some(nets), "src" | "dst") => Cond::Addr {
+                        src: dirs == "src",
+                        neg,
+                        v6: nets.first().is_some_and(Net::v6),
+                        nets,
+                    },
+                    (None, _) => Cond::Unknown(format!(
+                        "-m set --match-set {name} {dirs} (ipset {name} could not be read)"
+                    )),
+                    (Some(_), _) => Cond::Unknown(format!("-m set --match-set {name} {dirs}")),
+                }
+            }
+            "--ctstate" | "--state" if matches!(module, "conntrack" | "state") => {
+                let v = it.next()?;
+                // NAT rules only see a connection's first packet: NEW holds, others do not.
+                let states: Vec<&str> = v.split(',').collect();
+                let new = states.contains(&"NEW");
+                match (neg, new) {
+                    (false, true) => Cond::NewConnection,
+                    (true, false) => Cond::NewConnection,
+                    _ => Cond::Unknown(format!("-m {module} {w} {v}")),
+                }
+            }
+            // Options of `-m set` that do not change which packets match.
+            "--return-nomatch" | "--update-counters" | "--update-subcounters" => {
                 neg = false;
                 continue;
             }
@@ -158,13 +225,14 @@ pub(super) fn parse_iptables_rule(line: &str) -> Option<(String, Rule)> {
             }
             "--dst-type" | "--src-type" => {
                 let v = it.next()?;
-                if v == "LOCAL" {
-                    Cond::Local {
+                let kinds: Option<Vec<AddrKind>> = v.split(',').map(AddrKind::parse).collect();
+                match kinds {
+                    Some(kinds) => Cond::AddrType {
                         src: w == "--src-type",
                         neg,
-                    }
-                } else {
-                    Cond::Unknown(format!("{w} {v}"))
+                        kinds,
+                    },
+                    None => Cond::Unknown(format!("-m addrtype {w} {v}")),
                 }
             }
             "-j" | "--jump" => {
@@ -177,7 +245,10 @@ pub(super) fn parse_iptables_rule(line: &str) -> Option<(String, Rule)> {
                 action = Action::Goto(it.next()?.to_string());
                 break;
             }
-            other => Cond::Unknown(other.to_string()),
+            other => Cond::Unknown(match module {
+                "" => other.to_string(),
+                m => format!("-m {m} {other}"),
+            }),
         };
         conds.push(cond);
         neg = false;

@@ -61,9 +61,14 @@ pub struct ParsedRule {
     /// nftables only: `table ip NAME chain CHAIN`, printed before the text in [`NatRule::text`].
     pub context: Option<String>,
     /// The line as the tool printed it, trimmed: `-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j
-    /// MASQUERADE`, or for nftables a rule line or a base chain's `type nat hook ...` line.
+    /// MASQUERADE`, or for nftables a rule line or a base chain's `type nat hook ...` line. Counter
+    /// values are left out (`-c N M`, `counter packets N bytes M` print as `counter`), so that
+    /// the text does not change as the rule counts.
     pub text: String,
     pub(super) body: Body,
+    /// The rule's packet counter when it was read (iptables always has one; nftables only with
+    /// a `counter` statement).
+    pub counter: Option<u64>,
 }
 
 impl ParsedRule {
@@ -148,12 +153,46 @@ pub(super) enum Cond {
         protos: Vec<u8>,
         ranges: Vec<(u16, u16)>,
     },
-    /// `-m addrtype --dst-type LOCAL`, `fib daddr type local` (and the `src` forms).
-    Local { src: bool, neg: bool },
+    /// `-m addrtype --dst-type LOCAL`, `fib daddr type local` (and the `src` forms): the
+    /// address is one of `kinds`.
+    AddrType {
+        src: bool,
+        neg: bool,
+        kinds: Vec<AddrKind>,
+    },
+    /// A firewall mark (`-m mark`, `meta mark`) or connection mark (`-m connmark`, `ct mark`):
+    /// what only the packet knows, never visible here. `what` is the match as printed.
+    Mark { what: String, conn: bool },
+    /// `ct state new`, `-m conntrack --ctstate NEW`: what every packet NAT rules see is (the
+    /// first of its connection).
+    NewConnection,
     /// `meta nfproto ipv4|ipv6`.
     Family { v6: bool },
-    /// A match this parser does not know: the rule never matches.
+    /// A match this parser does not know, or a set it could not read: it may or may not match.
     Unknown(String),
+}
+
+/// Address types `-m addrtype` and `fib ... type` name that pathtrace decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum AddrKind {
+    /// One of the host's own addresses.
+    Local,
+    Unicast,
+    Multicast,
+    Broadcast,
+}
+
+impl AddrKind {
+    /// `LOCAL`, `unicast`, ...; `None` for the types not decided here (`BLACKHOLE`, ...).
+    pub(super) fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "local" => Some(Self::Local),
+            "unicast" => Some(Self::Unicast),
+            "multicast" => Some(Self::Multicast),
+            "broadcast" => Some(Self::Broadcast),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -178,6 +217,27 @@ pub(super) enum NatTarget {
     Redirect(Option<(u16, u16)>),
     /// `-j NETMAP --to NET`: source in POSTROUTING, destination in PREROUTING/OUTPUT.
     Netmap(Net),
+    /// `snat to ip saddr map { ... }`, `dnat to tcp dport map @ports`: the target is looked up by
+    /// a field of the packet.
+    Mapped {
+        snat: bool,
+        key: MapKey,
+        entries: Vec<(MapKeyValue, NatRange)>,
+    },
+}
+
+/// The packet field a NAT map is keyed by.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum MapKey {
+    Addr { src: bool },
+    Port { src: bool, protos: Vec<u8> },
+}
+
+/// One key of a NAT map.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum MapKeyValue {
+    Net(Net),
+    Ports(u16, u16),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -331,6 +391,60 @@ pub(super) fn proto_number(s: &str) -> Option<u8> {
         "sctp" => Some(132),
         "udplite" => Some(136),
         n => n.parse().ok(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Named sets
+
+/// The named sets rules refer to: ipsets (`-m set --match-set NAME`) and nftables sets and maps
+/// (`@NAME`), with their members as the tools printed them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Sets {
+    /// ipset name → members of an address set (`hash:ip`, `hash:net`, `bitmap:ip`).
+    pub(super) ipsets: HashMap<String, Vec<String>>,
+    /// (family, table, name) → elements of an nftables set or map (`K : V` for a map).
+    pub(super) nft: HashMap<(Family, String, String), Vec<String>>,
+}
+
+impl Sets {
+    /// The members of ipset `name` as address ranges; `None` when it was not read or holds
+    /// something else than addresses.
+    pub(super) fn ipset(&self, name: &str) -> Option<Vec<Net>> {
+        self.ipsets
+            .get(name)?
+            .iter()
+            .map(|m| Net::parse(m))
+            .collect()
+    }
+
+    /// The elements of nftables set or map `name` of a table.
+    pub(super) fn nft(&self, family: Family, table: &str, name: &str) -> Option<&[String]> {
+        self.nft
+            .get(&(family, table.to_string(), name.to_string()))
+            .map(Vec::as_slice)
+    }
+
+    /// `ipset save` output: the members of its address sets.
+    pub(crate) fn read_ipset_save(&mut self, text: &str) {
+        let mut address_sets = std::collections::HashSet::new();
+        for line in text.lines() {
+            let w: Vec<&str> = line.split_whitespace().collect();
+            match w.as_slice() {
+                ["create", name, kind, ..]
+                    if matches!(*kind, "hash:ip" | "hash:net" | "bitmap:ip") =>
+                {
+                    address_sets.insert(name.to_string());
+                    self.ipsets.entry(name.to_string()).or_default();
+                }
+                ["add", name, member, ..] if address_sets.contains(*name) => {
+                    if let Some(m) = self.ipsets.get_mut(*name) {
+                        m.push(member.to_string());
+                    }
+                }
+                _ => {}
+            }
+        }
     }
 }
 

@@ -4,18 +4,34 @@ use std::collections::HashSet;
 
 use super::{
     model::{
-        parse_nat_range, parse_port_range, proto_number, Action, BaseChain, Body, Cond, Family,
-        Hook, NatRange, NatTarget, Net, ParsedRule, Rule, PORT_PROTOS,
+        parse_nat_range, parse_port_range, proto_number, Action, AddrKind, BaseChain, Body, Cond,
+        Family, Hook, MapKey, MapKeyValue, NatRange, NatTarget, Net, ParsedRule, Rule, Sets,
+        PORT_PROTOS,
     },
     SOURCE_NFTABLES,
 };
 
 /// Parses `nft -a [-s] list ruleset` output, keeping the chains of `type nat` base chains and the
 /// chains they jump to. `skip` holds the (family, chain) pairs of the `nat` table that iptables-nft
-/// listed already; those are left out.
-pub(crate) fn parse_nft_ruleset(text: &str, skip: &HashSet<(Family, String)>) -> Vec<ParsedRule> {
+/// listed already; those are left out. The tables' named sets and maps go into `sets` (rules
+/// refer to them as `@NAME`).
+pub(crate) fn parse_nft_ruleset(
+    text: &str,
+    skip: &HashSet<(Family, String)>,
+    sets: &mut Sets,
+) -> Vec<ParsedRule> {
     let mut out = Vec::new();
-    for table in nft_tables(text) {
+    let tables = nft_tables(text);
+    for table in &tables {
+        let Some(family) = Family::from_nft(&table.family) else {
+            continue;
+        };
+        for (name, elements) in &table.sets {
+            sets.nft
+                .insert((family, table.name.clone(), name.clone()), elements.clone());
+        }
+    }
+    for table in tables {
         let Some(family) = Family::from_nft(&table.family) else {
             continue; // bridge, arp, netdev: no NAT hooks.
         };
@@ -32,7 +48,7 @@ pub(crate) fn parse_nft_ruleset(text: &str, skip: &HashSet<(Family, String)>) ->
                 let rules = chain
                     .lines
                     .iter()
-                    .map(|line| nft_line(family, &table.name, &chain.name, &context, line))
+                    .map(|line| nft_line(family, &table.name, &chain.name, &context, line, sets))
                     .collect();
                 (chain, rules)
             })
@@ -83,15 +99,22 @@ pub(super) fn nft_line(
     chain: &str,
     context: &str,
     line: &str,
+    sets: &Sets,
 ) -> ParsedRule {
+    let (line, counter) = strip_nft_counter(line);
     let body = if line.starts_with("type ") {
-        match parse_nft_chain_header(line) {
+        match parse_nft_chain_header(&line) {
             Some(base) => Body::Header(base),
             // A filter/route base chain, or a header we do not understand: never evaluated.
             None => Body::Unparsed,
         }
     } else {
-        Body::Rule(parse_nft_rule(line))
+        let scope = SetScope {
+            sets,
+            family,
+            table,
+        };
+        Body::Rule(parse_nft_rule(&line, &scope))
     };
     ParsedRule {
         source: SOURCE_NFTABLES.to_string(),
@@ -99,15 +122,41 @@ pub(super) fn nft_line(
         table: table.to_string(),
         chain: chain.to_string(),
         context: Some(context.to_string()),
-        text: line.to_string(),
+        text: line,
         body,
+        counter,
     }
+}
+
+/// The line with `counter packets N bytes M` printed as `counter` (what `-s` prints), and N.
+pub(super) fn strip_nft_counter(line: &str) -> (String, Option<u64>) {
+    let words: Vec<&str> = line.split(' ').collect();
+    let at = words
+        .windows(5)
+        .position(|w| w[0] == "counter" && w[1] == "packets" && w[3] == "bytes");
+    match at.and_then(|i| Some((i, words[i + 2].parse::<u64>().ok()?))) {
+        Some((i, packets)) => {
+            let mut kept = words[..=i].to_vec();
+            kept.extend(&words[i + 5..]);
+            (kept.join(" "), Some(packets))
+        }
+        None => (line.to_string(), None),
+    }
+}
+
+/// Where `@NAME` is looked up: the named sets of the rule's own table.
+pub(super) struct SetScope<'a> {
+    pub sets: &'a Sets,
+    pub family: Family,
+    pub table: &'a str,
 }
 
 struct NftTable {
     family: String,
     name: String,
     chains: Vec<NftChain>,
+    /// Named sets and maps: name and elements as printed (`K : V` for a map).
+    sets: Vec<(String, Vec<String>)>,
 }
 
 struct NftChain {
@@ -116,17 +165,29 @@ struct NftChain {
     lines: Vec<String>,
 }
 
-/// Splits `nft list ruleset` text into tables and chains; sets, maps and other objects are skipped.
+/// Splits `nft list ruleset` text into tables, chains and named sets and maps; other objects
+/// (flowtables, counters, quotas...) are skipped.
 fn nft_tables(text: &str) -> Vec<NftTable> {
     let mut tables: Vec<NftTable> = Vec::new();
     let mut in_chain = false;
-    // Depth of an object block (set, map, flowtable...) being skipped.
+    // Depth of an object block (set, map, flowtable...) being skipped, and the set or map whose
+    // lines it collects.
     let mut skip_depth = 0i32;
+    let mut collecting: Option<(String, String)> = None;
     for raw in text.lines() {
         let line = raw.trim();
         let code = strip_nft_comment(line).trim();
         if skip_depth > 0 {
             skip_depth += brace_balance(code);
+            if let Some((_, body)) = collecting.as_mut() {
+                body.push(' ');
+                body.push_str(code);
+            }
+            if skip_depth <= 0 {
+                if let (Some((name, body)), Some(t)) = (collecting.take(), tables.last_mut()) {
+                    t.sets.push((name, set_elements(&body)));
+                }
+            }
             continue;
         }
         let words: Vec<&str> = code.split_whitespace().collect();
@@ -137,7 +198,12 @@ fn nft_tables(text: &str) -> Vec<NftTable> {
                     family: family.to_string(),
                     name: unquote(name),
                     chains: Vec::new(),
+                    sets: Vec::new(),
                 });
+            }
+            (false, ["set" | "map", name, "{"]) => {
+                skip_depth = 1;
+                collecting = Some((unquote(name), String::new()));
             }
             (false, ["chain", name, "{"]) => {
                 if let Some(t) = tables.last_mut() {
@@ -160,6 +226,20 @@ fn nft_tables(text: &str) -> Vec<NftTable> {
         }
     }
     tables
+}
+
+/// The elements of a set or map block (`elements = { a, b }`, maybe over several lines).
+fn set_elements(body: &str) -> Vec<String> {
+    let Some(start) = body.find("elements = {") else {
+        return Vec::new();
+    };
+    let inner = &body[start + "elements = {".len()..];
+    let end = inner.find('}').unwrap_or(inner.len());
+    inner[..end]
+        .split(',')
+        .map(|e| unquote(e.trim()))
+        .filter(|e| !e.is_empty())
+        .collect()
 }
 
 /// Net `{` minus `}` outside double quotes.
@@ -233,12 +313,15 @@ fn nft_tokens(line: &str) -> Vec<Tok> {
 }
 
 /// A cursor over an nft rule's tokens.
-struct NftCursor {
+struct NftCursor<'a> {
     toks: Vec<Tok>,
     pos: usize,
+    scope: &'a SetScope<'a>,
+    /// A `@NAME` that could not be resolved, for the rule's `Unknown`.
+    unresolved: Option<String>,
 }
 
-impl NftCursor {
+impl NftCursor<'_> {
     fn word(&mut self) -> Option<String> {
         match self.toks.get(self.pos) {
             Some(Tok::Word(w)) => {
@@ -273,26 +356,56 @@ impl NftCursor {
         self.pos += 1;
         self.value().map(|v| (neg, v))
     }
+    /// A value, an anonymous set's items, or a named set's elements (`@NAME`).
     fn value(&mut self) -> Option<Vec<String>> {
         let tok = self.toks.get(self.pos)?.clone();
         self.pos += 1;
         match tok {
-            Tok::Word(w) if w.starts_with('@') => None, // named set: not resolved
+            Tok::Word(w) if w.starts_with('@') => {
+                let s = self.scope;
+                let found = s
+                    .sets
+                    .nft(s.family, s.table, &w[1..])
+                    .map(<[String]>::to_vec);
+                if found.is_none() {
+                    self.unresolved = Some(format!("{w} (set not found)"));
+                }
+                found
+            }
             Tok::Word(w) => Some(vec![w]),
             Tok::Set(items) => Some(items),
         }
     }
 }
 
+/// Words that start a rule's statement (verdict or NAT): what follows the matches.
+const STATEMENTS: &[&str] = &[
+    "accept",
+    "drop",
+    "return",
+    "jump",
+    "goto",
+    "masquerade",
+    "snat",
+    "dnat",
+    "redirect",
+    "counter",
+    "log",
+    "comment",
+];
+
 /// Parses one nft rule line. Never fails: what it does not know becomes an `Unknown`.
-pub(super) fn parse_nft_rule(line: &str) -> Rule {
+pub(super) fn parse_nft_rule(line: &str, scope: &SetScope<'_>) -> Rule {
     let mut c = NftCursor {
         toks: nft_tokens(line),
         pos: 0,
+        scope,
+        unresolved: None,
     };
     let mut conds = Vec::new();
     let mut action = Action::None;
     while c.pos < c.toks.len() {
+        let word_at = c.pos;
         let Some(w) = c.word() else {
             conds.push(Cond::Unknown("{ set }".to_string()));
             break;
@@ -328,8 +441,7 @@ pub(super) fn parse_nft_rule(line: &str) -> Rule {
             "redirect" => {
                 nft_port_target(&mut c).map(|p| Some(Action::Nat(NatTarget::Redirect(p))))
             }
-            "snat" => nft_nat_target(&mut c).map(|r| Some(Action::Nat(NatTarget::Snat(vec![r])))),
-            "dnat" => nft_nat_target(&mut c).map(|r| Some(Action::Nat(NatTarget::Dnat(vec![r])))),
+            "snat" | "dnat" => nft_nat_target(&mut c, w == "snat").map(|t| Some(Action::Nat(t))),
             _ => match nft_match(&w, &mut c) {
                 Some(cond) => {
                     conds.push(cond);
@@ -342,8 +454,34 @@ pub(super) fn parse_nft_rule(line: &str) -> Rule {
             Some(Some(a)) => action = a,
             Some(None) => {}
             None => {
-                conds.push(Cond::Unknown(w));
-                break;
+                let what = c.unresolved.take().unwrap_or(w);
+                // A NAT statement not understood: the rule's verdict is unknown, not "none".
+                if matches!(what.as_str(), "snat" | "dnat" | "masquerade" | "redirect") {
+                    action = Action::Unknown(what);
+                    break;
+                }
+                // A match not understood: it may or may not match; the rule's statement, which
+                // comes after every match, is still read.
+                let start = (word_at + 1).max(c.pos.min(word_at + 1));
+                let statement = c.toks[start..]
+                    .iter()
+                    .position(|t| matches!(t, Tok::Word(w) if STATEMENTS.contains(&w.as_str())));
+                let skipped: Vec<String> = c.toks[start..start + statement.unwrap_or(0)]
+                    .iter()
+                    .map(|t| match t {
+                        Tok::Word(w) => w.clone(),
+                        Tok::Set(items) => format!("{{ {} }}", items.join(", ")),
+                    })
+                    .collect();
+                let printed = std::iter::once(what)
+                    .chain(skipped)
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                conds.push(Cond::Unknown(printed));
+                match statement {
+                    Some(n) => c.pos = start + n,
+                    None => break,
+                }
             }
         }
     }
@@ -351,13 +489,48 @@ pub(super) fn parse_nft_rule(line: &str) -> Rule {
 }
 
 /// A match expression starting with `first`, or `None` when it is not one this parser knows.
-fn nft_match(first: &str, c: &mut NftCursor) -> Option<Cond> {
+fn nft_match(first: &str, c: &mut NftCursor<'_>) -> Option<Cond> {
     let key = if first == "meta" {
         c.word()?
     } else {
         first.to_string()
     };
     match key.as_str() {
+        "ct" if c.peek_word() == Some("state") => {
+            c.pos += 1;
+            let start = c.pos;
+            match c.operand()? {
+                (false, vals) if vals == ["new"] => Some(Cond::NewConnection),
+                _ => {
+                    c.pos = start;
+                    None
+                }
+            }
+        }
+        "mark" | "ct" => {
+            let conn = key == "ct";
+            if conn && c.word()? != "mark" {
+                return None;
+            }
+            let start = c.pos;
+            // `[& MASK] [==|!=] VALUE`
+            if c.skip_if("&") {
+                c.word()?;
+            }
+            c.operand()?;
+            let printed: Vec<String> = c.toks[start..c.pos]
+                .iter()
+                .map(|t| match t {
+                    Tok::Word(w) => w.clone(),
+                    Tok::Set(items) => format!("{{ {} }}", items.join(", ")),
+                })
+                .collect();
+            let field = if conn { "ct mark" } else { "meta mark" };
+            Some(Cond::Mark {
+                what: format!("{field} {}", printed.join(" ")),
+                conn,
+            })
+        }
         "ip" | "ip6" => {
             let v6 = key == "ip6";
             match c.word()?.as_str() {
@@ -418,19 +591,19 @@ fn nft_match(first: &str, c: &mut NftCursor) -> Option<Cond> {
             if (field != "daddr" && field != "saddr") || c.word()? != "type" {
                 return None;
             }
-            match c.operand()? {
-                (neg, vals) if vals == ["local"] => Some(Cond::Local {
-                    src: field == "saddr",
-                    neg,
-                }),
-                _ => None,
-            }
+            let (neg, vals) = c.operand()?;
+            let kinds: Option<Vec<AddrKind>> = vals.iter().map(|v| AddrKind::parse(v)).collect();
+            Some(Cond::AddrType {
+                src: field == "saddr",
+                neg,
+                kinds: kinds?,
+            })
         }
         _ => None,
     }
 }
 
-fn nft_proto(c: &mut NftCursor) -> Option<Cond> {
+fn nft_proto(c: &mut NftCursor<'_>) -> Option<Cond> {
     let (neg, vals) = c.operand()?;
     let protos = vals
         .iter()
@@ -440,7 +613,7 @@ fn nft_proto(c: &mut NftCursor) -> Option<Cond> {
 }
 
 /// `[to :P[-Q]] [flags]` after `masquerade` / `redirect`.
-fn nft_port_target(c: &mut NftCursor) -> Option<Option<(u16, u16)>> {
+fn nft_port_target(c: &mut NftCursor<'_>) -> Option<Option<(u16, u16)>> {
     let ports = if c.skip_if("to") {
         Some(parse_port_range(c.word()?.strip_prefix(':')?)?)
     } else {
@@ -450,20 +623,75 @@ fn nft_port_target(c: &mut NftCursor) -> Option<Option<(u16, u16)>> {
     Some(ports)
 }
 
-/// `[ip|ip6] to RANGE [flags]` after `snat` / `dnat`.
-fn nft_nat_target(c: &mut NftCursor) -> Option<NatRange> {
+/// `[ip|ip6] to RANGE [flags]` or `[ip|ip6] to KEY map { K : V, ... }|@MAP` after `snat` /
+/// `dnat`.
+fn nft_nat_target(c: &mut NftCursor<'_>, snat: bool) -> Option<NatTarget> {
     if !c.skip_if("ip") {
         c.skip_if("ip6");
     }
     if !c.skip_if("to") {
         return None;
     }
-    let range = parse_nat_range(&c.word()?)?;
+    let first = c.word()?;
+    let target = match map_key(&first, c) {
+        Some(key) => {
+            if !c.skip_if("map") {
+                return None;
+            }
+            let entries = c
+                .value()?
+                .iter()
+                .map(|e| map_entry(&key, e))
+                .collect::<Option<Vec<_>>>()?;
+            NatTarget::Mapped { snat, key, entries }
+        }
+        None => {
+            let range = parse_nat_range(&first)?;
+            if snat {
+                NatTarget::Snat(vec![range])
+            } else {
+                NatTarget::Dnat(vec![range])
+            }
+        }
+    };
     skip_nat_flags(c);
-    Some(range)
+    Some(target)
 }
 
-fn skip_nat_flags(c: &mut NftCursor) {
+/// The key expression of a NAT map (`ip saddr`, `tcp dport`, ...), starting with `first`.
+fn map_key(first: &str, c: &mut NftCursor<'_>) -> Option<MapKey> {
+    let field = c.peek_word()?.to_string();
+    let key = match (first, field.as_str()) {
+        ("ip" | "ip6", "saddr" | "daddr") => MapKey::Addr {
+            src: field == "saddr",
+        },
+        ("tcp" | "udp" | "sctp" | "dccp" | "udplite" | "th", "sport" | "dport") => MapKey::Port {
+            src: field == "sport",
+            protos: match first {
+                "th" => PORT_PROTOS.to_vec(),
+                p => vec![proto_number(p)?],
+            },
+        },
+        _ => return None,
+    };
+    c.pos += 1;
+    Some(key)
+}
+
+/// One `K : V` element of a NAT map.
+fn map_entry(key: &MapKey, element: &str) -> Option<(MapKeyValue, NatRange)> {
+    let (k, v) = element.split_once(" : ")?;
+    let k = match key {
+        MapKey::Addr { .. } => MapKeyValue::Net(Net::parse(k.trim())?),
+        MapKey::Port { .. } => {
+            let (a, b) = parse_port_range(k.trim())?;
+            MapKeyValue::Ports(a, b)
+        }
+    };
+    Some((k, parse_nat_range(v.trim())?))
+}
+
+fn skip_nat_flags(c: &mut NftCursor<'_>) {
     while c.peek_word().is_some_and(|w| {
         w.split(',')
             .all(|f| matches!(f, "random" | "persistent" | "fully-random"))

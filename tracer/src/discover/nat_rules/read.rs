@@ -10,7 +10,7 @@ use std::{
 
 use super::{
     iptables::{iptables_chain_names, parse_iptables_save},
-    model::Family,
+    model::{Family, Sets},
     nft::parse_nft_ruleset,
     NatRulesError, NatRuleset, SOURCE_IP6TABLES_LEGACY, SOURCE_IP6TABLES_NFT,
     SOURCE_IPTABLES_LEGACY, SOURCE_IPTABLES_NFT,
@@ -25,16 +25,25 @@ const SBIN_DIRS: [&str; 2] = ["/usr/sbin", "/sbin"];
 pub fn snapshot() -> Result<NatRuleset, NatRulesError> {
     // Each tool is a separate process that mostly waits on the kernel: run them all at once (one
     // thread per iptables family and backend, one for nft) instead of one after another.
-    let (listings, nft) = std::thread::scope(|scope| {
-        let nft = scope.spawn(|| run_tool(Path::new("nft"), &["-a", "-s", "list", "ruleset"]));
+    // With counters (`-v`, and `nft` without `-s`): the parsers keep them out of the rule text.
+    let (listings, nft, ipsets) = std::thread::scope(|scope| {
+        let nft = scope.spawn(|| run_tool(Path::new("nft"), &["-a", "list", "ruleset"]));
+        let ipsets = scope.spawn(|| run_tool(Path::new("ipset"), &["save"]));
         let listings: Vec<_> = iptables_candidates()
             .into_iter()
             .map(|c| scope.spawn(move || c.list()))
             .collect();
         let listings: Vec<_> = listings.into_iter().map(join_tool).collect();
-        (listings, join_tool(nft))
+        (listings, join_tool(nft), join_tool(ipsets))
     });
 
+    let mut sets = Sets::default();
+    match ipsets {
+        Ok(Some(out)) => sets.read_ipset_save(&out),
+        Ok(None) => {}
+        // Rules that match an ipset then say they could not be decided.
+        Err(msg) => tracing::warn!("ipsets not read: {msg}"),
+    }
     let mut rules = Vec::new();
     let mut failures = Vec::new();
     let mut tried = 0usize;
@@ -45,7 +54,7 @@ pub fn snapshot() -> Result<NatRuleset, NatRulesError> {
         tried += 1;
         match listed {
             Ok(Some(out)) => {
-                let parsed = parse_iptables_save(tool.source, tool.family, &out);
+                let parsed = parse_iptables_save(tool.source, tool.family, &out, &sets);
                 if tool.nft_backed {
                     listed_by_iptables_nft
                         .extend(iptables_chain_names(&out).map(|c| (tool.family, c.to_string())));
@@ -64,7 +73,7 @@ pub fn snapshot() -> Result<NatRuleset, NatRulesError> {
     match nft {
         Ok(Some(out)) => {
             tried += 1;
-            rules.extend(parse_nft_ruleset(&out, &listed_by_iptables_nft));
+            rules.extend(parse_nft_ruleset(&out, &listed_by_iptables_nft, &mut sets));
         }
         Ok(None) => {}
         Err(msg) => {
@@ -77,7 +86,21 @@ pub fn snapshot() -> Result<NatRuleset, NatRulesError> {
     if tried > 0 && failures.len() == tried {
         return Err(NatRulesError::Unreadable(failures));
     }
-    Ok(NatRuleset::new(rules))
+    Ok(NatRuleset::with(rules, sets, local_addrs()))
+}
+
+/// The host's own addresses (what `-m addrtype --src-type LOCAL` and `fib saddr type local`
+/// match), in the calling thread's namespace; empty when they cannot be read.
+fn local_addrs() -> Vec<std::net::IpAddr> {
+    match crate::discover::rtnl::Rtnl::open().and_then(|mut r| r.addrs()) {
+        Ok(addrs) => addrs.into_iter().map(|a| a.addr).collect(),
+        Err(e) => {
+            tracing::warn!(
+                "the host's addresses could not be read ({e}); address-type matches stay undecided"
+            );
+            Vec::new()
+        }
+    }
 }
 
 /// What a thread of [`snapshot`] returned; its panic goes on in the caller.
@@ -105,7 +128,7 @@ impl IptablesCandidate {
             .bins
             .into_iter()
             .find(|bin| matches!(run_tool(bin, &["-V"]), Ok(Some(v)) if v.contains(backend)))?;
-        let listed = run_tool(&bin, &["-t", "nat", "-S"]);
+        let listed = run_tool(&bin, &["-t", "nat", "-S", "-v"]);
         let tool = IptablesTool {
             source: self.source,
             family: self.family,

@@ -6,7 +6,7 @@ use super::{
         parse_nat_range, parse_port_range, BaseChain, Family, Hook, NatRange, Net, ParsedRule,
     },
     nft::{parse_nft_chain_header, parse_nft_ruleset},
-    parse_iptables_save, NatRuleset, SOURCE_IP6TABLES_NFT, SOURCE_IPTABLES_LEGACY,
+    parse_iptables_save, NatRuleset, Sets, SOURCE_IP6TABLES_NFT, SOURCE_IPTABLES_LEGACY,
     SOURCE_IPTABLES_NFT,
 };
 use crate::model::{Endpoint, NatKind, NatQuery, NatRule, Proto, RuleAttributor};
@@ -108,11 +108,18 @@ fn dnat<'a>(before: &str, after: &str, peer: &str, iif: Option<&'a str>) -> NatQ
 }
 
 fn docker() -> NatRuleset {
-    NatRuleset::new(parse_iptables_save(SOURCE_IPTABLES_NFT, Family::Ip, DOCKER))
+    NatRuleset::new(parse_iptables_save(
+        SOURCE_IPTABLES_NFT,
+        Family::Ip,
+        DOCKER,
+        &Sets::default(),
+    ))
 }
 
 fn nft() -> NatRuleset {
-    NatRuleset::new(parse_nft_ruleset(NFT, &HashSet::new()))
+    let mut sets = Sets::default();
+    let rules = parse_nft_ruleset(NFT, &HashSet::new(), &mut sets);
+    NatRuleset::with(rules, sets, Vec::new())
 }
 
 #[test]
@@ -138,7 +145,7 @@ fn docker_masquerade_is_attributed() {
         Some("eth0"),
     );
     assert_eq!(
-        rs.attribute(&q).as_deref(),
+        rs.rule_for(&q).as_deref(),
         Some("-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE")
     );
     // Unknown out interface: still the MASQUERADE rule.
@@ -148,7 +155,7 @@ fn docker_masquerade_is_attributed() {
         "198.51.100.7:443",
         None,
     );
-    assert!(rs.attribute(&q).is_some_and(|t| t.contains("MASQUERADE")));
+    assert!(rs.rule_for(&q).is_some_and(|t| t.contains("MASQUERADE")));
 }
 
 #[test]
@@ -160,7 +167,7 @@ fn docker_hairpin_masquerade_is_attributed() {
         Some("docker0"),
     );
     assert_eq!(
-            docker().attribute(&q).as_deref(),
+            docker().rule_for(&q).as_deref(),
             Some("-A POSTROUTING -s 172.17.0.2/32 -d 172.17.0.2/32 -p tcp -m tcp --dport 80 -j MASQUERADE")
         );
 }
@@ -176,10 +183,10 @@ fn docker_published_port_is_attributed() {
         "198.51.100.7:50000",
         Some("eth0"),
     );
-    assert_eq!(rs.attribute(&q).as_deref(), Some(rule));
+    assert_eq!(rs.rule_for(&q).as_deref(), Some(rule));
     // Locally generated (OUTPUT), interface unknown.
     let q = dnat("192.0.2.10:8080", "172.17.0.2:80", "192.0.2.10:50000", None);
-    assert_eq!(rs.attribute(&q).as_deref(), Some(rule));
+    assert_eq!(rs.rule_for(&q).as_deref(), Some(rule));
 }
 
 #[test]
@@ -192,7 +199,7 @@ fn docker_negative_cases() {
         "198.51.100.7:443",
         Some("docker0"),
     );
-    assert_eq!(rs.attribute(&q), None);
+    assert_eq!(rs.rule_for(&q), None);
     // Another source subnet.
     let q = snat(
         "10.9.0.2:40000",
@@ -200,7 +207,7 @@ fn docker_negative_cases() {
         "198.51.100.7:443",
         Some("eth0"),
     );
-    assert_eq!(rs.attribute(&q), None);
+    assert_eq!(rs.rule_for(&q), None);
     // Coming in by docker0: DOCKER returns first.
     let q = dnat(
         "192.0.2.10:8080",
@@ -208,7 +215,7 @@ fn docker_negative_cases() {
         "172.17.0.3:5000",
         Some("docker0"),
     );
-    assert_eq!(rs.attribute(&q), None);
+    assert_eq!(rs.rule_for(&q), None);
     // The rule maps to port 80, not 81; another port is not published; UDP is not published.
     let q = dnat(
         "192.0.2.10:8080",
@@ -216,14 +223,14 @@ fn docker_negative_cases() {
         "198.51.100.7:50000",
         Some("eth0"),
     );
-    assert_eq!(rs.attribute(&q), None);
+    assert_eq!(rs.rule_for(&q), None);
     let q = dnat(
         "192.0.2.10:9090",
         "172.17.0.2:80",
         "198.51.100.7:50000",
         Some("eth0"),
     );
-    assert_eq!(rs.attribute(&q), None);
+    assert_eq!(rs.rule_for(&q), None);
     let q = NatQuery {
         proto: Proto::Udp,
         ..dnat(
@@ -233,7 +240,7 @@ fn docker_negative_cases() {
             Some("eth0"),
         )
     };
-    assert_eq!(rs.attribute(&q), None);
+    assert_eq!(rs.rule_for(&q), None);
     // A v6 packet is not seen by an iptables (v4) table.
     let q = snat(
         "[fd00::2]:4000",
@@ -241,7 +248,7 @@ fn docker_negative_cases() {
         "[fd01::7]:443",
         Some("eth0"),
     );
-    assert_eq!(rs.attribute(&q), None);
+    assert_eq!(rs.rule_for(&q), None);
 }
 
 #[test]
@@ -251,6 +258,7 @@ fn lab_masquerade() {
         SOURCE_IPTABLES_LEGACY,
         Family::Ip,
         rule,
+        &Sets::default(),
     ));
     let q = snat(
         "10.200.1.2:33000",
@@ -258,7 +266,7 @@ fn lab_masquerade() {
         "10.200.9.9:80",
         Some("pt-up0"),
     );
-    assert_eq!(rs.attribute(&q).as_deref(), Some(rule));
+    assert_eq!(rs.rule_for(&q).as_deref(), Some(rule));
     let icmp = NatQuery {
         proto: Proto::Icmp,
         ..snat(
@@ -268,21 +276,21 @@ fn lab_masquerade() {
             Some("pt-up0"),
         )
     };
-    assert_eq!(rs.attribute(&icmp).as_deref(), Some(rule));
+    assert_eq!(rs.rule_for(&icmp).as_deref(), Some(rule));
     let q = snat(
         "10.200.1.2:33000",
         "10.200.0.1:33000",
         "10.200.9.9:80",
         Some("pt-br0"),
     );
-    assert_eq!(rs.attribute(&q), None, "wrong out iface");
+    assert_eq!(rs.rule_for(&q), None, "wrong out iface");
     let q = snat(
         "10.200.2.2:33000",
         "10.200.0.1:33000",
         "10.200.9.9:80",
         Some("pt-up0"),
     );
-    assert_eq!(rs.attribute(&q), None, "wrong source subnet");
+    assert_eq!(rs.rule_for(&q), None, "wrong source subnet");
 }
 
 #[test]
@@ -290,17 +298,22 @@ fn snat_range_must_hold_the_new_source() {
     let text =
         "-A POSTROUTING -o eth+ -p udp -j SNAT --to-source 203.0.113.1-203.0.113.4:1000-2000\n\
                     -A POSTROUTING -o eth+ -j SNAT --to-source 203.0.113.9";
-    let rs = NatRuleset::new(parse_iptables_save(SOURCE_IPTABLES_NFT, Family::Ip, text));
+    let rs = NatRuleset::new(parse_iptables_save(
+        SOURCE_IPTABLES_NFT,
+        Family::Ip,
+        text,
+        &Sets::default(),
+    ));
     let udp = |after: &str| NatQuery {
         proto: Proto::Udp,
         ..snat("10.0.0.2:5000", after, "198.51.100.1:53", Some("eth3"))
     };
     assert!(rs
-        .attribute(&udp("203.0.113.3:1500"))
+        .rule_for(&udp("203.0.113.3:1500"))
         .is_some_and(|t| t.contains("1000-2000")));
     // The first rule surely matched but would not give this address: nothing else ran.
-    assert_eq!(rs.attribute(&udp("203.0.113.9:1500")), None);
-    assert_eq!(rs.attribute(&udp("203.0.113.3:999")), None);
+    assert_eq!(rs.rule_for(&udp("203.0.113.9:1500")), None);
+    assert_eq!(rs.rule_for(&udp("203.0.113.3:999")), None);
     let tcp = snat(
         "10.0.0.2:5000",
         "203.0.113.9:5000",
@@ -308,7 +321,7 @@ fn snat_range_must_hold_the_new_source() {
         Some("eth3"),
     );
     assert!(rs
-        .attribute(&tcp)
+        .rule_for(&tcp)
         .is_some_and(|t| t.ends_with("203.0.113.9")));
 }
 
@@ -316,14 +329,19 @@ fn snat_range_must_hold_the_new_source() {
 fn ip6tables_rules_apply_to_v6_only() {
     let text = "-A POSTROUTING -o eth0 -j MASQUERADE\n\
                     -A PREROUTING -d fd00::/64 -p tcp -j DNAT --to-destination [fd00::9]:80";
-    let rs = NatRuleset::new(parse_iptables_save(SOURCE_IP6TABLES_NFT, Family::Ip6, text));
+    let rs = NatRuleset::new(parse_iptables_save(
+        SOURCE_IP6TABLES_NFT,
+        Family::Ip6,
+        text,
+        &Sets::default(),
+    ));
     let v4 = snat(
         "10.0.0.2:5000",
         "192.0.2.1:5000",
         "198.51.100.1:80",
         Some("eth0"),
     );
-    assert_eq!(rs.attribute(&v4), None);
+    assert_eq!(rs.rule_for(&v4), None);
     let v6 = snat(
         "[fd01::2]:5000",
         "[2001:db8::1]:5000",
@@ -331,7 +349,7 @@ fn ip6tables_rules_apply_to_v6_only() {
         Some("eth0"),
     );
     assert_eq!(
-        rs.attribute(&v6).as_deref(),
+        rs.rule_for(&v6).as_deref(),
         Some("-A POSTROUTING -o eth0 -j MASQUERADE")
     );
     let d = dnat(
@@ -340,13 +358,18 @@ fn ip6tables_rules_apply_to_v6_only() {
         "[2001:db8:9::1]:4000",
         Some("eth0"),
     );
-    assert!(rs.attribute(&d).is_some_and(|t| t.contains("[fd00::9]:80")));
+    assert!(rs.rule_for(&d).is_some_and(|t| t.contains("[fd00::9]:80")));
 }
 
 #[test]
 fn nft_ruleset_parses_nat_chains_only() {
     let rs = nft();
-    let texts: Vec<_> = rs.rules().into_iter().map(|r| r.text).collect();
+    let texts: Vec<_> = rs
+        .rules()
+        .into_iter()
+        .filter(|r| r.source == "nftables")
+        .map(|r| r.text)
+        .collect();
     assert!(texts.contains(
             &"table ip nat chain POSTROUTING: oifname != \"docker0\" ip saddr 172.17.0.0/16 counter masquerade # handle 3".to_string()
         ));
@@ -366,7 +389,14 @@ fn nft_ruleset_parses_nat_chains_only() {
         !texts.iter().any(|t| t.contains("192.0.2.1,")),
         "set elements are not rules"
     );
-    assert!(rs.rules().iter().all(|r| r.source == "nftables"));
+    // The named set is kept apart, for a replay to resolve `@blocked` the same way.
+    let sets: Vec<_> = rs
+        .rules()
+        .into_iter()
+        .filter(|r| r.source == "nftables-set")
+        .map(|r| r.text)
+        .collect();
+    assert_eq!(sets, ["table inet lab set blocked: 192.0.2.1, 192.0.2.2"]);
 }
 
 #[test]
@@ -380,7 +410,7 @@ fn nft_attribution() {
         Some("eth0"),
     );
     assert!(rs
-        .attribute(&q)
+        .rule_for(&q)
         .is_some_and(|t| t.starts_with("table ip nat chain POSTROUTING:")));
     let q = snat(
         "10.0.0.5:40000",
@@ -389,7 +419,7 @@ fn nft_attribution() {
         Some("eth0"),
     );
     assert_eq!(
-            rs.attribute(&q).as_deref(),
+            rs.rule_for(&q).as_deref(),
             Some("table inet lab chain post: ip saddr 10.0.0.0/24 oifname != \"br0\" masquerade # handle 5")
         );
     let q = snat(
@@ -398,8 +428,8 @@ fn nft_attribution() {
         "198.51.100.7:443",
         Some("eth1"),
     );
-    assert!(rs.attribute(&q).is_some_and(|t| t.contains("# handle 6")));
-    // Outside the snat range: handles 7 and 8 use unknown matches (named set, ct) and never match.
+    assert!(rs.rule_for(&q).is_some_and(|t| t.contains("# handle 6")));
+    // Outside the snat range: handle 6 surely matches and would have made another rewrite.
     let q = snat(
         "10.1.0.5:40000",
         "203.0.113.99:25000",
@@ -407,13 +437,23 @@ fn nft_attribution() {
         Some("eth1"),
     );
     assert_eq!(rs.attribute(&q), None);
+    // Handle 7's named set does not hold the source; handle 8's `ct state new` holds for every
+    // packet NAT rules see (a connection's first).
     let q = snat(
         "10.0.0.5:40000",
         "192.0.2.10:40000",
         "198.51.100.7:443",
         Some("br0"),
     );
-    assert_eq!(rs.attribute(&q), None);
+    assert!(rs.rule_for(&q).is_some_and(|t| t.contains("# handle 8")));
+    // From the set: handle 7.
+    let q = snat(
+        "192.0.2.2:40000",
+        "192.0.2.10:40000",
+        "198.51.100.7:443",
+        Some("br0"),
+    );
+    assert!(rs.rule_for(&q).is_some_and(|t| t.contains("# handle 7")));
     // Prerouting: jump into `published`.
     let q = dnat(
         "192.0.2.10:8080",
@@ -421,14 +461,14 @@ fn nft_attribution() {
         "198.51.100.7:50000",
         Some("eth0"),
     );
-    assert!(rs.attribute(&q).is_some_and(|t| t.contains("# handle 13")));
+    assert!(rs.rule_for(&q).is_some_and(|t| t.contains("# handle 13")));
     let q = dnat(
         "192.0.2.10:8080",
         "172.17.0.2:80",
         "198.51.100.7:50000",
         Some("br0"),
     );
-    assert_eq!(rs.attribute(&q), None, "returned before the dnat");
+    assert_eq!(rs.rule_for(&q), None, "returned before the dnat");
     let q = NatQuery {
         proto: Proto::Udp,
         ..dnat(
@@ -439,7 +479,7 @@ fn nft_attribution() {
         )
     };
     assert!(rs
-        .attribute(&q)
+        .rule_for(&q)
         .is_some_and(|t| t.contains("redirect to :5300")));
 }
 
@@ -448,20 +488,22 @@ fn iptables_nft_chains_are_not_listed_twice() {
     let managed: HashSet<(Family, String)> = iptables_chain_names(DOCKER)
         .map(|c| (Family::Ip, c.to_string()))
         .collect();
-    let rules = parse_nft_ruleset(NFT, &managed);
+    let rules = parse_nft_ruleset(NFT, &managed, &mut Sets::default());
     assert!(rules.iter().all(|r| r.table != "nat"), "{rules:#?}");
     assert!(rules.iter().any(|r| r.table == "lab"));
     // An ip6 table named nat is another family: kept.
     let managed6: HashSet<_> = [(Family::Ip6, "POSTROUTING".to_string())].into();
-    let rules = parse_nft_ruleset(NFT, &managed6);
+    let rules = parse_nft_ruleset(NFT, &managed6, &mut Sets::default());
     assert!(rules.iter().any(|r| r.table == "nat"));
 }
 
 #[test]
 fn from_rules_round_trips() {
-    let mut parsed = parse_iptables_save(SOURCE_IPTABLES_NFT, Family::Ip, DOCKER);
-    parsed.extend(parse_nft_ruleset(NFT, &HashSet::new()));
-    let original = NatRuleset::new(parsed);
+    let mut sets = Sets::default();
+    let mut parsed = parse_iptables_save(SOURCE_IPTABLES_NFT, Family::Ip, DOCKER, &sets);
+    parsed.extend(parse_nft_ruleset(NFT, &HashSet::new(), &mut sets));
+    let local = vec![std::net::IpAddr::from([192, 0, 2, 10])];
+    let original = NatRuleset::with(parsed, sets, local);
     let replayed = NatRuleset::from_rules(&original.rules());
     assert_eq!(original.parsed(), replayed.parsed());
     let q = dnat(
@@ -470,15 +512,15 @@ fn from_rules_round_trips() {
         "198.51.100.7:50000",
         Some("eth0"),
     );
-    assert_eq!(original.attribute(&q), replayed.attribute(&q));
-    assert!(replayed.attribute(&q).is_some());
+    assert_eq!(original.rule_for(&q), replayed.rule_for(&q));
+    assert!(replayed.rule_for(&q).is_some());
     // Unknown sources are kept but never match.
     let odd = NatRuleset::from_rules(&[NatRule {
         source: "pf".into(),
         text: "nat on em0 from 10.0.0.0/8 to any -> (em0)".into(),
     }]);
     assert_eq!(odd.rules().len(), 1);
-    assert_eq!(odd.attribute(&q), None);
+    assert_eq!(odd.rule_for(&q), None);
 }
 
 #[test]
@@ -603,18 +645,24 @@ fn garbage_never_panics() {
             .map(|_| PIECES[(next() % PIECES.len() as u64) as usize])
             .collect();
         let line = line.join(if next() % 3 == 0 { "" } else { " " });
-        let mut rules = parse_iptables_save(SOURCE_IPTABLES_NFT, Family::Ip, &line);
+        let mut rules =
+            parse_iptables_save(SOURCE_IPTABLES_NFT, Family::Ip, &line, &Sets::default());
         rules.extend(parse_nft_ruleset(
             &format!("table ip t {{\nchain c {{\n{line}\n}}\n}}"),
             &HashSet::new(),
+            &mut Sets::default(),
         ));
-        rules.extend(parse_nft_ruleset(&line, &HashSet::new()));
+        rules.extend(parse_nft_ruleset(
+            &line,
+            &HashSet::new(),
+            &mut Sets::default(),
+        ));
         let rs = NatRuleset::new(rules);
         let back = NatRuleset::from_rules(&rs.rules());
         for q in &queries {
             // Only "does not panic" is asserted here.
-            drop(rs.attribute(q));
-            drop(back.attribute(q));
+            drop(rs.rule_for(q));
+            drop(back.rule_for(q));
         }
     }
 }
@@ -622,10 +670,210 @@ fn garbage_never_panics() {
 #[test]
 fn jump_loops_end() {
     let text = "-A POSTROUTING -j A\n-A A -j B\n-A B -j A\n-A POSTROUTING -j MASQUERADE";
-    let rs = NatRuleset::new(parse_iptables_save(SOURCE_IPTABLES_NFT, Family::Ip, text));
+    let rs = NatRuleset::new(parse_iptables_save(
+        SOURCE_IPTABLES_NFT,
+        Family::Ip,
+        text,
+        &Sets::default(),
+    ));
     let q = snat("10.0.0.2:1", "1.2.3.4:2", "5.6.7.8:3", Some("eth0"));
     assert_eq!(
-        rs.attribute(&q).as_deref(),
+        rs.rule_for(&q).as_deref(),
         Some("-A POSTROUTING -j MASQUERADE")
     );
+}
+
+/// `iptables -t nat -S -v` of a host that SNATs marked packets (a mangle rule sets the mark)
+/// and masquerades the rest.
+const MARKED: &str = "\
+-P POSTROUTING ACCEPT -c 0 0
+-A POSTROUTING -m mark --mark 0x1 -c 3 180 -j SNAT --to-source 10.77.2.9
+-A POSTROUTING -s 10.77.1.0/24 ! -o br0 -c 7 420 -j MASQUERADE
+";
+
+#[test]
+fn a_mark_match_makes_candidates_not_a_choice() {
+    let rs = NatRuleset::new(parse_iptables_save(
+        SOURCE_IPTABLES_NFT,
+        Family::Ip,
+        MARKED,
+        &Sets::default(),
+    ));
+    // Counters are read, and kept out of the text.
+    let counters: Vec<_> = rs
+        .parsed()
+        .iter()
+        .map(|r| (r.text.as_str(), r.counter))
+        .collect();
+    assert_eq!(
+        counters,
+        [
+            (
+                "-A POSTROUTING -m mark --mark 0x1 -j SNAT --to-source 10.77.2.9",
+                Some(3)
+            ),
+            (
+                "-A POSTROUTING -s 10.77.1.0/24 ! -o br0 -j MASQUERADE",
+                Some(7)
+            )
+        ]
+    );
+    // To the SNAT rule's address: it or the MASQUERADE (which may pick that address too).
+    let q = snat(
+        "10.77.1.2:40000",
+        "10.77.2.9:40000",
+        "10.99.0.1:53",
+        Some("u1"),
+    );
+    let a = rs.attribute(&q).expect("an attribution");
+    assert_eq!(a.rule, None);
+    assert_eq!(a.confidence, crate::model::RuleConfidence::Candidates);
+    assert_eq!(a.candidates.len(), 2, "{a:?}");
+    assert!(a.candidates[0].contains("--mark 0x1"), "{a:?}");
+    assert!(
+        a.why
+            .as_deref()
+            .is_some_and(|w| w.contains("firewall mark")),
+        "{a:?}"
+    );
+    // To another address the SNAT rule cannot give: the MASQUERADE, decided.
+    let q = snat(
+        "10.77.1.2:40000",
+        "10.77.2.1:40000",
+        "10.99.0.1:53",
+        Some("u1"),
+    );
+    assert_eq!(
+        rs.rule_for(&q).as_deref(),
+        Some("-A POSTROUTING -s 10.77.1.0/24 ! -o br0 -j MASQUERADE")
+    );
+}
+
+#[test]
+fn named_sets_maps_ipsets_and_address_types_are_evaluated() {
+    let text = "\
+table ip labnat { # handle 3
+	set labnets { # handle 1
+		type ipv4_addr
+		flags interval
+		elements = { 10.9.9.9,
+			     10.200.1.0/24 }
+	}
+	map portmap { # handle 2
+		type inet_service : ipv4_addr
+		elements = { 8080 : 10.0.0.2, 9090 : 10.0.0.3 }
+	}
+	chain post { # handle 3
+		type nat hook postrouting priority srcnat; policy accept;
+		ip saddr @labnets counter packets 12 bytes 720 masquerade # handle 5
+		fib saddr type local masquerade # handle 6
+	}
+	chain pre { # handle 4
+		type nat hook prerouting priority dstnat; policy accept;
+		dnat to tcp dport map @portmap # handle 7
+		ct state new dnat to udp dport map { 53 : 10.0.0.53 } # handle 8
+	}
+}
+";
+    let mut sets = Sets::default();
+    let rules = parse_nft_ruleset(text, &HashSet::new(), &mut sets);
+    let local = vec![std::net::IpAddr::from([10, 77, 2, 1])];
+    let rs = NatRuleset::with(rules, sets, local);
+    let masq = rs
+        .parsed()
+        .iter()
+        .find(|r| r.text.contains("@labnets"))
+        .expect("rule");
+    assert_eq!(masq.counter, Some(12));
+    assert_eq!(masq.text, "ip saddr @labnets counter masquerade # handle 5");
+    let q = snat(
+        "10.200.1.2:40000",
+        "10.77.2.1:40000",
+        "10.99.0.1:53",
+        Some("u1"),
+    );
+    assert!(
+        rs.rule_for(&q).is_some_and(|r| r.contains("@labnets")),
+        "{:?}",
+        rs.attribute(&q)
+    );
+    // Not in the set, not a local source: no rule.
+    let q = snat(
+        "10.201.1.2:40000",
+        "10.77.2.1:40000",
+        "10.99.0.1:53",
+        Some("u1"),
+    );
+    assert_eq!(rs.attribute(&q), None);
+    // The host's own source: `fib saddr type local`.
+    let q = snat(
+        "10.77.2.1:40000",
+        "10.77.2.1:40001",
+        "10.99.0.1:53",
+        Some("u1"),
+    );
+    assert!(rs.rule_for(&q).is_some_and(|r| r.contains("handle 6")));
+    // A map: the key picks the target.
+    let q = dnat(
+        "10.77.2.1:9090",
+        "10.0.0.3:9090",
+        "10.99.0.1:5000",
+        Some("u1"),
+    );
+    assert!(rs.rule_for(&q).is_some_and(|r| r.contains("handle 7")));
+    let q = dnat(
+        "10.77.2.1:9090",
+        "10.0.0.2:9090",
+        "10.99.0.1:5000",
+        Some("u1"),
+    );
+    assert_eq!(
+        rs.attribute(&q),
+        None,
+        "9090 maps to 10.0.0.3, not 10.0.0.2"
+    );
+    // `ct state new` holds in NAT chains; the `tcp dport` map does not apply to UDP.
+    let udp = NatQuery {
+        proto: Proto::Udp,
+        ..dnat("10.77.2.1:53", "10.0.0.53:53", "10.99.0.1:5000", Some("u1"))
+    };
+    assert!(rs.rule_for(&udp).is_some_and(|r| r.contains("handle 8")));
+    // A replay resolves the set and map from the snapshot alone.
+    let back = NatRuleset::from_rules(&rs.rules());
+    let without_counters = |rs: &NatRuleset| -> Vec<ParsedRule> {
+        let mut rules = rs.parsed().to_vec();
+        rules.iter_mut().for_each(|r| r.counter = None);
+        rules
+    };
+    assert_eq!(without_counters(&back), without_counters(&rs));
+    // ipset: `-m set --match-set`.
+    let mut ipsets = Sets::default();
+    ipsets.read_ipset_save(
+        "create labset hash:net family inet hashsize 1024 maxelem 65536\nadd labset 10.200.1.0/24\n",
+    );
+    let rs = NatRuleset::new(parse_iptables_save(
+        SOURCE_IPTABLES_NFT,
+        Family::Ip,
+        "-A POSTROUTING -m set --match-set labset src -j MASQUERADE\n-A POSTROUTING -m set --match-set other src -j MASQUERADE\n",
+        &ipsets,
+    ));
+    let q = snat(
+        "10.200.1.2:40000",
+        "10.77.2.1:40000",
+        "10.99.0.1:53",
+        Some("u1"),
+    );
+    assert!(rs.rule_for(&q).is_some_and(|r| r.contains("labset")));
+    let q = snat(
+        "10.201.1.2:40000",
+        "10.77.2.1:40000",
+        "10.99.0.1:53",
+        Some("u1"),
+    );
+    let a = rs
+        .attribute(&q)
+        .expect("the unread set's rule is a candidate");
+    assert!(a
+        .why
+        .is_some_and(|w| w.contains("ipset other could not be read")));
 }

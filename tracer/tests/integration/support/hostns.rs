@@ -139,6 +139,28 @@ impl HostNs {
         dev
     }
 
+    /// A mangle rule in the host namespace that marks the container's UDP to `port`.
+    pub(crate) fn mark_udp(&self, port: u16, mark: &str) {
+        let (br, port) = (format!("{}br", self.tag), port.to_string());
+        self.host(&[
+            "iptables",
+            "-t",
+            "mangle",
+            "-A",
+            "PREROUTING",
+            "-i",
+            &br,
+            "-p",
+            "udp",
+            "--dport",
+            &port,
+            "-j",
+            "MARK",
+            "--set-mark",
+            mark,
+        ]);
+    }
+
     /// `pathtrace ARGS` in the host namespace.
     pub(crate) fn pathtrace(&self, args: &[&str]) -> Output {
         Command::new("ip")
@@ -157,6 +179,36 @@ impl HostNs {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn pathtrace")
+    }
+
+    /// `pathtrace --netns <ctr> --json --duration SECS ARGS` in the host namespace while
+    /// `traffic` runs (once the programs are loaded and attached); its JSON lines.
+    pub(crate) fn trace(
+        &self,
+        args: &[&str],
+        secs: &str,
+        traffic: impl FnOnce(),
+    ) -> Vec<serde_json::Value> {
+        use super::kernel::{pathtrace_programs, poll};
+        let before = pathtrace_programs().len();
+        let ctr = self.ctr_ns();
+        let mut all = vec!["--netns", ctr.as_str(), "--json", "--duration", secs];
+        all.extend(args);
+        let child = self.spawn_pathtrace(&all);
+        assert!(
+            poll(Duration::from_secs(10), || pathtrace_programs().len()
+                > before),
+            "pathtrace {all:?} did not load its programs"
+        );
+        std::thread::sleep(Duration::from_millis(600));
+        traffic();
+        let out = child.wait_with_output().expect("pathtrace");
+        assert!(
+            out.status.success(),
+            "pathtrace {all:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        super::lab::json_lines(&out.stdout)
     }
 
     /// A command in the container namespace; its success.
