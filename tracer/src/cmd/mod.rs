@@ -131,6 +131,21 @@ fn warn(message: impl std::fmt::Display) {
     eprintln!("pathtrace: {message}");
 }
 
+/// Says once which uplinks are tunnels (their encapsulated packets are not followed) and gives
+/// the annotator that notes it on each flow crossing one; `None` without tunnels.
+fn tunnels(
+    tunnels: Vec<(String, String)>,
+) -> Option<Box<dyn crate::pipeline::annotate::Annotator>> {
+    use crate::pipeline::annotate::TunnelNotes;
+    if tunnels.is_empty() {
+        return None;
+    }
+    for (label, what) in &tunnels {
+        warn(TunnelNotes::note(label, what));
+    }
+    Some(Box::new(TunnelNotes(tunnels)))
+}
+
 /// Writes a verb's rendered output to stdout; a closed stdout (`| head`) is one clear error.
 fn print(text: &str) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();

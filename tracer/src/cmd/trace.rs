@@ -61,7 +61,8 @@ fn netns(
     tracer.attach(targets.clone());
     let plan = Plan::for_path(&found, targets)?;
     let capture = open_capture(cfg, &plan.topology)?;
-    let annotators: Vec<Box<dyn Annotator>> = vec![Box::new(ConntrackConfirm)];
+    let mut annotators: Vec<Box<dyn Annotator>> = vec![Box::new(ConntrackConfirm)];
+    annotators.extend(super::tunnels(found.tunnels.clone()));
     live(
         cfg,
         rt,
@@ -96,6 +97,7 @@ fn container(
         annotators.push(Box::new(RuntimeNotes(notes)));
     }
     annotators.push(Box::new(ConntrackConfirm));
+    annotators.extend(super::tunnels(tunnels_of(&paths)));
     let (tx, rx) = mpsc::channel(16);
     let follow_cfg = Follow {
         name: target.name.clone(),
@@ -142,6 +144,17 @@ fn live(
     );
     pipeline::trace(rt, session, &mut engine, capture)?;
     Ok(())
+}
+
+/// The tunnel uplinks of a container's paths, each once.
+pub(super) fn tunnels_of(paths: &[runtime::TargetPath]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for t in paths.iter().flat_map(|p| &p.path.tunnels) {
+        if !out.contains(t) {
+            out.push(t.clone());
+        }
+    }
+    out
 }
 
 /// Opens `-w FILE` for a topology, if asked.

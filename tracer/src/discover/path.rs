@@ -77,6 +77,9 @@ pub struct DiscoveredPath {
     pub uplink_addrs: Vec<IfAddr>,
     /// Each uplink's name and why it is one (the route or rule that sends traffic there).
     pub exits: Vec<(String, String)>,
+    /// Uplinks that are tunnel devices: the hook label (`host:vx0`) and what the tunnel is
+    /// (`vxlan tunnel (VNI 42, remote 10.0.0.2 by eth1, UDP 4789)`).
+    pub tunnels: Vec<(String, String)>,
 }
 
 /// What to look for.
@@ -213,6 +216,19 @@ pub fn discover(
         .iter()
         .map(|(u, why)| (u.name.clone(), why.clone()))
         .collect();
+    let name_of = |i: u32| {
+        links
+            .iter()
+            .find(|l| l.ifindex == i)
+            .map_or_else(|| format!("if{i}"), |l| l.name.clone())
+    };
+    let tunnels = uplinks
+        .iter()
+        .filter_map(|(u, _)| {
+            let t = u.tunnel.as_ref()?;
+            Some((format!("{HOST_LABEL}:{}", u.name), t.describe(name_of)))
+        })
+        .collect();
     hops.extend(
         uplinks
             .into_iter()
@@ -225,6 +241,7 @@ pub fn discover(
         bridge_ports,
         uplink_addrs,
         exits,
+        tunnels,
     })
 }
 

@@ -47,6 +47,53 @@ pub struct Link {
     /// `IFLA_MASTER`: the bridge (or bond) this link is a port of.
     pub master: Option<u32>,
     pub up: bool,
+    /// For a tunnel device: what it encapsulates into, as far as rtnetlink tells.
+    pub tunnel: Option<Tunnel>,
+}
+
+/// A tunnel device's encapsulation: the packets it sends leave again, encapsulated, toward
+/// `remote` by way of `underlay`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tunnel {
+    /// `vxlan`, `geneve`, `ipip`, `sit`, `gre`, `gretap`, `ip6gre`, `ip6gretap`, `ip6tnl`,
+    /// `wireguard`.
+    pub kind: String,
+    /// The far end (a multicast group for a VXLAN with one), when the device has a fixed one.
+    pub remote: Option<IpAddr>,
+    pub local: Option<IpAddr>,
+    /// The interface the encapsulated packets are bound to (`dev` of `ip link add ... dev`).
+    pub underlay: Option<u32>,
+    /// VXLAN/Geneve VNI, GRE key.
+    pub id: Option<u32>,
+    /// UDP destination port (VXLAN, Geneve).
+    pub port: Option<u16>,
+}
+
+impl Tunnel {
+    /// `vxlan tunnel (VNI 42, remote 10.0.0.2 by eth1, UDP 4789)`; `names` names an ifindex.
+    pub(crate) fn describe(&self, names: impl Fn(u32) -> String) -> String {
+        let mut parts = Vec::new();
+        if let Some(id) = self.id {
+            parts.push(if self.kind.contains("gre") {
+                format!("key {id}")
+            } else {
+                format!("VNI {id}")
+            });
+        }
+        match (self.remote, self.underlay) {
+            (Some(r), Some(u)) => parts.push(format!("remote {r} by {}", names(u))),
+            (Some(r), None) => parts.push(format!("remote {r}")),
+            (None, Some(u)) => parts.push(format!("by {}", names(u))),
+            (None, None) if self.kind == "wireguard" => {
+                parts.push("peers: `wg show`".to_string());
+            }
+            (None, None) => parts.push("remote per packet (no fixed one)".to_string()),
+        }
+        if let Some(p) = self.port {
+            parts.push(format!("UDP {p}"));
+        }
+        format!("{} tunnel ({})", self.kind, parts.join(", "))
+    }
 }
 
 /// The result of a route lookup.
@@ -570,6 +617,7 @@ fn link_from(l: &LinkMessage) -> Link {
         peer_netnsid: None,
         master: None,
         up: l.header.flags.contains(LinkFlags::Up),
+        tunnel: None,
     };
     for at in &l.attributes {
         match at {
@@ -583,15 +631,167 @@ fn link_from(l: &LinkMessage) -> Link {
                         link.kind = Some(match kind {
                             InfoKind::Veth => "veth".to_string(),
                             InfoKind::Bridge => "bridge".to_string(),
-                            other => format!("{other:?}").to_lowercase(),
+                            InfoKind::Other(name) => name.clone(),
+                            other => other.to_string(),
                         });
                     }
                 }
+                link.tunnel = tunnel_of(link.kind.as_deref(), infos);
             }
             _ => {}
         }
     }
     link
+}
+
+/// The tunnel a link of `kind` is, from its `IFLA_INFO_DATA`.
+fn tunnel_of(kind: Option<&str>, infos: &[LinkInfo]) -> Option<Tunnel> {
+    use netlink_packet_route::link::{InfoData, InfoGeneve, InfoVxlan};
+    let kind = kind?;
+    let known = [
+        "vxlan",
+        "geneve",
+        "ipip",
+        "sit",
+        "gre",
+        "gretap",
+        "ip6gre",
+        "ip6gretap",
+        "ip6tnl",
+        "wireguard",
+    ];
+    if !known.contains(&kind) {
+        return None;
+    }
+    let mut t = Tunnel {
+        kind: kind.to_string(),
+        remote: None,
+        local: None,
+        underlay: None,
+        id: None,
+        port: None,
+    };
+    let data = infos.iter().find_map(|i| match i {
+        LinkInfo::Data(d) => Some(d),
+        _ => None,
+    });
+    match data {
+        Some(InfoData::Vxlan(attrs)) => {
+            for a in attrs {
+                match a {
+                    InfoVxlan::Id(id) => t.id = Some(*id),
+                    InfoVxlan::Group(g) => t.remote = Some(IpAddr::V4(*g)),
+                    InfoVxlan::Group6(g) => t.remote = Some(IpAddr::V6(*g)),
+                    InfoVxlan::Local(l) => t.local = Some(IpAddr::V4(*l)),
+                    InfoVxlan::Local6(l) => t.local = Some(IpAddr::V6(*l)),
+                    InfoVxlan::Link(i) if *i != 0 => t.underlay = Some(*i),
+                    InfoVxlan::Port(p) => t.port = Some(*p),
+                    _ => {}
+                }
+            }
+        }
+        Some(InfoData::Geneve(attrs)) => {
+            for a in attrs {
+                match a {
+                    InfoGeneve::Id(id) => t.id = Some(*id),
+                    InfoGeneve::Remote(r) => t.remote = Some(IpAddr::V4(*r)),
+                    InfoGeneve::Remote6(r) => t.remote = Some(IpAddr::V6(*r)),
+                    InfoGeneve::Port(p) => t.port = Some(*p),
+                    _ => {}
+                }
+            }
+        }
+        Some(InfoData::GreTun(attrs)) => {
+            raw_tunnel_attrs(&mut t, attrs.iter().map(nla_of), GRE)
+        }
+        Some(InfoData::GreTap(attrs)) => {
+            raw_tunnel_attrs(&mut t, attrs.iter().map(nla_of), GRE)
+        }
+        Some(InfoData::GreTun6(attrs)) => {
+            raw_tunnel_attrs(&mut t, attrs.iter().map(nla_of), GRE)
+        }
+        Some(InfoData::GreTap6(attrs)) => {
+            raw_tunnel_attrs(&mut t, attrs.iter().map(nla_of), GRE)
+        }
+        Some(InfoData::SitTun(attrs)) => {
+            raw_tunnel_attrs(&mut t, attrs.iter().map(nla_of), IPTUN)
+        }
+        Some(InfoData::Other(bytes)) => {
+            let layout = if kind.contains("gre") { GRE } else { IPTUN };
+            raw_tunnel_attrs(&mut t, split_nlas(bytes).into_iter(), layout);
+        }
+        _ => {}
+    }
+    Some(t)
+}
+
+/// Attribute numbers of the link, local and remote of a tunnel's data: `IFLA_GRE_*` and
+/// `IFLA_IPTUN_*` (include/uapi/linux/if_tunnel.h), and GRE's output key.
+#[derive(Clone, Copy)]
+struct TunnelLayout {
+    link: u16,
+    local: u16,
+    remote: u16,
+    key: Option<u16>,
+}
+const GRE: TunnelLayout = TunnelLayout {
+    link: 1,
+    local: 6,
+    remote: 7,
+    key: Some(5),
+};
+const IPTUN: TunnelLayout = TunnelLayout {
+    link: 1,
+    local: 2,
+    remote: 3,
+    key: None,
+};
+
+/// A raw attribute: its type and value.
+fn nla_of<T: netlink_packet_utils::nla::Nla>(a: &T) -> (u16, Vec<u8>) {
+    let mut value = vec![0u8; a.value_len()];
+    a.emit_value(&mut value);
+    (a.kind(), value)
+}
+
+/// Splits a buffer of netlink attributes (4-byte aligned) into (type, value) pairs.
+fn split_nlas(bytes: &[u8]) -> Vec<(u16, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 4 <= bytes.len() {
+        let len = usize::from(u16::from_ne_bytes([bytes[at], bytes[at + 1]]));
+        let kind = u16::from_ne_bytes([bytes[at + 2], bytes[at + 3]]) & 0x3fff;
+        if len < 4 || at + len > bytes.len() {
+            break;
+        }
+        out.push((kind, bytes[at + 4..at + len].to_vec()));
+        at += (len + 3) & !3;
+    }
+    out
+}
+
+fn raw_tunnel_attrs(t: &mut Tunnel, attrs: impl Iterator<Item = (u16, Vec<u8>)>, l: TunnelLayout) {
+    let addr = |v: &[u8]| -> Option<IpAddr> {
+        match v.len() {
+            4 => Some(IpAddr::from(<[u8; 4]>::try_from(v).ok()?)),
+            16 => Some(IpAddr::from(<[u8; 16]>::try_from(v).ok()?)),
+            _ => None,
+        }
+    };
+    let unspecified = |a: &IpAddr| a.is_unspecified();
+    for (kind, v) in attrs {
+        if kind == l.link && v.len() == 4 {
+            let i = u32::from_ne_bytes([v[0], v[1], v[2], v[3]]);
+            t.underlay = (i != 0).then_some(i);
+        } else if kind == l.local {
+            t.local = addr(&v).filter(|a| !unspecified(a));
+        } else if kind == l.remote {
+            t.remote = addr(&v).filter(|a| !unspecified(a));
+        } else if Some(kind) == l.key && v.len() == 4 {
+            let key = u32::from_be_bytes([v[0], v[1], v[2], v[3]]);
+            t.id = (key != 0).then_some(key);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -609,6 +809,52 @@ mod tests {
             metric,
             tos: 0,
         }
+    }
+
+    /// One netlink attribute: length, type, value, padded to 4 bytes.
+    fn nla(kind: u16, value: &[u8]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&(4 + value.len() as u16).to_ne_bytes());
+        b.extend_from_slice(&kind.to_ne_bytes());
+        b.extend_from_slice(value);
+        while b.len() % 4 != 0 {
+            b.push(0);
+        }
+        b
+    }
+
+    #[test]
+    fn ipip_gre_and_wireguard_tunnels_are_named_with_their_far_end() {
+        // IFLA_IPTUN_LINK 1, _LOCAL 2, _REMOTE 3 (include/uapi/linux/if_tunnel.h).
+        let mut ipip = nla(1, &5u32.to_ne_bytes());
+        ipip.extend(nla(2, &[10, 77, 2, 1]));
+        ipip.extend(nla(3, &[10, 77, 2, 2]));
+        let infos = [
+            LinkInfo::Kind(InfoKind::IpTun),
+            LinkInfo::Data(netlink_packet_route::link::InfoData::Other(ipip)),
+        ];
+        let t = tunnel_of(Some("ipip"), &infos).expect("a tunnel");
+        assert_eq!(
+            (t.remote, t.local, t.underlay),
+            (
+                Some(IpAddr::from([10, 77, 2, 2])),
+                Some(IpAddr::from([10, 77, 2, 1])),
+                Some(5)
+            )
+        );
+        let names = |i: u32| format!("if{i}");
+        assert_eq!(t.describe(names), "ipip tunnel (remote 10.77.2.2 by if5)");
+        // IFLA_GRE_OKEY 5 (big-endian key), _LOCAL 6, _REMOTE 7.
+        let mut gre = nla(5, &9u32.to_be_bytes());
+        gre.extend(nla(7, &[192, 0, 2, 7]));
+        let infos = [LinkInfo::Data(netlink_packet_route::link::InfoData::Other(
+            gre,
+        ))];
+        let t = tunnel_of(Some("gre"), &infos).expect("a tunnel");
+        assert_eq!(t.describe(names), "gre tunnel (key 9, remote 192.0.2.7)");
+        let t = tunnel_of(Some("wireguard"), &[]).expect("a tunnel");
+        assert_eq!(t.describe(names), "wireguard tunnel (peers: `wg show`)");
+        assert_eq!(tunnel_of(Some("veth"), &[]), None);
     }
 
     #[test]

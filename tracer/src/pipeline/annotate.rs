@@ -175,6 +175,36 @@ impl Annotator for RuleCounters {
     }
 }
 
+/// Flows that cross a tunnel uplink: where pathtrace's view of them ends. The hook sees the
+/// inner packet (before encapsulation on the way out, after decapsulation on the way back);
+/// what the tunnel sends is another packet, to its remote, which is not followed.
+pub(crate) struct TunnelNotes(pub Vec<(String, String)>);
+
+impl TunnelNotes {
+    /// The note for flows crossing `label`, a `what` (see [`crate::discover::path::DiscoveredPath::tunnels`]).
+    pub(crate) fn note(label: &str, what: &str) -> String {
+        format!(
+            "{label} is a {what}: pathtrace sees the packets there before encapsulation (after \
+             decapsulation on the way back) and does not follow the encapsulated packets"
+        )
+    }
+}
+
+impl Annotator for TunnelNotes {
+    fn annotate(&mut self, flow: &mut FlowReport) {
+        for (label, what) in &self.0 {
+            let crosses = flow
+                .hops
+                .iter()
+                .chain(&flow.hops_back)
+                .any(|h| &h.hook == label);
+            if crosses {
+                flow.notes.push(Self::note(label, what));
+            }
+        }
+    }
+}
+
 /// The runtime's notes on a flow (see [`crate::runtime::ContainerRuntime::flow_notes`]).
 pub(crate) struct RuntimeNotes(pub Box<dyn FlowNotes>);
 

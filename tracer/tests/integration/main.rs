@@ -27,4 +27,5 @@ mod reliability;
 mod ring_gaps;
 mod routes;
 mod trace_lab;
+mod tunnels;
 mod tuple_reuse;
