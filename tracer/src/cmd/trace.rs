@@ -13,16 +13,17 @@ use crate::{
     discover::{
         netns::Netns,
         path::{self, PathQuery},
+        sockets::SocketWatch,
     },
     model::Topology,
     pipeline::{
         self,
-        annotate::{Annotator, ConntrackConfirm, RuleCounters, RuntimeNotes},
+        annotate::{Annotator, ConntrackConfirm, EveryFlowNote, RuleCounters, RuntimeNotes},
         engine::Engine,
         exits::UntracedExits,
         follow::{follow, Follow},
         plan::{self, Plan},
-        session::SessionSpec,
+        session::{Control, SessionSpec},
     },
     render::Output,
     runtime,
@@ -82,7 +83,13 @@ fn container(
     exit_on_stop: bool,
 ) -> anyhow::Result<ExitCode> {
     let runtime = rt.block_on(runtime::connect())?;
-    let target = rt.block_on(runtime.resolve(name))?;
+    let target = match rt.block_on(runtime.resolve(name)) {
+        Ok(t) => t,
+        Err(e) => match e.host_network() {
+            Some(h) => return host_network(cfg, rt, tracer, h.clone()),
+            None => return Err(e.into()),
+        },
+    };
     let paths = target.paths(cfg.to, &cfg.uplinks)?;
     let mut targets = plan::container_hooks(&paths)?;
     if let Some(to) = cfg.to {
@@ -121,6 +128,65 @@ fn container(
         Some(why) => anyhow::bail!(why),
         None => Ok(ExitCode::SUCCESS),
     }
+}
+
+/// How often a host-network container's sockets are looked for.
+const SOCKETS_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// A container on the host's network: its packets on the host's uplinks, told apart by the local
+/// endpoints of its sockets (looked for every [`SOCKETS_EVERY`]: see [`SocketWatch`]).
+fn host_network(
+    cfg: &TraceConfig,
+    rt: &tokio::runtime::Runtime,
+    mut tracer: PendingTracer,
+    h: runtime::HostNetwork,
+) -> anyhow::Result<ExitCode> {
+    let q = PathQuery {
+        iface: None,
+        to: cfg.to,
+        uplinks: cfg.uplinks.clone(),
+    };
+    let found = path::host_path(&h.name, &q)?;
+    let targets = found.hooks(0);
+    tracer.attach(targets.clone());
+    let mut plan = Plan::for_path(&found, targets)?;
+    let host_addrs = found.ctr_addrs.iter().map(|a| a.addr).collect();
+    let mut watch = SocketWatch::new(&h.id, host_addrs);
+    plan.interest = watch.scan();
+    let how = format!(
+        "container {} uses the host network: its packets on the host's uplinks are told apart by its sockets' local ports, looked for every {} ms; packets a connection sent before its socket was found are not shown (nor a connection made and closed in between), and loopback traffic is not traced",
+        h.name,
+        SOCKETS_EVERY.as_millis()
+    );
+    super::warn(&how);
+    let (tx, rx) = mpsc::channel(16);
+    let scanner = rt.spawn(async move {
+        let mut tick = tokio::time::interval(SOCKETS_EVERY);
+        loop {
+            tick.tick().await;
+            let Ok((w, keys)) = tokio::task::spawn_blocking(move || {
+                let keys = watch.scan();
+                (watch, keys)
+            })
+            .await
+            else {
+                return;
+            };
+            watch = w;
+            if !keys.is_empty() && tx.send(Control::Interest(keys)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let capture = open_capture(cfg, &plan.topology)?;
+    let mut annotators: Vec<Box<dyn Annotator>> =
+        vec![Box::new(ConntrackConfirm), Box::new(EveryFlowNote(how))];
+    annotators.extend(super::tunnels(found.tunnels.clone()));
+    let session = super::session(cfg, tracer, &plan, Some(rx));
+    let result = live(cfg, rt, session, &plan, annotators, capture);
+    scanner.abort();
+    result?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A live view of `plan` on stdout: updates while tracing, then the final report.

@@ -466,7 +466,17 @@ impl FlowTable {
             Some(found) => found,
             None => {
                 let orientation = inst.orientation(&ctx.topology.target_addrs);
-                (self.create(inst, orientation)?, Leg::Out)
+                // A TCP packet that answers (a SYN-ACK, or mid-connection the server's side of
+                // it): the connection was opened the other way, and this is a reply.
+                if inst.first().is_some_and(from_tcp_server) {
+                    let opened = orientation.reversed();
+                    (
+                        self.create_from_reply(inst, orientation, opened)?,
+                        Leg::Back,
+                    )
+                } else {
+                    (self.create(inst, orientation)?, Leg::Out)
+                }
             }
         };
         self.touch(slot);
@@ -641,6 +651,30 @@ impl FlowTable {
         let key = inst
             .traced_tuple()
             .or_else(|| inst.nearest_tuple(orientation))?;
+        self.create_keyed(inst, key, orientation)
+    }
+
+    /// A flow whose first packet seen is a reply (it went `went`; the flow was opened
+    /// `opened`): keyed by its tuple reversed.
+    fn create_from_reply(
+        &mut self,
+        inst: &Instance,
+        went: Orientation,
+        opened: Orientation,
+    ) -> Option<u32> {
+        let key = inst
+            .traced_tuple()
+            .or_else(|| inst.nearest_tuple(went))?
+            .reversed();
+        self.create_keyed(inst, key, opened)
+    }
+
+    fn create_keyed(
+        &mut self,
+        inst: &Instance,
+        key: Tuple,
+        orientation: Orientation,
+    ) -> Option<u32> {
         while self.len >= self.max_flows {
             self.evict_oldest();
         }
@@ -846,6 +880,22 @@ impl FlowTable {
             !r.is_key() && r.slot() == slot && r.resolve(flows).is_some_and(|(a, _)| a == u)
         });
         found.copied()
+    }
+}
+
+/// Whether a TCP packet comes from the server of its connection: a SYN-ACK; or, seen mid-
+/// connection (no SYN), the side whose port is the lower one and below the ephemeral range
+/// (Linux starts it at 32768), what a server listens on.
+fn from_tcp_server(s: &super::packets::Sighting) -> bool {
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    if s.tuple.proto != Proto::Tcp {
+        return false;
+    }
+    match (s.tcp_flags & SYN != 0, s.tcp_flags & ACK != 0) {
+        (true, true) => true,
+        (true, false) => false,
+        (false, _) => s.tuple.src.port < s.tuple.dst.port && s.tuple.src.port < 32768,
     }
 }
 

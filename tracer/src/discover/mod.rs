@@ -6,4 +6,5 @@ pub mod nat_rules;
 pub mod netns;
 pub mod path;
 pub mod rtnl;
+pub(crate) mod sockets;
 pub(crate) mod uplinks;

@@ -177,14 +177,7 @@ pub fn discover(
             }
         }
     }
-    for name in &q.uplinks {
-        let link = links
-            .iter()
-            .find(|l| &l.name == name)
-            .ok_or_else(|| PathError::NoIface {
-                ns: HOST_LABEL.into(),
-                iface: name.clone(),
-            })?;
+    for link in named_uplinks(&links, q)? {
         if !uplinks.iter().any(|(u, _)| u.ifindex == link.ifindex) {
             uplinks.push((link.clone(), "--uplink".into()));
         }
@@ -216,19 +209,7 @@ pub fn discover(
         .iter()
         .map(|(u, why)| (u.name.clone(), why.clone()))
         .collect();
-    let name_of = |i: u32| {
-        links
-            .iter()
-            .find(|l| l.ifindex == i)
-            .map_or_else(|| format!("if{i}"), |l| l.name.clone())
-    };
-    let tunnels = uplinks
-        .iter()
-        .filter_map(|(u, _)| {
-            let t = u.tunnel.as_ref()?;
-            Some((format!("{HOST_LABEL}:{}", u.name), t.describe(name_of)))
-        })
-        .collect();
+    let tunnels = tunnels_of(&links, uplinks.iter().map(|(u, _)| u));
     hops.extend(
         uplinks
             .into_iter()
@@ -351,6 +332,110 @@ fn exits(
         }
     }
     Ok(out)
+}
+
+/// The path of a container that uses the host's network (labelled `label`): the host's uplinks
+/// only, toward `q.to` (the host's own route) or the host's default routes, and `q.uplinks`.
+/// Its packets are told apart there by their sockets (see [`super::sockets`]); the "traced
+/// side's addresses" are the host's own.
+pub(crate) fn host_path(label: &str, q: &PathQuery) -> Result<DiscoveredPath, PathError> {
+    let host = Arc::new(Netns::current()?);
+    let mut rtnl = Rtnl::open().map_err(rtnl_err(HOST_LABEL))?;
+    let links = rtnl.links().map_err(rtnl_err(HOST_LABEL))?;
+    let addrs = rtnl.addrs().map_err(rtnl_err(HOST_LABEL))?;
+    let mut oifs: Vec<u32> = Vec::new();
+    match q.to {
+        Some(to) => {
+            let r = rtnl.route_get(to).map_err(|e| match e {
+                RtnlError::NoRoute(a) => PathError::Unroutable(a),
+                other => rtnl_err(HOST_LABEL)(other),
+            })?;
+            oifs.push(r.oif);
+        }
+        None => {
+            for family in [Family::V4, Family::V6] {
+                let route = rtnl.default_route(family).map_err(rtnl_err(HOST_LABEL))?;
+                oifs.extend(route.and_then(|r| r.oif));
+            }
+        }
+    }
+    oifs.extend(named_uplinks(&links, q)?.iter().map(|l| l.ifindex));
+    oifs.dedup();
+    let uplinks: Vec<Link> = oifs
+        .iter()
+        .filter_map(|i| links.iter().find(|l| l.ifindex == *i && l.name != "lo"))
+        .cloned()
+        .collect();
+    if uplinks.is_empty() {
+        return Err(PathError::NoDefaultRoute {
+            ns: HOST_LABEL.into(),
+        });
+    }
+    let tunnels = tunnels_of(&links, uplinks.iter());
+    let uplink_addrs = addrs
+        .iter()
+        .filter(|a| uplinks.iter().any(|u| u.ifindex == a.ifindex))
+        .copied()
+        .collect();
+    let host_addrs = addrs
+        .into_iter()
+        .filter(|a| !a.addr.is_loopback() && !is_link_local(a.addr))
+        .collect();
+    let hops = uplinks
+        .into_iter()
+        .map(|link| PathHop {
+            place: Place::Uplink,
+            ns_label: HOST_LABEL.to_string(),
+            netns: host.clone(),
+            link,
+        })
+        .collect();
+    Ok(DiscoveredPath {
+        target_label: label.to_string(),
+        hops,
+        ctr_addrs: host_addrs,
+        bridge_ports: Vec::new(),
+        uplink_addrs,
+        exits: Vec::new(),
+        tunnels,
+    })
+}
+
+/// The tunnel devices among `uplinks`: their hook label and what they are.
+fn tunnels_of<'l>(
+    links: &[Link],
+    uplinks: impl Iterator<Item = &'l Link>,
+) -> Vec<(String, String)> {
+    let name_of = |i: u32| {
+        links
+            .iter()
+            .find(|l| l.ifindex == i)
+            .map_or_else(|| format!("if{i}"), |l| l.name.clone())
+    };
+    uplinks
+        .filter_map(|u| {
+            Some((
+                format!("{HOST_LABEL}:{}", u.name),
+                u.tunnel.as_ref()?.describe(name_of),
+            ))
+        })
+        .collect()
+}
+
+/// The host interfaces `--uplink` names.
+fn named_uplinks<'l>(links: &'l [Link], q: &PathQuery) -> Result<Vec<&'l Link>, PathError> {
+    q.uplinks
+        .iter()
+        .map(|name| {
+            links
+                .iter()
+                .find(|l| &l.name == name)
+                .ok_or_else(|| PathError::NoIface {
+                    ns: HOST_LABEL.into(),
+                    iface: name.clone(),
+                })
+        })
+        .collect()
 }
 
 /// The label of the host's namespace in hook names (`host:docker0`).

@@ -701,21 +701,11 @@ fn tunnel_of(kind: Option<&str>, infos: &[LinkInfo]) -> Option<Tunnel> {
                 }
             }
         }
-        Some(InfoData::GreTun(attrs)) => {
-            raw_tunnel_attrs(&mut t, attrs.iter().map(nla_of), GRE)
-        }
-        Some(InfoData::GreTap(attrs)) => {
-            raw_tunnel_attrs(&mut t, attrs.iter().map(nla_of), GRE)
-        }
-        Some(InfoData::GreTun6(attrs)) => {
-            raw_tunnel_attrs(&mut t, attrs.iter().map(nla_of), GRE)
-        }
-        Some(InfoData::GreTap6(attrs)) => {
-            raw_tunnel_attrs(&mut t, attrs.iter().map(nla_of), GRE)
-        }
-        Some(InfoData::SitTun(attrs)) => {
-            raw_tunnel_attrs(&mut t, attrs.iter().map(nla_of), IPTUN)
-        }
+        Some(InfoData::GreTun(attrs)) => raw_tunnel_attrs(&mut t, attrs.iter().map(nla_of), GRE),
+        Some(InfoData::GreTap(attrs)) => raw_tunnel_attrs(&mut t, attrs.iter().map(nla_of), GRE),
+        Some(InfoData::GreTun6(attrs)) => raw_tunnel_attrs(&mut t, attrs.iter().map(nla_of), GRE),
+        Some(InfoData::GreTap6(attrs)) => raw_tunnel_attrs(&mut t, attrs.iter().map(nla_of), GRE),
+        Some(InfoData::SitTun(attrs)) => raw_tunnel_attrs(&mut t, attrs.iter().map(nla_of), IPTUN),
         Some(InfoData::Other(bytes)) => {
             let layout = if kind.contains("gre") { GRE } else { IPTUN };
             raw_tunnel_attrs(&mut t, split_nlas(bytes).into_iter(), layout);

@@ -205,6 +205,15 @@ impl Annotator for TunnelNotes {
     }
 }
 
+/// The same note on every flow (how the trace found its packets, when every flow should say).
+pub(crate) struct EveryFlowNote(pub String);
+
+impl Annotator for EveryFlowNote {
+    fn annotate(&mut self, flow: &mut FlowReport) {
+        flow.notes.push(self.0.clone());
+    }
+}
+
 /// The runtime's notes on a flow (see [`crate::runtime::ContainerRuntime::flow_notes`]).
 pub(crate) struct RuntimeNotes(pub Box<dyn FlowNotes>);
 

@@ -58,6 +58,8 @@ pub(crate) enum Control {
         target_addrs: Vec<IpAddr>,
         note: String,
     },
+    /// More endpoints of interest (a host-network container's new sockets).
+    Interest(Vec<EndpointKey>),
     /// Tells the user something.
     Note(String),
     /// Ends the session.
@@ -200,6 +202,11 @@ pub(crate) async fn run(
             }
             Some(msg) = recv_opt(&mut control) => match msg {
                 Control::Note(n) => observer.note(&n),
+                Control::Interest(keys) => {
+                    for key in keys {
+                        tracer.add_interest(key)?;
+                    }
+                }
                 Control::Stop(n) => {
                     observer.note(&n);
                     break StopReason::Requested;

@@ -59,8 +59,8 @@ pub enum DockerError {
     },
     #[error("container {name} is {state}; start it with `docker start {name}`")]
     NotRunning { name: String, state: String },
-    #[error("container {0} uses the host network: there is no veth to follow; trace host interfaces with --iface")]
-    HostNetwork(String),
+    #[error(transparent)]
+    HostNetwork(super::HostNetwork),
     #[error("container {0} has no network (--network none)")]
     NoNetwork(String),
     #[error("container {name} shares the network of container {owner}, which cannot be inspected: {source}")]
@@ -197,7 +197,13 @@ impl Docker {
         let network_mode = network_mode_of(&c);
         let (netns_owner, net) = self.network_source(&name, c.clone()).await?;
         match network_mode_of(&net).as_str() {
-            "host" => return Err(DockerError::HostNetwork(name)),
+            "host" => {
+                return Err(DockerError::HostNetwork(super::HostNetwork {
+                    name,
+                    id: c.id.unwrap_or_default(),
+                    pid,
+                }))
+            }
             "none" => return Err(DockerError::NoNetwork(name)),
             _ => {}
         }
@@ -538,9 +544,10 @@ impl ContainerRuntime for Docker {
 
     fn resolve<'a>(&'a self, spec: &'a str) -> BoxFuture<'a, Result<Target, RuntimeError>> {
         Box::pin(async move {
-            let info = Docker::resolve(self, spec)
-                .await
-                .map_err(RuntimeError::new)?;
+            let info = Docker::resolve(self, spec).await.map_err(|e| match e {
+                DockerError::HostNetwork(h) => RuntimeError::new(h),
+                other => RuntimeError::new(other),
+            })?;
             Ok(info.target())
         })
     }

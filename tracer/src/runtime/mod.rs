@@ -41,6 +41,22 @@ impl RuntimeError {
     pub(crate) fn new(e: impl std::error::Error + Send + Sync + 'static) -> Self {
         Self(Box::new(e))
     }
+
+    /// The container uses the host's network, when that is why it could not be resolved.
+    pub(crate) fn host_network(&self) -> Option<&HostNetwork> {
+        self.0.downcast_ref()
+    }
+}
+
+/// A container that uses the host's network namespace: no veth, no bridge, nothing between it
+/// and the host. Its traffic is told apart on the host's uplinks by its sockets.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("container {name} uses the host network: it has no namespace of its own; `pathtrace --container {name}` traces its sockets' traffic on the host's uplinks")]
+pub struct HostNetwork {
+    pub name: String,
+    /// The runtime's id: what its processes' cgroup paths hold.
+    pub id: String,
+    pub pid: u32,
 }
 
 /// One network a container is attached to.

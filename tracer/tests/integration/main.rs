@@ -17,6 +17,7 @@ mod docker_discover;
 mod docker_trace;
 mod drops;
 mod fragments;
+mod host_network;
 mod inspect_docker;
 mod kernel_parser;
 mod lab;

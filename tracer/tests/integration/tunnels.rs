@@ -59,7 +59,10 @@ fn a_vxlan_uplink_is_named_as_a_tunnel_and_not_followed() {
         .iter()
         .filter(|l| l.contains("IP 10.77.2.1.") && l.contains("> 10.77.2.2.4789: VXLAN"))
         .count();
-    assert!(outer >= 2, "the encapsulated packets on the underlay: {encapsulated:?}");
+    assert!(
+        outer >= 2,
+        "the encapsulated packets on the underlay: {encapsulated:?}"
+    );
     assert_eq!(
         out.len(),
         2,

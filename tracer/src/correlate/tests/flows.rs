@@ -450,3 +450,16 @@ fn udp_after_a_long_idle_gap_is_a_new_flow() {
     let counts: Vec<u64> = flows.iter().map(|f| f.packets_out).collect();
     assert_eq!(counts, [2, 1], "{flows:#?}");
 }
+
+#[test]
+fn a_connection_first_seen_at_a_server_packet_is_opened_by_the_client() {
+    // Tracing began mid-connection: the first packet seen is the server's (port 8080) reply.
+    let mut records = masq_back(1, 0, 41234, 41234, SERVER);
+    records.extend(masq_out(2, 100, 41234, 41234, SERVER));
+    let flows = run(records);
+    assert_eq!(flows.len(), 1, "{flows:#?}");
+    let f = &flows[0];
+    assert_eq!(f.origin, Orientation::Outbound);
+    assert_eq!((f.src, f.dst), (ep("10.200.1.2:41234"), ep(SERVER)));
+    assert_eq!((f.packets_out, f.packets_back), (1, 1));
+}

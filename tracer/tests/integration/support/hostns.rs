@@ -244,10 +244,15 @@ pub(crate) struct Tcpdump {
 }
 
 impl Tcpdump {
-    /// Starts it and waits until it listens.
+    /// Starts it (in namespace `ns`, or in this process's with `""`) and waits until it
+    /// listens.
     pub(crate) fn start(ns: &str, iface: &str, filter: &str) -> Self {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns, "tcpdump", "-n", "-l", "-i", iface])
+        let mut cmd = Command::new(if ns.is_empty() { "tcpdump" } else { "ip" });
+        if !ns.is_empty() {
+            cmd.args(["netns", "exec", ns, "tcpdump"]);
+        }
+        let mut child = cmd
+            .args(["-n", "-l", "-i", iface])
             .args(split(filter))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
