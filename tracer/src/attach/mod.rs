@@ -86,6 +86,8 @@ pub enum AttachError {
     Netns(#[from] crate::discover::netns::NetnsError),
     #[error("all {MAX_HOOKS} hook slots are in use")]
     NoSlot,
+    #[error("resetting hook counters: {0}")]
+    Counters(#[source] std::io::Error),
 }
 
 /// What to load, fixed for the object's lifetime.
@@ -514,6 +516,45 @@ impl Tracer {
             out.push((hook.clone(), sum));
         }
         Ok(out)
+    }
+
+    /// Detaches the hooks `pred` picks and returns each with its final counters; their slots'
+    /// counters start again from zero, so that a hook attached there later counts only its own.
+    pub(crate) fn release_where(
+        &mut self,
+        pred: impl FnMut(&Hook) -> bool,
+    ) -> Result<Vec<(Hook, HookStats)>, AttachError> {
+        let gone = self.detach_where(pred);
+        self.retire_counters(&gone)
+    }
+
+    /// The final counters of hooks already detached, their slots' counters then zeroed.
+    pub(crate) fn retire_counters(
+        &mut self,
+        gone: &[Hook],
+    ) -> Result<Vec<(Hook, HookStats)>, AttachError> {
+        let counted = self.counters_of(gone)?;
+        let map = self
+            .ebpf
+            .map_mut(MAP_COUNTERS)
+            .ok_or(AttachError::MissingMap(MAP_COUNTERS))?;
+        let mut counters: PerCpuArray<&mut MapData, HookCounters> = PerCpuArray::try_from(map)
+            .map_err(|source| AttachError::Map {
+                name: MAP_COUNTERS,
+                source,
+            })?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| AttachError::Counters(e))?;
+        for hook in gone {
+            let zero = aya::maps::PerCpuValues::try_from(vec![HookCounters::default(); cpus])
+                .map_err(AttachError::Counters)?;
+            counters
+                .set(u32::from(hook.slot), zero, 0)
+                .map_err(|source| AttachError::Map {
+                    name: MAP_COUNTERS,
+                    source,
+                })?;
+        }
+        Ok(counted)
     }
 
     /// Declares a remote endpoint of interest up front (e.g. a published port's host address),

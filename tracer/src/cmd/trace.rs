@@ -112,6 +112,7 @@ fn container(
         to: cfg.to,
         uplinks: cfg.uplinks.clone(),
         exit_on_stop,
+        pid: target.pid,
     };
     let follower = rt.spawn(follow(runtime.watch(&target), follow_cfg, tx));
     let capture = open_capture(cfg, &plan.topology)?;

@@ -115,19 +115,21 @@ impl<'r> Engine<'r> {
         while self.annotation.as_ref().is_some_and(|a| a.in_flight() > 0) {
             self.final_annotated();
         }
-        let (stop, stats, undecodable, drops_lost) = match &self.end {
+        let (stop, stats, released, undecodable, drops_lost) = match &self.end {
             Some((why, end)) => (
                 Some(*why),
                 end.stats.as_slice(),
+                end.released.as_slice(),
                 end.undecodable,
                 end.drops.map_or(0, |d| d.lost),
             ),
-            None => (None, &[][..], 0, 0),
+            None => (None, &[][..], &[][..], 0, 0),
         };
         let summary = Summary {
             flows,
             evicted: self.correlator.evicted_flows(),
             hooks: stats,
+            released,
             unused: Unused {
                 undecodable,
                 ignored_events: self.correlator.ignored_events(),

@@ -31,6 +31,8 @@ pub(crate) struct Follow {
     pub uplinks: Vec<String>,
     /// End the trace when the container stops.
     pub exit_on_stop: bool,
+    /// The container's main pid when the trace began.
+    pub pid: Option<u32>,
 }
 
 /// Follows `events` until the container is removed or the stream ends. Returns `Some(why)` when
@@ -41,9 +43,24 @@ pub(crate) async fn follow(
     tx: mpsc::Sender<Control>,
 ) -> Option<String> {
     let name = &f.name;
+    // The main pid the hooks follow: a network change of another incarnation (a restart
+    // disconnects and connects its networks) is the start's business.
+    let mut pid = f.pid;
     while let Some(ev) = events.next().await {
         let msg = match ev {
-            TargetEvent::Started(target) => restarted(&target, &f),
+            TargetEvent::Started(target) => {
+                pid = target.pid;
+                restarted(&target, &f)
+            }
+            TargetEvent::NetworksChanged { target, what } => {
+                if target.pid != pid {
+                    continue;
+                }
+                rewired(&target, &what, &f)
+            }
+            TargetEvent::NetworksChangedUnresolved { what, why } => Control::Note(format!(
+                "container {name} {what} but could not be re-attached: {why}"
+            )),
             TargetEvent::StartedUnresolved { pid, why } => Control::Note(format!(
                 "container {name} started again{} but could not be re-attached: {why}",
                 pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
@@ -119,6 +136,39 @@ fn restarted(target: &Target, f: &Follow) -> Control {
                 .pid
                 .map(|p| format!(" (pid {p})"))
                 .unwrap_or_default()
+        )),
+    }
+}
+
+/// After a network was connected or disconnected: every hook of the container's paths now (the
+/// session keeps those it has, releases the others and attaches the new ones).
+fn rewired(target: &Target, what: &str, f: &Follow) -> Control {
+    let paths = target
+        .paths(f.to, &f.uplinks)
+        .map_err(anyhow::Error::from)
+        .and_then(|paths| Ok((container_hooks(&paths)?, target_addrs(&paths))));
+    match paths {
+        Ok((attach, target_addrs)) => {
+            let veths: BTreeSet<&str> = attach
+                .iter()
+                .filter(|t| t.hook.place == Place::Veth)
+                .map(|t| t.hook.ifname.as_str())
+                .collect();
+            let veths: Vec<&str> = veths.into_iter().collect();
+            let note = format!(
+                "container {} {what}; following it on host {}",
+                f.name,
+                veths.join(", ")
+            );
+            Control::Rewire {
+                attach,
+                target_addrs,
+                note,
+            }
+        }
+        Err(e) => Control::Note(format!(
+            "container {} {what} but could not be re-attached: {e:#}",
+            f.name
         )),
     }
 }

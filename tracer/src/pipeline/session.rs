@@ -58,6 +58,14 @@ pub(crate) enum Control {
         target_addrs: Vec<IpAddr>,
         note: String,
     },
+    /// Hooks these targets (a container's paths after a network change): the ones attached
+    /// already stay, the other attached ones are released, the new ones get free slots.
+    Rewire {
+        attach: Vec<AttachTarget>,
+        /// The traced side's addresses after the change.
+        target_addrs: Vec<IpAddr>,
+        note: String,
+    },
     /// More endpoints of interest (a host-network container's new sockets).
     Interest(Vec<EndpointKey>),
     /// Tells the user something.
@@ -75,6 +83,9 @@ pub struct Finished {
     pub undecodable: u64,
     /// The drop program's counters, when drop reasons were on.
     pub drops: Option<HookStats>,
+    /// Hooks released while tracing (their interface gone, moved, or replaced after a restart
+    /// or a network change), with their counts when they were released.
+    pub released: Vec<(Hook, HookStats)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,6 +145,43 @@ const DRAIN_EVERY: Duration = Duration::from_millis(10);
 /// Events taken from the ring buffer per wake-up, at most.
 const BATCH: usize = 4096;
 
+/// [`Control::Rewire`]: releases the attached hooks `attach` does not hold, attaches those of
+/// `attach` not attached yet on free slots (never-used ones first), and returns the released
+/// hooks with their counts.
+fn rewire(
+    tracer: &mut crate::attach::Tracer,
+    attach: Vec<AttachTarget>,
+    observer: &mut dyn Observer,
+) -> Result<Vec<(Hook, HookStats)>, SessionError> {
+    let key = |h: &Hook| (h.ns_label.clone(), h.ifindex, h.direction);
+    let wanted: Vec<_> = attach.iter().map(|t| key(&t.hook)).collect();
+    let released = tracer.release_where(|h| !wanted.contains(&key(h)))?;
+    let have: Vec<_> = tracer.hooks().iter().map(key).collect();
+    let mut taken: Vec<u8> = tracer.hooks().iter().map(|h| h.slot).collect();
+    let was_used = |s: u8| released.iter().any(|(h, _)| h.slot == s);
+    for mut target in attach.into_iter().filter(|t| !have.contains(&key(&t.hook))) {
+        let free = |fresh: bool| {
+            (0..tracer_common::MAX_HOOKS as u8)
+                .find(|s| !taken.contains(s) && (!fresh || !was_used(*s)))
+        };
+        let Some(slot) = free(true).or_else(|| free(false)) else {
+            observer.note(&format!(
+                "no free hook slot for {} {}: not traced",
+                target.hook.label(),
+                target.hook.direction
+            ));
+            continue;
+        };
+        target.hook.slot = slot;
+        taken.push(slot);
+        let label = format!("{} {}", target.hook.label(), target.hook.direction);
+        if let Err(e) = tracer.attach(target) {
+            observer.note(&format!("attaching {label}: {e}"));
+        }
+    }
+    Ok(released)
+}
+
 /// Runs a session to its end. `stop` ends it early (e.g. a probe finished).
 pub(crate) async fn run(
     spec: SessionSpec,
@@ -176,6 +224,7 @@ pub(crate) async fn run(
     let mut batch = Vec::with_capacity(BATCH);
     let mut packets = 0u64;
     let mut control = spec.control;
+    let mut released: Vec<(Hook, HookStats)> = Vec::new();
     // Events are written without waking us until the ring is a quarter full: drain it often.
     let mut drain = interval(DRAIN_EVERY);
     drain.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -194,6 +243,7 @@ pub(crate) async fn run(
             }
             _ = link_check.tick() => {
                 let gone = tracer.release_vanished();
+                released.extend(tracer.retire_counters(&gone)?);
                 if !gone.is_empty() {
                     let names: Vec<String> = gone.iter().map(|h| format!("{} {}", h.label(), h.direction)).collect();
                     observer.note(&format!("interface deleted or moved to another namespace; released hooks: {}", names.join(", ")));
@@ -202,6 +252,11 @@ pub(crate) async fn run(
             }
             Some(msg) = recv_opt(&mut control) => match msg {
                 Control::Note(n) => observer.note(&n),
+                Control::Rewire { attach, target_addrs, note } => {
+                    released.extend(rewire(&mut tracer, attach, observer)?);
+                    observer.note(&note);
+                    observer.hooks_changed(&tracer.hooks(), Some(&target_addrs));
+                }
                 Control::Interest(keys) => {
                     for key in keys {
                         tracer.add_interest(key)?;
@@ -212,7 +267,7 @@ pub(crate) async fn run(
                     break StopReason::Requested;
                 }
                 Control::Replace { detach_slots, attach, target_addrs, note } => {
-                    tracer.detach_where(|h| detach_slots.contains(&h.slot));
+                    released.extend(tracer.release_where(|h| detach_slots.contains(&h.slot))?);
                     for target in attach {
                         let label = format!("{} {}", target.hook.label(), target.hook.direction);
                         if let Err(e) = tracer.attach(target) {
@@ -255,6 +310,7 @@ pub(crate) async fn run(
         stats,
         undecodable: collector.decode_errors(),
         drops,
+        released,
     };
     observer.finished(reason, &end);
     Ok(reason)

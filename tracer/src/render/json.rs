@@ -260,6 +260,9 @@ struct HookLine {
     filtered: u64,
     emitted: u64,
     lost: u64,
+    /// Released while tracing (its counts are those it had then); only when true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    released: bool,
 }
 
 /// A flow as one JSON object (no trailing newline).
@@ -293,17 +296,20 @@ fn flow_object(f: &FlowReport) -> FlowLine<'_> {
 
 /// The summary as one JSON object (no trailing newline).
 pub(crate) fn summary_line(s: &Summary<'_>) -> serde_json::Result<String> {
+    let line = |(h, st): &(Hook, crate::model::HookStats), released: bool| HookLine {
+        hook: h.label(),
+        dir: h.direction,
+        seen: st.seen,
+        filtered: st.filtered,
+        emitted: st.emitted,
+        lost: st.lost,
+        released,
+    };
     let hooks = s
         .hooks
         .iter()
-        .map(|(h, st)| HookLine {
-            hook: h.label(),
-            dir: h.direction,
-            seen: st.seen,
-            filtered: st.filtered,
-            emitted: st.emitted,
-            lost: st.lost,
-        })
+        .map(|h| line(h, false))
+        .chain(s.released.iter().map(|h| line(h, true)))
         .collect();
     serde_json::to_string(&SummaryLine {
         kind: "summary",

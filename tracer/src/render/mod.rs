@@ -33,6 +33,9 @@ pub struct Summary<'a> {
     pub evicted: u64,
     /// Counters per hook, in the order to print them.
     pub hooks: &'a [(Hook, HookStats)],
+    /// Hooks released while tracing (interface gone, or replaced after a restart or a network
+    /// change), with their counts when released.
+    pub released: &'a [(Hook, HookStats)],
     /// What the engine could not use, each counted where it happened.
     pub unused: Unused,
 }

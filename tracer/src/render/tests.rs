@@ -187,6 +187,7 @@ fn text_summary_golden() {
         flows: 2,
         evicted: 1,
         hooks: &hooks,
+        released: &[],
         unused: Unused::default(),
     };
     let expected = "\
@@ -206,6 +207,7 @@ fn json_summary_golden() {
         flows: 2,
         evicted: 1,
         hooks: &hooks,
+        released: &[],
         unused: Unused::default(),
     };
     let expected = concat!(
@@ -281,6 +283,31 @@ fn an_untraced_exit_names_the_interface_and_the_route() {
     let json = flow_line(&f).unwrap_or_default();
     assert!(
         json.contains(r#""cause":"untraced_exit","via":"pt-up1","route":"default via 10.200.3.2 dev pt-up1 table 100"}"#),
+        "{json}"
+    );
+}
+
+#[test]
+fn released_hooks_keep_their_counts_in_the_summary() {
+    let hooks = stats_hooks();
+    let (now, gone) = hooks.split_at(1);
+    let s = Summary {
+        flows: 1,
+        evicted: 0,
+        hooks: now,
+        released: gone,
+        unused: Unused::default(),
+    };
+    let text = Format::Text.summary(&s).unwrap_or_default();
+    assert!(
+        text.contains(
+            "host:pt-br0 (released)  ingress         40         27         10          3"
+        ),
+        "{text}"
+    );
+    let json = Format::Json.summary(&s).unwrap_or_default();
+    assert!(
+        json.contains(r#"{"hook":"host:pt-br0","dir":"ingress","seen":40,"filtered":27,"emitted":10,"lost":3,"released":true}"#),
         "{json}"
     );
 }

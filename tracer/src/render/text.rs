@@ -316,6 +316,18 @@ pub(crate) fn format_delta_us(us: f64) -> String {
 /// one per kind of event the engine could not use.
 pub(crate) fn summary_block(s: &Summary<'_>) -> String {
     let mut out = format!("{} flows, {} evicted\n", s.flows, s.evicted);
+    // The hooks attached at the end, then those released before it (marked).
+    let rows: Vec<(Hook, crate::model::HookStats)> = s
+        .hooks
+        .iter()
+        .cloned()
+        .chain(s.released.iter().map(|(h, st)| {
+            let mut h = h.clone();
+            h.ifname.push_str(" (released)");
+            (h, *st)
+        }))
+        .collect();
+    let s = &Summary { hooks: &rows, ..*s };
     let labels: Vec<String> = s.hooks.iter().map(|(h, _)| h.label()).collect();
     let width = labels
         .iter()

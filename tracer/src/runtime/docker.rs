@@ -585,6 +585,22 @@ impl ContainerRuntime for Docker {
 }
 
 impl Docker {
+    /// The container as it is after a network change; `None` while it is not running (a
+    /// stop or a restart disconnects its networks: its start is the event that counts).
+    async fn networks_changed(&self, id: &str, what: String) -> Option<TargetEvent> {
+        match Docker::resolve(self, id).await {
+            Ok(info) => Some(TargetEvent::NetworksChanged {
+                target: info.target(),
+                what,
+            }),
+            Err(DockerError::NotRunning { .. }) => None,
+            Err(e) => Some(TargetEvent::NetworksChangedUnresolved {
+                what,
+                why: e.to_string(),
+            }),
+        }
+    }
+
     /// A Docker event as the seam's [`TargetEvent`]: a start is resolved anew (new pid, new
     /// namespace); kill, stop and restart say nothing a trace needs beyond `die` and `start`.
     async fn target_event(&self, id: &str, ev: ContainerEvent) -> Option<TargetEvent> {
@@ -596,6 +612,16 @@ impl Docker {
                     why: e.to_string(),
                 },
             },
+            ContainerEvent::NetworkConnected { network } => {
+                return self
+                    .networks_changed(id, format!("connected to network {network}"))
+                    .await
+            }
+            ContainerEvent::NetworkDisconnected { network } => {
+                return self
+                    .networks_changed(id, format!("disconnected from network {network}"))
+                    .await
+            }
             ContainerEvent::Died { exit_code } => TargetEvent::Stopped { exit_code },
             ContainerEvent::Destroyed => TargetEvent::Removed,
             ContainerEvent::WatchEnded { reason } => TargetEvent::WatchEnded { reason },

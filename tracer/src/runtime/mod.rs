@@ -115,6 +115,11 @@ pub(crate) enum TargetEvent {
     Started(Target),
     /// It started again but could not be resolved (gone again, no network): why.
     StartedUnresolved { pid: Option<u32>, why: String },
+    /// Its networks changed (`docker network connect` / `disconnect`): the target as it is now,
+    /// and what changed, in the runtime's words.
+    NetworksChanged { target: Target, what: String },
+    /// Its networks changed but it could not be resolved after (no network left, ...).
+    NetworksChangedUnresolved { what: String, why: String },
     /// It stopped; its namespace and veths are gone. It may start again.
     Stopped { exit_code: Option<i64> },
     /// It was removed: nothing more will come.

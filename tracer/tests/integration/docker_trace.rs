@@ -50,7 +50,12 @@ fn ctr_ip(c: &TestContainer) -> Result<String> {
 
 /// The host veth whose `ethtool -S` peer_ifindex is the container's eth0.
 fn host_veth(c: &TestContainer) -> Result<String> {
-    let ifindex: u32 = exec(c, "cat /sys/class/net/eth0/ifindex")?.parse()?;
+    host_veth_of(c, "eth0")
+}
+
+/// The host veth of the container's interface `iface` (by `ethtool -S` peer_ifindex).
+fn host_veth_of(c: &TestContainer, iface: &str) -> Result<String> {
+    let ifindex: u32 = exec(c, &format!("cat /sys/class/net/{iface}/ifindex"))?.parse()?;
     match &host_veths_peering(ifindex)?[..] {
         [veth] => Ok(veth.clone()),
         other => bail!(
@@ -503,6 +508,81 @@ fn follows_a_restart() -> Result<()> {
     assert_no_programs_left("after SIGINT")
 }
 
+/// `docker network connect` then `disconnect` of the traced container's first network: the new
+/// interface is attached like after a restart (its traffic keeps its container hops), the old
+/// one's hooks are released, and the summary keeps their counts, marked.
+#[test]
+fn follows_network_connect_and_disconnect() -> Result<()> {
+    let Some(_serial) = begin("follows_network_connect_and_disconnect") else {
+        return Ok(());
+    };
+    let wan = Wan::up()?;
+    let net = TestNetwork::create("pt-connect")?;
+    let c = TestContainer::run("pt-connect", &[], SLEEP)?;
+    let old_veth = host_veth(&c)?;
+    let ping = format!("ping -c 2 -i 0.3 -W 1 {}", wan.wan_ip);
+    let mut trace = Running::spawn(&["--container", &c.name, "--to", &wan.wan_ip])?;
+    trace.wait_for("tracing ")?;
+    exec(&c, &ping)?;
+    docker(&["network", "connect", &net.name, &c.name])?;
+    trace.wait_for("connected to network")?;
+    docker(&["network", "disconnect", "bridge", &c.name])?;
+    trace.wait_for("disconnected from network")?;
+    // Docker moves the default route to the network left: the ping goes out by eth1 now.
+    let new_veth = host_veth_of(&c, "eth1")?;
+    ensure!(
+        exec(&c, "ip route")?.contains("default via") && exec(&c, "ip route")?.contains("eth1"),
+        "no default route by eth1"
+    );
+    exec(&c, &ping)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, out) = trace.interrupt()?;
+    eprintln!("{out}");
+    ensure!(status.success(), "exit status {status:?}");
+    for what in [
+        format!("connected to network {}", net.name),
+        "disconnected from network bridge".to_string(),
+    ] {
+        ensure!(
+            out.lines()
+                .any(|l| l.starts_with("** ") && l.contains(&what)),
+            "no note saying {what}"
+        );
+    }
+    let blocks = final_blocks(&out);
+    let via = |veth: &str, iface: &str| {
+        blocks.iter().any(|b| {
+            b.starts_with("icmp ")
+                && b.contains(&format!("{}:{iface} egress", c.name))
+                && b.contains(&format!("host:{veth} ingress"))
+                && b.contains(&format!("host:{} egress", wan.uplink))
+        })
+    };
+    ensure!(
+        via(&old_veth, "eth0"),
+        "no ping flow via eth0 / {old_veth}: {blocks:#?}"
+    );
+    ensure!(
+        via(&new_veth, "eth1"),
+        "no ping flow via eth1 / {new_veth}: {blocks:#?}"
+    );
+    // The released hooks' rows stay, with what they counted.
+    let released: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains(&format!("host:{old_veth} (released)")))
+        .collect();
+    ensure!(released.len() == 2, "released rows of {old_veth}: {out}");
+    let emitted: u64 = released
+        .iter()
+        .filter_map(|l| l.split_whitespace().nth(5)?.parse::<u64>().ok())
+        .sum();
+    ensure!(
+        emitted >= 4,
+        "the released veth emitted the first ping: {released:?}"
+    );
+    assert_no_programs_left("after SIGINT")
+}
+
 /// `docker rm -f` of the traced container: pathtrace ends by itself, prints what it saw, says on
 /// one stderr line that the container is gone, exits 2 and leaves nothing attached.
 #[test]
@@ -584,8 +664,7 @@ fn errors_are_one_line_and_exit_code_2() -> Result<()> {
     expect_error(&typo, None, &format!("did you mean: {}?", running.name))?;
     let stopped = TestContainer::create("pt-err-stopped", &[], SLEEP)?;
     expect_error(&stopped.name, None, "start it with `docker start")?;
-    let host = TestContainer::run("pt-err-host", &["--network", "host"], SLEEP)?;
-    expect_error(&host.name, None, "uses the host network")?;
+    // A host-network container is traced (see `host_network`), not an error.
     let none = TestContainer::run("pt-err-none", &["--network", "none"], SLEEP)?;
     expect_error(&none.name, None, "has no network (--network none)")?;
     let sock = "unix:///nonexistent.sock";

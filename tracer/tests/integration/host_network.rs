@@ -149,4 +149,14 @@ fn a_host_network_container_is_traced_on_the_host_uplink() {
     );
     assert!(n > 0 && n <= count(out_port), "{}", outbound[0]);
     assert_eq!(outbound[0]["origin"], "outbound");
+    // `verify` probes from a namespace of the container's own, which it has not: one line that
+    // names the command that works, exit 2.
+    let v = pathtrace(&["verify", "--container", &ctr.name, "--to", &wan.to_string()]);
+    let err = String::from_utf8_lossy(&v.stderr);
+    assert_eq!(v.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("`pathtrace --container {}` traces", ctr.name)),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
 }

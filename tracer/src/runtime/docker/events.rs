@@ -12,8 +12,18 @@ use serde::Serialize;
 
 use super::{api_error, Docker};
 
-/// The Docker actions [`Docker::watch`] subscribes to.
-const WATCHED_ACTIONS: [&str; 6] = ["start", "die", "stop", "restart", "destroy", "kill"];
+/// The Docker actions [`Docker::watch`] subscribes to: a container's lifecycle, and its network
+/// attachments (`docker network connect` / `disconnect`).
+const WATCHED_ACTIONS: [&str; 8] = [
+    "start",
+    "die",
+    "stop",
+    "restart",
+    "destroy",
+    "kill",
+    "connect",
+    "disconnect",
+];
 
 /// A lifecycle event of a watched container. Docker actions map as follows (others are ignored):
 ///
@@ -43,6 +53,14 @@ pub enum ContainerEvent {
     Stopped,
     Restarted,
     Destroyed,
+    /// `docker network connect`: a new interface (and maybe a new bridge) in the namespace.
+    NetworkConnected {
+        network: String,
+    },
+    /// `docker network disconnect`: an interface gone from the namespace.
+    NetworkDisconnected {
+        network: String,
+    },
     /// The event stream failed or Docker closed it; this is the last item.
     WatchEnded {
         reason: String,
@@ -58,14 +76,19 @@ impl Docker {
             .duration_since(UNIX_EPOCH)
             .map(|d| format!("{}.{:09}", d.as_secs(), d.subsec_nanos()))
             .ok();
+        // Docker's `container` filter does not match network events (their actor is the
+        // network): both types come, and the container is picked out here.
         let filters = HashMap::from([
-            ("type".to_string(), vec!["container".to_string()]),
-            ("container".to_string(), vec![container_id.to_string()]),
+            (
+                "type".to_string(),
+                vec!["container".to_string(), "network".to_string()],
+            ),
             (
                 "event".to_string(),
                 WATCHED_ACTIONS.iter().map(|a| a.to_string()).collect(),
             ),
         ]);
+        let container_id = container_id.to_string();
         let options = EventsOptions {
             since,
             until: None,
@@ -75,15 +98,26 @@ impl Docker {
         let docker = self.clone();
         futures::stream::unfold(Some(events), move |events| {
             let docker = docker.clone();
+            let container_id = container_id.clone();
             async move {
                 let mut events = events?;
                 loop {
                     let reason = match events.next().await {
                         Some(Ok(msg)) => {
                             let action = msg.action.as_deref().unwrap_or_default();
+                            let network =
+                                msg.typ.map(|t| t.to_string()).as_deref() == Some("network");
                             let actor = msg.actor.unwrap_or_default();
                             let attrs = actor.attributes.unwrap_or_default();
                             let id = actor.id.unwrap_or_default();
+                            let ours = if network {
+                                attrs.get("container") == Some(&container_id)
+                            } else {
+                                id == container_id
+                            };
+                            if !ours {
+                                continue;
+                            }
                             if let Some(ev) = docker.event_from(action, &attrs, id).await {
                                 return Some((ev, Some(events)));
                             }
@@ -131,6 +165,12 @@ pub(super) fn map_action(action: &str, attrs: &HashMap<String, String>) -> Optio
         "stop" => ContainerEvent::Stopped,
         "restart" => ContainerEvent::Restarted,
         "destroy" => ContainerEvent::Destroyed,
+        "connect" => ContainerEvent::NetworkConnected {
+            network: attrs.get("name").cloned().unwrap_or_default(),
+        },
+        "disconnect" => ContainerEvent::NetworkDisconnected {
+            network: attrs.get("name").cloned().unwrap_or_default(),
+        },
         _ => return None,
     })
 }
