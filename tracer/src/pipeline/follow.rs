@@ -46,6 +46,7 @@ pub(crate) async fn follow(
     // The main pid the hooks follow: a network change of another incarnation (a restart
     // disconnects and connects its networks) is the start's business.
     let mut pid = f.pid;
+    let mut last_change: Option<(String, std::time::Instant)> = None;
     while let Some(ev) = events.next().await {
         let msg = match ev {
             TargetEvent::Started(target) => {
@@ -53,9 +54,17 @@ pub(crate) async fn follow(
                 restarted(&target, &f)
             }
             TargetEvent::NetworksChanged { target, what } => {
-                if target.pid != pid {
+                // Docker repeats some network events; one is enough.
+                let again =
+                    last_change
+                        .as_ref()
+                        .is_some_and(|(w, at): &(String, std::time::Instant)| {
+                            *w == what && at.elapsed() < std::time::Duration::from_secs(2)
+                        });
+                if target.pid != pid || again {
                     continue;
                 }
+                last_change = Some((what.clone(), std::time::Instant::now()));
                 rewired(&target, &what, &f)
             }
             TargetEvent::NetworksChangedUnresolved { what, why } => Control::Note(format!(
