@@ -37,34 +37,60 @@ pub struct Cli {
 pub enum Command {
     /// Send one probe from the container / namespace, trace it, and check it against expectations
     /// (exit 0 pass, 1 fail, 2 error): what to run after a firewall change.
+    #[command(after_help = "Examples:
+  sudo pathtrace verify --container web --to 10.0.0.5:443 --expect-snat 192.0.2.10
+  sudo pathtrace verify --netns pt1-ctr --to 10.200.2.2 --expect-via pt1-up0 --json
+  sudo pathtrace verify --container web --to 10.0.0.5:443 --expect-path 'host:docker0,host:eth0 egress'
+  sudo pathtrace verify --container web --to [fd00::5]:53 --proto udp --expect-drop")]
     Verify(VerifyArgs),
     /// Compare two captures: changed paths, NAT mappings, rules, drops (exit 0 same, 1 different).
+    #[command(after_help = "Examples:
+  pathtrace diff before.pcapng after.pcapng
+  pathtrace diff before.pcapng after.pcapng --json | jq .")]
     Diff {
+        /// The capture from before the change (`pathtrace -w FILE`).
         before: PathBuf,
+        /// The capture from after it.
         after: PathBuf,
+        /// One JSON line per change, then the verdict.
         #[arg(long)]
         json: bool,
     },
     /// Replay a capture (`-w FILE`) into the same view as live; no root or eBPF needed.
+    #[command(after_help = "Examples:
+  pathtrace show web.pcapng
+  pathtrace show web.pcapng --json | jq 'select(.type == \"flow\")'
+  pathtrace show web.pcapng.1        (a rotated file; its siblings are read too)")]
     Show {
+        /// A pcapng file pathtrace wrote (a file another tool wrote is shown per interface only).
         file: PathBuf,
         /// JSON lines, as the live `--json`.
         #[arg(long)]
         json: bool,
     },
     /// Remove what a killed pathtrace left in netlink mode (its filters, the qdiscs it added).
+    #[command(after_help = "Example:
+  sudo pathtrace cleanup        after `kill -9` of a trace in --tc-mode netlink")]
     Cleanup {
         /// Even while another pathtrace runs (its hooks are removed too).
         #[arg(long)]
         force: bool,
     },
     /// The built-in lab: a Docker-like topology in its own network namespaces.
+    #[command(after_help = "Examples:
+  sudo pathtrace lab demo
+  sudo pathtrace lab up --name pt1 && sudo pathtrace --netns pt1-ctr --to 10.200.2.2
+  sudo pathtrace lab down pt1")]
     Lab {
         #[command(subcommand)]
         action: LabAction,
     },
     /// The static path of each running container (or one): veth pairs, bridge and its ports,
     /// NAT rules, published ports, the host's route out.
+    #[command(after_help = "Examples:
+  sudo pathtrace inspect
+  sudo pathtrace inspect --container minio --to 10.0.0.5
+  sudo pathtrace inspect --netns /proc/1234/ns/net --json")]
     Inspect(InspectArgs),
 }
 
@@ -98,13 +124,16 @@ pub enum LabAction {
     },
     /// Remove a lab and exactly what `lab up` made.
     Down {
-        /// Lab name (default: every lab).
+        /// Lab name (default: the lab the last `lab up` made; the others are listed, not
+        /// removed).
         name: Option<String>,
     },
     /// Up, trace ICMP/TCP/UDP from the lab container to the wan host, print, down.
     Demo {
+        /// JSON lines, as the live `--json`.
         #[arg(long)]
         json: bool,
+        /// TCX links (default when the kernel has them) or netlink clsact filters.
         #[arg(long, value_enum, default_value_t = TcModeArg::Auto)]
         tc_mode: TcModeArg,
         /// How long to trace.
@@ -118,8 +147,10 @@ pub enum LabAction {
 /// `pathtrace verify`.
 #[derive(Debug, Args, Clone, Default)]
 pub struct VerifyArgs {
+    /// Docker container to probe from (name, id or unique id prefix).
     #[arg(long, short = 'c', value_name = "NAME|ID", conflicts_with = "netns")]
     pub container: Option<String>,
+    /// Network namespace to probe from: a name under /var/run/netns or a path.
     #[arg(long, value_name = "NAME|PATH")]
     pub netns: Option<String>,
     /// Where the probe goes: HOST (ICMP echo) or HOST:PORT (TCP connect by default).
@@ -144,8 +175,10 @@ pub struct VerifyArgs {
     /// The probe must be dropped (a firewall rule that should block it).
     #[arg(long)]
     pub expect_drop: bool,
+    /// The verdict as one JSON line.
     #[arg(long)]
     pub json: bool,
+    /// TCX links (default when the kernel has them) or netlink clsact filters.
     #[arg(long, value_enum, default_value_t = TcModeArg::Auto)]
     pub tc_mode: TcModeArg,
 }

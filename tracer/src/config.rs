@@ -121,8 +121,23 @@ pub(crate) enum TargetSpec {
 
 impl TargetSpec {
     /// The label a namespace's hooks carry: its name, or a path's last part.
+    /// How hooks in the namespace `spec` names are labelled: a name under /var/run/netns is
+    /// itself; `/proc/PID/ns/net` (or `/proc/PID/task/TID/ns/net`) is the process's name and pid
+    /// (`nginx-1234`), not the path's last word (`net`); another path is its file name.
     pub(crate) fn netns_label(spec: &str) -> String {
-        spec.rsplit('/').next().unwrap_or(spec).to_string()
+        let words: Vec<&str> = spec.trim_end_matches('/').split('/').collect();
+        if let ["", "proc", pid, .., "ns", "net"] = words.as_slice() {
+            if pid.parse::<u32>().is_ok() {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .map(|c| c.trim().replace([' ', ':', '/'], "_"))
+                    .unwrap_or_default();
+                return match comm.is_empty() {
+                    true => format!("pid-{pid}"),
+                    false => format!("{comm}-{pid}"),
+                };
+            }
+        }
+        words.last().copied().unwrap_or(spec).to_string()
     }
 }
 
@@ -170,6 +185,9 @@ impl TraceConfig {
                 "nothing to trace: give --netns NAME, --container NAME, or try `pathtrace lab demo`"
             ),
         };
+        if args.max_flows == 0 {
+            bail!("--max-flows 0: at least one flow must be kept; give 1 or more (default 65536)");
+        }
         let mut filter = filter_config(args)?;
         // Packet bytes only go into a `-w` capture: without one the programs copy none.
         if args.write.is_none() {

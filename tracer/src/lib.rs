@@ -25,6 +25,15 @@ pub mod pipeline;
 pub mod render;
 pub mod runtime;
 
+/// Writes one line to stderr. Never panics: a closed stderr (`2>&1 | head`) loses the line, and
+/// nothing else.
+pub fn say(line: &str) {
+    use std::io::Write as _;
+    let mut err = std::io::stderr().lock();
+    // Nowhere left to tell about a failed write to stderr.
+    writeln!(err, "{line}").ok();
+}
+
 /// An error chain as one line: "what failed: why" (each cause once).
 pub fn one_line(e: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();

@@ -5,10 +5,6 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use tracer::{cli::Cli, cmd};
 
-#[expect(
-    clippy::print_stderr,
-    reason = "the one line naming the problem and the fix"
-)]
 fn main() -> ExitCode {
     limit_malloc_arenas();
     let cli = Cli::parse();
@@ -17,7 +13,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             // One line naming the problem and the fix; exit code 2 for bad input and environment.
-            eprintln!("pathtrace: {}", tracer::one_line(&e));
+            tracer::say(&format!("pathtrace: {}", tracer::one_line(&e)));
             ExitCode::from(2)
         }
     }

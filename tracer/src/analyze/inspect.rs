@@ -234,12 +234,21 @@ fn inspected(target: &Target, paths: Paths) -> anyhow::Result<Inspected> {
     })
 }
 
-/// Host veth ifindex -> the container it belongs to.
+/// Host veth ifindex -> the container it belongs to: the one whose namespace holds it, never
+/// one that only shares that namespace (`--network container:NAME`).
 fn port_owners(all: &Discovered) -> HashMap<u32, String> {
     let mut owners = HashMap::new();
     for (target, paths) in all.iter().flatten() {
         for (_, p) in paths {
-            owners.insert(p.host_veth().ifindex, target.name.clone());
+            let veth = p.host_veth().ifindex;
+            match &target.netns_owner {
+                None => {
+                    owners.insert(veth, target.name.clone());
+                }
+                Some(owner) => {
+                    owners.entry(veth).or_insert_with(|| owner.clone());
+                }
+            }
         }
     }
     owners
@@ -248,7 +257,7 @@ fn port_owners(all: &Discovered) -> HashMap<u32, String> {
 /// Every veth of a namespace whose peer is on the host.
 fn netns_target(spec: &str, to: Option<IpAddr>) -> anyhow::Result<Inspected> {
     let netns = Arc::new(Netns::by_name_or_path(spec)?);
-    let label = spec.rsplit('/').next().unwrap_or(spec).to_string();
+    let label = crate::config::TargetSpec::netns_label(spec);
     let links = netns
         .run(|| Rtnl::open().and_then(|mut r| r.links()))?
         .with_context(|| format!("listing the interfaces of {label}"))?;

@@ -48,11 +48,14 @@ impl Probe {
             Ok(sa) => (sa.ip(), Some(sa.port())),
             Err(_) => (
                 to.parse::<IpAddr>().with_context(|| {
-                    format!("--to {to:?}: expected HOST or HOST:PORT, e.g. 10.0.0.5:443")
+                    format!("--to {to:?}: expected HOST or HOST:PORT, e.g. 10.0.0.5:443 or [fd00::5]:443")
                 })?,
                 None,
             ),
         };
+        if let Some(warning) = bare_v6_port(to, dst) {
+            crate::say(&format!("pathtrace: {warning}"));
+        }
         let proto = match proto.map(|p| (p, p.parse::<Proto>())) {
             Some((_, Ok(p @ (Proto::Tcp | Proto::Udp)))) => p,
             Some((_, Ok(Proto::Icmp))) => Proto::icmp_for(dst),
@@ -107,6 +110,21 @@ impl Probe {
             },
         }
     }
+}
+
+/// A bare IPv6 address whose last group could be a port (`fd00::1:443`): it is read as an
+/// address, which may not be what was meant; the warning says how to write the other.
+pub(crate) fn bare_v6_port(text: &str, addr: IpAddr) -> Option<String> {
+    let (head, last) = text.rsplit_once(':')?;
+    let looks_like_port =
+        !last.is_empty() && last.len() <= 5 && last.bytes().all(|b| b.is_ascii_digit());
+    // Only when what comes before is an address of its own: `fd00::1:443`, not `fd00::1`.
+    let head_is_addr = head.parse::<std::net::Ipv6Addr>().is_ok();
+    (addr.is_ipv6() && !text.starts_with('[') && looks_like_port && head_is_addr).then(|| {
+        format!(
+            "--to {text} is read as the IPv6 address {addr}, no port; for an address and a port write [{head}]:{last}"
+        )
+    })
 }
 
 /// One expectation and what was observed.
@@ -477,5 +495,28 @@ mod tests {
             Some(&probe_flow(Some(untraced), 1)),
         );
         assert_eq!(failed(&checks), vec![("seen_whole", "left by the untraced interface pt-up1 after host:pt-br0 ingress (route: default dev pt-up1 table 100)")]);
+    }
+}
+
+#[cfg(test)]
+mod parse_tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_ipv6_address_with_a_port_like_end_is_said_to_be_an_address() {
+        let a: IpAddr = "fd00::1:443".parse().unwrap_or(IpAddr::from([0; 16]));
+        assert_eq!(
+            bare_v6_port("fd00::1:443", a).as_deref(),
+            Some("--to fd00::1:443 is read as the IPv6 address fd00::1:443, no port; for an address and a port write [fd00::1]:443")
+        );
+        let b: IpAddr = "fd00::1".parse().unwrap_or(IpAddr::from([0; 16]));
+        assert_eq!(
+            bare_v6_port("fd00::1", b),
+            None,
+            "ends in a group, not a port-like number"
+        );
+        assert_eq!(bare_v6_port("10.0.0.1", IpAddr::from([10, 0, 0, 1])), None);
+        let c: IpAddr = "fd00::abcd".parse().unwrap_or(IpAddr::from([0; 16]));
+        assert_eq!(bare_v6_port("fd00::abcd", c), None);
     }
 }

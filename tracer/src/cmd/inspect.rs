@@ -34,10 +34,7 @@ pub(super) fn run(args: &InspectArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-#[expect(
-    clippy::print_stderr,
-    reason = "with --json, stdout holds JSON lines only"
-)]
+/// On stderr: with --json, stdout holds JSON lines only.
 fn no_containers() {
-    eprintln!("no running containers");
+    crate::say("no running containers");
 }

@@ -34,16 +34,33 @@ pub(super) fn run(action: LabAction) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         LabAction::Down { name } => {
-            let names: Vec<String> = match name {
-                Some(n) => vec![n],
-                None => Lab::list()?.into_iter().map(|l| l.name).collect(),
+            // Without a name: the lab the last `lab up` made, never the others (another
+            // user's, a test's): those are listed.
+            let n = match name {
+                Some(n) => n,
+                None => match Lab::last_up() {
+                    Some(n) => n,
+                    None => {
+                        let labs: Vec<String> = Lab::list()?.into_iter().map(|l| l.name).collect();
+                        anyhow::ensure!(!labs.is_empty(), "there is no lab to take down");
+                        anyhow::bail!(
+                            "the lab the last `lab up` made is gone; name the one to take down: `pathtrace lab down NAME` (labs: {})",
+                            labs.join(", ")
+                        );
+                    }
+                },
             };
-            for n in names {
-                Lab::down(&n)?;
-                // A closed stdout (`| head`) must not stop the removal of the other labs.
-                if let Err(e) = writeln!(std::io::stdout(), "lab {n} removed") {
-                    tracing::debug!("stdout: {e}");
-                }
+            Lab::down(&n)?;
+            // A closed stdout (`| head`) is no reason to fail after the lab is down.
+            if let Err(e) = writeln!(std::io::stdout(), "lab {n} removed") {
+                tracing::debug!("stdout: {e}");
+            }
+            let others: Vec<String> = Lab::list()?.into_iter().map(|l| l.name).collect();
+            if !others.is_empty() {
+                super::warn(format_args!(
+                    "other labs are still up (take one down with `pathtrace lab down NAME`): {}",
+                    others.join(", ")
+                ));
             }
             Ok(ExitCode::SUCCESS)
         }

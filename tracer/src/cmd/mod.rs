@@ -93,9 +93,11 @@ pub fn init_logging(verbose: u8) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!("{level},netlink_packet_route=error"))
     });
+    // Colours only for a terminal: a log redirected to a file or a pipe stays plain text.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }
@@ -126,9 +128,8 @@ fn session(
 }
 
 /// A warning of a verb, one line on stderr (`pathtrace: ...`), beside what it prints.
-#[expect(clippy::print_stderr, reason = "this is where verbs warn")]
 fn warn(message: impl std::fmt::Display) {
-    eprintln!("pathtrace: {message}");
+    crate::say(&format!("pathtrace: {message}"));
 }
 
 /// Says once which uplinks are tunnels (their encapsulated packets are not followed) and gives

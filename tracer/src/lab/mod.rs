@@ -29,6 +29,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::discover::netns::{Netns, NetnsError};
 use state::{LabState, Resource, StateLock, STATE_DIR};
+
+/// The file in the state directory that names the lab the last `lab up` made.
+const LAST_UP: &str = "last-up";
 use traffic::{LoopOptions, LoopStats, ServerHandle, ServerStats, TrafficError, TrafficLoop};
 
 #[derive(Debug, thiserror::Error)]
@@ -186,7 +189,13 @@ impl Lab {
         let mut st = LabState::new(lab.clone());
         state::save(dir, &st)?;
         match topology::build(dir, &mut st) {
-            Ok(()) => Ok(lab),
+            Ok(()) => {
+                // What a later `lab down` without a name takes down: this one, no other.
+                if let Err(e) = std::fs::write(dir.join(LAST_UP), &name) {
+                    tracing::warn!("recording the last lab made: {e}");
+                }
+                Ok(lab)
+            }
             Err(error) => match remove(dir, st, &others) {
                 Ok(()) => Err(error),
                 Err(rollback) => Err(LabError::Rollback {
@@ -211,6 +220,14 @@ impl Lab {
             .collect();
         tracing::info!(lab = %name, "taking the lab down");
         remove(dir, st, &others)
+    }
+
+    /// The lab the last `lab up` made (on this host), if it is still up.
+    pub fn last_up() -> Option<String> {
+        let dir = Path::new(STATE_DIR);
+        let name = std::fs::read_to_string(dir.join(LAST_UP)).ok()?;
+        let name = name.trim().to_string();
+        state::load(dir, &name).is_ok().then_some(name)
     }
 
     /// The lab `name`, from its state file.

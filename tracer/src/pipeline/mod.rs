@@ -75,8 +75,12 @@ pub(crate) fn replay(cap: &Capture, renderer: &mut dyn Renderer) -> Outcome {
     let rules: Arc<dyn RuleAttributor> = Arc::new(NatRuleset::from_rules(&cap.topology.nat_rules));
     let topology = Arc::new(cap.topology.clone());
     let mut engine = Engine::new(topology, Some(rules), 1 << 20, Vec::new(), renderer);
-    let events: Vec<Event> = cap.records.iter().cloned().map(Event::Packet).collect();
-    engine.feed(&events);
+    // A file pathtrace did not write (no topology snapshot) names interfaces, not hooks on a
+    // known path: its packets are counted per interface, never made into hop chains.
+    if cap.meta.is_some() {
+        let events: Vec<Event> = cap.records.iter().cloned().map(Event::Packet).collect();
+        engine.feed(&events);
+    }
     // What the file holds per hook: every packet it has was emitted; nothing else is known.
     let stats = cap
         .topology

@@ -38,12 +38,9 @@ pub trait Observer {
         false
     }
     /// Something the user should know (container restarted, interface moved away).
-    #[expect(
-        clippy::print_stderr,
-        reason = "an observer that renders nothing still says what the user should know"
-    )]
+    /// An observer that renders nothing still says what the user should know.
     fn note(&mut self, msg: &str) {
-        eprintln!("pathtrace: {msg}");
+        crate::say(&format!("pathtrace: {msg}"));
     }
 }
 

@@ -227,17 +227,14 @@ impl Renderer for StreamRenderer {
         }
     }
 
-    #[expect(
-        clippy::print_stderr,
-        reason = "after the last line of output: the one line about what it could not take"
-    )]
+    /// After the last line of output: the one line about what it could not take.
     fn close(&mut self) {
         self.out.close();
         let shed = self.out.shed();
         if shed > 0 {
-            eprintln!(
+            crate::say(&format!(
                 "pathtrace: {shed} output updates were dropped because the output was too slow"
-            );
+            ));
         }
     }
 }

@@ -518,6 +518,7 @@ impl ContainerInfo {
             netns: super::netns_of_pid(self.pid),
             networks: self.networks.clone(),
             published: self.published.clone(),
+            netns_owner: self.netns_owner.clone(),
         }
     }
 

@@ -99,6 +99,9 @@ pub(crate) struct Target {
     /// Sorted by network name.
     pub networks: Vec<NetworkAttachment>,
     pub published: Vec<PublishedPort>,
+    /// When it shares another container's network namespace (`--network container:NAME`):
+    /// that container's name. Its veths are that container's.
+    pub netns_owner: Option<String>,
 }
 
 /// A line of the runtime's list of running containers.

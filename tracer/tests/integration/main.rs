@@ -27,6 +27,7 @@ mod policy_routing;
 mod reliability;
 mod ring_gaps;
 mod routes;
+mod small_fixes;
 mod trace_lab;
 mod tunnels;
 mod tuple_reuse;
