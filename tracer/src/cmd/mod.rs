@@ -99,6 +99,9 @@ pub fn init_logging(verbose: u8) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
+        // A failed write to a closed stderr is reported by the library with `eprintln!`,
+        // which panics on that same closed stderr: nothing to report to, so nothing reported.
+        .log_internal_errors(false)
         .init();
 }
 
