@@ -69,8 +69,10 @@ pub struct PacketMeta {
     pub l3_offset: u16,
     /// Offset of the transport header in the frame.
     pub l4_offset: u16,
-    /// IPv4 identification, or the IPv6 fragment header's identification (0 without one): with
-    /// the addresses and protocol, what ties the fragments of one datagram together.
+    /// IPv4 identification, or the IPv6 fragment header's identification: with the addresses and
+    /// protocol, what ties the fragments of one datagram together. For IPv6 without a fragment
+    /// header it holds the flow label, which means nothing here: read it only where `frag` is not
+    /// 0 (`tracer`'s packet record sets it to 0 there).
     pub ip_id: u32,
 }
 

@@ -107,11 +107,12 @@ fn parse_ipv4<F: Frame + ?Sized>(frame: &F, l3: usize, meta: &mut PacketMeta) ->
     }
     let tot_len = be16(&ip, 2);
     let id = be16(&ip, 4);
-    let frag = be16(&ip, 6) & FRAG_OFFSET;
+    let frag_field = be16(&ip, 6);
+    let frag = frag_field & FRAG_OFFSET;
     let proto = ip[9];
     meta.family = 4;
     meta.ip_id = u32::from(id);
-    meta.frag = be16(&ip, 6) & (FRAG_MORE | FRAG_OFFSET);
+    meta.frag = frag_field & (FRAG_MORE | FRAG_OFFSET);
     meta.proto = proto;
     meta.saddr[..4].copy_from_slice(&ip[12..16]);
     meta.daddr[..4].copy_from_slice(&ip[16..20]);
@@ -149,6 +150,12 @@ fn parse_ipv6<F: Frame + ?Sized>(frame: &F, l3: usize, meta: &mut PacketMeta) ->
     let mut next = ip[6];
     let mut off = l3 + 40;
     let mut fp = Fingerprint::new().word(u32::from(payload_len)).word(flow);
+    // Without a fragment header `ip_id` means nothing (see [`PacketMeta::ip_id`]). It is set
+    // here to a value the verifier cannot know, so that the fragment header's store below leaves
+    // the stack as unknown as the other paths do: with the slot's zero from the start, the
+    // verifier could prune none of the paths that stored into it (a quarter more verifier time
+    // for every program, measured).
+    meta.ip_id = flow;
     let mut i = 0;
     while i < IPV6_MAX_EXT {
         i += 1;
@@ -173,7 +180,8 @@ fn parse_ipv6<F: Frame + ?Sized>(frame: &F, l3: usize, meta: &mut PacketMeta) ->
                 };
                 let frag = be16(&h, 2) >> 3;
                 meta.ip_id = be32(&h, 4);
-                meta.frag = frag | if be16(&h, 2) & 1 == 1 { FRAG_MORE } else { 0 };
+                // Branch-free: a branch here doubles the verifier's states on each later pass.
+                meta.frag = frag | ((be16(&h, 2) & 1) * FRAG_MORE);
                 fp = fp.word(u32::from(frag)).word(be32(&h, 4));
                 next = h[0];
                 off += 8;
@@ -361,5 +369,75 @@ mod frag_tests {
         );
         let last = parse(&ipv4_fragment(370)[..]);
         assert_eq!((last.frag, last.ip_id), (370, 0x4242));
+    }
+}
+
+#[cfg(test)]
+mod frag6_tests {
+    extern crate std;
+    use super::*;
+    use std::{vec, vec::Vec};
+
+    /// Ethernet + IPv6 + a fragment header (`frag_field` as the header holds it, id 0x0a0b0c0d),
+    /// then, when `dstopts`, an 8-byte destination options header, then a UDP header.
+    fn ipv6_fragment(frag_field: u16, dstopts: bool) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 40];
+        f[12..14].copy_from_slice(&ETH_P_IPV6.to_be_bytes());
+        f[14] = 0x60;
+        f[14 + 6] = IPV6_FRAGMENT;
+        f[14 + 8 + 15] = 1;
+        f[14 + 24 + 15] = 2;
+        let mut frag = [0u8; 8];
+        frag[0] = if dstopts { IPV6_DSTOPTS } else { IPPROTO_UDP };
+        frag[2..4].copy_from_slice(&frag_field.to_be_bytes());
+        frag[4..8].copy_from_slice(&0x0a0b_0c0du32.to_be_bytes());
+        f.extend_from_slice(&frag);
+        if dstopts {
+            f.extend_from_slice(&[IPPROTO_UDP, 0, 1, 4, 0, 0, 0, 0]);
+        }
+        let mut udp = [0u8; 8];
+        udp[0..2].copy_from_slice(&5000u16.to_be_bytes());
+        udp[2..4].copy_from_slice(&53u16.to_be_bytes());
+        f.extend_from_slice(&udp);
+        let payload_len = (f.len() - 54) as u16;
+        f[18..20].copy_from_slice(&payload_len.to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn first_fragment_keeps_its_ports_and_says_more_follow() {
+        for dstopts in [false, true] {
+            let m = parse(&ipv6_fragment(1, dstopts)[..]);
+            assert_eq!((m.family, m.proto), (6, IPPROTO_UDP), "dstopts {dstopts}");
+            assert_eq!((m.frag, m.ip_id), (FRAG_MORE, 0x0a0b_0c0d));
+            assert_eq!((m.sport, m.dport, m.l4_missing), (5000, 53, 0));
+        }
+    }
+
+    #[test]
+    fn later_fragment_has_its_offset_and_no_ports() {
+        // Offset 185 (× 8 bytes), more to follow.
+        let m = parse(&ipv6_fragment((185 << 3) | 1, false)[..]);
+        assert_eq!((m.frag, m.ip_id), (FRAG_MORE | 185, 0x0a0b_0c0d));
+        assert_eq!((m.sport, m.l4_missing), (0, 1));
+        let last = parse(&ipv6_fragment(370 << 3, false)[..]);
+        assert_eq!((last.frag, last.l4_missing), (370, 1));
+        assert_ne!(last.fingerprint, m.fingerprint);
+    }
+
+    #[test]
+    fn atomic_fragment_is_whole() {
+        let m = parse(&ipv6_fragment(0, false)[..]);
+        assert_eq!((m.frag, m.ip_id, m.sport), (0, 0x0a0b_0c0d, 5000));
+    }
+
+    #[test]
+    fn no_fragment_header_no_fragment_bits() {
+        let mut f = ipv6_fragment(1, false);
+        // Drop the fragment header: IPv6 straight to UDP.
+        f.drain(54..62);
+        f[14 + 6] = IPPROTO_UDP;
+        let m = parse(&f[..]);
+        assert_eq!((m.frag, m.sport, m.proto), (0, 5000, IPPROTO_UDP));
     }
 }

@@ -446,7 +446,12 @@ impl PacketRecord {
             icmp_type: m.icmp_type,
             icmp_code: m.icmp_code,
             seq: m.seq,
-            ip_id: m.ip_id,
+            // IPv6 without a fragment header: the parser's id is no identification.
+            ip_id: if m.family == 6 && m.frag == 0 {
+                0
+            } else {
+                m.ip_id
+            },
             frag: m.frag,
             pkt_len,
             data,
@@ -618,6 +623,27 @@ pub trait RuleAttributor: Send + Sync {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_id_counts_only_with_a_fragment_header() {
+        let mut m = PacketMeta {
+            family: 6,
+            proto: 17,
+            ip_id: 0x000a_bcde,
+            ..PacketMeta::default()
+        };
+        let record = |m: &PacketMeta| {
+            PacketRecord::from_meta(m, 0, Direction::Egress, 1, 0, 100, Bytes::new())
+                .map(|r| (r.ip_id, r.frag))
+        };
+        // No fragment header: what the parser left there (the flow label) is no identification.
+        assert_eq!(record(&m), Some((0, 0)));
+        m.frag = tracer_common::event::FRAG_MORE;
+        assert_eq!(record(&m), Some((0x000a_bcde, m.frag)));
+        // IPv4 keeps its identification on every packet.
+        (m.family, m.frag) = (4, 0);
+        assert_eq!(record(&m), Some((0x000a_bcde, 0)));
+    }
 
     #[test]
     fn protocols_parse_once_and_print_their_names() {
