@@ -33,6 +33,39 @@ pub struct Cli {
     pub verbose: u8,
 }
 
+impl Cli {
+    /// [`Cli::parse`] of the process's arguments, where `-v` (and the other global flags) may
+    /// also come before the verb: `pathtrace -vv lab demo` is `pathtrace lab demo -vv`.
+    pub fn parse_args() -> Self {
+        Self::parse_from(verbs_first(std::env::args_os()))
+    }
+}
+
+/// The arguments with the global flags that come before a verb moved after it. The default
+/// verb's options conflict with the verbs (`pathtrace --container x inspect` is refused), and
+/// clap counts a global flag given before a verb as one of them.
+fn verbs_first(args: impl IntoIterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    use clap::CommandFactory as _;
+    let mut args: Vec<_> = args.into_iter().collect();
+    let is_global = |a: &std::ffi::OsString| {
+        a.to_str().is_some_and(|a| {
+            a == "--verbose"
+                || (a.len() > 1 && a.starts_with('-') && a[1..].bytes().all(|b| b == b'v'))
+        })
+    };
+    let globals = args.iter().skip(1).take_while(|a| is_global(a)).count();
+    let verb = args.get(1 + globals).and_then(|a| a.to_str());
+    let is_verb = verb.is_some_and(|v| {
+        Cli::command()
+            .get_subcommands()
+            .any(|c| c.get_name() == v || c.get_all_aliases().any(|a| a == v))
+    });
+    if globals > 0 && is_verb {
+        args[1..=globals + 1].rotate_left(globals);
+    }
+    args
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Send one probe from the container / namespace, trace it, and check it against expectations
@@ -303,6 +336,30 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parsed(line: &str) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(verbs_first(line.split(' ').map(std::ffi::OsString::from)))
+    }
+
+    #[test]
+    fn global_flags_before_or_after_the_verb() {
+        for line in [
+            "pathtrace -vv lab demo",
+            "pathtrace lab demo -vv",
+            "pathtrace -v -v lab demo",
+        ] {
+            let cli = parsed(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+            assert_eq!(cli.verbose, 2, "{line}");
+            assert!(matches!(cli.command, Some(Command::Lab { .. })), "{line}");
+        }
+        let cli = parsed("pathtrace --verbose inspect --netns x").map(|c| c.verbose);
+        assert_eq!(cli.ok(), Some(1));
+        // The default verb keeps its flags where they are.
+        let cli = parsed("pathtrace -v --netns x --duration 1s").map(|c| c.verbose);
+        assert_eq!(cli.ok(), Some(1));
+        // A trace option before a verb is still refused.
+        assert!(parsed("pathtrace --netns x inspect").is_err());
+    }
 
     #[test]
     fn durations() {

@@ -2,12 +2,11 @@
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
 use tracer::{cli::Cli, cmd};
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     cmd::init_logging(cli.verbose);
     match cmd::dispatch(cli) {
         Ok(code) => code,

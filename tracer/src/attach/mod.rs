@@ -408,14 +408,18 @@ impl Tracer {
     pub(crate) fn detach_where(&mut self, mut pred: impl FnMut(&Hook) -> bool) -> Vec<Hook> {
         let mut gone = Vec::new();
         let mut keep = Vec::new();
-        let tcx = self.tcx;
+        let mut leaving = Vec::new();
         for a in std::mem::take(&mut self.attached) {
             if pred(&a.target.hook) {
                 gone.push(a.target.hook.clone());
-                detach_one(a, tcx);
+                leaving.push(a);
             } else {
                 keep.push(a);
             }
+        }
+        while let Some(mut a) = leaving.pop() {
+            let shared = hand_over_qdisc(&mut a, leaving.iter_mut().chain(keep.iter_mut()));
+            detach_one(a, self.tcx, shared);
         }
         self.attached = keep;
         gone
@@ -460,8 +464,9 @@ impl Tracer {
     /// Detaches everything, each link inside its own namespace, and removes qdiscs we added.
     pub(crate) fn detach_all(&mut self) {
         self.drops.detach();
-        for a in self.attached.drain(..).rev() {
-            detach_one(a, self.tcx);
+        while let Some(mut a) = self.attached.pop() {
+            let shared = hand_over_qdisc(&mut a, self.attached.iter_mut());
+            detach_one(a, self.tcx, shared);
         }
     }
 
@@ -709,7 +714,25 @@ fn attach_program(
     })?
 }
 
-fn detach_one(mut a: Attached, tcx: bool) {
+/// Whether another of our hooks stays on `a`'s interface. If so, the clsact qdisc `a` added (if
+/// it did) becomes that hook's to remove: our own filter is no reason to keep it.
+fn hand_over_qdisc<'a>(a: &mut Attached, others: impl Iterator<Item = &'a mut Attached>) -> bool {
+    let (inode, ifindex) = (a.target.netns.inode(), a.target.hook.ifindex);
+    let mut others = others;
+    let Some(sibling) =
+        others.find(|b| b.target.netns.inode() == inode && b.target.hook.ifindex == ifindex)
+    else {
+        return false;
+    };
+    if let Some(marker) = a.created_qdisc.take() {
+        sibling.created_qdisc.get_or_insert(marker);
+    }
+    true
+}
+
+/// Detaches one hook; with `shared` (another of our hooks stays on its interface) it leaves
+/// the interface's qdisc to that hook.
+fn detach_one(mut a: Attached, tcx: bool, shared: bool) {
     let label = a.target.hook.label();
     let dir = a.target.hook.direction;
     let ifname = a.target.hook.ifname.clone();
@@ -720,6 +743,9 @@ fn detach_one(mut a: Attached, tcx: bool) {
     // dropped (detached) inside the hook's namespace. A TCX link just closes its fd.
     let result = a.target.netns.run(move || {
         drop(link);
+        if shared {
+            return;
+        }
         if let Some(marker) = created {
             // While other filters use it the qdisc stays, and so does its record: whoever leaves
             // it without filters (another pathtrace, `pathtrace cleanup`) removes it.
@@ -765,7 +791,9 @@ fn remove_clsact(ifname: &str) -> bool {
             );
             return Ok(false);
         }
-        rtnl.del_clsact(link.ifindex).map(|()| true)
+        rtnl.del_clsact(link.ifindex)?;
+        tracing::debug!(iface = ifname, "removed the clsact qdisc pathtrace added");
+        Ok(true)
     });
     result.unwrap_or_else(|e| {
         tracing::warn!(iface = ifname, "removing our clsact qdisc: {e}");

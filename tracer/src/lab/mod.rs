@@ -139,6 +139,12 @@ pub struct Lab {
 }
 
 impl Lab {
+    /// The comment on the lab's leak guard, the FORWARD rule that drops (and counts) whatever of
+    /// the lab's subnet would leave by another interface than its uplink: `pathtrace-lab-<p>-guard`.
+    pub fn guard_rule_comment(&self) -> String {
+        format!("{}-guard", self.forward_rule_comment)
+    }
+
     /// The names and addresses of lab `name` with subnet octet `octet`; creates nothing.
     pub(crate) fn plan(name: &str, octet: u8) -> Lab {
         let ip = |c, d| Ipv4Addr::new(10, octet, c, d);

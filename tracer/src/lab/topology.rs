@@ -166,6 +166,29 @@ fn forward_rules(lab: &Lab) -> [Vec<String>; 2] {
     [out, back].map(|r| r.into_iter().map(String::from).collect())
 }
 
+/// The leak guard: a packet from the lab's subnet that the host would forward by any interface
+/// but the lab's uplink (a mistyped address, a route the host has and the lab should not use) is
+/// dropped and counted here, never sent to the host's own networks.
+fn guard_rule(lab: &Lab) -> Vec<String> {
+    let comment = lab.guard_rule_comment();
+    [
+        "-s",
+        &lab.subnet,
+        "!",
+        "-o",
+        &lab.uplink,
+        "-m",
+        "comment",
+        "--comment",
+        &comment,
+        "-j",
+        "DROP",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect()
+}
+
 /// The MASQUERADE rule's arguments after the chain name; without a comment, so that
 /// `iptables -t nat -S` prints exactly [`Lab::masquerade_rule_text`].
 pub(super) fn masquerade_rule(lab: &Lab) -> Vec<String> {
@@ -230,7 +253,8 @@ pub(super) fn build(dir: &Path, state: &mut LabState) -> Result<(), LabError> {
     run(&["ip", "addr", "add", &up_cidr, "dev", &lab.uplink])?;
     run(&["ip", "link", "set", &lab.uplink, "up"])?;
 
-    for rule in forward_rules(&lab) {
+    // The guard goes in last, at the top: nothing of the lab's is forwarded before it is there.
+    for rule in forward_rules(&lab).into_iter().chain([guard_rule(&lab)]) {
         iptables("filter", "-I", "FORWARD", &rule)?;
         step.record(iptables_resource("filter", "FORWARD", rule))?;
     }

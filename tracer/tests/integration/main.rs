@@ -21,6 +21,7 @@ mod host_network;
 mod inspect_docker;
 mod kernel_parser;
 mod lab;
+mod leak_guard;
 mod nat_attribution;
 mod outputs;
 mod policy_routing;
