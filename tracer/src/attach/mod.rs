@@ -208,6 +208,11 @@ pub struct Tracer {
     mode: TcMode,
     tcx: bool,
     drops: drops::DropState,
+    /// When each slot's hook was last attached (kernel monotonic time, just after): kept after
+    /// detaching, for the final counters.
+    attach_times: Vec<(u8, Direction, u64)>,
+    /// When [`Tracer::detach_all`] began; 0 before.
+    detach_ns: u64,
 }
 
 impl Tracer {
@@ -242,6 +247,8 @@ impl Tracer {
         Ok(Self {
             ebpf,
             attached: Vec::new(),
+            attach_times: Vec::new(),
+            detach_ns: 0,
             mode,
             tcx,
             drops,
@@ -348,6 +355,10 @@ impl Tracer {
         created_qdisc: Option<markers::QdiscMarker>,
     ) {
         tracing::debug!(hook = %target.hook.label(), dir = %target.hook.direction, slot = target.hook.slot, mode = self.mode_name(), "attached");
+        let key = (target.hook.slot, target.hook.direction);
+        self.attach_times.retain(|t| (t.0, t.1) != key);
+        self.attach_times
+            .push((key.0, key.1, crate::pipeline::session::monotonic_ns()));
         self.attached.push(Attached {
             target,
             link: Some(link),
@@ -463,6 +474,9 @@ impl Tracer {
 
     /// Detaches everything, each link inside its own namespace, and removes qdiscs we added.
     pub(crate) fn detach_all(&mut self) {
+        if self.detach_ns == 0 && !self.attached.is_empty() {
+            self.detach_ns = crate::pipeline::session::monotonic_ns();
+        }
         self.drops.detach();
         while let Some(mut a) = self.attached.pop() {
             let shared = hand_over_qdisc(&mut a, self.attached.iter_mut());
@@ -518,6 +532,12 @@ impl Tracer {
                 sum.emitted += c.emitted;
                 sum.lost += c.lost;
             }
+            sum.attached_ns = self
+                .attach_times
+                .iter()
+                .find(|t| (t.0, t.1) == (hook.slot, hook.direction))
+                .map_or(0, |t| t.2);
+            sum.detached_ns = self.detach_ns;
             out.push((hook.clone(), sum));
         }
         Ok(out)

@@ -14,7 +14,7 @@ use crate::model::{Direction, Hook, NatKind, Orientation, Place, Proto, RuleAttr
 
 use super::{
     intern::{CEndpoint, CTuple, Pool, StrId},
-    losses::LossLog,
+    losses::{Gap, LossLog},
     nat,
     packets::Instance,
     report::{FlowId, Leg},
@@ -82,16 +82,26 @@ pub(crate) struct End {
     pub leg: Leg,
     pub reason: Option<StrId>,
     /// 1 + the index of a hook further on that was losing events when these packets would have
-    /// crossed it (so their end may be the ring buffer's, not theirs); 0: none. 255: one past
-    /// the first 254 hooks. One byte, in what was padding.
+    /// crossed it (so their end may be the ring buffer's, not theirs); 0: none. One byte, in
+    /// what was padding, with [`UNSEEN_NOT_ATTACHED`] set when that hook was not attached then
+    /// (otherwise its ring buffer was full).
     pub unseen_at: u8,
     pub count: u64,
 }
 
+/// [`End::unseen_at`]: the hook was not attached (hooks are far fewer than 127).
+const UNSEEN_NOT_ATTACHED: u8 = 0x80;
+const _: () = assert!(tracer_common::MAX_HOOKS < 127);
+
 impl End {
-    /// The hook that lost events where these packets were headed, if one did.
-    pub(crate) fn unseen_at(&self) -> Option<HookIdx> {
-        self.unseen_at.checked_sub(1).map(HookIdx::from)
+    /// The hook that could not see where these packets were headed, and why, if one could not.
+    pub(crate) fn unseen_at(&self) -> Option<(HookIdx, Gap)> {
+        let at = (self.unseen_at & !UNSEEN_NOT_ATTACHED).checked_sub(1)?;
+        let gap = match self.unseen_at & UNSEEN_NOT_ATTACHED {
+            0 => Gap::RingFull,
+            _ => Gap::NotAttached,
+        };
+        Some((HookIdx::from(at), gap))
     }
 }
 
@@ -287,7 +297,7 @@ fn unseen_at(
     hops: &[Hop],
     leg: Leg,
 ) -> u8 {
-    if ctx.losses.is_empty() {
+    if !ctx.losses.covers(last.ktime_ns) {
         return 0;
     }
     let after = orientation.rank(last.place, last.direction);
@@ -307,11 +317,15 @@ fn unseen_at(
     ahead.sort_unstable();
     ahead
         .into_iter()
-        .find(|(_, _, i)| {
-            let h = &ctx.topology.hooks[*i];
-            ctx.losses.lossy(h.slot, h.direction, last.ktime_ns)
+        .find_map(|(_, _, i)| {
+            let h = &ctx.topology.hooks[i];
+            let why = match ctx.losses.lossy(h.slot, h.direction, last.ktime_ns)? {
+                Gap::RingFull => 0,
+                Gap::NotAttached => UNSEEN_NOT_ATTACHED,
+            };
+            Some(u8::try_from(i + 1).unwrap_or(u8::MAX) | why)
         })
-        .map_or(0, |(_, _, i)| u8::try_from(i + 1).unwrap_or(u8::MAX))
+        .unwrap_or(0)
 }
 
 /// No neighbour in the LRU list.

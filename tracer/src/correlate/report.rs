@@ -9,6 +9,7 @@ use crate::model::{Direction, Endpoint, Orientation, Proto, Topology};
 use super::{
     flows::{FlowState, FragHop, LegTotals},
     intern::Pool,
+    losses::Gap,
     nat::{self, NatEntry},
 };
 
@@ -82,6 +83,9 @@ pub enum StopCause {
     /// The ring buffer had no room at `at` when they would have got there: whether they did is
     /// not known.
     EventsLost { at: String, at_dir: Direction },
+    /// The hook `at` was not attached yet (or any more) when they would have got there: whether
+    /// they did is not known.
+    NotAttached { at: String, at_dir: Direction },
     /// The kernel routes them out by an interface pathtrace does not watch.
     UntracedExit { via: String, route: String },
 }
@@ -110,6 +114,9 @@ impl Stop {
             }
             StopCause::EventsLost { at, at_dir } => {
                 format!("not seen after {hook} {dir} (ring buffer full at {at} {at_dir})")
+            }
+            StopCause::NotAttached { at, at_dir } => {
+                format!("not seen after {hook} {dir} ({at} {at_dir} was not attached then)")
             }
             StopCause::UntracedExit { via, route } => {
                 format!("left by the untraced interface {via} after {hook} {dir} (route: {route})")
@@ -244,12 +251,16 @@ fn lost(flow: &FlowState, leg: Leg, topology: &Topology, pool: &Pool) -> Vec<Sto
             let dropped = reason.as_deref().is_some_and(|r| short || is_firewall(r));
             let cause = match (&reason, end.unseen_at()) {
                 (Some(_), _) => StopCause::Dropped,
-                (None, Some(at)) => match topology.hooks.get(usize::from(at)) {
-                    Some(h) => StopCause::EventsLost {
+                (None, Some((at, gap))) => match (topology.hooks.get(usize::from(at)), gap) {
+                    (Some(h), Gap::RingFull) => StopCause::EventsLost {
                         at: h.label(),
                         at_dir: h.direction,
                     },
-                    None => StopCause::NotSeen,
+                    (Some(h), Gap::NotAttached) => StopCause::NotAttached {
+                        at: h.label(),
+                        at_dir: h.direction,
+                    },
+                    (None, _) => StopCause::NotSeen,
                 },
                 (None, None) => StopCause::NotSeen,
             };

@@ -490,6 +490,13 @@ pub struct HookStats {
     pub filtered: u64,
     pub emitted: u64,
     pub lost: u64,
+    /// When the hook was attached (kernel monotonic time, taken just after): before it, a packet
+    /// that would have crossed it was not seen there. 0: not known (a capture's summary).
+    #[serde(skip)]
+    pub attached_ns: u64,
+    /// When detaching began (kernel monotonic time, taken just before); 0 while attached.
+    #[serde(skip)]
+    pub detached_ns: u64,
 }
 
 /// A NAT rule as the ruleset in use prints it.

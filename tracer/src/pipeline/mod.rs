@@ -97,6 +97,8 @@ pub(crate) fn replay(cap: &Capture, renderer: &mut dyn Renderer) -> Outcome {
                 filtered: 0,
                 emitted,
                 lost: 0,
+                attached_ns: 0,
+                detached_ns: 0,
             };
             (h.clone(), stats)
         })

@@ -370,6 +370,9 @@ fn stop(s: &Stop) -> StopLine<'_> {
         StopCause::EventsLost { at, at_dir } => {
             (line.cause, line.at, line.at_dir) = ("events_lost", Some(at.as_str()), Some(*at_dir));
         }
+        StopCause::NotAttached { at, at_dir } => {
+            (line.cause, line.at, line.at_dir) = ("not_attached", Some(at.as_str()), Some(*at_dir));
+        }
         StopCause::UntracedExit { via, route } => {
             (line.cause, line.via, line.route) =
                 ("untraced_exit", Some(via.as_str()), Some(route.as_str()));

@@ -169,6 +169,8 @@ fn stats_hooks() -> Vec<(Hook, HookStats)> {
         filtered,
         emitted,
         lost,
+        attached_ns: 0,
+        detached_ns: 0,
     };
     let hooks = lab().hooks;
     let (Some(ctr_egress), Some(br_ingress)) = (hooks.first(), hooks.get(4)) else {

@@ -270,6 +270,11 @@ fn stop_line(s: &Stop) -> String {
                 "  {count} events not seen after {hook} {dir}{leg} (ring buffer full at {at} {at_dir}; not a packet loss as far as pathtrace can tell)\n"
             )
         }
+        StopCause::NotAttached { at, at_dir } => {
+            return format!(
+                "  {count} not seen after {hook} {dir}{leg} ({at} {at_dir} was not attached yet, or no longer, when they would have crossed it; not a packet loss as far as pathtrace can tell)\n"
+            )
+        }
         StopCause::UntracedExit { via, route } => {
             return format!(
                 "  {count} left by the untraced interface {via} after {hook} {dir}{leg} (route: {route}; trace it with --uplink {via})\n"
