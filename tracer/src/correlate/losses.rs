@@ -7,14 +7,14 @@
 
 use crate::model::{Direction, Hook, HookStats};
 
-/// Lossy intervals kept at most (merged while contiguous); the oldest go first beyond this.
+/// Ring buffer loss intervals kept at most (merged while contiguous); the oldest go first beyond this.
 const MAX_SPANS: usize = 4096;
 
 /// How long after its last sighting a packet is still on its way to the next hook.
 pub(crate) const ON_ITS_WAY_NS: u64 = 50_000_000;
 
 /// Why a hook could not see for a while.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Gap {
     /// Its events did not fit in the ring buffer.
     RingFull,
@@ -22,24 +22,49 @@ pub(crate) enum Gap {
     NotAttached,
 }
 
+/// An interval `(after_ns, until_ns]` of kernel monotonic time in which a hook lost events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Span {
     slot: u8,
     direction: Direction,
-    gap: Gap,
-    /// The interval `(after_ns, until_ns]` of kernel monotonic time.
     after_ns: u64,
     until_ns: u64,
 }
 
-/// The lossy intervals of every hook, as far as the counters tell.
-#[derive(Debug, Default)]
+/// What the counters told of one hook so far.
+#[derive(Clone, Copy, Debug)]
+struct Watch {
+    slot: u8,
+    direction: Direction,
+    /// The lost count at the last read, and when that was.
+    lost: u64,
+    read_ns: u64,
+    /// Attached at (0: not known); detaching began at (`u64::MAX`: not yet).
+    attached_ns: u64,
+    detached_ns: u64,
+}
+
+/// When every hook could see, as far as the counters tell.
+#[derive(Debug)]
 pub(crate) struct LossLog {
-    /// Per hook: the lost count and the time of the last read.
-    last: Vec<(u8, Direction, u64, u64)>,
-    /// Per hook: the attach time whose blind span before it was added.
-    attached: Vec<(u8, Direction, u64)>,
+    hooks: Vec<Watch>,
+    /// Ring buffer losses, merged while contiguous.
     spans: Vec<Span>,
+    /// Until the last hook was attached, and from when the first began to detach, some hook
+    /// could not see: the quick test of [`LossLog::covers`].
+    all_attached_ns: u64,
+    first_detached_ns: u64,
+}
+
+impl Default for LossLog {
+    fn default() -> Self {
+        Self {
+            hooks: Vec::new(),
+            spans: Vec::new(),
+            all_attached_ns: 0,
+            first_detached_ns: u64::MAX,
+        }
+    }
 }
 
 impl LossLog {
@@ -47,63 +72,50 @@ impl LossLog {
     pub(crate) fn note(&mut self, now_ns: u64, stats: &[(Hook, HookStats)]) {
         for (hook, st) in stats {
             let key = (hook.slot, hook.direction);
-            self.note_attached(hook, st.attached_ns);
-            if st.detached_ns != 0 {
-                self.note_end(hook, st.detached_ns);
-            }
-            let known = self.last.iter().position(|l| (l.0, l.1) == key);
-            let (lost_before, read_before) =
-                known.map_or((0, 0), |i| (self.last[i].2, self.last[i].3));
-            if st.lost > lost_before {
+            let i = match self.hooks.iter().position(|w| (w.slot, w.direction) == key) {
+                Some(i) => i,
+                None => {
+                    self.hooks.push(Watch {
+                        slot: hook.slot,
+                        direction: hook.direction,
+                        lost: 0,
+                        read_ns: 0,
+                        attached_ns: 0,
+                        detached_ns: u64::MAX,
+                    });
+                    self.hooks.len() - 1
+                }
+            };
+            let w = self.hooks[i];
+            if st.lost > w.lost {
                 self.add(Span {
                     slot: hook.slot,
                     direction: hook.direction,
-                    gap: Gap::RingFull,
-                    after_ns: read_before,
+                    after_ns: w.read_ns,
                     until_ns: now_ns,
                 });
             }
-            match known {
-                Some(i) => self.last[i] = (key.0, key.1, st.lost.max(lost_before), now_ns),
-                None => self.last.push((key.0, key.1, st.lost, now_ns)),
+            let w = &mut self.hooks[i];
+            (w.lost, w.read_ns) = (st.lost.max(w.lost), now_ns);
+            if st.attached_ns != 0 {
+                w.attached_ns = st.attached_ns;
+            }
+            if st.detached_ns != 0 {
+                w.detached_ns = w.detached_ns.min(st.detached_ns);
             }
         }
-    }
-
-    /// A hook attached at `attached_ns` (0: not known) saw nothing before.
-    fn note_attached(&mut self, hook: &Hook, attached_ns: u64) {
-        let key = (hook.slot, hook.direction, attached_ns);
-        if attached_ns == 0 || self.attached.contains(&key) {
-            return;
-        }
-        self.attached.retain(|a| (a.0, a.1) != (key.0, key.1));
-        self.attached.push(key);
-        self.add(Span {
-            slot: hook.slot,
-            direction: hook.direction,
-            gap: Gap::NotAttached,
-            after_ns: 0,
-            until_ns: attached_ns,
-        });
-    }
-
-    /// Detaching began at `end_ns`: the hooks, detached one after another from then on, see
-    /// nothing later, so what was on its way then may have gone on unseen.
-    fn note_end(&mut self, hook: &Hook, end_ns: u64) {
-        self.add(Span {
-            slot: hook.slot,
-            direction: hook.direction,
-            gap: Gap::NotAttached,
-            after_ns: end_ns,
-            until_ns: u64::MAX,
-        });
+        self.all_attached_ns = self.hooks.iter().map(|w| w.attached_ns).max().unwrap_or(0);
+        self.first_detached_ns = self
+            .hooks
+            .iter()
+            .map(|w| w.detached_ns)
+            .min()
+            .unwrap_or(u64::MAX);
     }
 
     fn add(&mut self, span: Span) {
         let contiguous = self.spans.iter_mut().rev().find(|s| {
-            (s.slot, s.direction, s.gap) == (span.slot, span.direction, span.gap)
-                && s.until_ns >= span.after_ns
-                && s.after_ns <= span.after_ns
+            (s.slot, s.direction) == (span.slot, span.direction) && s.until_ns >= span.after_ns
         });
         if let Some(s) = contiguous {
             s.until_ns = s.until_ns.max(span.until_ns);
@@ -119,24 +131,28 @@ impl LossLog {
     /// on its way (the quick test before [`LossLog::lossy`] per hook).
     pub(crate) fn covers(&self, at_ns: u64) -> bool {
         let until = at_ns.saturating_add(ON_ITS_WAY_NS);
-        self.spans
-            .iter()
-            .any(|s| s.after_ns < until && s.until_ns >= at_ns)
+        at_ns <= self.all_attached_ns
+            || until > self.first_detached_ns
+            || self
+                .spans
+                .iter()
+                .any(|s| s.after_ns < until && s.until_ns >= at_ns)
     }
 
     /// Why the hook of `slot` and `direction` could not see while a packet last seen at `at_ns`
     /// would have crossed it, if it could not (the ring buffer first: it is the likelier).
     pub(crate) fn lossy(&self, slot: u8, direction: Direction, at_ns: u64) -> Option<Gap> {
         let until = at_ns.saturating_add(ON_ITS_WAY_NS);
-        self.spans
+        let key = (slot, direction);
+        let ring_full = self
+            .spans
             .iter()
-            .filter(|s| {
-                (s.slot, s.direction) == (slot, direction)
-                    && s.after_ns < until
-                    && s.until_ns >= at_ns
-            })
-            .map(|s| s.gap)
-            .min()
+            .any(|s| (s.slot, s.direction) == key && s.after_ns < until && s.until_ns >= at_ns);
+        if ring_full {
+            return Some(Gap::RingFull);
+        }
+        let w = self.hooks.iter().find(|w| (w.slot, w.direction) == key)?;
+        (at_ns <= w.attached_ns || until > w.detached_ns).then_some(Gap::NotAttached)
     }
 }
 
@@ -213,7 +229,7 @@ mod tests {
         );
         // Read again: the same attach time adds nothing.
         log.note(400 * ms, &[(hook(1), at(100 * ms, 0))]);
-        assert_eq!(log.spans.len(), 2);
+        assert!(log.spans.is_empty() && !log.covers(200 * ms));
         log.note(900 * ms, &[(hook(1), at(100 * ms, 800 * ms))]);
         assert_eq!(
             log.lossy(1, Direction::Ingress, 790 * ms),

@@ -109,6 +109,16 @@ pub(crate) async fn follow(
     None
 }
 
+/// The host veths among `hooks`, each once, in name order: "veth1, veth2".
+fn host_veths(hooks: &[AttachTarget]) -> String {
+    let veths: BTreeSet<&str> = hooks
+        .iter()
+        .filter(|t| t.hook.place == Place::Veth)
+        .map(|t| t.hook.ifname.as_str())
+        .collect();
+    veths.into_iter().collect::<Vec<_>>().join(", ")
+}
+
 /// The request after a restart: the container's own hooks again, on their old slots.
 fn restarted(target: &Target, f: &Follow) -> Control {
     let pid = |then: &str| {
@@ -119,17 +129,11 @@ fn restarted(target: &Target, f: &Follow) -> Control {
     };
     match reattach(target, f.to, &f.uplinks) {
         Ok((attach, target_addrs, detach_slots)) => {
-            let veths: BTreeSet<&str> = attach
-                .iter()
-                .filter(|t| t.hook.place == Place::Veth)
-                .map(|t| t.hook.ifname.as_str())
-                .collect();
-            let veths: Vec<&str> = veths.into_iter().collect();
             let note = format!(
                 "container {} started again ({}new network namespace); following it on host {}",
                 f.name,
                 pid(", "),
-                veths.join(", ")
+                host_veths(&attach)
             );
             Control::Replace {
                 detach_slots,
@@ -158,16 +162,10 @@ fn rewired(target: &Target, what: &str, f: &Follow) -> Control {
         .and_then(|paths| Ok((container_hooks(&paths)?, target_addrs(&paths))));
     match paths {
         Ok((attach, target_addrs)) => {
-            let veths: BTreeSet<&str> = attach
-                .iter()
-                .filter(|t| t.hook.place == Place::Veth)
-                .map(|t| t.hook.ifname.as_str())
-                .collect();
-            let veths: Vec<&str> = veths.into_iter().collect();
             let note = format!(
                 "container {} {what}; following it on host {}",
                 f.name,
-                veths.join(", ")
+                host_veths(&attach)
             );
             Control::Rewire {
                 attach,
