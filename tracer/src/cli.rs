@@ -109,6 +109,13 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// What this host offers and what pathtrace will use (kernel, BTF, TCX or netlink, ring
+    /// buffer, drop reasons, BPF memory accounting, NAT tools, conntrack, runtimes), each ok,
+    /// fallback or missing with the fix (exit 0 when tracing can work here, 1 when it cannot).
+    #[command(after_help = "Examples:
+  sudo pathtrace doctor
+  sudo pathtrace doctor && sudo pathtrace --container web")]
+    Doctor,
     /// The built-in lab: a Docker-like topology in its own network namespaces.
     #[command(after_help = "Examples:
   sudo pathtrace lab demo

@@ -417,6 +417,7 @@ mod tests {
             packets_back,
             bytes_out: 84,
             bytes_back: 84 * packets_back,
+            before_path_complete: false,
             first_ns: 0,
             last_ns: 1,
             hops: Vec::new(),

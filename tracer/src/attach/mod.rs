@@ -228,6 +228,7 @@ impl Tracer {
             TcMode::Tcx => true,
             TcMode::Netlink => false,
         };
+        raise_memlock_before_5_11();
         let log_level: u8 = if opts.kernel_log { 0xff } else { 0 };
         let (drops, skb_offsets) = drops::DropState::prepare(opts.drop_reasons);
         // The kernel wakes the reader once a quarter of the ring waits; the session drains it on
@@ -682,11 +683,45 @@ fn join_thread<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
 
 /// Attaches a loaded program at a target, inside the target's namespace. On error nothing of
 /// it stays attached (a qdisc it added is removed again).
+/// Before 5.11 the kernel charges BPF maps and programs against `RLIMIT_MEMLOCK` (often 64 KiB;
+/// the ring buffer alone is more): the limit is raised for this process, as libbpf and aya's
+/// template do. Later kernels charge the memory cgroup, and the limit is left alone.
+fn raise_memlock_before_5_11() {
+    if KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 11, 0)) {
+        return;
+    }
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads the struct it is given.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } == 0 {
+        tracing::debug!("RLIMIT_MEMLOCK raised (this kernel charges BPF memory against it)");
+    } else {
+        crate::say(&format!(
+            "pathtrace: cannot raise RLIMIT_MEMLOCK ({}): this kernel charges BPF memory against it, and loading may fail; run as root or raise it (ulimit -l unlimited)",
+            std::io::Error::last_os_error()
+        ));
+    }
+}
+
+/// `PATHTRACE_TEST_ATTACH_DELAY_MS`: a pause before each hook is attached, for the tests that
+/// show what a trace says of packets that crossed while its hooks were attaching (on a loaded
+/// host, or under emulation, attaching takes that long by itself). Not for use otherwise.
+fn attach_delay() -> std::time::Duration {
+    static DELAY: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
+    *DELAY.get_or_init(|| {
+        let ms = std::env::var("PATHTRACE_TEST_ATTACH_DELAY_MS").ok();
+        std::time::Duration::from_millis(ms.and_then(|m| m.parse().ok()).unwrap_or(0).min(5_000))
+    })
+}
+
 fn attach_program(
     prog: &mut SchedClassifier,
     target: &AttachTarget,
     tcx: bool,
 ) -> Result<AttachedLink, AttachError> {
+    std::thread::sleep(attach_delay());
     let hook = &target.hook;
     let attach_type = match hook.direction {
         Direction::Ingress => TcAttachType::Ingress,

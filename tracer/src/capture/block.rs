@@ -5,6 +5,10 @@ use bytes::BufMut;
 pub(super) const SHB: u32 = 0x0A0D_0D0A;
 pub(super) const IDB: u32 = 1;
 pub(super) const EPB: u32 = 6;
+/// Interface Statistics Block, and its start and end time options.
+pub(super) const ISB: u32 = 5;
+pub(super) const ISB_STARTTIME: u16 = 2;
+pub(super) const ISB_ENDTIME: u16 = 3;
 pub(super) const BYTE_ORDER_MAGIC: u32 = 0x1A2B_3C4D;
 pub(super) const LINKTYPE_ETHERNET: u16 = 1;
 

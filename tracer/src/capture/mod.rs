@@ -57,6 +57,18 @@ pub(crate) const SNAPSHOT_PEN: u32 = 32473;
 /// is not mistaken for pathtrace.
 pub(crate) const SNAPSHOT_TAG: &[u8; 20] = b"pathtrace.topology/1";
 
+/// When a hook was attached, and when detaching began (kernel monotonic time; 0 when not
+/// known): written at the end of a capture as each interface's statistics block
+/// (`isb_starttime`, `isb_endtime`), so that a replay knows, as the live trace did, which
+/// packets crossed a hook before it could see them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookTime {
+    pub slot: u8,
+    pub direction: Direction,
+    pub attached_ns: u64,
+    pub detached_ns: u64,
+}
+
 /// What a capture records about the machine and the trace, besides packets.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CaptureMeta {
@@ -123,6 +135,9 @@ pub struct Capture {
     pub application: Option<String>,
     /// Things the user may want to know (unreadable snapshot, skipped packets), one line each.
     pub warnings: Vec<String>,
+    /// From the interface statistics blocks (the last file's, which close it); empty for a
+    /// capture cut short or without them.
+    pub hook_times: Vec<HookTime>,
 }
 
 /// Why a capture could not be written or read. Each message is one line meant for the user.

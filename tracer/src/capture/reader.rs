@@ -11,7 +11,7 @@ use std::{collections::HashMap, path::Path};
 use bytes::Bytes;
 
 use super::{
-    block, io_reason, parse_description, Capture, CaptureError, CaptureMeta, FormatError,
+    block, io_reason, parse_description, Capture, CaptureError, CaptureMeta, FormatError, HookTime,
     SNAPSHOT_PEN, SNAPSHOT_TAG,
 };
 use crate::model::{Direction, Hook, PacketRecord, Place, Role, Topology};
@@ -198,6 +198,7 @@ fn parse(data: &[u8]) -> Result<Capture, FormatError> {
             block::SHB => r.section(body, pos)?,
             block::IDB => r.interface(body, pos)?,
             block::EPB => r.packet(body, pos)?,
+            block::ISB => r.statistics(body),
             _ => {}
         }
         pos += blk.len();
@@ -332,6 +333,43 @@ impl Reader {
             place: Place::Uplink,
             role: Role::All,
         })
+    }
+
+    /// An interface statistics block: its hook's attach time (`isb_starttime`) and when
+    /// detaching began (`isb_endtime`). One that names no hook is skipped.
+    fn statistics(&mut self, body: &[u8]) {
+        let e = self.endian;
+        let Some(iface) = e.u32(body, 0).and_then(|id| self.ifaces.get(id as usize)) else {
+            return;
+        };
+        let Some(hook) = &iface.hook else {
+            return;
+        };
+        let offset_ns = self
+            .offset
+            .or(self.cap.meta.as_ref().map(|m| m.boot_to_unix_ns))
+            .unwrap_or(0);
+        let ktime = |v: &[u8]| {
+            let ts = u64::from(e.u32(v, 0)?) << 32 | u64::from(e.u32(v, 4)?);
+            let unix = iface.clock.to_unix_ns(ts);
+            Some((unix - i128::from(offset_ns)).clamp(0, i128::from(u64::MAX)) as u64)
+        };
+        let mut t = HookTime {
+            slot: hook.slot,
+            direction: hook.direction,
+            attached_ns: 0,
+            detached_ns: 0,
+        };
+        for (code, value) in options(e, body.get(12..).unwrap_or(&[])) {
+            match code {
+                block::ISB_STARTTIME => t.attached_ns = ktime(value).unwrap_or(0),
+                block::ISB_ENDTIME => t.detached_ns = ktime(value).unwrap_or(0),
+                _ => {}
+            }
+        }
+        let key = (t.slot, t.direction);
+        self.cap.hook_times.retain(|h| (h.slot, h.direction) != key);
+        self.cap.hook_times.push(t);
     }
 
     fn packet(&mut self, body: &[u8], offset: usize) -> Result<(), FormatError> {

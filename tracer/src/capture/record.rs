@@ -7,7 +7,7 @@ use std::{net::IpAddr, path::Path, sync::Arc};
 
 use tokio::sync::Notify;
 
-use super::{CaptureError, CaptureMeta, CaptureWriter, WriterOptions};
+use super::{CaptureError, CaptureMeta, CaptureWriter, HookTime, WriterOptions};
 use crate::{
     collect::Event,
     model::{Hook, HookStats, Topology},
@@ -53,7 +53,7 @@ impl<'a> Recorder<'a> {
         self.error = Some(e);
         // The writer is done; end the session so nothing is traced without being recorded.
         if let Some(w) = self.writer.take() {
-            if let Err(e) = w.finish() {
+            if let Err(e) = w.finish(&[]) {
                 tracing::debug!("closing the capture after an error: {e}");
             }
         }
@@ -99,7 +99,17 @@ impl Observer for Recorder<'_> {
 
     fn finished(&mut self, why: StopReason, end: &Finished) {
         if let Some(w) = self.writer.take() {
-            match w.finish() {
+            let times: Vec<HookTime> = end
+                .stats
+                .iter()
+                .map(|(h, st)| HookTime {
+                    slot: h.slot,
+                    direction: h.direction,
+                    attached_ns: st.attached_ns,
+                    detached_ns: st.detached_ns,
+                })
+                .collect();
+            match w.finish(&times) {
                 Ok(summary) => {
                     let files: Vec<String> = summary
                         .files

@@ -15,7 +15,7 @@ fn write(path: &std::path::Path, per_hook: u16, opts: WriterOptions) -> Vec<Pack
     for r in &recs {
         w.write_packet(r).expect("write");
     }
-    w.finish().expect("finish");
+    w.finish(&[]).expect("finish");
     recs
 }
 
@@ -96,7 +96,7 @@ fn reattached_hook_gets_a_new_interface() {
     w.add_hook(&hooks[2]).expect("late hook");
     w.write_packet(&recs[0]).expect("write");
     w.write_packet(&recs[2]).expect("write");
-    w.finish().expect("finish");
+    w.finish(&[]).expect("finish");
 
     let cap = read_capture(&path).expect("read");
     let ifindexes: Vec<u32> = cap.records.iter().map(|r| r.ifindex).collect();
@@ -417,7 +417,7 @@ fn large_snapshot_spans_several_options() {
     m.topology.nat_rules = vec![rule; 3000]; // ≈ 250 KB of JSON: four options
     let mut w = CaptureWriter::create(&path, &m, &hooks, WriterOptions::default()).expect("create");
     w.write_packet(&records(&hooks, 1)[0]).expect("write");
-    w.finish().expect("finish");
+    w.finish(&[]).expect("finish");
     let cap = read_capture(&path).expect("read");
     assert_eq!(cap.meta, Some(m));
     assert!(cap.warnings.is_empty(), "{:?}", cap.warnings);
@@ -444,7 +444,7 @@ fn write_fuzz_seeds() {
     again.ifindex = 77;
     w.add_hook(&again).expect("re-attach");
     w.write_packet(&records(&hooks[..2], 1)[1]).expect("write");
-    w.finish().expect("finish");
+    w.finish(&[]).expect("finish");
     let two_hooks = std::fs::read(&path).expect("read");
     let cut = two_hooks.len() - 10;
     let seeds = [

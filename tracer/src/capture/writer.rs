@@ -17,7 +17,8 @@ use std::{
 
 use super::{
     block::{self, Block},
-    describe, io_reason, rotation_path, CaptureError, CaptureMeta, SNAPSHOT_PEN, SNAPSHOT_TAG,
+    describe, io_reason, rotation_path, CaptureError, CaptureMeta, HookTime, SNAPSHOT_PEN,
+    SNAPSHOT_TAG,
 };
 use crate::model::{Direction, Hook, PacketRecord};
 
@@ -165,9 +166,16 @@ impl CaptureWriter {
         }
     }
 
-    /// Writes what is queued, syncs the file and says what was written.
-    pub fn finish(mut self) -> Result<WriteSummary, CaptureError> {
+    /// Writes what is queued and `times` (of the trace's hooks, see [`HookTime`]), syncs the
+    /// file and says what was written.
+    pub fn finish(mut self, times: &[HookTime]) -> Result<WriteSummary, CaptureError> {
         if !self.stopped {
+            for t in times {
+                // Only hooks of this file's interfaces (the last file's, when rotated).
+                if let Some(&iface) = self.iface.get(&t.slot) {
+                    self.push(isb_block(iface, t, self.meta.boot_to_unix_ns));
+                }
+            }
             self.flush()?;
         }
         let path = self.current_path();
@@ -375,6 +383,25 @@ fn shb_block(meta: &CaptureMeta) -> Result<Vec<u8>, CaptureError> {
         b.option(block::OPT_CUSTOM_BINARY_COPY, &value);
     }
     Ok(b.finish())
+}
+
+/// Interface `iface`'s statistics: when its hook was attached and detaching began, as packet
+/// timestamps are written (nanoseconds since the Unix epoch), taken at the detach time.
+fn isb_block(iface: u32, t: &HookTime, boot_to_unix_ns: i64) -> Vec<u8> {
+    let unix = |ktime: u64| {
+        (i128::from(ktime) + i128::from(boot_to_unix_ns)).clamp(0, i128::from(u64::MAX)) as u64
+    };
+    let split = |ts: u64| [((ts >> 32) as u32).to_le_bytes(), (ts as u32).to_le_bytes()].concat();
+    let now = unix(t.detached_ns.max(t.attached_ns));
+    let mut b = Block::new(block::ISB);
+    b.u32(iface).u32((now >> 32) as u32).u32(now as u32);
+    if t.attached_ns != 0 {
+        b.option(block::ISB_STARTTIME, &split(unix(t.attached_ns)));
+    }
+    if t.detached_ns != 0 {
+        b.option(block::ISB_ENDTIME, &split(unix(t.detached_ns)));
+    }
+    b.finish()
 }
 
 fn idb_block(hook: &Hook, snaplen: u32) -> Vec<u8> {

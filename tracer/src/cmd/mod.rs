@@ -4,6 +4,7 @@
 
 mod cleanup;
 mod diff;
+mod doctor;
 mod inspect;
 mod lab;
 mod show;
@@ -71,6 +72,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             lab::run(action)
         }
         Some(Command::Cleanup { force }) => cleanup::run(force),
+        Some(Command::Doctor) => doctor::run(),
         Some(Command::Show { file, json }) => show::run(&file, json),
         Some(Command::Verify(a)) => verify::run(&a),
         Some(Command::Diff {

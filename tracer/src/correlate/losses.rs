@@ -127,6 +127,11 @@ impl LossLog {
         self.spans.push(span);
     }
 
+    /// Whether a hook was not attached yet at `at_ns`.
+    pub(crate) fn attaching_at(&self, at_ns: u64) -> bool {
+        at_ns <= self.all_attached_ns
+    }
+
     /// Whether any hook could not see at some time while a packet last seen at `at_ns` was
     /// on its way (the quick test before [`LossLog::lossy`] per hook).
     pub(crate) fn covers(&self, at_ns: u64) -> bool {

@@ -205,12 +205,9 @@ impl Correlator {
     pub(crate) fn flow(&self, id: FlowId) -> Option<FlowReport> {
         let flow = self.table.get(id)?;
         let frags = self.table.frag_hops(id);
-        Some(FlowReport::build(
-            flow,
-            &self.topology,
-            self.table.pool(),
-            frags,
-        ))
+        let mut report = FlowReport::build(flow, &self.topology, self.table.pool(), frags);
+        report.before_path_complete = self.losses.attaching_at(report.first_ns);
+        Some(report)
     }
 
     /// A renderer's note about a flow (e.g. a hash of what it printed; 0 until it writes one),

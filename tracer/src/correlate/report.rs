@@ -154,6 +154,9 @@ pub struct FlowReport {
     /// the view, which knows more of the world than correlation does.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// First seen while a hook of the path was not attached yet: its first packets may have
+    /// crossed hooks that could not see them.
+    pub before_path_complete: bool,
 }
 
 impl FlowReport {
@@ -190,6 +193,7 @@ impl FlowReport {
             nat_back: nat(Leg::Back),
             stops,
             notes: Vec::new(),
+            before_path_complete: false,
         }
     }
 }

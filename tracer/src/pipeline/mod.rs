@@ -92,13 +92,17 @@ pub(crate) fn replay(cap: &Capture, renderer: &mut dyn Renderer) -> Outcome {
                 .iter()
                 .filter(|r| r.slot == h.slot && r.direction == h.direction)
                 .count() as u64;
+            let time = cap
+                .hook_times
+                .iter()
+                .find(|t| (t.slot, t.direction) == (h.slot, h.direction));
             let stats = HookStats {
                 seen: emitted,
                 filtered: 0,
                 emitted,
                 lost: 0,
-                attached_ns: 0,
-                detached_ns: 0,
+                attached_ns: time.map_or(0, |t| t.attached_ns),
+                detached_ns: time.map_or(0, |t| t.detached_ns),
             };
             (h.clone(), stats)
         })

@@ -175,6 +175,9 @@ struct FlowLine<'a> {
     /// Only when there is something to say (golden outputs without notes stay as they were).
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     notes: &'a [String],
+    /// Only when true (see [`FlowReport::before_path_complete`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    before_path_complete: bool,
     /// Kernel monotonic time (the same in a replay of a capture).
     first_ns: u64,
     last_ns: u64,
@@ -289,6 +292,7 @@ fn flow_object(f: &FlowReport) -> FlowLine<'_> {
         nat_back: f.nat_back.iter().map(nat).collect(),
         stops: f.stops.iter().map(stop).collect(),
         notes: &f.notes,
+        before_path_complete: f.before_path_complete,
         first_ns: f.first_ns,
         last_ns: f.last_ns,
     }

@@ -50,6 +50,7 @@ fn masq_flow() -> FlowReport {
         packets_back: 5,
         bytes_out: 360,
         bytes_back: 300,
+        before_path_complete: false,
         first_ns: 1_000,
         last_ns: 9_000,
         hops: hops(&[

@@ -157,6 +157,11 @@ pub(crate) fn flow_block(f: &FlowReport) -> String {
     for note in &f.notes {
         out.push_str(&format!("  note: {note}\n"));
     }
+    if f.before_path_complete {
+        out.push_str(
+            "  note: first seen while hooks were still attaching: hooks attached later did not see its first packets\n",
+        );
+    }
     out
 }
 

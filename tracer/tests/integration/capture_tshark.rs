@@ -8,8 +8,9 @@ use std::{collections::BTreeMap, process::Command};
 // `testframes.rs` names `crate::capture` and `crate::model`; these make them resolve here.
 use tracer::{
     capture::{
+        read_capture,
         testframes::{eight_hooks, meta, records, TempDir},
-        CaptureWriter, WriterOptions,
+        CaptureWriter, HookTime, WriterOptions,
     },
     model::Direction,
 };
@@ -58,7 +59,18 @@ fn tshark_sees_one_interface_per_hook() {
     for r in &recs {
         w.write_packet(r).expect("write");
     }
-    w.finish().expect("finish");
+    // The closing block of hook times (a pcapng custom block): tshark must read past it.
+    let times: Vec<HookTime> = hooks
+        .iter()
+        .map(|h| HookTime {
+            slot: h.slot,
+            direction: h.direction,
+            attached_ns: 1_000 + u64::from(h.slot),
+            detached_ns: 9_000_000,
+        })
+        .collect();
+    w.finish(&times).expect("finish");
+    assert_eq!(read_capture(&path).expect("read back").hook_times, times);
 
     let fields = [
         "frame.interface_name",

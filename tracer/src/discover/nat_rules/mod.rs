@@ -134,6 +134,15 @@ impl NatRuleset {
         Self::with(parsed, sets, local)
     }
 
+    /// How many rules each tool printed (`iptables-nft`, `iptables-legacy`, `nftables`).
+    pub(crate) fn rules_per_tool(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut out = std::collections::BTreeMap::new();
+        for r in &self.rules {
+            *out.entry(r.to_nat_rule().source).or_default() += 1;
+        }
+        out
+    }
+
     /// The rules for the topology snapshot, in order, then the sets and the host's addresses
     /// (what [`NatRuleset::from_rules`] needs to evaluate them the same way).
     pub fn rules(&self) -> Vec<NatRule> {

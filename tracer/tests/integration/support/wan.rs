@@ -51,6 +51,9 @@ pub(crate) struct Wan {
     /// 10.X.2.2.
     pub wan_ip: String,
     pub ns: Netns,
+    /// The FORWARD guard's arguments after the chain (removed with the wan), if the host has a
+    /// default route to guard.
+    guard: Option<Vec<String>>,
     stop: Arc<AtomicBool>,
     servers: Vec<JoinHandle<()>>,
 }
@@ -71,6 +74,7 @@ impl Wan {
             uplink,
             host_ip: format!("10.{x}.2.1"),
             wan_ip: format!("10.{x}.2.2"),
+            guard: None,
             stop: Arc::new(AtomicBool::new(false)),
             servers: Vec::new(),
         };
@@ -83,8 +87,42 @@ impl Wan {
         ip(&format!("-n {ns} addr add {}/24 dev eth0", wan.wan_ip))?;
         ip(&format!("-n {ns} link set eth0 up"))?;
         ip(&format!("-n {ns} link set lo up"))?;
+        wan.guard_the_default_route(&p)?;
         wan.serve()?;
         Ok(wan)
+    }
+
+    /// While the wan is up, nothing the host forwards leaves by its default route's interface:
+    /// the containers' traffic goes to the wan only, and a mistyped address is dropped (and
+    /// counted) here instead of reaching a real network.
+    fn guard_the_default_route(&mut self, p: &str) -> Result<()> {
+        let default = ip("-4 route show default")?;
+        let Some(dev) = default
+            .split_whitespace()
+            .skip_while(|w| *w != "dev")
+            .nth(1)
+        else {
+            return Ok(());
+        };
+        let comment = format!("pathtrace-test-{p}-guard");
+        let rule: Vec<String> = [
+            "-o",
+            dev,
+            "-m",
+            "comment",
+            "--comment",
+            &comment,
+            "-j",
+            "DROP",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
+        let mut args = vec!["-w", "-I", "FORWARD"];
+        args.extend(rule.iter().map(String::as_str));
+        run("iptables", &args)?;
+        self.guard = Some(rule);
+        Ok(())
     }
 
     /// TCP and UDP echo servers on the wan address, sockets opened inside the namespace.
@@ -160,6 +198,13 @@ impl Drop for Wan {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.servers.drain(..) {
             t.join().ok();
+        }
+        if let Some(rule) = self.guard.take() {
+            let mut args = vec!["-w", "-D", "FORWARD"];
+            args.extend(rule.iter().map(String::as_str));
+            if let Err(e) = run("iptables", &args) {
+                eprintln!("cleanup: {e:#}");
+            }
         }
         for cmd in [
             format!("link del {}", self.uplink),
