@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod build;
 mod demo;
+mod kernels;
 mod run;
 mod setup;
 mod test;
@@ -43,6 +44,13 @@ enum Command {
     /// Build --release, then measure pathtrace's overhead on a lab of its own (as root, a few
     /// minutes; not part of `test`).
     Bench(bench::Args),
+    /// The kernel matrix: boot Debian's 5.10, 6.1 and 6.12 kernels under qemu and run the smoke
+    /// checks in each (as root; downloads cached in /var/cache/pathtrace-kernels).
+    Kernels {
+        /// Only this kernel (5.10, 6.1 or 6.12).
+        #[arg(long)]
+        only: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -53,6 +61,7 @@ fn main() -> ExitCode {
         Command::Test => test::run(),
         Command::Demo => demo::run(),
         Command::Bench(args) => bench::run(&args),
+        Command::Kernels { only } => kernels::run(only.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -32,6 +32,10 @@ const APT_PACKAGES: &[&str] = &[
     "docker.io",
     "ethtool",
     "ipset",
+    // The kernel matrix (`cargo xtask kernels`): guests under qemu, roots by debootstrap.
+    "qemu-system-x86",
+    "debootstrap",
+    "cpio",
 ];
 /// Answers tshark's "may non-root users capture?" question so the install never waits on it.
 const TSHARK_PRESEED: &str = "wireshark-common wireshark-common/install-setuid boolean false\n";

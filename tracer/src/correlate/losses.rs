@@ -129,14 +129,14 @@ impl LossLog {
 
     /// Whether a hook was not attached yet at `at_ns`.
     pub(crate) fn attaching_at(&self, at_ns: u64) -> bool {
-        at_ns <= self.all_attached_ns
+        self.all_attached_ns != 0 && at_ns <= self.all_attached_ns
     }
 
     /// Whether any hook could not see at some time while a packet last seen at `at_ns` was
     /// on its way (the quick test before [`LossLog::lossy`] per hook).
     pub(crate) fn covers(&self, at_ns: u64) -> bool {
         let until = at_ns.saturating_add(ON_ITS_WAY_NS);
-        at_ns <= self.all_attached_ns
+        self.attaching_at(at_ns)
             || until > self.first_detached_ns
             || self
                 .spans
@@ -157,7 +157,8 @@ impl LossLog {
             return Some(Gap::RingFull);
         }
         let w = self.hooks.iter().find(|w| (w.slot, w.direction) == key)?;
-        (at_ns <= w.attached_ns || until > w.detached_ns).then_some(Gap::NotAttached)
+        let attaching = w.attached_ns != 0 && at_ns <= w.attached_ns;
+        (attaching || until > w.detached_ns).then_some(Gap::NotAttached)
     }
 }
 
@@ -241,6 +242,11 @@ mod tests {
             Some(Gap::NotAttached)
         );
         assert_eq!(log.lossy(1, Direction::Ingress, 700 * ms), None);
+        // An attach time not known (0: a capture without them) makes nothing blind.
+        let mut unknown = LossLog::default();
+        unknown.note(300 * ms, &[(hook(1), at(0, 0))]);
+        assert!(!unknown.covers(0) && !unknown.attaching_at(0));
+        assert_eq!(unknown.lossy(1, Direction::Ingress, 0), None);
         // Where the ring buffer was full too, that is the reason given.
         log.note(950 * ms, &[(hook(1), lost(3))]);
         assert_eq!(
