@@ -52,7 +52,10 @@ const KERNELS: [Kernel; 3] = [
     Kernel {
         name: "6.12",
         suite: "bookworm-backports",
-        package: r"^linux-image-6\.12\.[0-9]+.*-cloud-amd64$",
+        // Pinned: 6.12.95 (and other later ones) takes double faults in exc_page_fault under
+        // this machine's qemu 7.2 software emulation, in every CPU model and machine tried;
+        // 6.12.43 runs every check.
+        package: r"^linux-image-6\.12\.43\+deb12-cloud-amd64$",
     },
 ];
 
@@ -83,16 +86,14 @@ pub(crate) fn run(only: Option<&str>) -> Result<()> {
     let mut failed = Vec::new();
     for k in KERNELS.iter().filter(|k| only.is_none_or(|o| o == k.name)) {
         let started = Instant::now();
-        let outcome = fetch_kernel(cache, k)
-            .and_then(|(vmlinuz, modules, kv)| {
-                let initrd = guest_image(&out_dir, &root_tar, &binary, &modules, &kv)?;
-                boot(
-                    &vmlinuz,
-                    &initrd,
-                    &out_dir.join(format!("console-{}.log", k.name)),
-                )
-            })
-            .with_context(|| format!("kernel {}", k.name));
+        let outcome = fetch_kernel(cache, k).and_then(|(vmlinuz, modules, kv)| {
+            let initrd = guest_image(&out_dir, &root_tar, &binary, &modules, &kv)?;
+            boot(
+                &vmlinuz,
+                &initrd,
+                &out_dir.join(format!("console-{}.log", k.name)),
+            )
+        });
         match outcome {
             Ok((kv, checks, done)) => {
                 let fails: Vec<&str> = checks
@@ -138,7 +139,9 @@ pub(crate) fn run(only: Option<&str>) -> Result<()> {
         out_dir.join("results.json"),
         serde_json::to_string_pretty(&json)?,
     )?;
-    print_table(&results);
+    if !results.is_empty() {
+        print_table(&results);
+    }
     if !failed.is_empty() {
         bail!("kernel matrix: {}", failed.join("; "));
     }
@@ -343,9 +346,18 @@ fn guest_image(
                 .arg(dest.join(sub)),
         )?;
     }
+    // veth.ko, or veth.ko.xz on newer kernels.
+    let net = modules.join("kernel/drivers/net");
+    let veth = fs::read_dir(&net)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("veth.ko"))
+        })
+        .with_context(|| format!("no veth module in {}", net.display()))?;
     output(
         Command::new("cp")
-            .arg(modules.join("kernel/drivers/net/veth.ko"))
+            .arg(&veth)
             .arg(dest.join("kernel/drivers/net/")),
     )?;
     for f in [
@@ -412,12 +424,15 @@ fn boot(vmlinuz: &Path, initrd: &Path, log: &Path) -> Result<(String, Checks, bo
     let mut console = String::new();
     let (mut kv, mut checks, mut done) = (String::new(), Vec::new(), false);
     for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        // The console interleaves escape sequences and kernel messages: the guest's lines are
+        // found by their prefix wherever it starts.
         let line = line.trim_end_matches('\r').to_string();
+        let ours = line.find("PT-").map_or("", |i| &line[i..]);
         console.push_str(&line);
         console.push('\n');
-        if let Some(k) = line.strip_prefix("PT-KERNEL ") {
+        if let Some(k) = ours.strip_prefix("PT-KERNEL ") {
             kv = k.trim().to_string();
-        } else if let Some(c) = line.strip_prefix("PT-CHECK ") {
+        } else if let Some(c) = ours.strip_prefix("PT-CHECK ") {
             let mut w = c.splitn(3, ' ');
             let (name, result, why) = (w.next(), w.next(), w.next());
             checks.push((
@@ -425,7 +440,7 @@ fn boot(vmlinuz: &Path, initrd: &Path, log: &Path) -> Result<(String, Checks, bo
                 result.unwrap_or_default().to_string(),
                 why.unwrap_or_default().to_string(),
             ));
-        } else if line.starts_with("PT-DONE") {
+        } else if ours.starts_with("PT-DONE") {
             done = true;
         }
     }

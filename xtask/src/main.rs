@@ -37,7 +37,8 @@ enum Command {
     Setup,
     /// Build `pathtrace` with the real eBPF object embedded (needs bpf-linker and rust-src).
     Build(build::Args),
-    /// Setup, then every test (unit and privileged integration tests), then clippy and rustfmt.
+    /// Setup, then every test (unit and privileged integration tests), the kernel matrix
+    /// (`kernels`), then clippy and rustfmt.
     Test,
     /// Setup, build --release, then run the built-in lab demo as root.
     Demo,

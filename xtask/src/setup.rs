@@ -36,6 +36,7 @@ const APT_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "debootstrap",
     "cpio",
+    "kmod",
 ];
 /// Answers tshark's "may non-root users capture?" question so the install never waits on it.
 const TSHARK_PRESEED: &str = "wireshark-common wireshark-common/install-setuid boolean false\n";

@@ -1,6 +1,6 @@
-//! `cargo xtask test`: setup, then every test, then the lints. Each step runs even when an
-//! earlier one failed, so one run shows all that is wrong; the tests come first so their failures
-//! are read first. Any failed step fails the run.
+//! `cargo xtask test`: setup, then every test, the kernel matrix, then the lints. Each step runs
+//! even when an earlier one failed, so one run shows all that is wrong; the tests come first so
+//! their failures are read first. Any failed step fails the run.
 use std::process::Command;
 
 use anyhow::{bail, Result};
@@ -31,7 +31,7 @@ pub(crate) fn run() -> Result<()> {
     Ok(())
 }
 
-fn steps() -> [(&'static str, Command); 3] {
+fn steps() -> [(&'static str, Command); 4] {
     // Unit tests and the privileged integration tests, with the real kernel programs. The
     // integration tests check for root themselves. One test thread: privileged tests build
     // network namespaces, veths and containers and must not race each other.
@@ -59,5 +59,14 @@ fn steps() -> [(&'static str, Command); 3] {
     let mut fmt = run::cargo();
     fmt.args(["fmt", "--all", "--", "--check"]);
 
-    [("tests", tests), ("clippy", clippy), ("rustfmt", fmt)]
+    // The kernel matrix: the smoke checks inside Debian's 5.10, 6.1 and 6.12 under qemu.
+    let mut kernels = Command::new(std::env::current_exe().unwrap_or_else(|_| "xtask".into()));
+    kernels.arg("kernels");
+
+    [
+        ("tests", tests),
+        ("kernels", kernels),
+        ("clippy", clippy),
+        ("rustfmt", fmt),
+    ]
 }

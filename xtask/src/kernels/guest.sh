@@ -57,11 +57,23 @@ if [ "$kver" -ge 606 ]; then check demo-tcx demo tcx; else echo "PT-CHECK demo-t
 
 pathtrace lab up --name k1 >/dev/null 2>&1 || echo "PT-CHECK lab-up fail"
 
+# Waits until the trace writing to $1 says it is attached (20 s at most).
+attached() {
+    i=0
+    until grep -q '^tracing ' "$1"; do
+        i=$((i + 1))
+        [ $i -gt 200 ] && { echo "not attached after 20 s"; cat "$1"; return 1; }
+        sleep 0.1
+    done
+}
+
 # A forced drop (ICMP from the container dropped in FORWARD) pinned to the hop where it happened.
 drop() {
     iptables -I FORWARD -s 10.200.1.2 -p icmp -j DROP
-    (sleep 1.5; ip netns exec k1-ctr ping -c 3 -i 0.2 -W 1 10.200.2.2 >/dev/null 2>&1) &
-    pathtrace --netns k1-ctr --to 10.200.2.2 --duration 3s >/tmp/drop 2>&1
+    pathtrace --netns k1-ctr --to 10.200.2.2 --duration 4s >/tmp/drop 2>&1 &
+    pid=$!
+    attached /tmp/drop && ip netns exec k1-ctr ping -c 3 -i 0.2 -W 1 10.200.2.2 >/dev/null 2>&1
+    wait $pid
     rc=$?
     iptables -D FORWARD -s 10.200.1.2 -p icmp -j DROP
     cat /tmp/drop
@@ -77,8 +89,10 @@ verify_fail() {
 check verify-fail verify_fail
 
 capture() {
-    (sleep 1.5; ip netns exec k1-ctr ping -c 5 -i 0.2 10.200.2.2 >/dev/null 2>&1) &
-    pathtrace --netns k1-ctr --to 10.200.2.2 --duration 3s -w /tmp/c.pcapng >/dev/null || return 1
+    pathtrace --netns k1-ctr --to 10.200.2.2 --duration 4s -w /tmp/c.pcapng >/tmp/cap 2>&1 &
+    pid=$!
+    attached /tmp/cap && ip netns exec k1-ctr ping -c 5 -i 0.2 10.200.2.2 >/dev/null 2>&1
+    wait $pid || { cat /tmp/cap; return 1; }
     pathtrace show /tmp/c.pcapng >/tmp/show 2>&1 || { cat /tmp/show; return 1; }
     cat /tmp/show
     grep -q '^icmp 10.200.1.2' /tmp/show && grep -q '=> SNAT' /tmp/show
@@ -99,12 +113,7 @@ clean() {
 leave() {
     pathtrace --netns k1-ctr --to 10.200.2.2 --tc-mode netlink --duration 60s >/tmp/leave 2>&1 &
     pid=$!
-    i=0
-    until grep -q '^tracing ' /tmp/leave; do
-        i=$((i + 1))
-        [ $i -gt 200 ] && { echo "not attached after 20 s"; cat /tmp/leave; return 1; }
-        sleep 0.1
-    done
+    attached /tmp/leave || return 1
     kill -"$1" $pid
     wait $pid
     [ "$1" = KILL ] && pathtrace cleanup
