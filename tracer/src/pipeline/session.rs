@@ -200,7 +200,7 @@ pub(crate) async fn run(
             crate::attach::DropSupport::Enabled(namer) => Some(namer),
             crate::attach::DropSupport::Unavailable(why) => {
                 observer.note(&format!(
-                    "drop reasons unavailable: {why}; where packets stop is still shown, at the last hook that saw them, with the reason unknown (kernels before 5.17 report none; later ones need BTF)"
+                    "drop reasons unavailable: {why}; where packets stop is still shown, at the last hook that saw them, with the reason unknown (kernels before 5.17 report none; later ones need a kernel with BTF)"
                 ));
                 None
             }
