@@ -32,6 +32,13 @@ const APT_PACKAGES: &[&str] = &[
     "docker.io",
     "ethtool",
     "ipset",
+    // Kubernetes pods through the CRI (a containerd of the tests' own, the CNI plugins; protoc
+    // builds the CRI API) and rootful Podman (runc: crun cannot start containers on hybrid cgroups).
+    "containerd",
+    "containernetworking-plugins",
+    "protobuf-compiler",
+    "podman",
+    "runc",
     // The kernel matrix (`cargo xtask kernels`): guests under qemu, roots by debootstrap.
     "qemu-system-x86",
     "debootstrap",
