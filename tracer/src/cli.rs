@@ -9,7 +9,8 @@ use crate::attach::TcMode;
 const EXAMPLES: &str = "\
 Examples:
   sudo pathtrace lab demo                      build the built-in lab, trace it, tear it down
-  sudo pathtrace --container minio             live hop paths and NAT for a Docker container
+  sudo pathtrace --container minio             live hop paths and NAT for a container (Docker, Podman)
+  sudo pathtrace --pod web -n shop              the same for a Kubernetes pod, through the CRI socket
   sudo pathtrace --netns pt1-ctr --to 10.200.2.2 --json --duration 5
   sudo pathtrace --container web -w web.pcapng then: pathtrace show web.pcapng
   sudo pathtrace inspect --container minio     the static path: veth pairs, bridge, NAT rules, route
@@ -137,12 +138,15 @@ pub enum Command {
 /// What `pathtrace inspect` shows.
 #[derive(Debug, Args, Clone, Default)]
 pub struct InspectArgs {
-    /// Only this Docker container (name, id or unique id prefix); default: every running one.
+    /// Only this container (Docker, Podman, or a Kubernetes container by its name in its pod;
+    /// name, id or unique id prefix); default: every running container and pod.
     #[arg(long, short = 'c', value_name = "NAME|ID")]
     pub container: Option<String>,
     /// A network namespace instead of a container: a name under /var/run/netns or a path.
-    #[arg(long, value_name = "NAME|PATH", conflicts_with = "container")]
+    #[arg(long, value_name = "NAME|PATH", conflicts_with_all = ["container", "pod"])]
     pub netns: Option<String>,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
     /// Destination: the host's route toward it (default: the default route).
     #[arg(long, value_name = "ADDR")]
     pub to: Option<IpAddr>,
@@ -184,15 +188,37 @@ pub enum LabAction {
     List,
 }
 
+/// Which container runtime to look in, for a container or a Kubernetes pod.
+#[derive(Debug, Args, Clone, Default)]
+pub struct RuntimeArgs {
+    /// A Kubernetes pod, found through the container runtime's CRI socket (no API server
+    /// needed).
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["container", "netns"])]
+    pub pod: Option<String>,
+    /// The Kubernetes namespace of --pod (default: default) or of --container (only Kubernetes
+    /// containers of it).
+    #[arg(long, short = 'n', value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+    /// The CRI socket, as crictl takes it (default: $CONTAINER_RUNTIME_ENDPOINT, else
+    /// containerd's and CRI-O's).
+    #[arg(long, value_name = "unix:///PATH")]
+    pub runtime_endpoint: Option<String>,
+    /// Look in this runtime only (default: every one this host runs).
+    #[arg(long, value_enum)]
+    pub runtime: Option<crate::runtime::RuntimeKind>,
+}
+
 /// `pathtrace verify`.
 #[derive(Debug, Args, Clone, Default)]
 pub struct VerifyArgs {
-    /// Docker container to probe from (name, id or unique id prefix).
+    /// Container to probe from: Docker, Podman or Kubernetes (name, id or unique id prefix).
     #[arg(long, short = 'c', value_name = "NAME|ID", conflicts_with = "netns")]
     pub container: Option<String>,
     /// Network namespace to probe from: a name under /var/run/netns or a path.
     #[arg(long, value_name = "NAME|PATH")]
     pub netns: Option<String>,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
     /// Where the probe goes: HOST (ICMP echo) or HOST:PORT (TCP connect by default).
     #[arg(long, value_name = "HOST[:PORT]")]
     pub to: String,
@@ -227,14 +253,17 @@ pub struct VerifyArgs {
 #[derive(Debug, Args, Clone, Default)]
 pub struct TraceArgs {
     /// Network namespace to trace: a name under /var/run/netns or a path (/proc/PID/ns/net).
-    #[arg(long, value_name = "NAME|PATH", conflicts_with = "container")]
+    #[arg(long, value_name = "NAME|PATH", conflicts_with_all = ["container", "pod"])]
     pub netns: Option<String>,
-    /// Docker container to trace (name, id or unique id prefix).
+    /// Container to trace: Docker, Podman, or a Kubernetes container by its name in its pod
+    /// (name, id or unique id prefix).
     #[arg(long, short = 'c', value_name = "NAME|ID")]
     pub container: Option<String>,
-    /// With --container: exit when the container stops or is removed (default: keep what was
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    /// With --container or --pod: exit when it stops or is removed (default: keep what was
     /// seen and wait for it to start again).
-    #[arg(long, requires = "container")]
+    #[arg(long)]
     pub exit_on_stop: bool,
     /// Interface inside the namespace (default: the one with the default route).
     #[arg(long, value_name = "IFACE")]

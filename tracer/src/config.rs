@@ -18,6 +18,7 @@ use crate::{
     cli::{TraceArgs, VerifyArgs},
     model::{family_and_bytes, Prefix, Proto},
     render::Format,
+    runtime::{Endpoints, Wanted},
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -115,8 +116,8 @@ pub(crate) fn ring_bytes(kib: u32) -> anyhow::Result<u32> {
 pub(crate) enum TargetSpec {
     /// A network namespace: a name under /var/run/netns or a path; the interface inside.
     Netns { spec: String, iface: Option<String> },
-    /// A container, by name or id, resolved by the runtime.
-    Container { name: String, exit_on_stop: bool },
+    /// A container or pod, resolved by the runtimes.
+    Container { wanted: Wanted, exit_on_stop: bool },
 }
 
 impl TargetSpec {
@@ -154,6 +155,8 @@ pub(crate) struct CaptureSpec {
 #[derive(Clone, Debug)]
 pub(crate) struct TraceConfig {
     pub target: TargetSpec,
+    /// Which runtimes a container or pod is looked for in.
+    pub endpoints: Endpoints,
     /// Picks the uplink by route lookup (and filters to it, in `load`).
     pub to: Option<IpAddr>,
     /// `--uplink`: more host interfaces to trace as uplinks.
@@ -172,9 +175,9 @@ pub(crate) struct TraceConfig {
 impl TraceConfig {
     /// The trace the command line asks for.
     pub(crate) fn from_args(args: &TraceArgs) -> anyhow::Result<Self> {
-        let target = match (&args.container, &args.netns) {
-            (Some(name), _) => TargetSpec::Container {
-                name: name.clone(),
+        let target = match (wanted(args.container.as_ref(), &args.runtime)?, &args.netns) {
+            (Some(wanted), _) => TargetSpec::Container {
+                wanted,
                 exit_on_stop: args.exit_on_stop,
             },
             (None, Some(spec)) => TargetSpec::Netns {
@@ -182,9 +185,12 @@ impl TraceConfig {
                 iface: args.iface.clone(),
             },
             (None, None) => bail!(
-                "nothing to trace: give --netns NAME, --container NAME, or try `pathtrace lab demo`"
+                "nothing to trace: give --container NAME, --pod NAME [-n NAMESPACE], --netns NAME, or try `pathtrace lab demo`"
             ),
         };
+        if args.exit_on_stop && !matches!(target, TargetSpec::Container { .. }) {
+            bail!("--exit-on-stop is for --container or --pod: a namespace does not stop");
+        }
         if args.max_flows == 0 {
             bail!("--max-flows 0: at least one flow must be kept; give 1 or more (default 65536)");
         }
@@ -209,6 +215,7 @@ impl TraceConfig {
         });
         Ok(Self {
             target,
+            endpoints: endpoints(&args.runtime),
             to: args.to,
             uplinks: args.uplinks.clone(),
             load,
@@ -249,7 +256,7 @@ impl TraceConfig {
 /// What `verify` traces.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum VerifyTarget {
-    Container(String),
+    Container(Wanted),
     Netns(String),
 }
 
@@ -257,6 +264,8 @@ pub(crate) enum VerifyTarget {
 #[derive(Clone, Debug)]
 pub(crate) struct VerifyConfig {
     pub target: VerifyTarget,
+    /// Which runtimes a container or pod is looked for in.
+    pub endpoints: Endpoints,
     pub probe: Probe,
     /// `--to` as given, for the report.
     pub to: String,
@@ -271,10 +280,10 @@ pub(crate) struct VerifyConfig {
 
 impl VerifyConfig {
     pub(crate) fn from_args(args: &VerifyArgs) -> anyhow::Result<Self> {
-        let target = match (&args.container, &args.netns) {
-            (Some(name), None) => VerifyTarget::Container(name.clone()),
+        let target = match (wanted(args.container.as_ref(), &args.runtime)?, &args.netns) {
+            (Some(w), None) => VerifyTarget::Container(w),
             (None, Some(spec)) => VerifyTarget::Netns(spec.clone()),
-            _ => bail!("verify needs one of --container NAME or --netns NAME"),
+            _ => bail!("verify needs one of --container NAME, --pod NAME or --netns NAME"),
         };
         let probe = Probe::parse(&args.to, args.proto.as_deref())?;
         let filter = FilterSpec {
@@ -295,6 +304,7 @@ impl VerifyConfig {
         };
         Ok(Self {
             target,
+            endpoints: endpoints(&args.runtime),
             probe,
             to: args.to.clone(),
             expect: Expectations {
@@ -373,5 +383,37 @@ mod tests {
         let mut a = args();
         a.snaplen = 1000;
         assert_eq!(filter_config(&a), Err(FilterError::Snaplen(1000)));
+    }
+}
+
+/// `--container NAME` or `--pod NAME`, with `-n`; `None` when neither is given.
+pub(crate) fn wanted(
+    container: Option<&String>,
+    r: &crate::cli::RuntimeArgs,
+) -> anyhow::Result<Option<Wanted>> {
+    let namespace = r.namespace.clone();
+    Ok(match (container, &r.pod) {
+        (_, Some(pod)) => Some(Wanted {
+            name: pod.clone(),
+            pod: true,
+            namespace,
+        }),
+        (Some(name), None) => Some(Wanted {
+            name: name.clone(),
+            pod: false,
+            namespace,
+        }),
+        (None, None) if namespace.is_some() => {
+            bail!("-n NAMESPACE narrows --pod NAME or --container NAME: give one of them")
+        }
+        (None, None) => None,
+    })
+}
+
+/// `--runtime-endpoint` and `--runtime`.
+pub(crate) fn endpoints(r: &crate::cli::RuntimeArgs) -> Endpoints {
+    Endpoints {
+        cri: r.runtime_endpoint.clone(),
+        only: r.runtime,
     }
 }

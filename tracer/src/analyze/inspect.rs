@@ -20,7 +20,7 @@ use crate::{
         rtnl::{Family, Rtnl},
     },
     model::{Endpoint, NatKind, NatQuery, Place, Proto, RuleConfidence},
-    runtime::{self, ContainerRuntime, PublishedPort, Target},
+    runtime::{self, ContainerRuntime, Endpoints, PublishedPort, Target, Wanted},
 };
 
 /// One container (or namespace), as printed.
@@ -29,6 +29,8 @@ pub(crate) struct Report {
     /// The first 12 characters of the container id; `null` for `--netns`.
     pub id: Option<String>,
     pub name: String,
+    /// Docker, Podman, `containerd (CRI)`; `null` for `--netns`.
+    pub runtime: Option<String>,
     pub pid: Option<u32>,
     pub netns_inode: u64,
     pub interfaces: Vec<IfaceReport>,
@@ -46,7 +48,7 @@ pub(crate) struct IfaceReport {
     pub addrs: Vec<String>,
     pub host_veth: VethReport,
     pub bridge: Option<BridgeReport>,
-    /// The Docker network this interface carries.
+    /// The runtime's network this interface carries.
     pub network: Option<String>,
 }
 
@@ -96,6 +98,7 @@ pub(crate) struct RouteReport {
 struct Inspected {
     id: Option<String>,
     name: String,
+    runtime: Option<String>,
     pid: Option<u32>,
     netns_inode: u64,
     /// (network, path) per interface.
@@ -106,7 +109,9 @@ struct Inspected {
 /// What to inspect: one container, one namespace, or (neither) every running container.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Query {
-    pub container: Option<String>,
+    pub wanted: Option<Wanted>,
+    /// Which runtimes to look in.
+    pub endpoints: Endpoints,
     pub netns: Option<String>,
     /// The host's route toward it (default: the default route).
     pub to: Option<IpAddr>,
@@ -126,8 +131,8 @@ pub(crate) fn inspect(rt: &tokio::runtime::Runtime, q: &Query) -> anyhow::Result
         Some(spec) => {
             let target = netns_target(spec, q.to)?;
             // Best effort: without a runtime, bridge ports are shown without their containers.
-            let all = match rt.block_on(runtime::connect()) {
-                Ok(r) => discover_all(rt, r.as_ref(), q.to),
+            let all = match rt.block_on(runtime::connect(&q.endpoints)) {
+                Ok(r) => discover_all(rt, &r, q.to),
                 Err(e) => {
                     tracing::debug!("no container runtime to name bridge ports with: {e}");
                     Vec::new()
@@ -166,13 +171,13 @@ fn runtime_targets(
     q: &Query,
     skipped: &mut Vec<(String, String)>,
 ) -> anyhow::Result<(Vec<Inspected>, HashMap<u32, String>)> {
-    let runtime = rt.block_on(runtime::connect())?;
+    let runtime = rt.block_on(runtime::connect(&q.endpoints))?;
     // Resolved first: an unknown name is the error to report, whatever else is running.
-    let wanted = match &q.container {
-        Some(spec) => Some(rt.block_on(runtime.resolve(spec))?),
+    let wanted = match &q.wanted {
+        Some(w) => Some(rt.block_on(runtime.resolve(w))?),
         None => None,
     };
-    let all = discover_all(rt, runtime.as_ref(), q.to);
+    let all = discover_all(rt, &runtime, q.to);
     let owners = port_owners(&all);
     let mut targets = Vec::new();
     if let Some(target) = wanted {
@@ -206,7 +211,7 @@ fn discover_all(
     running
         .into_iter()
         .map(|c| {
-            rt.block_on(runtime.resolve(&c.id))
+            rt.block_on(runtime.resolve(&Wanted::container(&c.id)))
                 .map_err(anyhow::Error::from)
                 .and_then(|target| Ok((container_paths(&target, to)?, target)))
                 .map(|(paths, target)| (target, paths))
@@ -227,6 +232,7 @@ fn inspected(target: &Target, paths: Paths) -> anyhow::Result<Inspected> {
     Ok(Inspected {
         id: Some(target.id.chars().take(12).collect()),
         name: target.name.clone(),
+        runtime: Some(target.runtime.clone()),
         pid: target.pid,
         netns_inode: target.open_netns()?.inode(),
         paths,
@@ -286,6 +292,7 @@ fn netns_target(spec: &str, to: Option<IpAddr>) -> anyhow::Result<Inspected> {
     );
     Ok(Inspected {
         id: None,
+        runtime: None,
         name: label,
         pid: None,
         netns_inode: netns.inode(),
@@ -345,6 +352,7 @@ fn build_report(
     Report {
         id: t.id,
         name: t.name,
+        runtime: t.runtime,
         pid: t.pid,
         netns_inode: t.netns_inode,
         interfaces,

@@ -13,7 +13,8 @@ use crate::{
 pub(super) fn run(args: &InspectArgs) -> anyhow::Result<ExitCode> {
     let rt = super::runtime()?;
     let query = Query {
-        container: args.container.clone(),
+        wanted: crate::config::wanted(args.container.as_ref(), &args.runtime)?,
+        endpoints: crate::config::endpoints(&args.runtime),
         netns: args.netns.clone(),
         to: args.to,
     };

@@ -62,7 +62,10 @@ pub(crate) fn require_privileges() -> anyhow::Result<()> {
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         None => {
-            if cli.trace.netns.is_some() || cli.trace.container.is_some() {
+            if cli.trace.netns.is_some()
+                || cli.trace.container.is_some()
+                || cli.trace.runtime.pod.is_some()
+            {
                 require_privileges()?;
             }
             trace::run(&cli.trace)

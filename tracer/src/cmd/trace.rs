@@ -26,7 +26,7 @@ use crate::{
         session::{Control, SessionSpec},
     },
     render::Output,
-    runtime,
+    runtime::{self, ContainerRuntime as _},
 };
 
 pub(super) fn run(args: &TraceArgs) -> anyhow::Result<ExitCode> {
@@ -36,9 +36,10 @@ pub(super) fn run(args: &TraceArgs) -> anyhow::Result<ExitCode> {
     let tracer = PendingTracer::spawn(cfg.load.clone(), cfg.tc_mode, rt.handle());
     match &cfg.target {
         TargetSpec::Netns { spec, iface } => netns(&cfg, &rt, tracer, spec, iface.clone()),
-        TargetSpec::Container { name, exit_on_stop } => {
-            container(&cfg, &rt, tracer, name, *exit_on_stop)
-        }
+        TargetSpec::Container {
+            wanted,
+            exit_on_stop,
+        } => container(&cfg, &rt, tracer, wanted, *exit_on_stop),
     }
 }
 
@@ -79,21 +80,24 @@ fn container(
     cfg: &TraceConfig,
     rt: &tokio::runtime::Runtime,
     mut tracer: PendingTracer,
-    name: &str,
+    wanted: &runtime::Wanted,
     exit_on_stop: bool,
 ) -> anyhow::Result<ExitCode> {
-    let runtime = rt.block_on(runtime::connect())?;
-    let target = match rt.block_on(runtime.resolve(name)) {
+    let runtime = rt.block_on(runtime::connect(&cfg.endpoints))?;
+    let target = match rt.block_on(runtime.resolve(wanted)) {
         Ok(t) => t,
         Err(e) => match e.host_network() {
             Some(h) => return host_network(cfg, rt, tracer, h.clone()),
             None => return Err(e.into()),
         },
     };
+    if let Some(note) = runtime.found_note(wanted, &target) {
+        super::warn(&note);
+    }
     let paths = target.paths(cfg.to, &cfg.uplinks)?;
     let mut targets = plan::container_hooks(&paths)?;
     if let Some(to) = cfg.to {
-        let peer = rt.block_on(plan::peer_hooks(runtime.as_ref(), &target, &paths, to))?;
+        let peer = rt.block_on(plan::peer_hooks(&runtime, &target, &paths, to))?;
         plan::add_shared(&mut targets, peer)?;
     }
     // Attaching starts as soon as the object is loaded; the NAT rules are read meanwhile.
@@ -108,7 +112,7 @@ fn container(
     let (tx, rx) = mpsc::channel(16);
     let follow_cfg = Follow {
         name: target.name.clone(),
-        runtime: runtime.name(),
+        runtime: target.runtime.clone(),
         to: cfg.to,
         uplinks: cfg.uplinks.clone(),
         exit_on_stop,

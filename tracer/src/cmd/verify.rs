@@ -29,7 +29,7 @@ use crate::{
         session::{self, SessionSpec},
     },
     render::Collect,
-    runtime,
+    runtime::{self, ContainerRuntime as _},
 };
 
 /// How long the probe's trace may take at most.
@@ -136,9 +136,9 @@ fn discover(
 ) -> anyhow::Result<(Arc<Netns>, Plan)> {
     let to = Some(cfg.probe.dst);
     match &cfg.target {
-        VerifyTarget::Container(name) => {
-            let runtime = rt.block_on(runtime::connect())?;
-            let target = rt.block_on(runtime.resolve(name))?;
+        VerifyTarget::Container(wanted) => {
+            let runtime = rt.block_on(runtime::connect(&cfg.endpoints))?;
+            let target = rt.block_on(runtime.resolve(wanted))?;
             let paths = target.paths(to, &cfg.uplinks)?;
             let targets = plan::container_hooks(&paths)?;
             attach(targets.clone());

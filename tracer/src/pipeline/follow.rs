@@ -24,7 +24,7 @@ pub(crate) struct Follow {
     /// The container's name, as messages give it.
     pub name: String,
     /// `Docker`: whose event stream it is.
-    pub runtime: &'static str,
+    pub runtime: String,
     /// `--to`: picks the uplink of re-discovered paths.
     pub to: Option<IpAddr>,
     /// `--uplink`: more uplinks of re-discovered paths.

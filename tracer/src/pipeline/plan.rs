@@ -18,7 +18,7 @@ use crate::{
         path::{self, DiscoveredPath},
     },
     model::{family_and_bytes, NatRule, Place, RuleAttributor, Topology},
-    runtime::{ContainerRuntime, PublishedPort, Target, TargetPath},
+    runtime::{ContainerRuntime, PublishedPort, Target, TargetPath, Wanted},
 };
 
 /// Container-side hooks (its interface and the host veth, both directions) per interface.
@@ -158,7 +158,7 @@ pub(crate) async fn peer_hooks(
         if c.id == target.id {
             continue;
         }
-        let peer = match runtime.resolve(&c.id).await {
+        let peer = match runtime.resolve(&Wanted::container(&c.id)).await {
             Ok(peer) => peer,
             // Stopped meanwhile, host network, shared namespace, ...: not a peer to attach to.
             Err(e) => {

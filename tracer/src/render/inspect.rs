@@ -7,6 +7,9 @@ use crate::analyze::inspect::Report;
 /// One block per container, labels aligned.
 pub(super) fn text_block(r: &Report) -> String {
     let mut out = r.name.clone();
+    if let Some(runtime) = &r.runtime {
+        out.push_str(&format!("  ({runtime})"));
+    }
     if let (Some(id), Some(pid)) = (&r.id, r.pid) {
         out.push_str(&format!("  id {id}  pid {pid}"));
     }
@@ -85,6 +88,7 @@ mod tests {
         let r = Report {
             id: Some("0123456789ab".into()),
             name: "web".into(),
+            runtime: Some("Podman".into()),
             pid: Some(4242),
             netns_inode: 4026532301,
             interfaces: vec![IfaceReport {
@@ -123,7 +127,7 @@ mod tests {
         assert_eq!(
             text_block(&r),
             "\
-web  id 0123456789ab  pid 4242  netns 4026532301
+web  (Podman)  id 0123456789ab  pid 4242  netns 4026532301
   interface  eth0@if8 <-> host veth1a2b3c4@if7  172.17.0.2/16  (network bridge)
   bridge     docker0  other ports: veth9f8e7d6 (db)
   nat        iptables-nft  -A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE

@@ -25,7 +25,8 @@ use serde::Serialize;
 
 pub use self::events::ContainerEvent;
 use super::{
-    ContainerRuntime, FlowNotes, Listed, RuntimeError, Target, TargetError, TargetEvent, TargetPath,
+    ContainerRuntime, FlowNotes, Listed, RuntimeError, Target, TargetError, TargetEvent,
+    TargetPath, Wanted,
 };
 pub use super::{
     NetworkAttachment, PublishedPort, TargetIface as ContainerIface, TargetPath as ContainerPath,
@@ -57,8 +58,13 @@ pub enum DockerError {
         prefix: String,
         matches: Vec<String>,
     },
-    #[error("container {name} is {state}; start it with `docker start {name}`")]
-    NotRunning { name: String, state: String },
+    #[error("container {name} is {state}; start it with `{cli} start {name}`")]
+    NotRunning {
+        name: String,
+        state: String,
+        /// `docker` or `podman`.
+        cli: &'static str,
+    },
     #[error(transparent)]
     HostNetwork(super::HostNetwork),
     #[error("container {0} has no network (--network none)")]
@@ -117,11 +123,37 @@ pub(crate) struct RunningContainer {
     pub network_mode: String,
 }
 
-/// A Docker Engine API client.
+/// Who answers the Docker Engine API: dockerd, or Podman's `podman system service`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    Docker,
+    Podman,
+}
+
+impl Flavor {
+    /// How messages name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Docker => "Docker",
+            Self::Podman => "Podman",
+        }
+    }
+
+    /// Its command-line tool.
+    pub fn cli(self) -> &'static str {
+        match self {
+            Self::Docker => "docker",
+            Self::Podman => "podman",
+        }
+    }
+}
+
+/// A Docker Engine API client (dockerd, or Podman's compatible service).
 #[derive(Clone, Debug)]
 pub struct Docker {
     api: bollard::Docker,
     endpoint: String,
+    flavor: Flavor,
 }
 
 impl Docker {
@@ -156,7 +188,36 @@ impl Docker {
             .negotiate_version()
             .await
             .map_err(|e| api_error(&endpoint, "asking its version", e))?;
-        Ok(Self { api, endpoint })
+        // Podman's service says who it is in its version's components (`Podman Engine`).
+        let version = api
+            .version()
+            .await
+            .map_err(|e| api_error(&endpoint, "asking its version", e))?;
+        let podman = version
+            .components
+            .iter()
+            .flatten()
+            .any(|c| c.name.to_ascii_lowercase().contains("podman"));
+        let flavor = if podman {
+            Flavor::Podman
+        } else {
+            Flavor::Docker
+        };
+        Ok(Self {
+            api,
+            endpoint,
+            flavor,
+        })
+    }
+
+    /// Dockerd or Podman.
+    pub fn flavor(&self) -> Flavor {
+        self.flavor
+    }
+
+    /// `unix:///var/run/docker.sock`.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
     }
 
     fn err(&self, what: &'static str) -> impl Fn(ApiError) -> DockerError + '_ {
@@ -192,7 +253,11 @@ impl Docker {
             } else {
                 status
             };
-            return Err(DockerError::NotRunning { name, state });
+            return Err(DockerError::NotRunning {
+                name,
+                state,
+                cli: self.flavor.cli(),
+            });
         }
         let network_mode = network_mode_of(&c);
         let (netns_owner, net) = self.network_source(&name, c.clone()).await?;
@@ -478,7 +543,7 @@ fn published_ports(ports: &PortMap) -> Vec<PublishedPort> {
 
 /// Up to three names close to `key`: by edit distance (at most a third of its length, at least
 /// 2), or starting with it.
-fn suggest(key: &str, names: &[String]) -> Vec<String> {
+pub(super) fn suggest(key: &str, names: &[String]) -> Vec<String> {
     let limit = (key.chars().count() / 3).max(2);
     let mut scored: Vec<(usize, &String)> = names
         .iter()
@@ -512,6 +577,7 @@ impl ContainerInfo {
     /// The runtime-neutral view of this container.
     pub(crate) fn target(&self) -> Target {
         Target {
+            runtime: "Docker".to_string(),
             id: self.id.clone(),
             name: self.name.clone(),
             pid: Some(self.pid),
@@ -539,17 +605,26 @@ impl ContainerInfo {
 }
 
 impl ContainerRuntime for Docker {
-    fn name(&self) -> &'static str {
-        "Docker"
+    fn name(&self) -> &str {
+        self.flavor.name()
     }
 
-    fn resolve<'a>(&'a self, spec: &'a str) -> BoxFuture<'a, Result<Target, RuntimeError>> {
+    fn resolve<'a>(&'a self, wanted: &'a Wanted) -> BoxFuture<'a, Result<Target, RuntimeError>> {
         Box::pin(async move {
-            let info = Docker::resolve(self, spec).await.map_err(|e| match e {
-                DockerError::HostNetwork(h) => RuntimeError::new(h),
-                other => RuntimeError::new(other),
-            })?;
-            Ok(info.target())
+            // Pods, and containers of a Kubernetes namespace, are the CRI's.
+            if wanted.pod || wanted.namespace.is_some() {
+                return Err(wanted.unknown(self.flavor.name(), Vec::new()));
+            }
+            let info = Docker::resolve(self, &wanted.name)
+                .await
+                .map_err(|e| match e {
+                    DockerError::HostNetwork(h) => RuntimeError::new(h),
+                    DockerError::UnknownContainer { suggestions, .. } => {
+                        wanted.unknown(self.flavor.name(), suggestions)
+                    }
+                    other => RuntimeError::new(other),
+                })?;
+            Ok(self.target_of(&info))
         })
     }
 
@@ -563,6 +638,7 @@ impl ContainerRuntime for Docker {
                 .map(|c| Listed {
                     id: c.id,
                     name: c.name,
+                    runtime: self.flavor.name().to_string(),
                 })
                 .collect())
         })
@@ -581,7 +657,21 @@ impl ContainerRuntime for Docker {
     }
 
     fn flow_notes(&self, target: &Target, paths: &[TargetPath]) -> Option<Box<dyn FlowNotes>> {
+        // Rootful Podman publishes ports by netavark's DNAT alone: no userland proxy.
+        if self.flavor == Flavor::Podman {
+            return None;
+        }
         proxy::ProxyHint::new(target, paths).map(|h| Box::new(h) as Box<dyn FlowNotes>)
+    }
+}
+
+impl Docker {
+    /// [`ContainerInfo::target`], labelled with this runtime.
+    fn target_of(&self, info: &ContainerInfo) -> Target {
+        Target {
+            runtime: self.flavor.name().to_string(),
+            ..info.target()
+        }
     }
 }
 
@@ -591,7 +681,7 @@ impl Docker {
     async fn networks_changed(&self, id: &str, what: String) -> Option<TargetEvent> {
         match Docker::resolve(self, id).await {
             Ok(info) => Some(TargetEvent::NetworksChanged {
-                target: info.target(),
+                target: self.target_of(&info),
                 what,
             }),
             Err(DockerError::NotRunning { .. }) => None,
@@ -607,7 +697,7 @@ impl Docker {
     async fn target_event(&self, id: &str, ev: ContainerEvent) -> Option<TargetEvent> {
         Some(match ev {
             ContainerEvent::Started { pid } => match Docker::resolve(self, id).await {
-                Ok(info) => TargetEvent::Started(info.target()),
+                Ok(info) => TargetEvent::Started(self.target_of(&info)),
                 Err(e) => TargetEvent::StartedUnresolved {
                     pid: Some(pid),
                     why: e.to_string(),

@@ -3,14 +3,21 @@
 //! again in a new namespace, stopped, removed). Nothing outside a runtime's own module knows
 //! which runtime it is; everything else (paths, hooks, the trace, `inspect`) works on `Target`s.
 //!
-//! Docker ([`docker`], over its Engine API) is the first runtime. To add one: a module here that
-//! implements [`ContainerRuntime`], and its line in [`connect`].
+//! Docker and Podman ([`docker`], over the Docker Engine API Podman also serves) and the
+//! Kubernetes CRI ([`cri`]: containerd, CRI-O) are the runtimes. [`connect`] finds every one this
+//! host runs and [`Runtimes`] looks in each: a name found in one is that runtime's, a name found in
+//! two is refused with the candidates. To add one: a module here that implements
+//! [`ContainerRuntime`], and its line in [`select`].
 //!
 //! Which interface inside the namespace carries each network is found by address, the same way
 //! for every runtime ([`Target::interfaces`]); from each interface [`Target::paths`] discovers the
 //! path to the host's uplink.
 
+pub mod cri;
 pub mod docker;
+mod select;
+
+pub(crate) use self::select::{connect, Endpoints, RuntimeKind};
 
 use std::{
     net::IpAddr,
@@ -46,6 +53,84 @@ impl RuntimeError {
     pub(crate) fn host_network(&self) -> Option<&HostNetwork> {
         self.0.downcast_ref()
     }
+
+    /// The runtime knows nothing by that name, when that is why it could not be resolved.
+    pub(crate) fn unknown(&self) -> Option<&Unknown> {
+        self.0.downcast_ref()
+    }
+}
+
+/// What the user asked for: `--container NAME` (a name, an id or an id prefix, in any runtime;
+/// with `-n` only Kubernetes containers of that namespace) or `--pod NAME [-n NS]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Wanted {
+    pub name: String,
+    pub pod: bool,
+    /// `-n`: the Kubernetes namespace (for a pod, `default` when not given, as kubectl does).
+    pub namespace: Option<String>,
+}
+
+impl Wanted {
+    /// A container by name or id.
+    pub(crate) fn container(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            pod: false,
+            namespace: None,
+        }
+    }
+
+    /// The namespace a pod is looked for in.
+    pub(crate) fn pod_namespace(&self) -> &str {
+        self.namespace.as_deref().unwrap_or("default")
+    }
+
+    /// `container named 'web'`, `pod named 'web' in namespace shop`.
+    pub(crate) fn describe(&self) -> String {
+        match (self.pod, &self.namespace) {
+            (true, _) => format!(
+                "pod named '{}' in namespace {}",
+                self.name,
+                self.pod_namespace()
+            ),
+            (false, Some(ns)) => format!("container named '{}' in namespace {ns}", self.name),
+            (false, None) => format!("container named '{}'", self.name),
+        }
+    }
+
+    /// This runtime's [`Unknown`] for it.
+    pub(crate) fn unknown(&self, runtime: &str, suggestions: Vec<String>) -> RuntimeError {
+        RuntimeError::new(Unknown {
+            what: self.describe(),
+            runtime: runtime.to_string(),
+            suggestions,
+            hints: Vec::new(),
+        })
+    }
+}
+
+/// A runtime does not know what was asked for: the names it has that are close, and what else
+/// it can say (a pod of that name in another namespace).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("no {what} in {runtime}{}{}", did_you_mean(.suggestions), hint_text(.hints))]
+pub(crate) struct Unknown {
+    /// [`Wanted::describe`].
+    pub what: String,
+    /// Which runtimes were asked (`Docker`, `Docker, Podman or containerd (CRI)`).
+    pub runtime: String,
+    pub suggestions: Vec<String>,
+    pub hints: Vec<String>,
+}
+
+fn did_you_mean(suggestions: &[String]) -> String {
+    match suggestions {
+        [] => String::new(),
+        s => format!("; did you mean: {}?", s.join(", ")),
+    }
+}
+
+fn hint_text(hints: &[String]) -> String {
+    hints.iter().map(|h| format!("; {h}")).collect()
 }
 
 /// A container that uses the host's network namespace: no veth, no bridge, nothing between it
@@ -89,8 +174,11 @@ pub struct PublishedPort {
 /// A running container, as every runtime describes it.
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct Target {
+    /// The runtime that knows it, as [`ContainerRuntime::name`] says.
+    pub runtime: String,
     pub id: String,
-    /// How the runtime names it (without Docker's leading '/').
+    /// How the runtime names it (without Docker's leading '/'); a Kubernetes pod is
+    /// `namespace/name`, a container of one `namespace/pod/container`.
     pub name: String,
     /// Its main process, when the runtime has one.
     pub pid: Option<u32>,
@@ -109,6 +197,8 @@ pub(crate) struct Target {
 pub(crate) struct Listed {
     pub id: String,
     pub name: String,
+    /// [`ContainerRuntime::name`].
+    pub runtime: String,
 }
 
 /// What happens to a watched target.
@@ -133,11 +223,11 @@ pub(crate) enum TargetEvent {
 
 /// A container runtime.
 pub(crate) trait ContainerRuntime: Send + Sync {
-    /// `Docker`: how messages name the runtime.
-    fn name(&self) -> &'static str;
+    /// `Docker`, `Podman`, `containerd (CRI)`: how messages name the runtime.
+    fn name(&self) -> &str;
 
-    /// The running container `spec` names (a name, an id or an unambiguous id prefix).
-    fn resolve<'a>(&'a self, spec: &'a str) -> BoxFuture<'a, Result<Target, RuntimeError>>;
+    /// The running container or pod `wanted` names; [`Unknown`] when this runtime has none.
+    fn resolve<'a>(&'a self, wanted: &'a Wanted) -> BoxFuture<'a, Result<Target, RuntimeError>>;
 
     /// The running containers.
     fn list_running(&self) -> BoxFuture<'_, Result<Vec<Listed>, RuntimeError>>;
@@ -156,12 +246,6 @@ pub(crate) trait ContainerRuntime: Send + Sync {
 /// a kernel lookup.
 pub(crate) trait FlowNotes: Send {
     fn notes(&mut self, flow: &FlowReport) -> Vec<String>;
-}
-
-/// The runtime on this host: Docker at `DOCKER_HOST` or its default socket.
-pub(crate) async fn connect() -> Result<Box<dyn ContainerRuntime>, RuntimeError> {
-    let docker = docker::Docker::connect().await.map_err(RuntimeError::new)?;
-    Ok(Box::new(docker))
 }
 
 /// Why a target's interfaces or paths could not be found.

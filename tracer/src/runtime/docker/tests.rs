@@ -61,6 +61,7 @@ fn unknown_container_message_names_the_fix() {
     let e = DockerError::NotRunning {
         name: "db".into(),
         state: "exited".into(),
+        cli: "docker",
     };
     assert_eq!(
         e.to_string(),
