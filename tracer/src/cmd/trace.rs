@@ -112,6 +112,7 @@ fn container(
     let (tx, rx) = mpsc::channel(16);
     let follow_cfg = Follow {
         name: target.name.clone(),
+        what: if wanted.pod { "pod" } else { "container" },
         runtime: target.runtime.clone(),
         to: cfg.to,
         uplinks: cfg.uplinks.clone(),

@@ -23,6 +23,8 @@ use super::{
 pub(crate) struct Follow {
     /// The container's name, as messages give it.
     pub name: String,
+    /// `container` or `pod`: what messages call it, and its flag (`--container`, `--pod`).
+    pub what: &'static str,
     /// `Docker`: whose event stream it is.
     pub runtime: String,
     /// `--to`: picks the uplink of re-discovered paths.
@@ -42,7 +44,7 @@ pub(crate) async fn follow(
     f: Follow,
     tx: mpsc::Sender<Control>,
 ) -> Option<String> {
-    let name = &f.name;
+    let (name, what) = (&f.name, f.what);
     // The main pid the hooks follow: a network change of another incarnation (a restart
     // disconnects and connects its networks) is the start's business.
     let mut pid = f.pid;
@@ -68,10 +70,10 @@ pub(crate) async fn follow(
                 rewired(&target, &what, &f)
             }
             TargetEvent::NetworksChangedUnresolved { what, why } => Control::Note(format!(
-                "container {name} {what} but could not be re-attached: {why}"
+                "{what} {name} {what} but could not be re-attached: {why}"
             )),
             TargetEvent::StartedUnresolved { pid, why } => Control::Note(format!(
-                "container {name} started again{} but could not be re-attached: {why}",
+                "{what} {name} started again{} but could not be re-attached: {why}",
                 pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
             )),
             TargetEvent::Stopped { exit_code } => {
@@ -80,20 +82,20 @@ pub(crate) async fn follow(
                     .unwrap_or_default();
                 if f.exit_on_stop {
                     Control::Stop(format!(
-                        "container {name} stopped{code}; exiting (--exit-on-stop)"
+                        "{what} {name} stopped{code}; exiting (--exit-on-stop)"
                     ))
                 } else {
-                    Control::Note(format!("container {name} stopped{code}; what was seen is kept, waiting for it to start again"))
+                    Control::Note(format!("{what} {name} stopped{code}; what was seen is kept, waiting for it to start again"))
                 }
             }
             TargetEvent::Removed => {
                 // Nothing can bring this container back: stop, and say so as an error.
                 // The session may be gone already; then there is nobody left to tell.
-                tx.send(Control::Stop(format!("container {name} was removed")))
+                tx.send(Control::Stop(format!("{what} {name} was removed")))
                     .await
                     .ok();
                 return Some(format!(
-                    "container {name} was removed while being traced (what was seen is above); trace its replacement with --container <new name>"
+                    "{what} {name} was removed while being traced (what was seen is above); trace its replacement with --{what} <new name>"
                 ));
             }
             TargetEvent::WatchEnded { reason } => Control::Note(format!(
@@ -130,7 +132,8 @@ fn restarted(target: &Target, f: &Follow) -> Control {
     match reattach(target, f.to, &f.uplinks) {
         Ok((attach, target_addrs, detach_slots)) => {
             let note = format!(
-                "container {} started again ({}new network namespace); following it on host {}",
+                "{} {} started again ({}new network namespace); following it on host {}",
+                f.what,
                 f.name,
                 pid(", "),
                 host_veths(&attach)
@@ -143,7 +146,8 @@ fn restarted(target: &Target, f: &Follow) -> Control {
             }
         }
         Err(e) => Control::Note(format!(
-            "container {} started again{} but could not be re-attached: {e:#}",
+            "{} {} started again{} but could not be re-attached: {e:#}",
+            f.what,
             f.name,
             target
                 .pid
@@ -163,7 +167,8 @@ fn rewired(target: &Target, what: &str, f: &Follow) -> Control {
     match paths {
         Ok((attach, target_addrs)) => {
             let note = format!(
-                "container {} {what}; following it on host {}",
+                "{} {} {what}; following it on host {}",
+                f.what,
                 f.name,
                 host_veths(&attach)
             );

@@ -487,8 +487,8 @@ impl SandboxInfo {
         let mut gateways = Vec::new();
         let mut mac = None;
         if let Some(ifaces) = doc["cniResult"]["Interfaces"].as_object() {
-            for (_, iface) in ifaces {
-                if iface["Sandbox"].as_str().is_none_or(str::is_empty) {
+            for (name, iface) in ifaces {
+                if name == "lo" || iface["Sandbox"].as_str().is_none_or(str::is_empty) {
                     continue;
                 }
                 mac = iface["Mac"].as_str().map(str::to_string);
@@ -675,6 +675,8 @@ mod tests {
             ]},
             "cniResult": {"Interfaces": {
                 "cni0": {"IPConfigs": null, "Mac": "aa", "Sandbox": ""},
+                "lo": {"IPConfigs": [{"IP": "127.0.0.1", "Gateway": ""}],
+                       "Mac": "00:00:00:00:00:00", "Sandbox": "/var/run/netns/cni-1234"},
                 "eth0": {"IPConfigs": [{"IP": "10.22.0.5", "Gateway": "10.22.0.1"}],
                          "Mac": "0a:58:0a:16:00:05", "Sandbox": "/var/run/netns/cni-1234"}
             }}

@@ -66,7 +66,7 @@ fn host_veth_of(c: &TestContainer, iface: &str) -> Result<String> {
 }
 
 /// Names of loaded BPF programs that are ours.
-fn our_programs() -> Vec<String> {
+pub(crate) fn our_programs() -> Vec<String> {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .filter_map(|p| p.name_as_str().map(str::to_string))
@@ -74,7 +74,7 @@ fn our_programs() -> Vec<String> {
         .collect()
 }
 
-fn pathtrace(args: &[&str]) -> Command {
+pub(crate) fn pathtrace(args: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
     cmd
@@ -82,8 +82,21 @@ fn pathtrace(args: &[&str]) -> Command {
 
 /// Runs `pathtrace --container NAME ARGS --duration 5`; `traffic` runs once it is attached.
 /// Its stdout.
-fn trace(name: &str, args: &[&str], traffic: impl FnOnce() -> Result<()>) -> Result<String> {
-    let argv = [&["--container", name], args, &["--duration", "5"]].concat();
+pub(crate) fn trace(
+    name: &str,
+    args: &[&str],
+    traffic: impl FnOnce() -> Result<()>,
+) -> Result<String> {
+    trace_target(&["--container", name], args, traffic)
+}
+
+/// [`trace`] of what `target` names (`--container NAME`, `--pod NAME -n NS`).
+pub(crate) fn trace_target(
+    target: &[&str],
+    args: &[&str],
+    traffic: impl FnOnce() -> Result<()>,
+) -> Result<String> {
+    let argv = [target, args, &["--duration", "5"]].concat();
     let child = pathtrace(&argv).spawn()?;
     // JSON mode prints nothing until the first flow: wait for the programs, then for attaching.
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -104,7 +117,7 @@ fn trace(name: &str, args: &[&str], traffic: impl FnOnce() -> Result<()>) -> Res
 }
 
 /// [`trace`] with `--json`: the lines it printed.
-fn trace_json(
+pub(crate) fn trace_json(
     name: &str,
     args: &[&str],
     traffic: impl FnOnce() -> Result<()>,
@@ -114,7 +127,7 @@ fn trace_json(
 }
 
 /// Each flow's last line (flows are reprinted as they change, and once more at the end).
-fn final_flows(lines: &[Value]) -> Vec<&Value> {
+pub(crate) fn final_flows(lines: &[Value]) -> Vec<&Value> {
     let mut out: Vec<&Value> = Vec::new();
     for v in lines.iter().filter(|v| v["type"] == "flow") {
         out.retain(|f| f["id"] != v["id"]);
@@ -124,17 +137,17 @@ fn final_flows(lines: &[Value]) -> Vec<&Value> {
 }
 
 /// A flow's `hops` or `hops_back` as `hook dir -> hook dir -> ...`.
-fn hops(flow: &Value, key: &str) -> String {
+pub(crate) fn hops(flow: &Value, key: &str) -> String {
     let hop = |h: &Value| format!("{} {}", text(&h["hook"]), text(&h["dir"]));
     let all: Option<Vec<String>> = flow[key].as_array().map(|a| a.iter().map(hop).collect());
     all.unwrap_or_default().join(" -> ")
 }
 
-fn text(v: &Value) -> &str {
+pub(crate) fn text(v: &Value) -> &str {
     v.as_str().unwrap_or("")
 }
 
-fn ensure_hops(flow: &Value, key: &str, expected: &str) -> Result<()> {
+pub(crate) fn ensure_hops(flow: &Value, key: &str, expected: &str) -> Result<()> {
     let got = hops(flow, key);
     ensure!(
         got == expected,
@@ -143,7 +156,7 @@ fn ensure_hops(flow: &Value, key: &str, expected: &str) -> Result<()> {
     Ok(())
 }
 
-fn ensure_empty(flow: &Value, keys: &[&str]) -> Result<()> {
+pub(crate) fn ensure_empty(flow: &Value, keys: &[&str]) -> Result<()> {
     for key in keys {
         ensure!(
             flow[key].as_array().is_some_and(Vec::is_empty),
@@ -154,7 +167,7 @@ fn ensure_empty(flow: &Value, keys: &[&str]) -> Result<()> {
 }
 
 /// The last state of the first flow that `pred` accepts.
-fn flow_where<'a>(
+pub(crate) fn flow_where<'a>(
     lines: &'a [Value],
     what: &str,
     pred: impl Fn(&Value) -> bool,
@@ -166,7 +179,7 @@ fn flow_where<'a>(
 }
 
 /// The flow of `proto` whose traced-side source address is `src`, with replies.
-fn flow_of<'a>(lines: &'a [Value], proto: &str, src: &str) -> Result<&'a Value> {
+pub(crate) fn flow_of<'a>(lines: &'a [Value], proto: &str, src: &str) -> Result<&'a Value> {
     flow_where(
         lines,
         &format!("{proto} flow from {src} with replies"),
@@ -179,7 +192,7 @@ fn flow_of<'a>(lines: &'a [Value], proto: &str, src: &str) -> Result<&'a Value> 
 }
 
 /// The single NAT entry of `flow[key]`.
-fn one_nat<'a>(flow: &'a Value, key: &str) -> Result<&'a Value> {
+pub(crate) fn one_nat<'a>(flow: &'a Value, key: &str) -> Result<&'a Value> {
     let nat = flow[key].as_array().context("nat array")?;
     ensure!(nat.len() == 1, "one {key} step expected: {flow}");
     Ok(&nat[0])
@@ -376,7 +389,7 @@ fn two_containers_on_one_bridge() -> Result<()> {
 }
 
 /// Waits until no pathtrace program is loaded (a released program goes after an RCU grace period).
-fn assert_no_programs_left(when: &str) -> Result<()> {
+pub(crate) fn assert_no_programs_left(when: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(3);
     while !our_programs().is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
@@ -390,7 +403,7 @@ fn assert_no_programs_left(when: &str) -> Result<()> {
 }
 
 /// The final report's flow blocks (text mode): each a header line and its indented lines.
-fn final_blocks(text: &str) -> Vec<String> {
+pub(crate) fn final_blocks(text: &str) -> Vec<String> {
     let tail = text.split("--- final ---\n").nth(1).unwrap_or_default();
     let mut blocks: Vec<String> = Vec::new();
     for line in tail.lines() {
@@ -404,14 +417,14 @@ fn final_blocks(text: &str) -> Vec<String> {
 
 /// A pathtrace run without `--duration`, its stdout read line by line; killed on drop (a failing
 /// test must not leave it tracing).
-struct Running {
-    child: Child,
-    lines: Receiver<String>,
-    seen: Vec<String>,
+pub(crate) struct Running {
+    pub(crate) child: Child,
+    pub(crate) lines: Receiver<String>,
+    pub(crate) seen: Vec<String>,
 }
 
 impl Running {
-    fn spawn(args: &[&str]) -> Result<Self> {
+    pub(crate) fn spawn(args: &[&str]) -> Result<Self> {
         let mut child = pathtrace(args).spawn()?;
         let stdout = child.stdout.take().context("stdout")?;
         let (tx, lines) = std::sync::mpsc::channel();
@@ -430,7 +443,7 @@ impl Running {
     }
 
     /// Reads lines until one contains `what`.
-    fn wait_for(&mut self, what: &str) -> Result<()> {
+    pub(crate) fn wait_for(&mut self, what: &str) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         while let Ok(line) = self
             .lines
@@ -445,7 +458,7 @@ impl Running {
     }
 
     /// SIGINT; the exit status and everything it printed.
-    fn interrupt(mut self) -> Result<(ExitStatus, String)> {
+    pub(crate) fn interrupt(mut self) -> Result<(ExitStatus, String)> {
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id())?);
         nix::sys::signal::kill(pid, nix::sys::signal::SIGINT)?;
         let status = self.child.wait()?;
