@@ -326,6 +326,38 @@ impl VerifyConfig {
     }
 }
 
+/// `--container NAME` or `--pod NAME`, with `-n`; `None` when neither is given.
+pub(crate) fn wanted(
+    container: Option<&String>,
+    r: &crate::cli::RuntimeArgs,
+) -> anyhow::Result<Option<Wanted>> {
+    let namespace = r.namespace.clone();
+    Ok(match (container, &r.pod) {
+        (_, Some(pod)) => Some(Wanted {
+            name: pod.clone(),
+            pod: true,
+            namespace,
+        }),
+        (Some(name), None) => Some(Wanted {
+            name: name.clone(),
+            pod: false,
+            namespace,
+        }),
+        (None, None) if namespace.is_some() => {
+            bail!("-n NAMESPACE narrows --pod NAME or --container NAME: give one of them")
+        }
+        (None, None) => None,
+    })
+}
+
+/// `--runtime-endpoint` and `--runtime`.
+pub(crate) fn endpoints(r: &crate::cli::RuntimeArgs) -> Endpoints {
+    Endpoints {
+        cri: r.runtime_endpoint.clone(),
+        only: r.runtime,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -383,37 +415,5 @@ mod tests {
         let mut a = args();
         a.snaplen = 1000;
         assert_eq!(filter_config(&a), Err(FilterError::Snaplen(1000)));
-    }
-}
-
-/// `--container NAME` or `--pod NAME`, with `-n`; `None` when neither is given.
-pub(crate) fn wanted(
-    container: Option<&String>,
-    r: &crate::cli::RuntimeArgs,
-) -> anyhow::Result<Option<Wanted>> {
-    let namespace = r.namespace.clone();
-    Ok(match (container, &r.pod) {
-        (_, Some(pod)) => Some(Wanted {
-            name: pod.clone(),
-            pod: true,
-            namespace,
-        }),
-        (Some(name), None) => Some(Wanted {
-            name: name.clone(),
-            pod: false,
-            namespace,
-        }),
-        (None, None) if namespace.is_some() => {
-            bail!("-n NAMESPACE narrows --pod NAME or --container NAME: give one of them")
-        }
-        (None, None) => None,
-    })
-}
-
-/// `--runtime-endpoint` and `--runtime`.
-pub(crate) fn endpoints(r: &crate::cli::RuntimeArgs) -> Endpoints {
-    Endpoints {
-        cri: r.runtime_endpoint.clone(),
-        only: r.runtime,
     }
 }

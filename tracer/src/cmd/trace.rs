@@ -118,6 +118,7 @@ fn container(
         uplinks: cfg.uplinks.clone(),
         exit_on_stop,
         pid: target.pid,
+        rules: Some(plan.attributor()),
     };
     let follower = rt.spawn(follow(runtime.watch(&target), follow_cfg, tx));
     let capture = open_capture(cfg, &plan.topology)?;

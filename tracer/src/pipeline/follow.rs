@@ -35,6 +35,8 @@ pub(crate) struct Follow {
     pub exit_on_stop: bool,
     /// The container's main pid when the trace began.
     pub pid: Option<u32>,
+    /// The NAT rules attribution uses: read again before a restarted target is re-attached.
+    pub rules: Option<std::sync::Arc<super::plan::LiveRules>>,
 }
 
 /// Follows `events` until the container is removed or the stream ends. Returns `Some(why)` when
@@ -53,6 +55,12 @@ pub(crate) async fn follow(
         let msg = match ev {
             TargetEvent::Started(target) => {
                 pid = target.pid;
+                // Before the new hooks see a packet: the new sandbox's NAT chains.
+                if let Some(rules) = f.rules.clone() {
+                    tokio::task::spawn_blocking(move || rules.refresh())
+                        .await
+                        .ok();
+                }
                 restarted(&target, &f)
             }
             TargetEvent::NetworksChanged { target, what } => {

@@ -29,6 +29,8 @@ pub(crate) struct Plan {
     pub targets: Vec<AttachTarget>,
     pub topology: Arc<Topology>,
     pub rules: Arc<NatRuleset>,
+    /// What attribution reads: `rules`, until a restart reads them again.
+    live: Arc<LiveRules>,
     /// Remote endpoints of interest from the start (published ports).
     pub interest: Vec<EndpointKey>,
 }
@@ -45,6 +47,7 @@ impl Plan {
         Ok(Self {
             targets,
             topology,
+            live: LiveRules::new(&rules),
             rules: Arc::new(rules),
             interest: Vec::new(),
         })
@@ -67,14 +70,44 @@ impl Plan {
         Ok(Self {
             targets,
             topology: Arc::new(topology),
+            live: LiveRules::new(&rules),
             rules: Arc::new(rules),
             interest,
         })
     }
 
-    /// What names the rule of each NAT step: the ruleset read for this plan.
-    pub(crate) fn attributor(&self) -> Arc<dyn RuleAttributor> {
-        self.rules.clone()
+    /// What names the rule of each NAT step: the ruleset read for this plan, read again when
+    /// [`LiveRules::refresh`] is called (a restarted pod has chains of its own).
+    pub(crate) fn attributor(&self) -> Arc<LiveRules> {
+        self.live.clone()
+    }
+}
+
+/// The NAT ruleset attribution uses, replaced when the target restarts: the CNI bridge plugin
+/// writes a chain per pod sandbox (`CNI-<hash>`), so a restarted pod's NAT is made by rules the
+/// first snapshot does not have.
+pub(crate) struct LiveRules(std::sync::RwLock<Arc<NatRuleset>>);
+
+impl LiveRules {
+    fn new(rules: &NatRuleset) -> Arc<Self> {
+        Arc::new(Self(std::sync::RwLock::new(Arc::new(rules.clone()))))
+    }
+
+    /// Reads the ruleset again; on failure the old one stays (and is said in the log).
+    pub(crate) fn refresh(&self) {
+        match read_rules() {
+            Ok(rules) => {
+                *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(rules);
+            }
+            Err(e) => tracing::warn!("reading the NAT rules again after a restart: {e:#}"),
+        }
+    }
+}
+
+impl RuleAttributor for LiveRules {
+    fn attribute(&self, query: &crate::model::NatQuery<'_>) -> Option<crate::model::Attribution> {
+        let rules = self.0.read().unwrap_or_else(|e| e.into_inner()).clone();
+        rules.attribute(query)
     }
 }
 

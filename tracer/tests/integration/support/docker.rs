@@ -56,10 +56,26 @@ pub(crate) fn ensure_busybox_image() -> Result<String> {
 }
 
 fn build_busybox_image() -> Result<()> {
+    let dir = TempDir::new("pathtrace-busybox")?;
+    let tar = busybox_rootfs_tar(&dir.0)?;
+    let tar = tar.to_str().context("temp path is not UTF-8")?;
+    docker(&[
+        "import",
+        "--change",
+        r#"CMD ["/bin/sh"]"#,
+        tar,
+        BUSYBOX_IMAGE,
+    ])?;
+    Ok(())
+}
+
+/// Writes the test image's root filesystem (the static /bin/busybox, its applets as symlinks,
+/// /etc/passwd and /etc/group) to `<dir>/rootfs` and its tar (owned by root) to
+/// `<dir>/rootfs.tar`, for `docker import` or `podman import`. The tar's path.
+pub(crate) fn busybox_rootfs_tar(dir: &Path) -> Result<PathBuf> {
     let busybox = Path::new("/bin/busybox");
     ensure_static(busybox)?;
-    let dir = TempDir::new("pathtrace-busybox")?;
-    let root = dir.0.join("rootfs");
+    let root = dir.join("rootfs");
     for d in ["bin", "etc", "tmp", "root", "proc", "sys", "dev"] {
         fs::create_dir_all(root.join(d))?;
     }
@@ -77,7 +93,7 @@ fn build_busybox_image() -> Result<()> {
         "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
     )?;
     fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")?;
-    let tar = dir.0.join("rootfs.tar");
+    let tar = dir.join("rootfs.tar");
     let status = Command::new("tar")
         .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
         .arg(&root)
@@ -86,15 +102,7 @@ fn build_busybox_image() -> Result<()> {
         .arg(".")
         .status()?;
     ensure!(status.success(), "tar of the rootfs failed");
-    let tar = tar.to_str().context("temp path is not UTF-8")?;
-    docker(&[
-        "import",
-        "--change",
-        r#"CMD ["/bin/sh"]"#,
-        tar,
-        BUSYBOX_IMAGE,
-    ])?;
-    Ok(())
+    Ok(tar)
 }
 
 /// Fails unless `path` is an ELF64 with no program interpreter (Debian's busybox-static is).

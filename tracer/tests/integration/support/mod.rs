@@ -6,10 +6,12 @@
 //! networks that remove themselves), [`wan`] (a test uplink with echo servers) and [`schema`]
 //! (every JSON line read is checked against the one output schema).
 
+pub(crate) mod cri;
 pub(crate) mod docker;
 pub(crate) mod hostns;
 pub(crate) mod kernel;
 pub(crate) mod lab;
+pub(crate) mod podman;
 pub(crate) mod schema;
 pub(crate) mod wan;
 
