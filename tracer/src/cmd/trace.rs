@@ -15,7 +15,7 @@ use crate::{
         path::{self, PathQuery},
         sockets::SocketWatch,
     },
-    model::Topology,
+    model::{Place, Topology},
     pipeline::{
         self,
         annotate::{Annotator, ConntrackConfirm, EveryFlowNote, RuleCounters, RuntimeNotes},
@@ -95,6 +95,14 @@ fn container(
         super::warn(&note);
     }
     let paths = target.paths(cfg.to, &cfg.uplinks)?;
+    for p in paths.iter().filter(|p| p.path.hop(Place::Bridge).is_none()) {
+        super::warn(format_args!(
+            "{}:{} has no bridge: its host veth {} is routed (a ptp-style CNI), so its hops go from that veth to the uplink",
+            target.name,
+            p.iface.ifname,
+            p.path.host_veth().name
+        ));
+    }
     let mut targets = plan::container_hooks(&paths)?;
     if let Some(to) = cfg.to {
         let peer = rt.block_on(plan::peer_hooks(&runtime, &target, &paths, to))?;

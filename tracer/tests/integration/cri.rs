@@ -29,7 +29,7 @@ use crate::{
         pathtrace, text, trace_target, Running,
     },
     support::{
-        cri::{Cri, Pod, PortMap},
+        cri::{Cni, Cri, Pod, PortMap},
         docker::{free_port, host_veths_peering},
         privileged, serial,
         wan::{exchange, run, Wan, TCP_PORT},
@@ -465,4 +465,64 @@ fn pod_errors_are_one_line_and_exit_code_2() -> Result<()> {
         &["no pod named 'web' in namespace shop in Docker"],
     )?;
     Ok(())
+}
+
+#[test]
+fn pod_on_a_routed_cni_has_no_bridge_hop() -> Result<()> {
+    let Some(_serial) = begin("pod_on_a_routed_cni_has_no_bridge_hop") else {
+        return Ok(());
+    };
+    let wan = Wan::up()?;
+    let cri = Cri::up_with(Cni::Ptp)?;
+    cri.allow_forward(&wan.uplink)?;
+    let pod = cri.run_pod("api", "shop", 0, &[])?;
+    let (veth, up) = (host_veth(&pod)?, wan.uplink.clone());
+    let to: SocketAddr = format!("{}:{TCP_PORT}", wan.wan_ip).parse()?;
+    let out = trace_target(
+        &pod_args(&cri, &pod),
+        &["--to", &wan.wan_ip, "--json"],
+        || (0..2).try_for_each(|_| from_pod(&pod, to)),
+    )?;
+    let lines = json(&out);
+    let flow = flow_where(&lines, "TCP flow from the routed pod", |f| {
+        f["proto"] == "tcp"
+            && text(&f["src"]).starts_with(&format!("{}:", pod.ip))
+            && f["packets_back"].as_u64() > Some(0)
+    })?;
+    let eth0 = "shop/api:eth0";
+    ensure_hops(
+        flow,
+        "hops",
+        &format!("{eth0} egress -> host:{veth} ingress -> host:{up} egress"),
+    )?;
+    ensure_hops(
+        flow,
+        "hops_back",
+        &format!("host:{up} ingress -> host:{veth} egress -> {eth0} ingress"),
+    )?;
+    let snat = one_nat(flow, "nat")?;
+    let rule = cni_masquerade_rule(&pod.ip)?;
+    ensure!(
+        snat["kind"] == "snat" && snat["rule"] == rule.as_str(),
+        "SNAT step {snat}, iptables says {rule}"
+    );
+    // inspect: the veth is routed, no bridge.
+    let out = pathtrace(&[
+        "inspect",
+        "--pod",
+        "api",
+        "-n",
+        "shop",
+        "--runtime-endpoint",
+        &cri.endpoint,
+    ])
+    .output()?;
+    let text_out = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text_out}");
+    ensure!(
+        out.status.success() && text_out.contains("bridge     none (a routed veth)"),
+        "inspect: {text_out}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_no_programs_left("after the routed pod's trace")
 }

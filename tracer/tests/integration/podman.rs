@@ -17,8 +17,8 @@ use crate::{
         assert_no_programs_left, ensure_empty, ensure_hops, flow_where, one_nat, pathtrace, text,
     },
     support::{
-        cri::{Cri, Pod},
-        docker::{free_port, host_veths_peering, TestContainer},
+        cri::Cri,
+        docker::{ethtool_peer_ifindex, free_port, host_veths_peering, TestContainer},
         docker_or_skip,
         podman::{Podman, PodmanContainer},
         privileged, serial,
@@ -228,14 +228,21 @@ fn podman_masquerade_published_port_and_inspect() -> Result<()> {
     assert_no_programs_left("after the Podman traces")
 }
 
-/// What `ethtool -S` says is the host veth of `ifindex`, checked against an inspect report.
-fn check_report(r: &Value, runtime: &str, bridge: &str, peer: u32) -> Result<()> {
+/// An inspect report against the kernel: its host veth is the one the container's eth0 links to
+/// (`iflink`), and `ethtool -S` on it names the container's eth0 (`peer_ifindex`).
+fn check_report(r: &Value, runtime: &str, bridge: &str, eth0: (u32, u32)) -> Result<()> {
+    let (ifindex, iflink) = eth0;
     ensure!(r["runtime"] == runtime, "{r}");
     let iface = &r["interfaces"][0];
-    let veths = host_veths_peering(peer)?;
+    let veth = text(&iface["host_veth"]["name"]);
     ensure!(
-        veths.len() == 1 && iface["host_veth"]["name"] == veths[0].as_str(),
-        "ethtool says {veths:?}: {r}"
+        iface["host_veth"]["ifindex"] == iflink,
+        "eth0 links to {iflink}: {r}"
+    );
+    let peer = ethtool_peer_ifindex(veth)?;
+    ensure!(
+        peer == ifindex,
+        "ethtool -S {veth}: peer_ifindex {peer}, eth0 is {ifindex}: {r}"
     );
     ensure!(iface["bridge"]["name"] == bridge, "{r}");
     ensure!(
@@ -247,15 +254,25 @@ fn check_report(r: &Value, runtime: &str, bridge: &str, peer: u32) -> Result<()>
     Ok(())
 }
 
-fn pod_ifindex(pod: &Pod) -> Result<u32> {
-    // Not /sys/class/net: sysfs shows the namespace it was mounted in, whatever setns says.
-    let name = pod
-        .netns
-        .file_name()
-        .context("netns path")?
-        .to_string_lossy();
-    let line = run("ip", &["-n", &name, "-o", "link", "show", "eth0"])?;
-    Ok(line.split(':').next().unwrap_or_default().trim().parse()?)
+/// `ifindex` and `iflink` of eth0 in a namespace, by `ip -o link` (`2: eth0@if7: ...`).
+fn eth0_in(netns: &str) -> Result<(u32, u32)> {
+    let line = run("ip", &["-n", netns, "-o", "link", "show", "eth0"])?;
+    let (index, rest) = line.split_once(':').context("ip -o link")?;
+    let link = rest
+        .split(':')
+        .next()
+        .and_then(|n| n.trim().strip_prefix("eth0@if"))
+        .context("no @if")?;
+    Ok((index.trim().parse()?, link.parse()?))
+}
+
+/// [`eth0_in`] for a container's main process (a named netns for it, removed after).
+fn eth0_of_pid(pid: u32) -> Result<(u32, u32)> {
+    let name = format!("pt-side-{pid}");
+    run("ip", &["netns", "attach", &name, &pid.to_string()])?;
+    let got = eth0_in(&name);
+    run("ip", &["netns", "delete", &name])?;
+    got
 }
 
 #[test]
@@ -280,17 +297,19 @@ fn inspect_lists_docker_podman_and_cri_side_by_side() -> Result<()> {
             .find(|r| r["name"] == name)
             .with_context(|| format!("{name} not listed: {reports:#?}\n{stderr}"))
     };
-    let docker_ifindex: u32 =
-        crate::support::docker::docker(&["exec", &d.name, "cat", "/sys/class/net/eth0/ifindex"])?
-            .parse()?;
-    check_report(find(&d.name)?, "Docker", "docker0", docker_ifindex)?;
-    let podman_ifindex: u32 = exec(&podman, &p, "cat /sys/class/net/eth0/ifindex")?.parse()?;
-    check_report(find(&p.name)?, "Podman", &podman.bridge, podman_ifindex)?;
+    check_report(find(&d.name)?, "Docker", "docker0", eth0_of_pid(d.pid()?)?)?;
+    check_report(
+        find(&p.name)?,
+        "Podman",
+        &podman.bridge,
+        eth0_of_pid(p.pid)?,
+    )?;
+    let pod_ns = pod.netns.file_name().context("netns")?.to_string_lossy();
     check_report(
         find("side/web")?,
         "containerd (CRI)",
         &cri.bridge,
-        pod_ifindex(&pod)?,
+        eth0_in(&pod_ns)?,
     )?;
     // Text: one block each, the runtime in its header.
     let out = pathtrace(&["inspect", "--runtime-endpoint", &cri.endpoint])

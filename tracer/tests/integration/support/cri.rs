@@ -92,6 +92,15 @@ impl PortMap {
     }
 }
 
+/// The CNI the pods get.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Cni {
+    /// The reference bridge plugin (flannel's shape): veths on a bridge of the fixture's own.
+    Bridge,
+    /// ptp (Calico's shape): routed veths, no bridge; [`Cri::bridge`] is empty.
+    Ptp,
+}
+
 /// A running pod sandbox, as the CRI reported it.
 #[derive(Debug, Clone)]
 pub(crate) struct Pod {
@@ -157,6 +166,11 @@ impl Cri {
     /// Starts the containerd, waits for the CRI to answer `Version`, imports [`PAUSE_IMAGE`] and
     /// writes the CNI conflist (made before containerd starts: the CRI loads it at start).
     pub(crate) fn up() -> Result<Self> {
+        Self::up_with(Cni::Bridge)
+    }
+
+    /// [`Cri::up`] with the CNI `cni` says: a bridge, or routed veths (ptp).
+    pub(crate) fn up_with(cni: Cni) -> Result<Self> {
         let n = INSTANCES.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let tag = if n == 0 {
@@ -209,8 +223,12 @@ impl Cri {
             );
             fs::create_dir_all(d)?;
         }
-        cri.make_bridge()?;
-        cri.write_cni_config()?;
+        match cni {
+            Cni::Bridge => cri.make_bridge()?,
+            // ptp gives each host veth the gateway address: no bridge may hold it.
+            Cni::Ptp => cri.bridge = String::new(),
+        }
+        cri.write_cni_config(cni)?;
         let config = cri.write_containerd_config()?;
         cri.start_containerd(&config)?;
         cri.import_pause_image()?;
@@ -239,25 +257,30 @@ impl Cri {
         self.lib_dir.join("cni/net.d")
     }
 
-    fn write_cni_config(&self) -> Result<()> {
+    fn write_cni_config(&self, cni: Cni) -> Result<()> {
         let dir = self.cni_conf_dir();
         fs::create_dir_all(&dir)?;
+        let ipam = serde_json::json!({
+            "type": "host-local",
+            "ranges": [[{ "subnet": self.subnet, "gateway": self.gateway }]],
+            "routes": [{ "dst": "0.0.0.0/0" }],
+            "dataDir": self.lib_dir.join("cni/ipam"),
+        });
+        let main = match cni {
+            Cni::Bridge => serde_json::json!({
+                "type": "bridge",
+                "bridge": self.bridge,
+                "isGateway": true,
+                "ipMasq": true,
+                "ipam": ipam,
+            }),
+            Cni::Ptp => serde_json::json!({ "type": "ptp", "ipMasq": true, "ipam": ipam }),
+        };
         let conf = serde_json::json!({
             "cniVersion": "1.0.0",
             "name": self.network,
             "plugins": [
-                {
-                    "type": "bridge",
-                    "bridge": self.bridge,
-                    "isGateway": true,
-                    "ipMasq": true,
-                    "ipam": {
-                        "type": "host-local",
-                        "ranges": [[{ "subnet": self.subnet, "gateway": self.gateway }]],
-                        "routes": [{ "dst": "0.0.0.0/0" }],
-                        "dataDir": self.lib_dir.join("cni/ipam"),
-                    },
-                },
+                main,
                 { "type": "portmap", "capabilities": { "portMappings": true } },
             ],
         });
@@ -767,10 +790,11 @@ disabled_plugins = [
     /// Lets the pods' traffic through Docker's FORWARD policy DROP, to and from `uplink`: two
     /// `iptables -I FORWARD ... -j ACCEPT` rules, removed on drop.
     pub(crate) fn allow_forward(&self, uplink: &str) -> Result<()> {
-        for (a, b) in [("-i", "-o"), ("-o", "-i")] {
+        // By the pods' subnet: a bridge CNI's and a routed one's alike.
+        for (a, b) in [("-s", "-o"), ("-d", "-i")] {
             let rule: Vec<String> = [
                 a,
-                &self.bridge,
+                &self.subnet,
                 b,
                 uplink,
                 "-m",
@@ -866,7 +890,7 @@ disabled_plugins = [
                 }
             }
         }
-        if Path::new("/sys/class/net").join(&self.bridge).exists() {
+        if !self.bridge.is_empty() && Path::new("/sys/class/net").join(&self.bridge).exists() {
             if let Err(e) = run("ip", &["link", "del", &self.bridge]) {
                 failed.push(format!("{e:#}"));
             }
