@@ -611,9 +611,10 @@ impl ContainerRuntime for Docker {
 
     fn resolve<'a>(&'a self, wanted: &'a Wanted) -> BoxFuture<'a, Result<Target, RuntimeError>> {
         Box::pin(async move {
-            // Pods, and containers of a Kubernetes namespace, are the CRI's.
+            // Pods, and containers of a Kubernetes namespace, are the CRI's: not looked for
+            // here (an empty runtime name leaves it out of the message).
             if wanted.pod || wanted.namespace.is_some() {
-                return Err(wanted.unknown(self.flavor.name(), Vec::new()));
+                return Err(wanted.unknown("", Vec::new()));
             }
             let info = Docker::resolve(self, &wanted.name)
                 .await

@@ -298,9 +298,20 @@ impl Runtimes {
         if let Some(e) = other {
             return Err(e);
         }
+        // The runtimes that can hold what was asked (Docker and Podman hold no pods).
+        let asked: Vec<String> = unknown
+            .iter()
+            .filter(|u| !u.runtime.is_empty())
+            .map(|u| u.runtime.clone())
+            .collect();
+        let kubernetes = wanted.pod || wanted.namespace.is_some();
         let mut merged = Unknown {
             what: wanted.describe(),
-            runtime: self.names.clone(),
+            runtime: match asked.is_empty() {
+                true if kubernetes => "any CRI runtime (none answers here)".to_string(),
+                true => self.names.clone(),
+                false => join_or(asked),
+            },
             suggestions: Vec::new(),
             hints: Vec::new(),
         };
@@ -312,7 +323,10 @@ impl Runtimes {
             }
             merged.hints.extend(u.hints);
         }
-        merged.hints.extend(self.absent.iter().cloned());
+        let cri_only = |h: &&String| !kubernetes || h.starts_with("CRI");
+        merged
+            .hints
+            .extend(self.absent.iter().filter(cri_only).cloned());
         if merged.suggestions.is_empty() && merged.hints.is_empty() {
             merged
                 .hints

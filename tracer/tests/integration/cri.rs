@@ -462,7 +462,7 @@ fn pod_errors_are_one_line_and_exit_code_2() -> Result<()> {
     // Docker's own containerd serves no CRI: said, not taken for an empty Kubernetes.
     expect_error(
         &["--pod", "web", "-n", "shop", "--runtime", "docker"],
-        &["no pod named 'web' in namespace shop in Docker"],
+        &["no pod named 'web' in namespace shop in any CRI runtime"],
     )?;
     Ok(())
 }
