@@ -428,14 +428,22 @@ fn rules_for(rules: &NatRuleset, c: &NatContext<'_>, ip: IpAddr) -> Vec<(usize, 
     let ep = Endpoint::new;
     let mut found = Vec::new();
     let mut ask = |q: NatQuery<'_>| {
-        let Some((a, indices)) = rules.attribute_rules(&q) else {
+        let Some((a, indices, chosen)) = rules.attribute_rules(&q) else {
             return;
         };
         let why = match a.confidence {
             RuleConfidence::Evaluated => None,
             _ => a.why.clone(),
         };
-        found.extend(indices.into_iter().map(|i| (i, why.clone())));
+        // The rule that surely matches is a candidate only because one before it may take the
+        // packet first: said so, not given that rule's reason as its own.
+        let why_of = |i: usize| match (&why, chosen == Some(i)) {
+            (Some(w), true) => Some(format!(
+                "applies unless a rule before it takes the packet ({w})"
+            )),
+            (w, _) => w.clone(),
+        };
+        found.extend(indices.into_iter().map(|i| (i, why_of(i))));
     };
     let icmp = if v6 { Proto::Icmpv6 } else { Proto::Icmp };
     for (proto, sport, dport) in [

@@ -179,23 +179,34 @@ fn nat_item() -> Item {
     }
 }
 
+/// The runtimes `--container` and `--pod` would look in: those that answer (asked the way a
+/// trace asks them), and what was found of the others.
 fn runtimes_item() -> Item {
-    let sockets = [
-        ("docker", "/var/run/docker.sock"),
-        ("podman", "/run/podman/podman.sock"),
-        ("containerd", "/run/containerd/containerd.sock"),
-    ];
-    let found: Vec<String> = sockets
-        .iter()
-        .filter(|(_, path)| Path::new(path).exists())
-        .map(|(name, path)| format!("{name} ({path})"))
-        .collect();
-    match found.is_empty() {
-        false => item("runtimes", Status::Ok, found.join(", ")),
-        true => item(
+    let answer = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| {
+            rt.block_on(crate::runtime::connect(
+                &crate::runtime::Endpoints::default(),
+            ))
+            .map_err(anyhow::Error::from)
+        });
+    match answer {
+        Ok(r) => {
+            let mut detail = r.answering().join(", ");
+            for why in r.absent() {
+                detail.push_str(&format!("; {why}"));
+            }
+            item("runtimes", Status::Ok, detail)
+        }
+        Err(e) => item(
             "runtimes",
             Status::Fallback,
-            "no runtime socket found: --container needs dockerd; --netns works without one",
+            format!(
+                "{}: --container and --pod need one; --netns works without",
+                crate::one_line(&e)
+            ),
         ),
     }
 }

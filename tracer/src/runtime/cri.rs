@@ -565,6 +565,10 @@ impl ContainerRuntime for Cri {
         &self.label
     }
 
+    fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
     fn resolve<'a>(&'a self, wanted: &'a Wanted) -> BoxFuture<'a, Result<Target, RuntimeError>> {
         Box::pin(async move {
             if wanted.pod {

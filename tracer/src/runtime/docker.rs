@@ -609,6 +609,10 @@ impl ContainerRuntime for Docker {
         self.flavor.name()
     }
 
+    fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
     fn resolve<'a>(&'a self, wanted: &'a Wanted) -> BoxFuture<'a, Result<Target, RuntimeError>> {
         Box::pin(async move {
             // Pods, and containers of a Kubernetes namespace, are the CRI's: not looked for

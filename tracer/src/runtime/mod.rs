@@ -226,6 +226,9 @@ pub(crate) trait ContainerRuntime: Send + Sync {
     /// `Docker`, `Podman`, `containerd (CRI)`: how messages name the runtime.
     fn name(&self) -> &str;
 
+    /// Where it answers (`unix:///var/run/docker.sock`).
+    fn endpoint(&self) -> &str;
+
     /// The running container or pod `wanted` names; [`Unknown`] when this runtime has none.
     fn resolve<'a>(&'a self, wanted: &'a Wanted) -> BoxFuture<'a, Result<Target, RuntimeError>>;
 

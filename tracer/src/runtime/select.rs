@@ -241,6 +241,19 @@ fn join_or(mut names: Vec<String>) -> String {
 }
 
 impl Runtimes {
+    /// `Docker (unix:///var/run/docker.sock)`, one per runtime that answered.
+    pub(crate) fn answering(&self) -> Vec<String> {
+        self.all
+            .iter()
+            .map(|r| format!("{} ({})", r.name(), r.endpoint()))
+            .collect()
+    }
+
+    /// Why each runtime that might be here is not used.
+    pub(crate) fn absent(&self) -> &[String] {
+        &self.absent
+    }
+
     /// `pod shop/web: found in containerd (CRI) at unix:///...`, when more than one runtime
     /// was looked in.
     pub(crate) fn found_note(&self, wanted: &Wanted, target: &Target) -> Option<String> {
@@ -339,6 +352,10 @@ impl Runtimes {
 impl ContainerRuntime for Runtimes {
     fn name(&self) -> &str {
         &self.names
+    }
+
+    fn endpoint(&self) -> &str {
+        ""
     }
 
     fn resolve<'a>(&'a self, wanted: &'a Wanted) -> BoxFuture<'a, Result<Target, RuntimeError>> {

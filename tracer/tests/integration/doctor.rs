@@ -43,7 +43,7 @@ fn doctor_tells_what_this_host_offers() {
     assert_eq!(status("conntrack") == "ok", conntrack, "{text}");
     let docker = Path::new("/var/run/docker.sock").exists();
     assert_eq!(
-        text.contains("docker (/var/run/docker.sock)"),
+        text.contains("Docker (unix:///var/run/docker.sock)"),
         docker,
         "{text}"
     );

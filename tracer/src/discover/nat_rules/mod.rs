@@ -220,11 +220,12 @@ impl NatRuleset {
         &self.rules
     }
 
-    /// The attribution of `query` with its rules by index (for `inspect`).
+    /// The attribution of `query` with its rules by index (for `inspect`), the decided one (the
+    /// rule that surely matches, after candidates that may) last.
     pub(crate) fn attribute_rules(
         &self,
         query: &NatQuery<'_>,
-    ) -> Option<(Attribution, Vec<usize>)> {
+    ) -> Option<(Attribution, Vec<usize>, Option<usize>)> {
         let v = self.attribute_index(query)?;
         let text = |i: usize| self.rules[i].full_text();
         let mut all = v.candidates.clone();
@@ -242,7 +243,7 @@ impl NatRuleset {
                 }
             }
         };
-        Some((attribution, all))
+        Some((attribution, all, v.chosen))
     }
 }
 
@@ -251,7 +252,7 @@ impl RuleAttributor for NatRuleset {
     /// only maybe is a candidate, and the walk goes on to the next one that could make the
     /// rewrite, until one that surely matches (the kernel would have applied that one).
     fn attribute(&self, query: &NatQuery<'_>) -> Option<Attribution> {
-        self.attribute_rules(query).map(|(a, _)| a)
+        self.attribute_rules(query).map(|(a, _, _)| a)
     }
 }
 
