@@ -80,11 +80,11 @@ fn cri_fixture_makes_a_pod() -> Result<()> {
     let forward = run("iptables", &["-w", "-S", "FORWARD"])?;
     ensure!(
         forward
-            .matches(&format!("-i {} -o pt-nowhere0", cri.bridge))
+            .matches(&format!("-s {} -o pt-nowhere0", cri.subnet))
             .count()
             == 1
             && forward
-                .matches(&format!("-i pt-nowhere0 -o {}", cri.bridge))
+                .matches(&format!("-d {} -i pt-nowhere0", cri.subnet))
                 .count()
                 == 1,
         "FORWARD: {forward}"
@@ -211,7 +211,7 @@ fn cri_fixture_makes_a_pod() -> Result<()> {
     ensure!(!pod2.netns.exists(), "{} is left", pod2.netns.display());
     let forward = run("iptables", &["-w", "-S", "FORWARD"])?;
     ensure!(
-        !forward.contains(&format!("{bridge} ")),
+        !forward.contains("pt-nowhere0"),
         "FORWARD rules are left: {forward}"
     );
     let nat = nat_rules()?;
