@@ -297,6 +297,68 @@ fn pod_on_a_bridge_cni_masquerade_and_host_port() -> Result<()> {
         text(&flow["hops"][0]["hook"]) == "shop/web/app:eth0",
         "first hop of container app: {flow}"
     );
+
+    // verify from the pod: PASS with the CNI chain's rule, an exit code a script can trust.
+    let masq = cni_masquerade_rule(&pod.ip)?;
+    let mut args = pod_args(&cri, &pod);
+    let dst = to.to_string();
+    args.extend([
+        "--to",
+        &dst,
+        "--expect-snat",
+        &wan.host_ip,
+        "--expect-via",
+        &up,
+    ]);
+    let v = pathtrace(&[&["verify"], args.as_slice()].concat()).output()?;
+    let v_out = String::from_utf8_lossy(&v.stdout);
+    eprintln!("verify: {v_out}");
+    ensure!(
+        v.status.code() == Some(0) && v_out.starts_with("PASS") && v_out.contains(&masq),
+        "verify: {v_out}{}",
+        String::from_utf8_lossy(&v.stderr)
+    );
+
+    // -w, then show: the replay has the live run's hops and rule.
+    let file = cri.run_dir.join("pod.pcapng");
+    let file_arg = file.to_str().context("capture path")?;
+    let live = json(&trace_target(
+        &pod_args(&cri, &pod),
+        &["--to", &wan.wan_ip, "--json", "-w", file_arg],
+        || from_pod(&pod, to),
+    )?);
+    let shown = pathtrace(&["show", file_arg, "--json"]).output()?;
+    ensure!(
+        shown.status.success(),
+        "show: {}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    let replayed = json(&String::from_utf8_lossy(&shown.stdout));
+    let pick = |lines: &[Value]| -> Result<Value> {
+        Ok(flow_where(lines, "the pod's TCP flow", |f| {
+            f["proto"] == "tcp" && text(&f["src"]).starts_with(&format!("{}:", pod.ip))
+        })?
+        .clone())
+    };
+    let (live, shown) = (pick(&live)?, pick(&replayed)?);
+    ensure!(live["hops"] == shown["hops"], "live {live}\nshown {shown}");
+    let (l, r) = (&live["nat"][0], &shown["nat"][0]);
+    ensure!(text(&l["rule"]) == masq, "live rule: {l}");
+    // The live view decided between portmap's mark rule and the CNI chain by their counters;
+    // a capture has no counters, so the replay keeps both as candidates and says why.
+    let candidates_kept = r["rule"].is_null()
+        && r["rule_confidence"] == "candidates"
+        && r["candidates"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|x| x == masq.as_str()))
+        && r["why"].as_str().is_some_and(|w| !w.is_empty());
+    ensure!(
+        match l["rule_confidence"].as_str() {
+            Some("counters") => candidates_kept,
+            _ => r["rule"] == l["rule"],
+        },
+        "live {l}\nshown {r}"
+    );
     assert_no_programs_left("after the pod traces")
 }
 
