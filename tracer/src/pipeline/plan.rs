@@ -42,13 +42,13 @@ impl Plan {
         found: &DiscoveredPath,
         targets: Vec<AttachTarget>,
     ) -> anyhow::Result<Self> {
-        let rules = read_rules()?;
+        let rules = Arc::new(read_rules()?);
         let topology = Arc::new(found.topology(&targets, rules.rules()));
         Ok(Self {
             targets,
             topology,
-            live: LiveRules::new(&rules),
-            rules: Arc::new(rules),
+            live: LiveRules::new(rules.clone()),
+            rules,
             interest: Vec::new(),
         })
     }
@@ -60,7 +60,7 @@ impl Plan {
         paths: &[TargetPath],
         targets: Vec<AttachTarget>,
     ) -> anyhow::Result<Self> {
-        let rules = read_rules()?;
+        let rules = Arc::new(read_rules()?);
         let topology = container_topology(target, paths, &targets, rules.rules());
         let interest = published_interest(
             &target.published,
@@ -70,8 +70,8 @@ impl Plan {
         Ok(Self {
             targets,
             topology: Arc::new(topology),
-            live: LiveRules::new(&rules),
-            rules: Arc::new(rules),
+            live: LiveRules::new(rules.clone()),
+            rules,
             interest,
         })
     }
@@ -89,8 +89,8 @@ impl Plan {
 pub(crate) struct LiveRules(std::sync::RwLock<Arc<NatRuleset>>);
 
 impl LiveRules {
-    fn new(rules: &NatRuleset) -> Arc<Self> {
-        Arc::new(Self(std::sync::RwLock::new(Arc::new(rules.clone()))))
+    fn new(rules: Arc<NatRuleset>) -> Arc<Self> {
+        Arc::new(Self(std::sync::RwLock::new(rules)))
     }
 
     /// Reads the ruleset again; on failure the old one stays (and is said in the log).

@@ -165,11 +165,6 @@ impl Cri {
         })
     }
 
-    /// `unix:///run/containerd/containerd.sock`.
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
-    }
-
     fn api(&self, what: &'static str) -> impl Fn(tonic::Status) -> CriError + '_ {
         move |s| CriError::Api {
             endpoint: self.endpoint.clone(),

@@ -215,11 +215,6 @@ impl Docker {
         self.flavor
     }
 
-    /// `unix:///var/run/docker.sock`.
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
-    }
-
     fn err(&self, what: &'static str) -> impl Fn(ApiError) -> DockerError + '_ {
         move |e| api_error(&self.endpoint, what, e)
     }
