@@ -30,7 +30,8 @@ use crate::{
     },
     support::{
         cri::{Cni, Cri, Pod, PortMap},
-        docker::{free_port, host_veths_peering},
+        docker::{eth0_in, free_port, host_veth_of},
+        iptables::{dnat_rule, masquerade_behind},
         privileged, serial,
         wan::{exchange, run, Wan, TCP_PORT},
     },
@@ -41,25 +42,14 @@ fn begin(test: &str) -> Option<MutexGuard<'static, ()>> {
     privileged(test).then_some(serial)
 }
 
-/// The pod's eth0 ifindex, in its namespace.
-fn pod_ifindex(pod: &Pod) -> Result<u32> {
-    // Not /sys/class/net: sysfs shows the namespace it was mounted in, whatever setns says.
+/// The host veth of the pod's eth0 (by its iflink, checked with `ethtool -S`).
+fn host_veth(pod: &Pod) -> Result<String> {
     let name = pod
         .netns
         .file_name()
         .context("netns path")?
         .to_string_lossy();
-    let line = run("ip", &["-n", &name, "-o", "link", "show", "eth0"])?;
-    Ok(line.split(':').next().unwrap_or_default().trim().parse()?)
-}
-
-/// The host veth whose `ethtool -S` peer_ifindex is the pod's eth0.
-fn host_veth(pod: &Pod) -> Result<String> {
-    let ifindex = pod_ifindex(pod)?;
-    match &host_veths_peering(ifindex)?[..] {
-        [veth] => Ok(veth.clone()),
-        other => anyhow::bail!("not one host veth peers with pod eth0 ({ifindex}): {other:?}"),
-    }
+    host_veth_of(eth0_in(&name)?)
 }
 
 /// A TCP echo exchange with `addr` from inside the pod.
@@ -112,41 +102,10 @@ impl Drop for PodServer {
     }
 }
 
-/// `iptables -t nat -S` lines: the ground truth the rule texts are checked against.
-fn nat_lines() -> Result<Vec<String>> {
-    Ok(run("iptables", &["-w", "-t", "nat", "-S"])?
-        .lines()
-        .map(str::to_string)
-        .collect())
-}
-
 /// The MASQUERADE line of the `CNI-<hash>` chain POSTROUTING jumps to for `ip`.
 fn cni_masquerade_rule(ip: &str) -> Result<String> {
-    let lines = nat_lines()?;
-    let jump = lines
-        .iter()
-        .find(|l| l.starts_with(&format!("-A POSTROUTING -s {ip}/32")) && l.contains("-j CNI-"))
-        .with_context(|| format!("no POSTROUTING jump for {ip}: {lines:#?}"))?;
-    let chain = jump.rsplit("-j ").next().unwrap_or_default().trim();
-    lines
-        .iter()
-        .find(|l| l.starts_with(&format!("-A {chain} ")) && l.ends_with("-j MASQUERADE"))
-        .cloned()
-        .with_context(|| format!("no MASQUERADE in {chain}: {lines:#?}"))
-}
-
-/// The DNAT line of a `CNI-DN-<hash>` chain to `to`.
-fn cni_dnat_rule(to: &str) -> Result<String> {
-    let lines = nat_lines()?;
-    lines
-        .iter()
-        .find(|l| {
-            l.starts_with("-A CNI-DN-")
-                && l.contains("-j DNAT")
-                && l.ends_with(&format!("--to-destination {to}"))
-        })
-        .cloned()
-        .with_context(|| format!("no CNI-DN- DNAT to {to}: {lines:#?}"))
+    let jump = format!("-A POSTROUTING -s {ip}/32");
+    masquerade_behind("CNI", |l| l.starts_with(&jump) && l.contains("-j CNI-"))
 }
 
 /// The conntrack entry of the TCP connection from `src_ip` to the wan's echo port: its reply
@@ -265,7 +224,7 @@ fn pod_on_a_bridge_cni_masquerade_and_host_port() -> Result<()> {
         ),
     )?;
     let dnat = one_nat(flow, "nat")?;
-    let rule = cni_dnat_rule(&private)?;
+    let rule = dnat_rule("CNI-DN-", &private)?;
     eprintln!("iptables: {rule}");
     ensure!(
         dnat["kind"] == "dnat"

@@ -18,8 +18,9 @@ use crate::{
     },
     support::{
         cri::Cri,
-        docker::{ethtool_peer_ifindex, free_port, host_veths_peering, TestContainer},
+        docker::{eth0_in, eth0_of_pid, free_port, host_veth_of, TestContainer},
         docker_or_skip,
+        iptables::{dnat_rule, masquerade_behind},
         podman::{Podman, PodmanContainer},
         privileged, serial,
         wan::{run, Wan, TCP_PORT},
@@ -39,13 +40,9 @@ fn exec(podman: &Podman, c: &PodmanContainer, cmd: &str) -> Result<String> {
     podman.podman(&["exec", &c.name, "sh", "-c", cmd])
 }
 
-/// The host veth whose `ethtool -S` peer_ifindex is the container's eth0.
-fn host_veth(podman: &Podman, c: &PodmanContainer) -> Result<String> {
-    let ifindex: u32 = exec(podman, c, "cat /sys/class/net/eth0/ifindex")?.parse()?;
-    match &host_veths_peering(ifindex)?[..] {
-        [veth] => Ok(veth.clone()),
-        other => anyhow::bail!("not one host veth peers with {}'s eth0: {other:?}", c.name),
-    }
+/// The host veth of the container's eth0 (by its iflink, checked with `ethtool -S`).
+fn host_veth(c: &PodmanContainer) -> Result<String> {
+    host_veth_of(eth0_of_pid(c.pid)?)
 }
 
 /// `pathtrace ARGS` with Podman's socket in `CONTAINER_HOST`, traffic once it is attached.
@@ -71,43 +68,9 @@ fn trace(
     Ok(crate::support::lab::json_lines(&out.stdout))
 }
 
-fn nat_lines() -> Result<Vec<String>> {
-    Ok(run("iptables", &["-w", "-t", "nat", "-S"])?
-        .lines()
-        .map(str::to_string)
-        .collect())
-}
-
-/// The MASQUERADE line of the `NETAVARK-<hash>` chain POSTROUTING jumps to for `subnet`.
+/// The MASQUERADE line of the `NETAVARK-<hash>` chain POSTROUTING jumps to.
 fn netavark_masquerade_rule() -> Result<String> {
-    let lines = nat_lines()?;
-    let chains: Vec<&str> = lines
-        .iter()
-        .filter(|l| l.starts_with("-A POSTROUTING ") && l.contains("-j NETAVARK-"))
-        .filter_map(|l| l.rsplit("-j ").next())
-        .map(str::trim)
-        .collect();
-    lines
-        .iter()
-        .find(|l| {
-            chains.iter().any(|c| l.starts_with(&format!("-A {c} ")))
-                && l.ends_with("-j MASQUERADE")
-        })
-        .cloned()
-        .with_context(|| format!("no netavark MASQUERADE: {lines:#?}"))
-}
-
-fn netavark_dnat_rule(to: &str) -> Result<String> {
-    let lines = nat_lines()?;
-    lines
-        .iter()
-        .find(|l| {
-            l.starts_with("-A NETAVARK-DN-")
-                && l.contains("-j DNAT")
-                && l.ends_with(&format!("--to-destination {to}"))
-        })
-        .cloned()
-        .with_context(|| format!("no NETAVARK-DN- DNAT to {to}: {lines:#?}"))
+    masquerade_behind("netavark", |l| l.contains("-j NETAVARK-"))
 }
 
 #[test]
@@ -119,7 +82,7 @@ fn podman_masquerade_published_port_and_inspect() -> Result<()> {
     let podman = Podman::up()?;
     let port = free_port()?;
     let c = podman.run("pt-podman", &["-p", &format!("{port}:80")], ECHO_80)?;
-    let (veth, up, bridge) = (host_veth(&podman, &c)?, &wan.uplink, &podman.bridge);
+    let (veth, up, bridge) = (host_veth(&c)?, &wan.uplink, &podman.bridge);
     let eth0 = format!("{}:eth0", c.name);
 
     let lines = trace(
@@ -187,7 +150,7 @@ fn podman_masquerade_published_port_and_inspect() -> Result<()> {
         ),
     )?;
     let dnat = one_nat(flow, "nat")?;
-    let rule = netavark_dnat_rule(&private)?;
+    let rule = dnat_rule("NETAVARK-DN-", &private)?;
     ensure!(
         dnat["kind"] == "dnat"
             && dnat["after"] == private.as_str()
@@ -229,20 +192,14 @@ fn podman_masquerade_published_port_and_inspect() -> Result<()> {
 }
 
 /// An inspect report against the kernel: its host veth is the one the container's eth0 links to
-/// (`iflink`), and `ethtool -S` on it names the container's eth0 (`peer_ifindex`).
+/// (`iflink`), whose `ethtool -S` names that eth0 (`peer_ifindex`).
 fn check_report(r: &Value, runtime: &str, bridge: &str, eth0: (u32, u32)) -> Result<()> {
-    let (ifindex, iflink) = eth0;
     ensure!(r["runtime"] == runtime, "{r}");
     let iface = &r["interfaces"][0];
-    let veth = text(&iface["host_veth"]["name"]);
+    let veth = host_veth_of(eth0)?;
     ensure!(
-        iface["host_veth"]["ifindex"] == iflink,
-        "eth0 links to {iflink}: {r}"
-    );
-    let peer = ethtool_peer_ifindex(veth)?;
-    ensure!(
-        peer == ifindex,
-        "ethtool -S {veth}: peer_ifindex {peer}, eth0 is {ifindex}: {r}"
+        iface["host_veth"]["name"] == veth.as_str(),
+        "the host veth is {veth}: {r}"
     );
     ensure!(iface["bridge"]["name"] == bridge, "{r}");
     ensure!(
@@ -252,27 +209,6 @@ fn check_report(r: &Value, runtime: &str, bridge: &str, eth0: (u32, u32)) -> Res
         "no MASQUERADE among its NAT rules: {r}"
     );
     Ok(())
-}
-
-/// `ifindex` and `iflink` of eth0 in a namespace, by `ip -o link` (`2: eth0@if7: ...`).
-fn eth0_in(netns: &str) -> Result<(u32, u32)> {
-    let line = run("ip", &["-n", netns, "-o", "link", "show", "eth0"])?;
-    let (index, rest) = line.split_once(':').context("ip -o link")?;
-    let link = rest
-        .split(':')
-        .next()
-        .and_then(|n| n.trim().strip_prefix("eth0@if"))
-        .context("no @if")?;
-    Ok((index.trim().parse()?, link.parse()?))
-}
-
-/// [`eth0_in`] for a container's main process (a named netns for it, removed after).
-fn eth0_of_pid(pid: u32) -> Result<(u32, u32)> {
-    let name = format!("pt-side-{pid}");
-    run("ip", &["netns", "attach", &name, &pid.to_string()])?;
-    let got = eth0_in(&name);
-    run("ip", &["netns", "delete", &name])?;
-    got
 }
 
 #[test]

@@ -298,3 +298,43 @@ pub(crate) fn host_veths_peering(ifindex: u32) -> Result<Vec<String>> {
     }
     Ok(out)
 }
+
+/// `ifindex` and `iflink` of eth0 in the named network namespace, by `ip -o link`
+/// (`2: eth0@if7: ...`); not /sys/class/net, which shows the namespace sysfs was mounted in.
+pub(crate) fn eth0_in(netns: &str) -> Result<(u32, u32)> {
+    let line = crate::support::wan::run("ip", &["-n", netns, "-o", "link", "show", "eth0"])?;
+    let (index, rest) = line.split_once(':').context("ip -o link")?;
+    let link = rest
+        .split(':')
+        .next()
+        .and_then(|n| n.trim().strip_prefix("eth0@if"))
+        .context("no @if")?;
+    Ok((index.trim().parse()?, link.parse()?))
+}
+
+/// [`eth0_in`] of a process's network namespace (named for the call, then unnamed).
+pub(crate) fn eth0_of_pid(pid: u32) -> Result<(u32, u32)> {
+    let name = format!("pt-eth0-{pid}");
+    crate::support::wan::run("ip", &["netns", "attach", &name, &pid.to_string()])?;
+    let got = eth0_in(&name);
+    crate::support::wan::run("ip", &["netns", "delete", &name])?;
+    got
+}
+
+/// The host veth of that eth0: the host interface whose ifindex is its `iflink`, checked by
+/// hand the way `ethtool -S` does (its `peer_ifindex` is the eth0's ifindex).
+pub(crate) fn host_veth_of((ifindex, iflink): (u32, u32)) -> Result<String> {
+    for entry in fs::read_dir("/sys/class/net")? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        let index = fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))?;
+        if index.trim().parse::<u32>().ok() == Some(iflink) {
+            let peer = ethtool_peer_ifindex(&name)?;
+            ensure!(
+                peer == ifindex,
+                "ethtool -S {name}: peer_ifindex {peer}, eth0 is {ifindex}"
+            );
+            return Ok(name);
+        }
+    }
+    bail!("no host interface with ifindex {iflink}")
+}

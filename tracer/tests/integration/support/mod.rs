@@ -9,6 +9,7 @@
 pub(crate) mod cri;
 pub(crate) mod docker;
 pub(crate) mod hostns;
+pub(crate) mod iptables;
 pub(crate) mod kernel;
 pub(crate) mod lab;
 pub(crate) mod podman;
