@@ -51,8 +51,15 @@ pub struct HookConfig {
     pub direction: u32,
     /// One of the `ROLE_*` values: how this hook decides whether a packet belongs to the trace.
     pub role: u32,
+    /// `HOOK_ENTRY` when no other hook of the trace can have seen a packet before this one (the
+    /// container's `eth0` egress, the uplink's ingress): where aggregate mode picks the first
+    /// packets of a flow, and tells the hooks after it through `SELECTED`.
+    pub flags: u32,
 }
-const _: () = assert!(size_of::<HookConfig>() == 8);
+const _: () = assert!(size_of::<HookConfig>() == 12);
+
+/// [`HookConfig::flags`]: the first hook of the trace for every packet it sees.
+pub const HOOK_ENTRY: u32 = 1 << 0;
 
 pub const DIR_INGRESS: u32 = 0;
 pub const DIR_EGRESS: u32 = 1;
@@ -89,7 +96,7 @@ const _: () = assert!(size_of::<EndpointKey>() == 20);
 pub const INTEREST_MAX: u32 = 8192;
 
 /// Per-hook counters, one per CPU per slot in the `COUNTERS` per-CPU array. For every hook,
-/// `seen == filtered + emitted + lost`.
+/// `seen == filtered + emitted + lost + aggregated`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HookCounters {
@@ -101,8 +108,13 @@ pub struct HookCounters {
     pub emitted: u64,
     /// Events lost because the ring buffer was full.
     pub lost: u64,
+    /// Aggregate mode: packets counted in `FLOW_STATS` without an event of their own.
+    pub aggregated: u64,
+    /// Aggregate mode: packets `FLOW_STATS` had no room for (each then went out as an event
+    /// marked [`crate::event::WHY_UNCOUNTED`], or, with the ring buffer full too, was lost).
+    pub overflow: u64,
 }
-const _: () = assert!(size_of::<HookCounters>() == 32);
+const _: () = assert!(size_of::<HookCounters>() == 48);
 
 /// Where the drop program finds the `struct sk_buff` fields it reads, in this kernel.
 ///
@@ -156,6 +168,92 @@ impl SkbOffsets {
 /// two.
 pub const TRACED_MAX: u32 = 1 << 16;
 
+/// How the hook programs report, fixed at load time (read-only data).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ModeConfig {
+    /// 0: one event per packet per hook (`--every-packet`); 1: aggregate in `FLOW_STATS`, events
+    /// only for the packets [`crate::sample`] and the first-packet rule pick.
+    pub aggregate: u32,
+    /// [`crate::sample::sampled`]'s threshold for `--sample 1/N`.
+    pub sample_below: u32,
+    /// Packets of each flow an entry hook emits in full before it only counts.
+    pub first_n: u32,
+    pub _pad0: u32,
+}
+const _: () = assert!(size_of::<ModeConfig>() == 16);
+
+impl ModeConfig {
+    /// Every packet an event (the object's default until the loader says otherwise).
+    pub const EVERY_PACKET: Self = Self {
+        aggregate: 0,
+        sample_below: u32::MAX,
+        first_n: 0,
+        _pad0: 0,
+    };
+}
+
+/// Key of `FLOW_STATS` (and of `FIRST`, with epoch 0): a flow's tuple as one hook sees it
+/// (before or after NAT), the hook's slot, and the epoch userspace drains by. 40 bytes without
+/// padding: every byte is defined. 8-byte aligned, so that it is built and hashed in words.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// TCP/UDP ports, else 0.
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u8,
+    pub proto: u8,
+    pub slot: u8,
+    /// 0 or 1: the `EPOCH` the packet was counted in.
+    pub epoch: u8,
+}
+const _: () = assert!(size_of::<FlowKey>() == 40);
+
+// SAFETY: `repr(C, align(8))`, 40 bytes of integers and byte arrays: all zero is valid.
+unsafe impl crate::words::ZeroWords for FlowKey {}
+
+/// One CPU's counts of one `FLOW_STATS` key. Userspace sums the CPUs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCounts {
+    pub packets: u64,
+    /// `skb->len` summed.
+    pub bytes: u64,
+    /// `bpf_ktime_get_ns()` of the first and the last packet counted.
+    pub first_ns: u64,
+    pub last_ns: u64,
+}
+const _: () = assert!(size_of::<FlowCounts>() == 32);
+
+impl FlowCounts {
+    /// Adds another CPU's (or epoch's) counts: sums, and the earliest first and latest last
+    /// time among those that counted anything.
+    pub fn merge(&mut self, other: &Self) {
+        if other.packets == 0 {
+            return;
+        }
+        self.first_ns = if self.packets == 0 {
+            other.first_ns
+        } else {
+            self.first_ns.min(other.first_ns)
+        };
+        self.last_ns = self.last_ns.max(other.last_ns);
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+    }
+}
+
+/// Entries of `FLOW_STATS` at most (the loader may lower it on hosts with many CPUs: every
+/// entry holds one [`FlowCounts`] per possible CPU).
+pub const FLOW_STATS_MAX: u32 = 1 << 16;
+
+/// Entries of `FIRST`, the per-flow count of packets an entry hook emitted in full (an LRU:
+/// a flow evicted and seen again gets its first packets again).
+pub const FIRST_MAX: u32 = 1 << 14;
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: each type is `#[repr(C)]`, made of integers and byte arrays only, with no implicit
@@ -169,4 +267,10 @@ mod pod {
     unsafe impl aya::Pod for super::HookCounters {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::SkbOffsets {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::ModeConfig {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::FlowCounts {}
 }

@@ -16,6 +16,21 @@ pub const KIND_PACKET: u16 = 1;
 /// A packet freed by the kernel with a drop reason ([`DropEvent`]).
 pub const KIND_DROP: u16 = 2;
 
+/// A packet observed at a tc hook, without packet bytes ([`PacketHeadEvent`]): what the hooks
+/// send when no capture stores the bytes (88 bytes where [`PacketEvent`] takes 344).
+pub const KIND_PACKET_HEAD: u16 = 3;
+
+/// [`PacketHeadEvent::why`]: one event per packet per hook (`--every-packet`).
+pub const WHY_EVERY: u32 = 1 << 0;
+/// Picked by [`crate::sample::sampled`]: the same at every hook.
+pub const WHY_SAMPLED: u32 = 1 << 1;
+/// A TCP packet that opens, closes or resets a connection (SYN, FIN, RST): the same at every hook.
+pub const WHY_FLAGS: u32 = 1 << 2;
+/// One of a flow's first packets, picked at the entry hook and passed on through `SELECTED`.
+pub const WHY_FIRST: u32 = 1 << 3;
+/// Not counted in `FLOW_STATS` (it had no room): userspace counts this packet from its event.
+pub const WHY_UNCOUNTED: u32 = 1 << 4;
+
 /// Hook number used in the header of events that do not come from a tc hook.
 pub const HOOK_NONE: u8 = 0xff;
 
@@ -101,7 +116,21 @@ pub struct PacketEvent {
 }
 const _: () = assert!(size_of::<PacketEvent>() == 16 + 64 + 8 + CAPTURE_MAX);
 
-/// A packet freed by `kfree_skb` with a reason, whose fingerprint matched a traced packet.
+/// [`PacketEvent`] without the packet bytes, and with the reason it was sent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PacketHeadEvent {
+    pub header: EventHeader,
+    pub meta: PacketMeta,
+    /// `skb->len`: the length of the whole frame.
+    pub pkt_len: u32,
+    /// `WHY_*` bits.
+    pub why: u32,
+}
+const _: () = assert!(size_of::<PacketHeadEvent>() == 16 + 64 + 8);
+
+/// A packet freed by `kfree_skb` with a reason: one the tc programs emitted (its fingerprint is
+/// in `TRACED`) or, in aggregate mode, one to or from an endpoint of interest.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DropEvent {
@@ -112,8 +141,20 @@ pub struct DropEvent {
     pub _pad0: u32,
     /// Address of the function that freed the packet (`location` argument).
     pub location: u64,
+    /// The packet's addresses and ports where it was freed (IPv4 in the first four bytes):
+    /// what finds its flow when no event of the packet itself was sent.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u8,
+    pub proto: u8,
+    /// 1 when the fingerprint was in `TRACED` (an event of the packet was sent).
+    pub traced: u8,
+    /// ICMP / ICMPv6 type (an echo's identifier is in `sport`, as in [`PacketMeta`]).
+    pub icmp_type: u8,
 }
-const _: () = assert!(size_of::<DropEvent>() == 40);
+const _: () = assert!(size_of::<DropEvent>() == 80);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -125,4 +166,6 @@ mod pod {
     unsafe impl aya::Pod for super::PacketEvent {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::DropEvent {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::PacketHeadEvent {}
 }

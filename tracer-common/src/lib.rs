@@ -10,6 +10,7 @@ pub mod event;
 pub mod fingerprint;
 pub mod names;
 pub mod parse;
+pub mod sample;
 pub mod tuple;
 pub mod words;
 

@@ -18,6 +18,18 @@ pub const MAP_TRACED: &str = "TRACED";
 /// The drop program's per-CPU counters.
 pub const MAP_DROP_COUNTERS: &str = "DROP_COUNTERS";
 
+/// Aggregate mode's per-CPU counts per flow per hook ([`crate::config::FlowKey`] →
+/// [`crate::config::FlowCounts`]), drained by userspace one epoch at a time.
+pub const MAP_FLOW_STATS: &str = "FLOW_STATS";
+/// The epoch (0 or 1) the hooks count in, written by userspace.
+pub const MAP_EPOCH: &str = "EPOCH";
+/// Aggregate mode: how many of a flow's first packets an entry hook sent in full.
+pub const MAP_FIRST: &str = "FIRST";
+/// Aggregate mode: fingerprints of the first packets an entry hook picked, for the hooks after it.
+pub const MAP_SELECTED: &str = "SELECTED";
+
+/// How the hooks report ([`crate::config::ModeConfig`]), a load-time global.
+pub const GLOBAL_MODE: &str = "MODE";
 /// The in-kernel filter ([`crate::config::FilterConfig`]), a load-time global.
 pub const GLOBAL_FILTER: &str = "FILTER";
 /// `struct sk_buff` offsets ([`crate::config::SkbOffsets`]), a load-time global.

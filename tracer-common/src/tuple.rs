@@ -77,6 +77,12 @@ pub fn ported(proto: u8) -> bool {
     proto == IPPROTO_TCP || proto == IPPROTO_UDP
 }
 
+/// An ICMP or ICMPv6 echo reply: its identifier is the request's, at the other end.
+#[inline(always)]
+pub fn is_echo_reply(proto: u8, icmp_type: u8) -> bool {
+    (proto == IPPROTO_ICMP && icmp_type == 0) || (proto == IPPROTO_ICMPV6 && icmp_type == 129)
+}
+
 /// Writes the tuple of an untagged Ethernet frame carrying IPv4 without options or IPv6 without
 /// extension headers into `t` (which must start as `Tuple::default()`) and says [`Peek::Ip`];
 /// [`Peek::Unsure`] for anything else.

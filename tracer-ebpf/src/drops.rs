@@ -13,12 +13,17 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use tracer_common::{
-    config::{HookCounters, SkbOffsets, TRACED_MAX},
-    event::{DropEvent, EventHeader, HOOK_NONE, KIND_DROP},
+    config::{HookCounters, ModeConfig, SkbOffsets, TRACED_MAX},
+    event::{DropEvent, EventHeader, PacketMeta, HOOK_NONE, KIND_DROP},
     parse::{parse_l3, Frame},
+    tuple::Tuple,
+    words::ZeroWords,
 };
 
-use crate::maps::{global_field, DROP_COUNTERS, EVENTS, SKB_OFFSETS, TRACED};
+use crate::{
+    maps::{global_field, DROP_COUNTERS, EVENTS, MODE, SKB_OFFSETS, TRACED},
+    observe::{of_interest, remote_key},
+};
 
 /// `SKB_NOT_DROPPED_YET`: the first value of `enum skb_drop_reason` in every kernel that has it.
 const SKB_NOT_DROPPED_YET: u32 = 0;
@@ -73,16 +78,36 @@ pub(crate) fn pathtrace_drop(ctx: BtfTracePointContext) -> i32 {
     // SAFETY: a per-CPU array slot is only touched by this CPU while this program runs.
     let counters = unsafe { &mut *counters };
     counters.seen += 1;
-    match traced_fingerprint(skb) {
-        Some(fingerprint) => emit(fingerprint, reason, location, counters),
+    let mut meta_slot = core::mem::MaybeUninit::uninit();
+    let meta = PacketMeta::zero_in(&mut meta_slot);
+    match ours(skb, meta) {
+        Some(traced) => emit(meta, traced, reason, location, counters),
         None => counters.filtered += 1,
     }
     0
 }
 
-/// The packet's fingerprint when it is IP, readable, and one the tc programs emitted.
+/// Parses the freed packet into `meta`; whether it is ours: `Some(true)` when the tc programs
+/// emitted it, `Some(false)` in aggregate mode when one of its ends is of interest (a packet
+/// only counted, not sent), `None` otherwise.
 #[inline(never)]
-fn traced_fingerprint(skb: u64) -> Option<u64> {
+fn ours(skb: u64, meta: &mut PacketMeta) -> Option<bool> {
+    let fingerprint = freed_fingerprint(skb, meta)?;
+    let slot = TRACED.get(traced_slot(fingerprint))?;
+    if *slot == fingerprint {
+        return Some(true);
+    }
+    if global_field!(MODE: ModeConfig, aggregate) == 0 {
+        return None;
+    }
+    let tuple = Tuple::of(meta);
+    (of_interest(&remote_key(&tuple, true)) || of_interest(&remote_key(&tuple, false)))
+        .then_some(false)
+}
+
+/// The freed packet's fingerprint when it is IP and readable; its metadata into `meta`.
+#[inline(always)]
+fn freed_fingerprint(skb: u64, out: &mut PacketMeta) -> Option<u64> {
     // Loaded here rather than passed in, so each offset stays a constant the verifier knows.
     let offsets = SKB_OFFSETS.load();
     let head: u64 = read_field(skb, offsets.head)?;
@@ -101,12 +126,8 @@ fn traced_fingerprint(skb: u64) -> Option<u64> {
     // The parser reads at most a few hundred bytes in; a bound past 64 KiB is never needed.
     let bound = (linear_end - l3).min(0xffff) as usize;
     let frame = KernelFrame { base: l3, bound };
-    let meta = parse_l3(&frame, u16::from_be(protocol), 0);
-    if meta.family == 0 {
-        return None;
-    }
-    let slot = TRACED.get(traced_slot(meta.fingerprint))?;
-    (*slot == meta.fingerprint).then_some(meta.fingerprint)
+    *out = parse_l3(&frame, u16::from_be(protocol), 0);
+    (out.family != 0).then_some(out.fingerprint)
 }
 
 /// Where `fingerprint` lives in `TRACED`. Fingerprints are well mixed, so their low bits do.
@@ -125,7 +146,7 @@ fn read_field<T>(skb: u64, offset: u32) -> Option<T> {
 }
 
 #[inline(never)]
-fn emit(fingerprint: u64, reason: u32, location: u64, counters: &mut HookCounters) {
+fn emit(meta: &PacketMeta, traced: bool, reason: u32, location: u64, counters: &mut HookCounters) {
     let Some(mut entry) = EVENTS.reserve::<DropEvent>(0) else {
         counters.lost += 1;
         return;
@@ -141,10 +162,18 @@ fn emit(fingerprint: u64, reason: u32, location: u64, counters: &mut HookCounter
                 ifindex: 0,
                 ktime_ns: bpf_ktime_get_ns(),
             },
-            fingerprint,
+            fingerprint: meta.fingerprint,
             reason,
             _pad0: 0,
             location,
+            saddr: meta.saddr,
+            daddr: meta.daddr,
+            sport: meta.sport,
+            dport: meta.dport,
+            family: meta.family,
+            proto: meta.proto,
+            traced: u8::from(traced),
+            icmp_type: meta.icmp_type,
         });
     }
     entry.submit(0);

@@ -2,12 +2,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     Global,
 };
 use tracer_common::{
     config::{
-        EndpointKey, FilterConfig, HookConfig, HookCounters, SkbOffsets, INTEREST_MAX, TRACED_MAX,
+        EndpointKey, FilterConfig, FlowCounts, FlowKey, HookConfig, HookCounters, ModeConfig,
+        SkbOffsets, FIRST_MAX, FLOW_STATS_MAX, INTEREST_MAX, TRACED_MAX,
     },
     names, MAX_HOOKS,
 };
@@ -50,6 +51,36 @@ kernel_name!(INTEREST, MAP_INTEREST);
 #[unsafe(no_mangle)]
 pub(crate) static FILTER: Global<FilterConfig> = Global::new(FilterConfig::NONE);
 kernel_name!(FILTER, GLOBAL_FILTER);
+
+/// Aggregate mode: packets and bytes per flow tuple per hook per epoch, per CPU. Bounded; a
+/// packet it has no room for is sent as an event instead and counted in `overflow`.
+#[map]
+pub(crate) static FLOW_STATS: PerCpuHashMap<FlowKey, FlowCounts> =
+    PerCpuHashMap::with_max_entries(FLOW_STATS_MAX, 0);
+kernel_name!(FLOW_STATS, MAP_FLOW_STATS);
+
+/// The epoch (0 or 1) packets are counted in; userspace flips it, waits for the programs that
+/// read the old one to finish, then drains that epoch's entries.
+#[map]
+pub(crate) static EPOCH: Array<u32> = Array::with_max_entries(1, 0);
+kernel_name!(EPOCH, MAP_EPOCH);
+
+/// Aggregate mode: per flow tuple at an entry hook, how many of its first packets were sent in
+/// full (shared by the CPUs: a racing increment at worst sends one packet more).
+#[map]
+pub(crate) static FIRST: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(FIRST_MAX, 0);
+kernel_name!(FIRST, MAP_FIRST);
+
+/// Aggregate mode: the fingerprints of the first packets entry hooks picked, direct-mapped like
+/// `TRACED`, so that the hooks after them pick the same packets.
+#[map]
+pub(crate) static SELECTED: Array<u64> = Array::with_max_entries(TRACED_MAX, 0);
+kernel_name!(SELECTED, MAP_SELECTED);
+
+/// How the hooks report, fixed at load time (read-only data).
+#[unsafe(no_mangle)]
+pub(crate) static MODE: Global<ModeConfig> = Global::new(ModeConfig::EVERY_PACKET);
+kernel_name!(MODE, GLOBAL_MODE);
 
 /// Fingerprints of packets the tc programs emitted (filled only while drop reasons are on); the
 /// drop program reports a freed packet only when its fingerprint is here. A direct-mapped set:

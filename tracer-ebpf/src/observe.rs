@@ -8,19 +8,31 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use tracer_common::{
     config::{
-        EndpointKey, FilterConfig, HookCounters, ROLE_ALL, ROLE_SHARED, ROLE_SOURCE_IN,
-        ROLE_SOURCE_OUT,
+        EndpointKey, FilterConfig, FlowCounts, FlowKey, HookConfig, HookCounters, ModeConfig,
+        HOOK_ENTRY, ROLE_ALL, ROLE_SHARED, ROLE_SOURCE_IN, ROLE_SOURCE_OUT, TRACED_MAX,
     },
-    event::{EventHeader, PacketEvent, PacketMeta, CAPTURE_MAX, KIND_PACKET},
-    parse::parse,
-    tuple::{peek, Peek, Tuple},
+    event::{
+        EventHeader, PacketEvent, PacketHeadEvent, PacketMeta, CAPTURE_MAX, KIND_PACKET,
+        KIND_PACKET_HEAD, WHY_EVERY, WHY_FIRST, WHY_FLAGS, WHY_SAMPLED, WHY_UNCOUNTED,
+    },
+    parse::{parse, IPPROTO_TCP},
+    sample::sampled,
+    tuple::{is_echo_reply, peek, Peek, Tuple},
     words::ZeroWords,
 };
 
 use crate::{
     frame::{LinearFrame, SkbFrame},
-    maps::{global_field, COUNTERS, EVENTS, FILTER, HOOKS, INTEREST, WAKE_BYTES},
+    maps::{
+        global_field, COUNTERS, EPOCH, EVENTS, FILTER, FIRST, FLOW_STATS, HOOKS, INTEREST, MODE,
+        SELECTED, WAKE_BYTES,
+    },
 };
+
+/// `BPF_NOEXIST`: insert only.
+const BPF_NOEXIST: u64 = 1;
+/// TCP flags that open, close or reset a connection: FIN, SYN, RST.
+const TCP_FIN_SYN_RST: u8 = 0x01 | 0x02 | 0x04;
 
 #[inline(never)]
 pub(crate) fn observe(ctx: &TcContext, slot: u32) {
@@ -53,8 +65,158 @@ fn emit_if_wanted(ctx: &TcContext, slot: u32, counters: &mut HookCounters) -> Re
     if !decided && !admit_parsed(role, &meta) {
         return Err(());
     }
-    emit(ctx, slot, hook.direction, &meta, counters);
+    // Read-only data: the verifier keeps one of the two.
+    if global_field!(MODE: ModeConfig, aggregate) == 0 {
+        let sent = emit(ctx, slot, hook.direction, &meta, WHY_EVERY);
+        count_sent(sent, meta.fingerprint, counters);
+    } else {
+        aggregate(ctx, slot, hook, &meta, counters);
+    }
     Ok(())
+}
+
+/// The counters of a packet [`emit`] was asked to send, and `TRACED` for the drop program.
+#[inline(always)]
+fn count_sent(sent: bool, fingerprint: u64, counters: &mut HookCounters) {
+    if !sent {
+        counters.lost += 1;
+        return;
+    }
+    counters.emitted += 1;
+    crate::drops::remember(fingerprint);
+}
+
+/// Aggregate mode: counts the packet in `FLOW_STATS` and sends an event only when it is
+/// sampled, opens/closes/resets a TCP connection, is one of its flow's first packets, or
+/// could not be counted.
+#[inline(never)]
+fn aggregate(
+    ctx: &TcContext,
+    slot: u32,
+    hook: &HookConfig,
+    meta: &PacketMeta,
+    counters: &mut HookCounters,
+) {
+    let mut why = 0;
+    if !count(ctx, slot, meta) {
+        counters.overflow += 1;
+        why |= WHY_UNCOUNTED;
+    }
+    if sampled(
+        meta.fingerprint,
+        global_field!(MODE: ModeConfig, sample_below),
+    ) {
+        why |= WHY_SAMPLED;
+    }
+    if meta.proto == IPPROTO_TCP && meta.tcp_flags & TCP_FIN_SYN_RST != 0 {
+        why |= WHY_FLAGS;
+    }
+    if first(slot, hook.flags, meta) {
+        why |= WHY_FIRST;
+    }
+    if why == 0 {
+        counters.aggregated += 1;
+        return;
+    }
+    let sent = emit(ctx, slot, hook.direction, meta, why);
+    count_sent(sent, meta.fingerprint, counters);
+}
+
+/// `FLOW_STATS`'s key for this packet at `slot`; `epoch` 0 for `FIRST`.
+#[inline(always)]
+fn flow_key(slot: u32, epoch: u8, meta: &PacketMeta, key: &mut FlowKey) {
+    key.saddr = meta.saddr;
+    key.daddr = meta.daddr;
+    // `parse` puts an ICMP echo's identifier in `sport` (NAT rewrites it like a port; other ICMP
+    // has 0 in both). Userspace's tuples hold a reply's identifier in `dport`, so that a reply's
+    // tuple is its request's reversed: the key does the same.
+    if is_echo_reply(meta.proto, meta.icmp_type) {
+        key.dport = meta.sport;
+    } else {
+        key.sport = meta.sport;
+        key.dport = meta.dport;
+    }
+    key.family = meta.family;
+    key.proto = meta.proto;
+    key.slot = slot as u8;
+    key.epoch = epoch;
+}
+
+/// Counts the packet in `FLOW_STATS`; false when the map had no room for a new flow.
+#[inline(never)]
+fn count(ctx: &TcContext, slot: u32, meta: &PacketMeta) -> bool {
+    let epoch = EPOCH.get(0).copied().unwrap_or(0) as u8 & 1;
+    let mut key_slot = core::mem::MaybeUninit::uninit();
+    let key = FlowKey::zero_in(&mut key_slot);
+    flow_key(slot, epoch, meta, key);
+    let len = u64::from(ctx.len());
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    for _ in 0..2 {
+        if let Some(v) = FLOW_STATS.get_ptr_mut(&*key) {
+            // SAFETY: this CPU's value of the element, touched only by this CPU while this
+            // program runs (another CPU's insert leaves it zeroed).
+            unsafe {
+                if (*v).packets == 0 {
+                    (*v).first_ns = now;
+                }
+                (*v).packets += 1;
+                (*v).bytes += len;
+                (*v).last_ns = now;
+            }
+            return true;
+        }
+        let fresh = FlowCounts {
+            packets: 1,
+            bytes: len,
+            first_ns: now,
+            last_ns: now,
+        };
+        // Fails when full, or when another CPU inserted the key meanwhile: then it is found.
+        if FLOW_STATS.insert(&*key, &fresh, BPF_NOEXIST).is_ok() {
+            return true;
+        }
+    }
+    false
+}
+
+/// Whether this is one of its flow's first packets: decided at an entry hook (and remembered in
+/// `SELECTED`), looked up everywhere else, so that a packet is picked at every hook or none.
+#[inline(never)]
+fn first(slot: u32, flags: u32, meta: &PacketMeta) -> bool {
+    let first_n = global_field!(MODE: ModeConfig, first_n);
+    if first_n == 0 {
+        return false;
+    }
+    let fp = meta.fingerprint;
+    let Some(selected) = SELECTED.get_ptr_mut((fp as u32) & (TRACED_MAX - 1)) else {
+        return false;
+    };
+    // SAFETY: an array element is always valid memory; a lost race between CPUs is harmless
+    // (one packet sent as a sample at the hooks after the entry, or not).
+    unsafe {
+        if flags & HOOK_ENTRY == 0 {
+            return *selected == fp;
+        }
+        let mut key_slot = core::mem::MaybeUninit::uninit();
+        let key = FlowKey::zero_in(&mut key_slot);
+        flow_key(slot, 0, meta, key);
+        let pick = match FIRST.get_ptr_mut(&*key) {
+            Some(sent) if *sent < first_n => {
+                *sent += 1;
+                true
+            }
+            Some(_) => false,
+            None => FIRST.insert(&*key, &1, 0).is_ok(),
+        };
+        if pick {
+            *selected = fp;
+        } else if *selected == fp {
+            // A packet like a picked one (a retransmission): not picked, so not at later hooks.
+            *selected = 0;
+        }
+        pick
+    }
 }
 
 /// Whether this hook's decision looks at the packet at all (read-only data: with no filter, the
@@ -147,7 +309,7 @@ fn role_admits(role: u32, tuple: &Tuple) -> bool {
 
 /// The far end of the packet: its destination when `towards_dst`, else its source.
 #[inline(always)]
-fn remote_key(tuple: &Tuple, towards_dst: bool) -> EndpointKey {
+pub(crate) fn remote_key(tuple: &Tuple, towards_dst: bool) -> EndpointKey {
     let (addr, port) = if towards_dst {
         (tuple.daddr, tuple.dport)
     } else {
@@ -174,50 +336,77 @@ fn remember(key: &EndpointKey) {
 }
 
 #[inline(always)]
-fn of_interest(key: &EndpointKey) -> bool {
+pub(crate) fn of_interest(key: &EndpointKey) -> bool {
     INTEREST.get_ptr(key).is_some()
 }
 
+/// Sends the packet's event: with its bytes when a capture stores them (snaplen > 0, every
+/// packet mode), else the 88-byte head only.
 #[inline(never)]
-fn emit(
-    ctx: &TcContext,
-    slot: u32,
-    direction: u32,
-    meta: &PacketMeta,
-    counters: &mut HookCounters,
-) {
+fn emit(ctx: &TcContext, slot: u32, direction: u32, meta: &PacketMeta, why: u32) -> bool {
+    if global_field!(FILTER: FilterConfig, snaplen) == 0 {
+        emit_head(ctx, slot, direction, meta, why)
+    } else {
+        emit_full(ctx, slot, direction, meta)
+    }
+}
+
+#[inline(always)]
+fn header(ctx: &TcContext, kind: u16, slot: u32, direction: u32) -> EventHeader {
+    EventHeader {
+        kind,
+        hook: slot as u8,
+        direction: direction as u8,
+        // SAFETY: the program's context (the verifier rewrites the field access); a helper
+        // without arguments.
+        ifindex: unsafe { (*ctx.skb.skb).ifindex },
+        ktime_ns: unsafe { bpf_ktime_get_ns() },
+    }
+}
+
+/// Wake the reader only when the ring fills up; it drains on a timer otherwise.
+#[inline(always)]
+fn wake_flags() -> u64 {
+    let flags = if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKE_BYTES.load() {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    u64::from(flags)
+}
+
+#[inline(always)]
+fn emit_head(ctx: &TcContext, slot: u32, direction: u32, meta: &PacketMeta, why: u32) -> bool {
+    let Some(mut entry) = EVENTS.reserve::<PacketHeadEvent>(0) else {
+        return false;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` points at a reserved, exclusively owned ring-buffer record of the right size.
+    unsafe {
+        (*ev).header = header(ctx, KIND_PACKET_HEAD, slot, direction);
+        (*ev).meta = *meta;
+        (*ev).pkt_len = ctx.len();
+        (*ev).why = why;
+    }
+    entry.submit(wake_flags());
+    true
+}
+
+#[inline(always)]
+fn emit_full(ctx: &TcContext, slot: u32, direction: u32, meta: &PacketMeta) -> bool {
     let Some(mut entry) = EVENTS.reserve::<PacketEvent>(0) else {
-        counters.lost += 1;
-        return;
+        return false;
     };
     let ev = entry.as_mut_ptr();
     let pkt_len = ctx.len();
     let snaplen = u32::from(global_field!(FILTER: FilterConfig, snaplen));
     // SAFETY: `ev` points at a reserved, exclusively owned ring-buffer record of the right size.
     unsafe {
-        (*ev).header = EventHeader {
-            kind: KIND_PACKET,
-            hook: slot as u8,
-            direction: direction as u8,
-            ifindex: (*ctx.skb.skb).ifindex,
-            ktime_ns: bpf_ktime_get_ns(),
-        };
+        (*ev).header = header(ctx, KIND_PACKET, slot, direction);
         (*ev).meta = *meta;
         (*ev).pkt_len = pkt_len;
-        // No packet bytes when nothing stores them (no `-w`): userspace asks for snaplen 0.
-        (*ev).cap_len = if snaplen == 0 {
-            0
-        } else {
-            copy_packet(ctx, slot, pkt_len, snaplen, (*ev).data.as_mut_ptr())
-        };
+        (*ev).cap_len = copy_packet(ctx, slot, pkt_len, snaplen, (*ev).data.as_mut_ptr());
     }
-    // Wake the reader only when the ring fills up; it drains on a timer otherwise.
-    let flags = if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKE_BYTES.load() {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    };
-    entry.submit(u64::from(flags));
-    counters.emitted += 1;
-    crate::drops::remember(meta.fingerprint);
+    entry.submit(wake_flags());
+    true
 }

@@ -292,7 +292,7 @@ pub struct TraceArgs {
     /// Stop after this long (e.g. 5s, 500ms, 2m).
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
-    /// Stop after this many packet events.
+    /// Stop after this many packet sightings (one per packet per hook, counted or sent).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
     /// Write a pcapng capture (one interface per hook).
@@ -307,6 +307,16 @@ pub struct TraceArgs {
     /// Bytes of each packet captured in the kernel (max 256).
     #[arg(long, default_value_t = tracer_common::event::CAPTURE_DEFAULT)]
     pub snaplen: u16,
+    /// One event per packet per hook, every packet followed across every hook (what a -w
+    /// capture stores, so -w implies it). By default the kernel counts every packet per flow
+    /// per hook, exactly, and sends events only for a flow's first packets, TCP SYN/FIN/RST and
+    /// a --sample of the rest.
+    #[arg(long)]
+    pub every_packet: bool,
+    /// The default mode's sample: 1 in N packets, picked by their fingerprint so that a sampled
+    /// packet is followed at every hook (per-hop latency rests on these); 1/1 follows all.
+    #[arg(long, value_name = "1/N", default_value = "1/64", value_parser = parse_sample)]
+    pub sample: u32,
 
     /// TCX links (default when the kernel has them) or netlink clsact filters.
     #[arg(long, value_enum, default_value_t = TcModeArg::Auto)]
@@ -320,6 +330,17 @@ pub struct TraceArgs {
     /// Kernel-side debug messages (aya-log), shown with -vv.
     #[arg(long)]
     pub kernel_log: bool,
+}
+
+/// `--sample 1/N` (or just `N`): N, at least 1.
+fn parse_sample(s: &str) -> Result<u32, String> {
+    let n = s.strip_prefix("1/").unwrap_or(s);
+    match n.parse::<u32>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "`{s}` is not a sampling rate: give 1/N with N a whole number of at least 1 (e.g. 1/64; 1/1 samples every packet)"
+        )),
+    }
 }
 
 /// `--tc-mode`: how programs are attached at tc.

@@ -7,7 +7,7 @@ use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use anyhow::{bail, Context as _};
 use tracer_common::{
-    config::{FilterConfig, FILTER_ADDR, FILTER_PORT, FILTER_PROTO},
+    config::{FilterConfig, ModeConfig, FILTER_ADDR, FILTER_PORT, FILTER_PROTO},
     event::{CAPTURE_DEFAULT, CAPTURE_MAX},
 };
 
@@ -199,11 +199,30 @@ impl TraceConfig {
         if args.write.is_none() {
             filter.snaplen = 0;
         }
+        // 0: not given (a `TraceArgs` built in code).
+        let sample = if args.sample == 0 {
+            DEFAULT_SAMPLE
+        } else {
+            args.sample
+        };
+        let explicit_sample = sample != DEFAULT_SAMPLE;
+        if args.write.is_some() && explicit_sample {
+            bail!("--sample with -w: a capture stores every packet at every hook; drop --sample (or -w, to aggregate in the kernel)");
+        }
+        if args.every_packet && explicit_sample {
+            bail!("--sample with --every-packet: every packet is followed already; give one of the two");
+        }
+        let mode = if args.every_packet || args.write.is_some() {
+            ModeConfig::EVERY_PACKET
+        } else {
+            aggregate_mode(sample)
+        };
         let load = LoadOptions {
             filter,
             ring_bytes: ring_bytes(args.ring_size)?,
             kernel_log: args.kernel_log,
             drop_reasons: true,
+            mode,
         };
         let capture = args.write.as_ref().map(|path| CaptureSpec {
             path: path.clone(),
@@ -321,8 +340,27 @@ impl VerifyConfig {
                 ring_bytes: ring_bytes(1024)?,
                 kernel_log: false,
                 drop_reasons: true,
+                // A probe's few packets, each followed at every hook.
+                mode: ModeConfig::EVERY_PACKET,
             },
         })
+    }
+}
+
+/// `--sample`'s default N.
+const DEFAULT_SAMPLE: u32 = 64;
+
+/// A flow's first packets an entry hook sends in full in aggregate mode: its hop chain and
+/// NAT steps in both directions, from its first exchange.
+pub(crate) const FIRST_PACKETS: u32 = 8;
+
+/// The kernel's settings for the default mode at `--sample 1/n`.
+pub(crate) fn aggregate_mode(n: u32) -> ModeConfig {
+    ModeConfig {
+        aggregate: 1,
+        sample_below: tracer_common::sample::sample_below(n),
+        first_n: FIRST_PACKETS,
+        _pad0: 0,
     }
 }
 

@@ -2,6 +2,7 @@
 //! exit path (the [`Tracer`] detaches in `Drop`, inside each hook's own namespace).
 
 mod drops;
+pub mod flows;
 pub mod markers;
 mod object;
 
@@ -17,10 +18,10 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use tracer_common::{
-    config::{FilterConfig, HookConfig, HookCounters},
+    config::{FilterConfig, HookConfig, HookCounters, ModeConfig, FLOW_STATS_MAX, HOOK_ENTRY},
     names::{
-        GLOBAL_FILTER, GLOBAL_LOG_LEVEL, GLOBAL_SKB_OFFSETS, GLOBAL_WAKE_BYTES,
-        HOOK_PROGRAM_PREFIX, MAP_COUNTERS, MAP_EVENTS, MAP_HOOKS, MAP_INTEREST,
+        GLOBAL_FILTER, GLOBAL_LOG_LEVEL, GLOBAL_MODE, GLOBAL_SKB_OFFSETS, GLOBAL_WAKE_BYTES,
+        HOOK_PROGRAM_PREFIX, MAP_COUNTERS, MAP_EVENTS, MAP_FLOW_STATS, MAP_HOOKS, MAP_INTEREST,
     },
     MAX_HOOKS,
 };
@@ -101,6 +102,8 @@ pub struct LoadOptions {
     /// Prepare drop reasons (read `struct sk_buff` offsets from the kernel's BTF into the
     /// object); [`Tracer::enable_drop_reasons`] then attaches them.
     pub drop_reasons: bool,
+    /// Aggregate in the kernel, or one event per packet per hook.
+    pub mode: ModeConfig,
 }
 
 /// A hook to attach: where, and in which namespace.
@@ -213,6 +216,20 @@ pub struct Tracer {
     attach_times: Vec<(u8, Direction, u64)>,
     /// When [`Tracer::detach_all`] began; 0 before.
     detach_ns: u64,
+    /// Aggregate mode (`FLOW_STATS` in use).
+    aggregate: bool,
+    /// Aggregate mode's sampling threshold.
+    sample_below: Option<u32>,
+    /// The epoch the hooks count in now (see [`flows`]).
+    epoch: u8,
+}
+
+/// `FLOW_STATS` entries: every entry holds a value per possible CPU, so a host with many CPUs
+/// gets fewer, for about 16 MiB of kernel memory at most.
+fn flow_stats_entries() -> u32 {
+    let cpus = aya::util::nr_cpus().unwrap_or(1).max(1) as u32;
+    let per_entry = 96 + 32 * cpus;
+    ((16 << 20) / per_entry).clamp(4096, FLOW_STATS_MAX)
 }
 
 impl Tracer {
@@ -237,6 +254,8 @@ impl Tracer {
         let mut ebpf = EbpfLoader::new()
             .override_global(GLOBAL_WAKE_BYTES, &wake_bytes, true)
             .override_global(GLOBAL_FILTER, &opts.filter, true)
+            .override_global(GLOBAL_MODE, &opts.mode, true)
+            .map_max_entries(MAP_FLOW_STATS, flow_stats_entries())
             .override_global(GLOBAL_SKB_OFFSETS, &skb_offsets, true)
             .override_global(GLOBAL_LOG_LEVEL, &log_level, false)
             .map_max_entries(MAP_EVENTS, opts.ring_bytes)
@@ -253,7 +272,20 @@ impl Tracer {
             mode,
             tcx,
             drops,
+            aggregate: opts.mode.aggregate != 0,
+            sample_below: (opts.mode.aggregate != 0).then_some(opts.mode.sample_below),
+            epoch: 0,
         })
+    }
+
+    /// How the hooks report.
+    pub(crate) fn reporting(&self) -> crate::model::Reporting {
+        match self.sample_below {
+            Some(below) => crate::model::Reporting::Aggregate {
+                sample: (u32::MAX / below.max(1)).max(1),
+            },
+            None => crate::model::Reporting::EveryPacket,
+        }
     }
 
     /// Whether this tracer attaches TCX links (else netlink clsact filters).
@@ -387,9 +419,11 @@ impl Tracer {
 
     /// Writes a hook's direction and role into its slot of the `HOOKS` map.
     fn write_slot_config(&mut self, hook: &Hook) -> Result<(), AttachError> {
+        let entry = hook.place.is_entry(hook.direction);
         let cfg = HookConfig {
             direction: hook.direction.raw(),
             role: hook.role.raw(),
+            flags: if entry { HOOK_ENTRY } else { 0 },
         };
         let mut hooks: Array<&mut MapData, HookConfig> = Array::try_from(
             self.ebpf
@@ -532,6 +566,8 @@ impl Tracer {
                 sum.filtered += c.filtered;
                 sum.emitted += c.emitted;
                 sum.lost += c.lost;
+                sum.aggregated += c.aggregated;
+                sum.overflow += c.overflow;
             }
             sum.attached_ns = self
                 .attach_times

@@ -4,15 +4,17 @@ use std::os::fd::AsRawFd;
 
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
-use tracer_common::event::{EventHeader, KIND_DROP, KIND_PACKET};
+use tracer_common::event::{EventHeader, KIND_DROP, KIND_PACKET, KIND_PACKET_HEAD};
 
-use crate::model::{DecodeError, DropRecord, PacketRecord};
+use crate::model::{CountRecord, DecodeError, DropRecord, PacketRecord};
 
 /// One decoded event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     Packet(PacketRecord),
     Drop(DropRecord),
+    /// Aggregate mode: counts drained from the kernel's flow map.
+    Counts(CountRecord),
 }
 
 /// Decodes one raw ring-buffer record of any kind, captured bytes included.
@@ -29,6 +31,7 @@ pub fn decode_with(raw: &[u8], frames: bool) -> Result<Event, DecodeError> {
     let kind = u16::from_ne_bytes([raw[0], raw[1]]);
     match kind {
         KIND_PACKET => PacketRecord::decode_with(raw, frames).map(Event::Packet),
+        KIND_PACKET_HEAD => PacketRecord::decode_head(raw).map(Event::Packet),
         KIND_DROP => DropRecord::decode(raw).map(Event::Drop),
         other => Err(DecodeError::UnknownKind(other)),
     }

@@ -10,7 +10,9 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 use smallvec::SmallVec;
 use std::hash::BuildHasher;
 
-use crate::model::{Direction, Hook, NatKind, Orientation, Place, Proto, RuleAttributor, Topology};
+use crate::model::{
+    CountRecord, Direction, Hook, NatKind, Orientation, Place, Proto, RuleAttributor, Topology,
+};
 
 use super::{
     intern::{CEndpoint, CTuple, Pool, StrId},
@@ -38,6 +40,9 @@ pub(super) type HookIdx = u16;
 pub(crate) struct Hop {
     /// Sum over packets of the time since the packet's first sighting.
     pub sum_ns: u64,
+    /// Aggregate mode: packets and bytes the kernel counted here (every packet, sampled or not).
+    pub counted: u64,
+    pub counted_bytes: u64,
     packets_lo: u32,
     pub hook: HookIdx,
     pub leg: Leg,
@@ -48,17 +53,27 @@ impl Hop {
     const MAX_PACKETS: u64 = (1 << 40) - 1;
 
     fn new(hook: HookIdx, leg: Leg, sum_ns: u64) -> Self {
-        let mut hop = Self {
-            sum_ns,
-            packets_lo: 0,
-            hook,
-            leg,
-            packets_hi: 0,
-        };
+        let mut hop = Self::counted_only(hook, leg);
+        hop.sum_ns = sum_ns;
         hop.set_packets(1);
         hop
     }
 
+    /// A hop the kernel counted packets at before any event of them was placed.
+    fn counted_only(hook: HookIdx, leg: Leg) -> Self {
+        Self {
+            sum_ns: 0,
+            counted: 0,
+            counted_bytes: 0,
+            packets_lo: 0,
+            hook,
+            leg,
+            packets_hi: 0,
+        }
+    }
+
+    /// Packets whose events were placed here: all of them in every-packet mode, the samples
+    /// (and first packets) in aggregate mode.
     pub(crate) fn packets(&self) -> u64 {
         u64::from(self.packets_hi) << 32 | u64::from(self.packets_lo)
     }
@@ -144,6 +159,9 @@ pub(crate) struct FlowState {
     pub last_ns: u64,
     /// What the view last printed of this flow (a hash); kept here so it goes with the flow.
     pub mark: u64,
+    /// Aggregate mode: the kernel monotonic time of the last packet the kernel counted (0: no
+    /// counts, every-packet mode).
+    pub counts_last_ns: u64,
     legs: [LegTotals; 2],
     /// The sequence number of the SYN that opened the connection (TCP), if one was seen: a
     /// SYN with another one on the same tuple is a new connection.
@@ -254,6 +272,32 @@ impl FlowState {
         }
     }
 
+    /// What the kernel counted of this flow at one hook.
+    fn add_counts(&mut self, hook: HookIdx, leg: Leg, rec: &CountRecord) {
+        let hop = match self
+            .hops
+            .iter_mut()
+            .position(|h| h.hook == hook && h.leg == leg)
+        {
+            Some(i) => &mut self.hops[i],
+            None => {
+                self.hops.push(Hop::counted_only(hook, leg));
+                let last = self.hops.len() - 1;
+                &mut self.hops[last]
+            }
+        };
+        hop.counted += rec.packets;
+        hop.counted_bytes += rec.bytes;
+        self.counts_last_ns = self.counts_last_ns.max(rec.last_ns);
+        self.first_ns = self.first_ns.min(rec.first_ns);
+        self.last_ns = self.last_ns.max(rec.last_ns);
+    }
+
+    /// Whether the kernel counted this flow's packets (aggregate mode).
+    pub(crate) fn is_counted(&self) -> bool {
+        self.counts_last_ns != 0
+    }
+
     /// A later fragment of one of this flow's datagrams: its bytes, not a packet of its own.
     fn add_fragment(&mut self, inst: &Instance, leg: Leg) {
         if let Some(first) = inst.first() {
@@ -275,6 +319,14 @@ impl FlowState {
         self.add_path(inst, leg, first_ns, ctx, pool);
         self.last_ns = self.last_ns.max(inst.last_ns());
     }
+}
+
+/// Aggregate mode: kernel drops of one leg of a flow with one reason, found by tuple.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DropTally {
+    pub leg: Leg,
+    pub reason: Option<StrId>,
+    pub count: u64,
 }
 
 /// Fragments one hook saw of a flow's datagrams (see [`super::frags`]).
@@ -391,6 +443,9 @@ pub(super) struct FlowTable {
     /// Per hook fragment counts of the flows that had fragments (few: kept apart, so that a
     /// flow without costs nothing).
     frag_hops: hashbrown::HashMap<FlowId, SmallVec<[FragHop; 4]>>,
+    /// Aggregate mode: kernel drops of packets no event was sent for, found by their tuple, per
+    /// flow (few flows have any: kept apart like `frag_hops`).
+    drops: hashbrown::HashMap<FlowId, SmallVec<[DropTally; 1]>>,
     /// Slots by traced-side key and by post-NAT alias (the latest mapping of an alias wins).
     by_tuple: HashTable<Ref>,
     hasher: DefaultHashBuilder,
@@ -420,6 +475,7 @@ impl FlowTable {
             free: Vec::new(),
             by_id: HashTable::new(),
             frag_hops: hashbrown::HashMap::new(),
+            drops: hashbrown::HashMap::new(),
             by_tuple: HashTable::new(),
             hasher: DefaultHashBuilder::default(),
             lru_head: NIL,
@@ -611,6 +667,52 @@ impl FlowTable {
         found.copied()
     }
 
+    /// The flow and leg a tuple seen at some hook belongs to: a flow's own tuple (either way),
+    /// or one its packets had beyond NAT.
+    fn locate_tuple(&self, t: &Tuple) -> Option<(u32, Leg)> {
+        let t = self.pool.find(t)?;
+        self.by_key_either(t).or_else(|| self.alias(t))
+    }
+
+    /// Adds what the kernel counted of a tuple at `hook` to its flow; `None` while no flow
+    /// has that tuple (its events have not settled yet, or never will).
+    pub(super) fn add_counts(&mut self, rec: &CountRecord, hook: HookIdx) -> Option<FlowId> {
+        let t = Tuple {
+            proto: rec.proto,
+            src: rec.src,
+            dst: rec.dst,
+        };
+        let (slot, leg) = self.locate_tuple(&t)?;
+        let flow = self.flows[slot as usize].as_mut()?;
+        flow.add_counts(hook, leg, rec);
+        Some(flow.id)
+    }
+
+    /// A kernel drop of a packet of this tuple; `None` while no flow has it.
+    pub(super) fn add_drop(&mut self, t: &Tuple, reason: Option<&str>) -> Option<FlowId> {
+        let (slot, leg) = self.locate_tuple(t)?;
+        let id = self.flows[slot as usize].as_ref()?.id;
+        let reason = reason.and_then(|r| self.pool.strings.intern(r));
+        let tallies = self.drops.entry(id).or_default();
+        match tallies
+            .iter_mut()
+            .find(|d| d.leg == leg && d.reason == reason)
+        {
+            Some(d) => d.count += 1,
+            None => tallies.push(DropTally {
+                leg,
+                reason,
+                count: 1,
+            }),
+        }
+        Some(id)
+    }
+
+    /// The drops [`FlowTable::add_drop`] found for flow `id`.
+    pub(super) fn drops_of(&self, id: FlowId) -> &[DropTally] {
+        self.drops.get(&id).map_or(&[], |d| d.as_slice())
+    }
+
     /// [`FlowTable::locate`], answered from the last lookup when the packet has the same
     /// traced-side tuple and the index did not change since.
     fn locate_cached(&mut self, inst: &Instance) -> Option<(u32, Leg)> {
@@ -702,6 +804,7 @@ impl FlowTable {
             first_ns: inst.first_ns(),
             last_ns: inst.last_ns(),
             mark: 0,
+            counts_last_ns: 0,
             legs: Default::default(),
             syn_seq: 0,
             has_syn: false,
@@ -765,6 +868,7 @@ impl FlowTable {
         self.len -= 1;
         self.free.push(slot);
         self.frag_hops.remove(&flow.id);
+        self.drops.remove(&flow.id);
         if let Ok(e) = self
             .by_id
             .find_entry(self.hasher.hash_one(flow.id), |&s| s == slot)
@@ -929,11 +1033,11 @@ pub(super) fn same_label(a: &Hook, b: &Hook) -> bool {
 fn record_sizes() {
     // What 100k flows cost: keep an eye on these when adding fields.
     assert!(
-        size_of::<Option<FlowState>>() <= 288,
+        size_of::<Option<FlowState>>() <= 360,
         "{}",
         size_of::<Option<FlowState>>()
     );
-    assert_eq!(size_of::<Hop>(), 16);
+    assert_eq!(size_of::<Hop>(), 32);
     // What every pending sighting costs.
     assert_eq!(size_of::<super::packets::Sighting>(), 64);
     assert_eq!(size_of::<End>(), 16);

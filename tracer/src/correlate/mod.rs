@@ -24,7 +24,9 @@ pub(crate) mod tests;
 
 use std::sync::Arc;
 
-use crate::model::{DropRecord, Hook, HookStats, PacketRecord, RuleAttributor, Topology};
+use crate::model::{
+    CountRecord, DropRecord, Hook, HookStats, PacketRecord, RuleAttributor, Topology,
+};
 
 use flows::{Context, FlowTable, HookIdx};
 use packets::{Instance, Pending, Sighting};
@@ -75,7 +77,20 @@ pub(crate) struct Correlator {
     /// Flows updated since the last [`Correlator::advance`] (with repeats, see `note_changed`).
     changed: Vec<FlowId>,
     ignored_events: u64,
+    /// Aggregate mode: kernel counts (and drops found by tuple) waiting for a flow with their
+    /// tuple, each with the hook it was counted at.
+    counts: Vec<(HookIdx, CountRecord)>,
+    drops_by_tuple: Vec<DropRecord>,
+    /// Packets the kernel counted whose tuple no flow ever had (or whose flow was evicted).
+    unattributed: u64,
+    /// The time of the last [`Correlator::advance`]: counts last updated `settle_ns` before it
+    /// are final for the report.
+    now_ns: u64,
 }
+
+/// How long a count or a drop waits for a flow with its tuple: longer than a packet's events
+/// take to settle and the kernel's counts to be drained (a tick).
+const COUNT_WAIT_NS: u64 = 3_000_000_000;
 
 impl Correlator {
     /// A correlator for the hooks of `topology`; `attributor`, when given, names the rule of each
@@ -95,6 +110,10 @@ impl Correlator {
             datagrams: frags::Datagrams::default(),
             changed: Vec::new(),
             ignored_events: 0,
+            counts: Vec::new(),
+            drops_by_tuple: Vec::new(),
+            unattributed: 0,
+            now_ns: 0,
         }
     }
 
@@ -168,9 +187,72 @@ impl Correlator {
     }
 
     /// Buffers a kernel drop; it names the reason of the packet instance with its fingerprint
-    /// that started last before it.
+    /// that started last before it. A drop of a packet no event was sent for (aggregate mode)
+    /// finds its flow by its tuple instead.
     pub(crate) fn push_drop(&mut self, drop: DropRecord) {
+        if drop.tuple.is_some() && !drop.traced {
+            self.drops_by_tuple.push(drop);
+            if self.drops_by_tuple.len() > self.cfg.max_pending {
+                let extra = self.drops_by_tuple.len() - self.cfg.max_pending;
+                self.drops_by_tuple.drain(..extra);
+                self.pending.count_unmatched(extra as u64);
+            }
+            return;
+        }
         self.pending.push_drop(drop);
+    }
+
+    /// Aggregate mode: what the kernel counted of one tuple at one hook. It joins the flow with
+    /// that tuple once one has it (see [`Correlator::advance`]).
+    pub(crate) fn push_counts(&mut self, rec: CountRecord) {
+        let hooks = self.topology.hooks.iter().enumerate().rev();
+        let found = hooks
+            .filter(|(_, h)| h.slot == rec.slot)
+            .find_map(|(i, _)| HookIdx::try_from(i).ok());
+        let Some(idx) = found else {
+            self.unattributed += rec.packets;
+            return;
+        };
+        self.counts.push((idx, rec));
+        if self.counts.len() > self.cfg.max_pending {
+            let extra = self.counts.len() - self.cfg.max_pending;
+            let dropped: u64 = self.counts.drain(..extra).map(|(_, c)| c.packets).sum();
+            self.unattributed += dropped;
+        }
+    }
+
+    /// Packets the kernel counted that no flow in the table had the tuple of.
+    pub(crate) fn unattributed_packets(&self) -> u64 {
+        self.unattributed
+    }
+
+    /// Counts and tuple-found drops to their flows; those whose flow is not there yet wait
+    /// (up to [`COUNT_WAIT_NS`]).
+    fn attribute_counts(&mut self, now_ns: u64) {
+        let counts = std::mem::take(&mut self.counts);
+        for (hook, rec) in counts {
+            match self.table.add_counts(&rec, hook) {
+                Some(id) => self.changed.push(id),
+                None if now_ns.saturating_sub(rec.last_ns) < COUNT_WAIT_NS => {
+                    self.counts.push((hook, rec));
+                }
+                None => self.unattributed += rec.packets,
+            }
+        }
+        let drops = std::mem::take(&mut self.drops_by_tuple);
+        for d in drops {
+            let Some((proto, src, dst)) = d.tuple else {
+                continue;
+            };
+            let t = tuple::Tuple { proto, src, dst };
+            match self.table.add_drop(&t, d.reason_name.as_deref()) {
+                Some(id) => self.changed.push(id),
+                None if now_ns.saturating_sub(d.ktime_ns) < COUNT_WAIT_NS => {
+                    self.drops_by_tuple.push(d);
+                }
+                None => self.pending.count_unmatched(1),
+            }
+        }
     }
 
     /// Finalises the packets whose last sighting is `settle_ns` older than `now_ns` (kernel
@@ -179,6 +261,8 @@ impl Correlator {
         let cutoff = now_ns.saturating_sub(self.cfg.settle_ns);
         let settled = self.pending.take_settled(cutoff, self.cfg.instance_gap_ns);
         self.ingest(settled);
+        self.now_ns = self.now_ns.max(now_ns);
+        self.attribute_counts(now_ns);
         self.take_changed()
     }
 
@@ -205,7 +289,11 @@ impl Correlator {
     pub(crate) fn flow(&self, id: FlowId) -> Option<FlowReport> {
         let flow = self.table.get(id)?;
         let frags = self.table.frag_hops(id);
-        let mut report = FlowReport::build(flow, &self.topology, self.table.pool(), frags);
+        let counts = flow.is_counted().then(|| report::Counted {
+            settled: flow.counts_last_ns.saturating_add(self.cfg.settle_ns) <= self.now_ns,
+            drops: self.table.drops_of(id),
+        });
+        let mut report = FlowReport::build(flow, &self.topology, self.table.pool(), frags, counts);
         report.before_path_complete = self.losses.attaching_at(report.first_ns);
         Some(report)
     }

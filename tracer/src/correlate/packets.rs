@@ -275,6 +275,11 @@ impl Pending {
         self.unmatched_drops
     }
 
+    /// Drops that matched no packet elsewhere (found by neither fingerprint nor tuple).
+    pub(super) fn count_unmatched(&mut self, n: u64) {
+        self.unmatched_drops += n;
+    }
+
     /// Takes every instance whose last sighting is at or before `cutoff_ns`, oldest first.
     pub(super) fn take_settled(&mut self, cutoff_ns: u64, gap_ns: u64) -> Vec<Instance> {
         let mut out = Vec::new();

@@ -4,10 +4,10 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::model::{Direction, Endpoint, Orientation, Proto, Topology};
+use crate::model::{Direction, Endpoint, Hook, Orientation, Proto, Topology};
 
 use super::{
-    flows::{FlowState, FragHop, LegTotals},
+    flows::{DropTally, FlowState, FragHop, HookIdx, Hop, LegTotals},
     intern::Pool,
     losses::Gap,
     nat::{self, NatEntry},
@@ -47,11 +47,15 @@ pub struct HopTiming {
     /// `<ns>:<ifname>`.
     pub hook: String,
     pub dir: Direction,
-    /// Mean over the packets seen here, in microseconds.
+    /// Mean over the `samples` packets followed here, in microseconds (0 with no samples).
     pub delta_us: f64,
     pub slot: u8,
-    /// Packets of the leg seen at this hook (a datagram sent in fragments is one packet).
+    /// Packets of the leg seen at this hook (a datagram sent in fragments is one packet): every
+    /// one, in both modes (in aggregate mode, as the kernel counted them).
     pub packets: u64,
+    /// Packets followed here event by event, which `delta_us` rests on: all of them in
+    /// every-packet mode; the first packets, TCP SYN/FIN/RST and the sample in aggregate mode.
+    pub samples: u64,
     /// In a flow whose datagrams were fragmented somewhere: the fragments seen at this hook (0
     /// where the hook saw them whole, reassembled); `None` in a flow without fragments.
     pub fragments: Option<u64>,
@@ -157,6 +161,20 @@ pub struct FlowReport {
     /// First seen while a hook of the path was not attached yet: its first packets may have
     /// crossed hooks that could not see them.
     pub before_path_complete: bool,
+    /// Whether the packet and byte counts are the kernel's (aggregate mode) rather than the
+    /// events' (every-packet mode). Exact either way, unless a summary says events were lost.
+    pub kernel_counts: bool,
+}
+
+/// What the kernel counted of a flow (aggregate mode), for [`FlowReport::build`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Counted<'a> {
+    /// No packet of the flow was counted for longer than events take to settle: the per-hop
+    /// counts are final (packets in flight between two hooks have arrived), and their
+    /// differences are where packets stopped.
+    pub settled: bool,
+    /// Kernel drops of packets no event was sent for, found by tuple.
+    pub drops: &'a [DropTally],
 }
 
 impl FlowReport {
@@ -166,25 +184,31 @@ impl FlowReport {
         topology: &Topology,
         pool: &Pool,
         frags: Option<&[FragHop]>,
+        counted: Option<Counted<'_>>,
     ) -> Self {
-        let mut stops = lost(flow, Leg::Out, topology, pool);
-        stops.extend(lost(flow, Leg::Back, topology, pool));
+        let stops_of = |leg| match counted {
+            Some(c) => counted_stops(flow, leg, topology, pool, c),
+            None => lost(flow, leg, topology, pool),
+        };
+        let mut stops = stops_of(Leg::Out);
+        stops.extend(stops_of(Leg::Back));
         let key = pool.tuple(flow.key);
         let nat = |leg: Leg| -> Vec<NatEntry> {
             let recs = flow.nat.iter().filter(|n| n.leg == leg);
             recs.map(|n| nat::entry(n, topology, pool)).collect()
         };
-        let (out, back) = (flow.leg(Leg::Out).0, flow.leg(Leg::Back).0);
+        let ((packets_out, bytes_out), (packets_back, bytes_back)) =
+            (leg_totals(flow, Leg::Out), leg_totals(flow, Leg::Back));
         Self {
             id: flow.id,
             proto: key.proto,
             origin: flow.origin,
             src: key.src,
             dst: key.dst,
-            packets_out: out.packets,
-            packets_back: back.packets,
-            bytes_out: out.bytes,
-            bytes_back: back.bytes,
+            packets_out,
+            packets_back,
+            bytes_out,
+            bytes_back,
             first_ns: flow.first_ns,
             last_ns: flow.last_ns,
             hops: hops(flow, Leg::Out, topology, frags),
@@ -194,6 +218,7 @@ impl FlowReport {
             stops,
             notes: Vec::new(),
             before_path_complete: false,
+            kernel_counts: counted.is_some(),
         }
     }
 }
@@ -217,7 +242,8 @@ fn hops(
                 dir: hook.direction,
                 delta_us: mean_ns / 1000.0,
                 slot: hook.slot,
-                packets: acc.packets(),
+                packets: hop_packets(acc),
+                samples: acc.packets(),
                 fragments: frags.map(|f| {
                     f.iter()
                         .filter(|h| h.hook == acc.hook && h.leg == leg)
@@ -231,6 +257,135 @@ fn hops(
         .collect();
     out.sort_by_key(|(order, _)| *order);
     out.into_iter().map(|(_, t)| t).collect()
+}
+
+/// Every packet of a hop: the kernel's count in aggregate mode (never fewer than the events
+/// placed there, which a count drained later may not include yet), the events otherwise.
+fn hop_packets(h: &Hop) -> u64 {
+    h.counted.max(h.packets())
+}
+
+/// Packets and bytes of a leg: where the kernel counted, those of the hop that counted the most
+/// (the leg's entry, unless packets joined it later); else the events' totals.
+fn leg_totals(flow: &FlowState, leg: Leg) -> (u64, u64) {
+    let events = flow.leg(leg).0;
+    let counted = flow
+        .hops
+        .iter()
+        .filter(|h| h.leg == leg && h.counted > 0)
+        .max_by_key(|h| h.counted);
+    match counted {
+        Some(h) if h.counted >= events.packets => (h.counted, h.counted_bytes),
+        _ => (events.packets, events.bytes),
+    }
+}
+
+/// Aggregate mode's stops. Settled, they are where the exact per-hop counts fall along the
+/// leg's path (and all of a last hop's packets when it is short of where the leg ends), named
+/// by the drop reason the kernel gave there. While packets still flow, only what the kernel
+/// reported as drops is shown: a count difference then includes packets in flight.
+fn counted_stops(
+    flow: &FlowState,
+    leg: Leg,
+    topology: &Topology,
+    pool: &Pool,
+    counted: Counted<'_>,
+) -> Vec<Stop> {
+    let sampled = lost(flow, leg, topology, pool);
+    let tallies: Vec<&DropTally> = counted.drops.iter().filter(|d| d.leg == leg).collect();
+    let reason_of = |d: &DropTally| d.reason.map(|r| pool.strings.get(r).to_string());
+    let tallied = |reason: &Option<String>| -> u64 {
+        let same = tallies.iter().filter(|d| reason_of(d) == *reason);
+        same.map(|d| d.count).sum()
+    };
+    let orientation = flow.leg(leg).1;
+    let mut path: Vec<(u32, &Hop)> = flow
+        .hops
+        .iter()
+        .filter(|h| h.leg == leg && hop_packets(h) > 0)
+        .filter_map(|h| {
+            let hook = topology.hooks.get(usize::from(h.hook))?;
+            Some((orientation.rank(hook.place, hook.direction), h))
+        })
+        .collect();
+    path.sort_by_key(|(rank, h)| (*rank, h.hook));
+    let stop_at = |hook: HookIdx, count: u64, reason: Option<String>| -> Option<Stop> {
+        let h = topology.hooks.get(usize::from(hook))?;
+        let cause = if reason.is_some() {
+            StopCause::Dropped
+        } else {
+            StopCause::NotSeen
+        };
+        Some(Stop {
+            leg,
+            after_hook: h.label(),
+            after_dir: h.direction,
+            count,
+            reason,
+            cause,
+        })
+    };
+    if !counted.settled {
+        // Drops the kernel reported: the sampled ones where they were last seen, with the
+        // tallied ones of the same reason; a reason no sample showed goes to the leg's last
+        // counted hop.
+        let mut stops: Vec<Stop> = sampled
+            .into_iter()
+            .filter(|s| s.cause == StopCause::Dropped)
+            .map(|mut s| {
+                s.count += tallied(&s.reason);
+                s
+            })
+            .collect();
+        for d in &tallies {
+            let reason = reason_of(d);
+            if stops.iter().any(|s| s.reason == reason) {
+                continue;
+            }
+            if let Some(stop) = path
+                .last()
+                .and_then(|(_, h)| stop_at(h.hook, tallied(&reason), reason.clone()))
+            {
+                stops.push(stop);
+            }
+        }
+        return stops;
+    }
+    let terminal = terminal_rank(flow, leg, orientation, topology);
+    let mut stops = Vec::new();
+    let mut tallies_left: Vec<(Option<String>, u64)> = Vec::new();
+    for d in &tallies {
+        let reason = reason_of(d);
+        match tallies_left.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, n)) => *n += d.count,
+            None => tallies_left.push((reason, d.count)),
+        }
+    }
+    for (i, (rank, h)) in path.iter().enumerate() {
+        let here = hop_packets(h);
+        let missing = match path.get(i + 1) {
+            Some((_, next)) => here.saturating_sub(hop_packets(next)),
+            None if *rank < terminal => here,
+            None => 0,
+        };
+        if missing == 0 {
+            continue;
+        }
+        let hook_label = topology.hooks.get(usize::from(h.hook)).map(Hook::label);
+        // A reason the sampled packets that ended here were dropped with, else one the kernel
+        // gave for this leg's unsampled packets.
+        let reason = sampled
+            .iter()
+            .find(|s| Some(&s.after_hook) == hook_label.as_ref() && s.reason.is_some())
+            .and_then(|s| s.reason.clone())
+            .or_else(|| {
+                let left = tallies_left.iter_mut().find(|(_, n)| *n > 0)?;
+                left.1 = left.1.saturating_sub(missing);
+                left.0.clone()
+            });
+        stops.extend(stop_at(h.hook, missing, reason));
+    }
+    stops
 }
 
 /// Packets of a leg that ended before the leg's terminal hook, or that the kernel dropped.

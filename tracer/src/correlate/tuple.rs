@@ -17,11 +17,8 @@ pub(crate) struct Tuple {
 impl Tuple {
     /// The record's tuple, normalised (see [`Tuple`]).
     pub(crate) fn of(rec: &PacketRecord) -> Self {
-        let (mut src, mut dst) = (rec.src, rec.dst);
-        if is_echo_reply(rec.proto, rec.icmp_type) {
-            dst.port = src.port;
-            src.port = 0;
-        }
+        let (src, dst) =
+            crate::model::normalised(rec.proto.number(), rec.icmp_type, rec.src, rec.dst);
         Self {
             proto: rec.proto,
             src,
@@ -42,8 +39,4 @@ impl Tuple {
     pub(crate) fn src_in(&self, addrs: &[IpAddr]) -> bool {
         addrs.contains(&self.src.addr)
     }
-}
-
-fn is_echo_reply(proto: Proto, icmp_type: u8) -> bool {
-    matches!((proto, icmp_type), (Proto::Icmp, 0) | (Proto::Icmpv6, 129))
 }

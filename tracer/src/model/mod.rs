@@ -327,6 +327,112 @@ pub struct PacketRecord {
     pub pkt_len: u32,
     /// The first bytes of the frame as captured in the kernel.
     pub data: Bytes,
+    /// Why the kernel sent it (`tracer_common::event::WHY_*`): `WHY_EVERY` in every-packet
+    /// mode and in captures.
+    pub why: u32,
+}
+
+/// How the kernel programs reported a trace.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "mode")]
+pub enum Reporting {
+    /// One event per packet per hook (`--every-packet`, `-w`, `verify`, a replayed capture).
+    #[default]
+    EveryPacket,
+    /// Counted per flow per hook in the kernel; events for a flow's first packets, TCP
+    /// SYN/FIN/RST and a sample of 1 in `sample`.
+    Aggregate { sample: u32 },
+}
+
+impl fmt::Display for Reporting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::EveryPacket => f.write_str("every packet (one event per packet per hook)"),
+            Self::Aggregate { sample } => write!(
+                f,
+                "aggregate (every packet counted in the kernel per flow per hook; latency from a 1/{sample} sample)"
+            ),
+        }
+    }
+}
+
+/// Aggregate mode: what one hook counted of one flow tuple during one drain interval (or one
+/// packet the kernel's flow map had no room for, counted from its event).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CountRecord {
+    pub slot: u8,
+    pub proto: Proto,
+    /// The tuple as the hook saw it (ports 0 for protocols without).
+    pub src: Endpoint,
+    pub dst: Endpoint,
+    pub packets: u64,
+    pub bytes: u64,
+    pub first_ns: u64,
+    pub last_ns: u64,
+}
+
+impl CountRecord {
+    /// A drained `FLOW_STATS` entry; `None` for an address family the kernel never writes.
+    pub(crate) fn of_key(
+        key: &tracer_common::config::FlowKey,
+        counts: &tracer_common::config::FlowCounts,
+    ) -> Option<Self> {
+        let (src, dst) = addrs(key.family, &key.saddr, &key.daddr)?;
+        Some(Self {
+            slot: key.slot,
+            proto: Proto::from(key.proto),
+            src: Endpoint::new(src, key.sport),
+            dst: Endpoint::new(dst, key.dport),
+            packets: counts.packets,
+            bytes: counts.bytes,
+            first_ns: counts.first_ns,
+            last_ns: counts.last_ns,
+        })
+    }
+
+    /// One packet sent as an event because the kernel could not count it.
+    pub(crate) fn of_packet(p: &PacketRecord) -> Self {
+        let (src, dst) = normalised(p.proto.number(), p.icmp_type, p.src, p.dst);
+        Self {
+            slot: p.slot,
+            proto: p.proto,
+            src,
+            dst,
+            packets: 1,
+            bytes: u64::from(p.pkt_len),
+            first_ns: p.ktime_ns,
+            last_ns: p.ktime_ns,
+        }
+    }
+}
+
+/// A packet's ends as the flow table keys them: an ICMP echo reply's identifier (which the
+/// parser puts in the source port) moved to the destination, so that a reply's tuple is its
+/// request's reversed; the kernel's `FLOW_STATS` keys do the same.
+pub(crate) fn normalised(
+    proto: u8,
+    icmp_type: u8,
+    mut src: Endpoint,
+    mut dst: Endpoint,
+) -> (Endpoint, Endpoint) {
+    if tracer_common::tuple::is_echo_reply(proto, icmp_type) {
+        dst.port = src.port;
+        src.port = 0;
+    }
+    (src, dst)
+}
+
+/// The two addresses of a kernel record of `family` (4: the first four bytes of each).
+fn addrs(family: u8, s: &[u8; 16], d: &[u8; 16]) -> Option<(IpAddr, IpAddr)> {
+    match family {
+        4 => {
+            let s: [u8; 4] = s[..4].try_into().ok()?;
+            let d: [u8; 4] = d[..4].try_into().ok()?;
+            Some((IpAddr::from(s), IpAddr::from(d)))
+        }
+        6 => Some((IpAddr::from(*s), IpAddr::from(*d))),
+        _ => None,
+    }
 }
 
 /// Why a raw event could not be decoded.
@@ -401,6 +507,33 @@ impl PacketRecord {
         .ok_or(DecodeError::BadFamily(meta.family))
     }
 
+    /// Decodes a [`tracer_common::event::PacketHeadEvent`] (no packet bytes).
+    pub(crate) fn decode_head(raw: &[u8]) -> Result<Self, DecodeError> {
+        use std::mem::offset_of;
+        use tracer_common::event::{PacketHeadEvent, KIND_PACKET_HEAD};
+        if raw.len() < size_of::<PacketHeadEvent>() {
+            return Err(DecodeError::Short(raw.len()));
+        }
+        let header: EventHeader = read_event(raw, KIND_PACKET_HEAD)?;
+        let meta: PacketMeta = read_at(raw, offset_of!(PacketHeadEvent, meta))?;
+        let pkt_len: u32 = read_at(raw, offset_of!(PacketHeadEvent, pkt_len))?;
+        let why: u32 = read_at(raw, offset_of!(PacketHeadEvent, why))?;
+        let direction = Direction::try_from(header.direction).map_err(DecodeError::BadDirection)?;
+        let h = &header;
+        let mut rec = Self::from_meta(
+            &meta,
+            h.hook,
+            direction,
+            h.ifindex,
+            h.ktime_ns,
+            pkt_len,
+            Bytes::new(),
+        )
+        .ok_or(DecodeError::BadFamily(meta.family))?;
+        rec.why = why;
+        Ok(rec)
+    }
+
     /// Rebuilds a record from captured bytes (replay): the same parser the kernel ran.
     pub(crate) fn from_frame(
         slot: u8,
@@ -424,15 +557,7 @@ impl PacketRecord {
         pkt_len: u32,
         data: Bytes,
     ) -> Option<Self> {
-        let (src, dst) = match m.family {
-            4 => {
-                let s: [u8; 4] = m.saddr[..4].try_into().ok()?;
-                let d: [u8; 4] = m.daddr[..4].try_into().ok()?;
-                (IpAddr::from(s), IpAddr::from(d))
-            }
-            6 => (IpAddr::from(m.saddr), IpAddr::from(m.daddr)),
-            _ => return None,
-        };
+        let (src, dst) = addrs(m.family, &m.saddr, &m.daddr)?;
         Some(Self {
             slot,
             direction,
@@ -455,6 +580,7 @@ impl PacketRecord {
             frag: m.frag,
             pkt_len,
             data,
+            why: tracer_common::event::WHY_EVERY,
         })
     }
 }
@@ -467,6 +593,11 @@ pub struct DropRecord {
     pub reason: u32,
     /// Symbolic reason from the kernel's BTF (`NETFILTER_DROP`), when known.
     pub reason_name: Option<String>,
+    /// The packet's protocol and ends where it was freed, when the kernel sent them: how an
+    /// aggregate-mode drop of a packet no event was sent for finds its flow.
+    pub tuple: Option<(Proto, Endpoint, Endpoint)>,
+    /// Whether an event of the packet itself was sent (its fingerprint was in `TRACED`).
+    pub traced: bool,
 }
 
 impl DropRecord {
@@ -474,11 +605,22 @@ impl DropRecord {
     pub(crate) fn decode(raw: &[u8]) -> Result<Self, DecodeError> {
         use tracer_common::event::{DropEvent, KIND_DROP};
         let ev: DropEvent = read_event(raw, KIND_DROP)?;
+        let tuple = addrs(ev.family, &ev.saddr, &ev.daddr).map(|(s, d)| {
+            let (src, dst) = normalised(
+                ev.proto,
+                ev.icmp_type,
+                Endpoint::new(s, ev.sport),
+                Endpoint::new(d, ev.dport),
+            );
+            (Proto::from(ev.proto), src, dst)
+        });
         Ok(Self {
             ktime_ns: ev.header.ktime_ns,
             fingerprint: ev.fingerprint,
             reason: ev.reason,
             reason_name: None,
+            tuple,
+            traced: ev.traced != 0,
         })
     }
 }
@@ -490,6 +632,13 @@ pub struct HookStats {
     pub filtered: u64,
     pub emitted: u64,
     pub lost: u64,
+    /// Aggregate mode: packets only counted (in the kernel's flow map), sent as no event.
+    #[serde(default)]
+    pub aggregated: u64,
+    /// Aggregate mode: packets the kernel's flow map had no room for (sent as events instead,
+    /// or lost with them when the ring buffer was full too).
+    #[serde(default)]
+    pub overflow: u64,
     /// When the hook was attached (kernel monotonic time, taken just after): before it, a packet
     /// that would have crossed it was not seen there. 0: not known (a capture's summary).
     #[serde(skip)]

@@ -62,6 +62,18 @@ impl Place {
         matches!(self, Self::Container | Self::Veth)
     }
 
+    /// Whether no other hook of a trace can see a packet before this place's hook in
+    /// `direction` does: the traced container's egress, the uplink's ingress, a peer's own
+    /// egress. Aggregate mode picks a flow's first packets there.
+    pub(crate) const fn is_entry(self, direction: Direction) -> bool {
+        matches!(
+            (self, direction),
+            (Self::Container, Direction::Egress)
+                | (Self::Uplink, Direction::Ingress)
+                | (Self::PeerContainer, Direction::Egress)
+        )
+    }
+
     /// Whether the place is on the traced side's own way out (not another container's).
     pub(crate) const fn on_main_path(self) -> bool {
         !matches!(self, Self::PeerVeth | Self::PeerContainer)

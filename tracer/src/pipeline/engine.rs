@@ -16,7 +16,7 @@ use std::{
 use crate::{
     collect::Event,
     correlate::{CorrelateConfig, Correlator, FlowId, FlowReport},
-    model::{Hook, HookStats, RuleAttributor, Topology},
+    model::{CountRecord, Hook, HookStats, Reporting, RuleAttributor, Topology},
     render::{Renderer, Summary, Unused, Update},
 };
 
@@ -115,15 +115,16 @@ impl<'r> Engine<'r> {
         while self.annotation.as_ref().is_some_and(|a| a.in_flight() > 0) {
             self.final_annotated();
         }
-        let (stop, stats, released, undecodable, drops_lost) = match &self.end {
+        let (stop, stats, released, undecodable, drops_lost, reporting) = match &self.end {
             Some((why, end)) => (
                 Some(*why),
                 end.stats.as_slice(),
                 end.released.as_slice(),
                 end.undecodable,
                 end.drops.map_or(0, |d| d.lost),
+                end.reporting,
             ),
-            None => (None, &[][..], &[][..], 0, 0),
+            None => (None, &[][..], &[][..], 0, 0, Reporting::EveryPacket),
         };
         let summary = Summary {
             flows,
@@ -136,7 +137,9 @@ impl<'r> Engine<'r> {
                 unmatched_drops: self.correlator.unmatched_drops(),
                 orphan_fragments: self.correlator.orphan_fragments(),
                 drops_lost,
+                unattributed_packets: self.correlator.unattributed_packets(),
             },
+            reporting,
         };
         self.renderer.update(Update::Summary(&summary));
         self.renderer.close();
@@ -240,8 +243,15 @@ impl Observer for Engine<'_> {
     fn events(&mut self, events: &[Event]) {
         for e in events {
             match e {
-                Event::Packet(p) => self.correlator.push(p),
+                Event::Packet(p) => {
+                    self.correlator.push(p);
+                    if p.why & tracer_common::event::WHY_UNCOUNTED != 0 {
+                        // The kernel's flow map had no room: this event is the packet's count.
+                        self.correlator.push_counts(CountRecord::of_packet(p));
+                    }
+                }
                 Event::Drop(d) => self.correlator.push_drop(d.clone()),
+                Event::Counts(c) => self.correlator.push_counts(*c),
             }
         }
         self.collect_annotated();
@@ -482,6 +492,7 @@ mod tests {
             unmatched_drops: 0,
             orphan_fragments: 0,
             drops_lost: 3,
+            unattributed_packets: 0,
         };
         assert_eq!(log.unused, Some(want));
     }

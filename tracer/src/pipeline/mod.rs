@@ -101,6 +101,8 @@ pub(crate) fn replay(cap: &Capture, renderer: &mut dyn Renderer) -> Outcome {
                 filtered: 0,
                 emitted,
                 lost: 0,
+                aggregated: 0,
+                overflow: 0,
                 attached_ns: time.map_or(0, |t| t.attached_ns),
                 detached_ns: time.map_or(0, |t| t.detached_ns),
             };

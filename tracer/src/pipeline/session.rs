@@ -17,7 +17,7 @@ use tracer_common::config::EndpointKey;
 use crate::{
     attach::{AttachError, AttachTarget, PendingTracer, TcMode},
     collect::{Collector, Event},
-    model::{Hook, HookStats},
+    model::{CountRecord, Hook, HookStats, Reporting},
 };
 
 /// Receives what a session sees. Implementations correlate, render and capture.
@@ -83,6 +83,8 @@ pub struct Finished {
     /// Hooks released while tracing (their interface gone, moved, or replaced after a restart
     /// or a network change), with their counts when they were released.
     pub released: Vec<(Hook, HookStats)>,
+    /// How the hooks reported.
+    pub reporting: Reporting,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -219,6 +221,7 @@ pub(crate) async fn run(
     let mut ticker = interval(Duration::from_millis(250));
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(BATCH);
+    let mut drained = Vec::new();
     let mut packets = 0u64;
     let mut control = spec.control;
     let mut released: Vec<(Hook, HookStats)> = Vec::new();
@@ -235,8 +238,14 @@ pub(crate) async fn run(
             _ = stop.notified() => break StopReason::Requested,
             _ = sleep_until_opt(deadline) => break StopReason::Duration,
             _ = ticker.tick() => {
+                // Before the tick: the counts of packets whose events settle now are there.
+                drain_counts(&mut tracer, &mut drained, &mut batch)?;
+                packets += deliver(&mut batch, namer.as_ref(), observer);
                 let stats = tracer.counters()?;
                 observer.tick(monotonic_ns(), &stats);
+                if spec.count.is_some_and(|c| packets >= c) {
+                    break StopReason::Count;
+                }
             }
             _ = link_check.tick() => {
                 let gone = tracer.release_vanished();
@@ -298,6 +307,7 @@ pub(crate) async fn run(
     tracer.detach_all();
     let stats = tracer.counters_of(&hooks)?;
     collector.drain(&mut batch);
+    drain_counts(&mut tracer, &mut drained, &mut batch)?;
     deliver(&mut batch, namer.as_ref(), observer);
     let drops = match namer {
         Some(_) => Some(tracer.drop_counters()?),
@@ -308,6 +318,7 @@ pub(crate) async fn run(
         undecodable: collector.decode_errors(),
         drops,
         released,
+        reporting: tracer.reporting(),
     };
     observer.finished(reason, &end);
     Ok(reason)
@@ -321,7 +332,22 @@ fn release_setup_memory() {
     unsafe { libc::malloc_trim(0) };
 }
 
-/// Names drop reasons, hands a batch to the observer and empties it; returns its packet events.
+/// Aggregate mode: the kernel's per-flow counts of the epoch that ends now, as events.
+fn drain_counts(
+    tracer: &mut crate::attach::Tracer,
+    drained: &mut Vec<crate::attach::flows::Drained>,
+    batch: &mut Vec<Event>,
+) -> Result<(), SessionError> {
+    tracer.drain_flows(drained)?;
+    let records = drained
+        .drain(..)
+        .filter_map(|d| CountRecord::of_key(&d.key, &d.counts));
+    batch.extend(records.map(Event::Counts));
+    Ok(())
+}
+
+/// Names drop reasons, hands a batch to the observer and empties it; returns the packet
+/// sightings it holds: events of packets the kernel did not count otherwise, and counts.
 fn deliver(
     batch: &mut Vec<Event>,
     namer: Option<&crate::attach::DropNamer>,
@@ -333,10 +359,15 @@ fn deliver(
     if let Some(n) = namer {
         n.fill_events(batch);
     }
+    let counted_apart = tracer_common::event::WHY_EVERY | tracer_common::event::WHY_UNCOUNTED;
     let packets = batch
         .iter()
-        .filter(|e| matches!(e, Event::Packet(_)))
-        .count() as u64;
+        .map(|e| match e {
+            Event::Packet(p) => u64::from(p.why & counted_apart != 0),
+            Event::Counts(c) => c.packets,
+            Event::Drop(_) => 0,
+        })
+        .sum();
     observer.events(batch);
     batch.clear();
     packets

@@ -167,6 +167,9 @@ struct FlowLine<'a> {
     packets_back: u64,
     bytes_out: u64,
     bytes_back: u64,
+    /// `kernel`: the packet and byte counts are the kernel's per-hop counts (aggregate mode);
+    /// `events`: one event per packet per hook.
+    counts: &'static str,
     hops: Vec<HopLine<'a>>,
     hops_back: Vec<HopLine<'a>>,
     nat: Vec<NatLine<'a>>,
@@ -189,6 +192,7 @@ struct HopLine<'a> {
     dir: Direction,
     delta_us: f64,
     packets: u64,
+    samples: u64,
     /// Only in flows whose datagrams were fragmented somewhere.
     #[serde(skip_serializing_if = "Option::is_none")]
     fragments: Option<u64>,
@@ -235,6 +239,9 @@ struct StopLine<'a> {
 struct SummaryLine {
     #[serde(rename = "type")]
     kind: &'static str,
+    /// `aggregate` or `every_packet`, and the sample rate of `aggregate`.
+    #[serde(flatten)]
+    reporting: crate::model::Reporting,
     flows: usize,
     evicted: u64,
     hooks: Vec<HookLine>,
@@ -249,6 +256,8 @@ struct SummaryLine {
     orphan_fragments: u64,
     #[serde(skip_serializing_if = "is_zero")]
     drops_lost: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    unattributed_packets: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -263,6 +272,8 @@ struct HookLine {
     filtered: u64,
     emitted: u64,
     lost: u64,
+    aggregated: u64,
+    overflow: u64,
     /// Released while tracing (its counts are those it had then); only when true.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     released: bool,
@@ -286,6 +297,7 @@ fn flow_object(f: &FlowReport) -> FlowLine<'_> {
         packets_back: f.packets_back,
         bytes_out: f.bytes_out,
         bytes_back: f.bytes_back,
+        counts: if f.kernel_counts { "kernel" } else { "events" },
         hops: f.hops.iter().map(hop).collect(),
         hops_back: f.hops_back.iter().map(hop).collect(),
         nat: f.nat.iter().map(nat).collect(),
@@ -307,6 +319,8 @@ pub(crate) fn summary_line(s: &Summary<'_>) -> serde_json::Result<String> {
         filtered: st.filtered,
         emitted: st.emitted,
         lost: st.lost,
+        aggregated: st.aggregated,
+        overflow: st.overflow,
         released,
     };
     let hooks = s
@@ -317,6 +331,7 @@ pub(crate) fn summary_line(s: &Summary<'_>) -> serde_json::Result<String> {
         .collect();
     serde_json::to_string(&SummaryLine {
         kind: "summary",
+        reporting: s.reporting,
         flows: s.flows,
         evicted: s.evicted,
         hooks,
@@ -325,6 +340,7 @@ pub(crate) fn summary_line(s: &Summary<'_>) -> serde_json::Result<String> {
         unmatched_drops: s.unused.unmatched_drops,
         orphan_fragments: s.unused.orphan_fragments,
         drops_lost: s.unused.drops_lost,
+        unattributed_packets: s.unused.unattributed_packets,
     })
 }
 
@@ -335,6 +351,7 @@ fn hop(h: &HopTiming) -> HopLine<'_> {
         // Nanosecond resolution: no float noise in the last digits.
         delta_us: (h.delta_us * 1000.0).round() / 1000.0,
         packets: h.packets,
+        samples: h.samples,
         fragments: h.fragments,
     }
 }

@@ -19,7 +19,7 @@ mod text;
 use crate::{
     analyze::{diff::Comparison, inspect::Report, verify::Verdict},
     correlate::FlowReport,
-    model::{Hook, HookStats},
+    model::{Hook, HookStats, Reporting},
 };
 
 pub use output::Output;
@@ -38,6 +38,8 @@ pub struct Summary<'a> {
     pub released: &'a [(Hook, HookStats)],
     /// What the engine could not use, each counted where it happened.
     pub unused: Unused,
+    /// How the kernel programs reported (JSON and text say which mode produced the trace).
+    pub reporting: Reporting,
 }
 
 /// Events and records the engine received but could not use. Printed only when not zero (text:
@@ -54,6 +56,9 @@ pub struct Unused {
     pub orphan_fragments: u64,
     /// Drop reports the drop program could not send (ring buffer full).
     pub drops_lost: u64,
+    /// Aggregate mode: packets the kernel counted whose tuple no flow had (its events never
+    /// arrived, or the flow was evicted).
+    pub unattributed_packets: u64,
 }
 
 /// What the engine tells a renderer, in this order: `Started`, then `FlowChanged` and `Note` while

@@ -32,6 +32,7 @@ fn hops(chain: &[(&str, Direction, f64)]) -> Vec<HopTiming> {
             delta_us: *delta_us,
             slot: i as u8,
             packets: 6,
+            samples: 6,
             fragments: None,
         })
         .collect()
@@ -51,6 +52,7 @@ fn masq_flow() -> FlowReport {
         bytes_out: 360,
         bytes_back: 300,
         before_path_complete: false,
+        kernel_counts: false,
         first_ns: 1_000,
         last_ns: 9_000,
         hops: hops(&[
@@ -192,6 +194,7 @@ fn text_summary_golden() {
         hooks: &hooks,
         released: &[],
         unused: Unused::default(),
+        reporting: crate::model::Reporting::EveryPacket,
     };
     let expected = "\
 2 flows, 1 evicted
@@ -212,6 +215,7 @@ fn json_summary_golden() {
         hooks: &hooks,
         released: &[],
         unused: Unused::default(),
+        reporting: crate::model::Reporting::EveryPacket,
     };
     let expected = concat!(
         r#"{"type":"summary","flows":2,"evicted":1,"hooks":["#,
@@ -300,6 +304,7 @@ fn released_hooks_keep_their_counts_in_the_summary() {
         hooks: now,
         released: gone,
         unused: Unused::default(),
+        reporting: crate::model::Reporting::EveryPacket,
     };
     let text = Format::Text.summary(&s).unwrap_or_default();
     assert!(

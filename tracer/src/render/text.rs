@@ -147,6 +147,15 @@ pub(crate) fn flow_block(f: &FlowReport) -> String {
         plural(f.packets_out, "pkt"),
         f.packets_back
     );
+    if f.kernel_counts {
+        // Counts are the kernel's, every packet; the timings rest on the followed ones.
+        let followed = |hops: &[HopTiming]| hops.iter().map(|h| h.samples).max().unwrap_or(0);
+        out.push_str(&format!(
+            "  counted in the kernel; timings from {} out, {} back followed at every hop\n",
+            plural(followed(&f.hops), "pkt"),
+            followed(&f.hops_back)
+        ));
+    }
     chain(&mut out, "", &f.hops, &f.nat, out_nat_line);
     if !f.hops_back.is_empty() {
         chain(&mut out, "back: ", &f.hops_back, &f.nat_back, back_nat_line);
@@ -197,12 +206,13 @@ fn chain(
                 line + " -> "
             };
         }
-        line.push_str(&format!(
-            "{} {} {}",
-            hop.hook,
-            hop.dir,
+        let delta = if hop.samples == 0 {
+            // Counted here, but no packet was followed to this hop: no timing.
+            "+?".to_string()
+        } else {
             format_delta_us(hop.delta_us)
-        ));
+        };
+        line.push_str(&format!("{} {} {delta}", hop.hook, hop.dir));
         // A fragmented flow: what each hook saw of its datagrams.
         match hop.fragments {
             Some(0) => line.push_str(" (reassembled)"),
@@ -326,6 +336,10 @@ pub(crate) fn format_delta_us(us: f64) -> String {
 /// one per kind of event the engine could not use.
 pub(crate) fn summary_block(s: &Summary<'_>) -> String {
     let mut out = format!("{} flows, {} evicted\n", s.flows, s.evicted);
+    let aggregate = matches!(s.reporting, crate::model::Reporting::Aggregate { .. });
+    if aggregate {
+        out.push_str(&format!("mode: {}\n", s.reporting));
+    }
     // The hooks attached at the end, then those released before it (marked).
     let rows: Vec<(Hook, crate::model::HookStats)> = s
         .hooks
@@ -345,19 +359,40 @@ pub(crate) fn summary_block(s: &Summary<'_>) -> String {
         .max()
         .unwrap_or(0)
         .max(4);
+    let counted_col = |n: u64| {
+        if aggregate {
+            format!(" {n:>10}")
+        } else {
+            String::new()
+        }
+    };
+    let counted_head = if aggregate {
+        format!(" {:>10}", "counted")
+    } else {
+        String::new()
+    };
     out.push_str(&format!(
-        "{:<width$}  {:<7} {:>10} {:>10} {:>10} {:>10}\n",
+        "{:<width$}  {:<7} {:>10} {:>10} {:>10} {:>10}{counted_head}\n",
         "hook", "dir", "seen", "filtered", "emitted", "lost"
     ));
     for ((hook, st), label) in s.hooks.iter().zip(&labels) {
         out.push_str(&format!(
-            "{label:<width$}  {:<7} {:>10} {:>10} {:>10} {:>10}\n",
+            "{label:<width$}  {:<7} {:>10} {:>10} {:>10} {:>10}{}\n",
             hook.direction.as_str(),
             st.seen,
             st.filtered,
             st.emitted,
-            st.lost
+            st.lost,
+            counted_col(st.aggregated)
         ));
+    }
+    for ((hook, st), label) in s.hooks.iter().zip(&labels) {
+        if st.overflow > 0 {
+            out.push_str(&format!(
+                "!! {} packets at {label} {} found the kernel's flow map full: sent as events instead (counts stay exact unless events were lost there too)\n",
+                st.overflow, hook.direction
+            ));
+        }
     }
     for ((hook, st), label) in s.hooks.iter().zip(&labels) {
         if st.lost > 0 {
@@ -383,6 +418,10 @@ pub(crate) fn summary_block(s: &Summary<'_>) -> String {
             "IP fragments came without their first fragment (no ports: in no flow)",
         ),
         (u.drops_lost, "drop reports were lost: ring buffer full"),
+        (
+            u.unattributed_packets,
+            "packets the kernel counted matched no flow (their events never arrived, or the flow was evicted)",
+        ),
     ] {
         if n > 0 {
             out.push_str(&format!("!! {n} {what}\n"));

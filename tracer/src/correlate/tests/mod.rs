@@ -164,6 +164,7 @@ pub(crate) fn rec(
         frag: 0,
         pkt_len: 60,
         data: Bytes::new(),
+        why: tracer_common::event::WHY_EVERY,
     }
 }
 

@@ -1,0 +1,136 @@
+//! Aggregate mode's per-flow counts: draining `FLOW_STATS` one epoch at a time, exactly.
+//!
+//! The hook programs count each packet under the epoch they read from `EPOCH` (0 or 1). To
+//! drain, userspace flips the epoch, waits until every program that may still have read the old
+//! value has returned, and only then reads and deletes the old epoch's entries: nothing can
+//! update them any more, so the counts read are final and no packet is counted twice or lost.
+//! The wait is `membarrier(MEMBARRIER_CMD_GLOBAL)`, which is `synchronize_rcu()`: tc programs
+//! run inside RCU read-side sections (softirq, or with bottom halves off), so a grace period
+//! outlasts every program that started before the flip.
+
+use aya::maps::{Array, MapData, PerCpuHashMap};
+use tracer_common::{
+    config::{FlowCounts, FlowKey},
+    names::{MAP_EPOCH, MAP_FLOW_STATS},
+};
+
+use super::{AttachError, Tracer};
+
+/// One drained `FLOW_STATS` key: a flow tuple at one hook slot, summed over the CPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Drained {
+    pub key: FlowKey,
+    pub counts: FlowCounts,
+}
+
+/// Sums one key's per-CPU values.
+pub(crate) fn sum_cpus<'a>(values: impl IntoIterator<Item = &'a FlowCounts>) -> FlowCounts {
+    let mut sum = FlowCounts::default();
+    for v in values {
+        sum.merge(v);
+    }
+    sum
+}
+
+/// Waits for an RCU grace period: every BPF program running when it was called has returned.
+fn synchronize_programs() -> std::io::Result<()> {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
+    // SAFETY: membarrier takes two integer arguments (and a cpu id, unused with flags 0); it
+    // touches no memory of ours.
+    let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl Tracer {
+    /// Flips the counting epoch and drains the old one: every count of a packet the hooks saw
+    /// before this call, exactly once. In every-packet mode there is nothing to drain.
+    pub(crate) fn drain_flows(&mut self, out: &mut Vec<Drained>) -> Result<(), AttachError> {
+        if !self.aggregate {
+            return Ok(());
+        }
+        let old = self.epoch;
+        let new = old ^ 1;
+        {
+            let map = self
+                .ebpf
+                .map_mut(MAP_EPOCH)
+                .ok_or(AttachError::MissingMap(MAP_EPOCH))?;
+            let mut epoch: Array<&mut MapData, u32> =
+                Array::try_from(map).map_err(|source| AttachError::Map {
+                    name: MAP_EPOCH,
+                    source,
+                })?;
+            epoch
+                .set(0, u32::from(new), 0)
+                .map_err(|source| AttachError::Map {
+                    name: MAP_EPOCH,
+                    source,
+                })?;
+        }
+        self.epoch = new;
+        synchronize_programs().map_err(AttachError::Counters)?;
+        let map = self
+            .ebpf
+            .map_mut(MAP_FLOW_STATS)
+            .ok_or(AttachError::MissingMap(MAP_FLOW_STATS))?;
+        let mut stats: PerCpuHashMap<&mut MapData, FlowKey, FlowCounts> =
+            PerCpuHashMap::try_from(map).map_err(|source| AttachError::Map {
+                name: MAP_FLOW_STATS,
+                source,
+            })?;
+        let err = |source| AttachError::Map {
+            name: MAP_FLOW_STATS,
+            source,
+        };
+        let keys: Vec<FlowKey> = stats
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.epoch == old)
+            .collect();
+        for key in keys {
+            let values = stats.get(&key, 0).map_err(err)?;
+            let counts = sum_cpus(values.iter());
+            stats.remove(&key).map_err(err)?;
+            if counts.packets > 0 {
+                out.push(Drained { key, counts });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(packets: u64, bytes: u64, first_ns: u64, last_ns: u64) -> FlowCounts {
+        FlowCounts {
+            packets,
+            bytes,
+            first_ns,
+            last_ns,
+        }
+    }
+
+    #[test]
+    fn cpus_sum_exactly_and_an_idle_cpu_keeps_no_time() {
+        // CPU 1 never counted this key: its zeroed slot must not make the first time 0.
+        let per_cpu = [c(3, 300, 50, 90), c(0, 0, 0, 0), c(2, 128, 40, 70)];
+        assert_eq!(sum_cpus(per_cpu.iter()), c(5, 428, 40, 90));
+        assert_eq!(sum_cpus([c(0, 0, 0, 0)].iter()), c(0, 0, 0, 0));
+    }
+
+    #[test]
+    fn merging_is_the_same_in_any_order() {
+        let parts = [c(1, 60, 10, 10), c(7, 700, 5, 80), c(2, 90, 20, 100)];
+        let a = sum_cpus(parts.iter());
+        let b = sum_cpus(parts.iter().rev());
+        assert_eq!(a, b);
+        assert_eq!(a, c(10, 850, 5, 100));
+        let big = c(u64::MAX / 2, 0, 1, 1);
+        assert_eq!(sum_cpus([big, big].iter()).packets, u64::MAX - 1);
+    }
+}
