@@ -74,9 +74,12 @@ const MAX_FLOWS: u64 = 100_000;
 /// New flows per second: slow enough for the tracer to take them all in (~11 s).
 const FLOW_PPS: u64 = 10_000;
 
-const TARGET_BULK: f64 = 0.97;
-const TARGET_SMALL: f64 = 0.95;
+const TARGET_BULK: f64 = 0.98;
 const TARGET_FILTERED_NS: f64 = 50.0;
+/// Kernel ns per packet per hook above the floor in the default mode.
+const TARGET_DEFAULT_NS: f64 = 120.0;
+/// pathtrace's share of a CPU under the 64-byte UDP flood in the default mode.
+const TARGET_READER_CPU: f64 = 0.03;
 const TARGET_ATTACH_MS: f64 = 150.0;
 const TARGET_RSS_MIB: f64 = 64.0;
 
@@ -135,7 +138,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     let (ok, runs) = bench.counts_checked;
     if runs > 0 {
         bench.rows.push(Row::new(
-            "per hook: seen = filtered + emitted + lost",
+            "per hook: seen = filtered + emitted + lost + aggregated",
             format!("{ok} of {runs} hook summaries"),
             "all",
             Verdict::of(ok == runs),
@@ -212,32 +215,33 @@ impl Bench<'_> {
         }
     }
 
-    fn medians(&mut self, runs: &[(Watcher, Run)], of: fn(&Run) -> f64) -> [f64; 3] {
-        let m = |w: Watcher| {
+    /// The median of `of` over each watcher's runs, in the order of `watchers`.
+    fn medians<const N: usize>(
+        &mut self,
+        runs: &[(Watcher, Run)],
+        watchers: [Watcher; N],
+        of: fn(&Run) -> f64,
+    ) -> [f64; N] {
+        for (_, r) in runs {
+            if let Some(s) = &r.summary {
+                self.check_counts(s);
+            }
+        }
+        watchers.map(|w| {
             let v: Vec<f64> = runs
                 .iter()
                 .filter(|(x, _)| *x == w)
                 .map(|(_, r)| of(r))
                 .collect();
             median(&v)
-        };
-        for (_, r) in runs {
-            if let Some(s) = &r.summary {
-                self.check_counts(s);
-            }
-        }
-        [
-            m(Watcher::Untraced),
-            m(Watcher::Traced),
-            m(Watcher::Tcpdump),
-        ]
+        })
     }
 
-    /// pathtrace's CPU time over the traced runs, as a share of one CPU during the load.
-    fn cpu_share(runs: &[(Watcher, Run)]) -> f64 {
+    /// pathtrace's CPU time over `watcher`'s runs, as a share of one CPU during the load.
+    fn cpu_share(runs: &[(Watcher, Run)], watcher: Watcher) -> f64 {
         let (cpu, secs) = runs
             .iter()
-            .filter(|(w, _)| *w == Watcher::Traced)
+            .filter(|(w, _)| *w == watcher)
             .fold((0.0, 0.0), |(c, s), (_, r)| {
                 (c + r.cpu_secs, s + r.iperf.seconds)
             });
@@ -253,7 +257,12 @@ impl Bench<'_> {
     }
 
     fn bulk(&mut self) -> Result<()> {
-        let watchers = [Watcher::Untraced, Watcher::Traced, Watcher::Tcpdump];
+        let watchers = [
+            Watcher::Untraced,
+            Watcher::Traced,
+            Watcher::EveryPacket,
+            Watcher::Tcpdump,
+        ];
         let runs = measure::rounds(
             &self.pathtrace,
             self.lab,
@@ -262,42 +271,51 @@ impl Bench<'_> {
             self.rounds,
             self.secs,
         )?;
-        let [plain, traced, dump] = self.medians(&runs, |r| r.iperf.bits_per_second / 1e9);
-        let ratio = traced / plain;
+        let [plain, traced, every, dump] =
+            self.medians(&runs, watchers, |r| r.iperf.bits_per_second / 1e9);
+        let (ratio, every_ratio, dump_ratio) = (traced / plain, every / plain, dump / plain);
         self.rows.push(Row::info(
             format!("TCP bulk, untraced ({})", self.how()),
             format!("{plain:.2} Gbit/s"),
         ));
         self.rows.push(Row::new(
-            "TCP bulk, traced: 8 hooks, every packet",
+            "TCP bulk, default mode (counted in the kernel, sampled)",
             format!(
-                "{traced:.2} Gbit/s = {ratio:.3} × untraced; pathtrace used {:.0}% of a CPU",
-                100.0 * Self::cpu_share(&runs)
+                "{traced:.2} Gbit/s = {ratio:.3} × untraced (tcpdump {dump_ratio:.3}); pathtrace used {:.1}% of a CPU",
+                100.0 * Self::cpu_share(&runs, Watcher::Traced)
             ),
-            format!(">= {TARGET_BULK} × untraced"),
-            Verdict::of(ratio >= TARGET_BULK),
+            format!(">= {TARGET_BULK} × untraced and > tcpdump's"),
+            Verdict::of(ratio >= TARGET_BULK && ratio > dump_ratio),
+        ));
+        self.rows.push(Row::info(
+            "TCP bulk, --every-packet",
+            format!(
+                "{every:.2} Gbit/s = {every_ratio:.3} × untraced; pathtrace used {:.1}% of a CPU",
+                100.0 * Self::cpu_share(&runs, Watcher::EveryPacket)
+            ),
         ));
         self.rows.push(Row::new(
             "TCP bulk, tcpdump -s 128 on the 4 interfaces",
-            format!("{dump:.2} Gbit/s = {:.3} × untraced", dump / plain),
+            format!("{dump:.2} Gbit/s = {dump_ratio:.3} × untraced"),
             "yardstick",
             Verdict::Info,
         ));
-        let summaries: Vec<&trace::Summary> = runs
+        let every_runs: Vec<&trace::Summary> = runs
             .iter()
+            .filter(|(w, _)| *w == Watcher::EveryPacket)
             .filter_map(|(_, r)| r.summary.as_ref())
             .collect();
-        let share = summaries
+        let share = every_runs
             .iter()
             .map(|s| s.min_unfiltered_share())
             .fold(1.0, f64::min);
-        let hooks_ok = summaries
+        let hooks_ok = every_runs
             .iter()
             .all(|s| s.hooks.len() == trace::HOOKS && s.hooks.iter().all(|h| h.seen > 0));
-        let lost: u64 = summaries.iter().map(|s| s.lost()).sum();
-        let emitted: u64 = summaries.iter().map(|s| s.emitted()).sum();
+        let lost: u64 = every_runs.iter().map(|s| s.lost()).sum();
+        let emitted: u64 = every_runs.iter().map(|s| s.emitted()).sum();
         self.rows.push(Row::new(
-            "TCP traced: packets emitted per packet seen",
+            "TCP --every-packet: packets emitted per packet seen",
             format!("min {share:.4} over 8 hooks; {emitted} events, {lost} lost"),
             "≈ 1 on all 8 hooks",
             Verdict::of(hooks_ok && share >= 0.99),
@@ -306,7 +324,13 @@ impl Bench<'_> {
     }
 
     fn small(&mut self) -> Result<()> {
-        let watchers = [Watcher::Untraced, Watcher::Traced, Watcher::Tcpdump];
+        let watchers = [
+            Watcher::Untraced,
+            Watcher::Floor,
+            Watcher::Traced,
+            Watcher::EveryPacket,
+            Watcher::Tcpdump,
+        ];
         let runs = measure::rounds(
             &self.pathtrace,
             self.lab,
@@ -315,31 +339,61 @@ impl Bench<'_> {
             self.rounds,
             self.secs,
         )?;
-        let [plain, traced, dump] = self.medians(&runs, |r| r.iperf.packets_per_second / 1e3);
-        let ratio = traced / plain;
+        let [plain, floor, traced, every, dump] =
+            self.medians(&runs, watchers, |r| r.iperf.packets_per_second / 1e3);
+        let [floor_r, ratio, every_r, dump_r] = [floor, traced, every, dump].map(|x| x / plain);
         self.rows.push(Row::info(
             format!("UDP 64 B, -b 0, untraced ({})", self.how()),
             format!("{plain:.0} kpps received"),
         ));
-        let (lost, events): (u64, u64) = runs
-            .iter()
-            .filter_map(|(_, r)| r.summary.as_ref())
-            .fold((0, 0), |(l, e), s| {
-                (l + s.lost(), e + s.lost() + s.emitted())
-            });
+        self.rows.push(Row::info(
+            "UDP 64 B, the floor: 8 hooks, --filter-port 1 (no packet matches)",
+            format!("{floor:.0} kpps = {floor_r:.3} × untraced"),
+        ));
+        let of = |w: Watcher| {
+            runs.iter()
+                .filter(|(x, _)| *x == w)
+                .filter_map(|(_, r)| r.summary.as_ref())
+                .fold((0, 0, 0.0), |(l, e, per), s| {
+                    (
+                        l + s.lost(),
+                        e + s.lost() + s.emitted(),
+                        per + s.events_per_admitted(),
+                    )
+                })
+        };
+        let (lost, events, per) = of(Watcher::Traced);
         self.rows.push(Row::new(
-            "UDP 64 B, -b 0, traced",
+            "UDP 64 B, -b 0, default mode (counted in the kernel, sampled)",
             format!(
-                "{traced:.0} kpps = {ratio:.3} × untraced; {:.1}% of events lost; pathtrace used {:.0}% of a CPU",
+                "{traced:.0} kpps = {ratio:.3} × untraced (floor {floor_r:.3}, tcpdump {dump_r:.3}); {:.3} events per packet per hook, {:.1}% of them lost",
+                per / self.rounds as f64,
                 100.0 * lost as f64 / events.max(1) as f64,
-                100.0 * Self::cpu_share(&runs)
             ),
-            format!(">= {TARGET_SMALL} × untraced"),
-            Verdict::of(ratio >= TARGET_SMALL),
+            "within 0.04 of the floor and >= tcpdump's + 0.10",
+            Verdict::of(ratio >= floor_r - 0.04 && ratio >= dump_r + 0.10),
+        ));
+        let cpu = Self::cpu_share(&runs, Watcher::Traced);
+        self.rows.push(Row::new(
+            "UDP 64 B flood, default mode: pathtrace's CPU",
+            format!("{:.1}% of a CPU (user + system over the load)", 100.0 * cpu),
+            format!("<= {:.0}% of a CPU", 100.0 * TARGET_READER_CPU),
+            Verdict::of(cpu <= TARGET_READER_CPU),
+        ));
+        let (lost, events, _) = of(Watcher::EveryPacket);
+        self.rows.push(Row::new(
+            "UDP 64 B, -b 0, --every-packet",
+            format!(
+                "{every:.0} kpps = {every_r:.3} × untraced (tcpdump {dump_r:.3}); {:.1}% of events lost; pathtrace used {:.0}% of a CPU",
+                100.0 * lost as f64 / events.max(1) as f64,
+                100.0 * Self::cpu_share(&runs, Watcher::EveryPacket)
+            ),
+            ">= tcpdump's",
+            Verdict::of(every_r >= dump_r),
         ));
         self.rows.push(Row::new(
             "UDP 64 B, tcpdump -s 128 on the 4 interfaces",
-            format!("{dump:.0} kpps = {:.3} × untraced", dump / plain),
+            format!("{dump:.0} kpps = {dump_r:.3} × untraced"),
             "yardstick",
             Verdict::Info,
         ));
@@ -348,8 +402,19 @@ impl Bench<'_> {
 
     fn ladder(&mut self) -> Result<()> {
         let steps = measure::rate_ladder(&self.pathtrace, self.lab, &LADDER_PPS, LADDER_SECS)?;
+        let (mut exact, mut hooks, mut unattributed) = (0, 0, 0);
         for s in &steps {
             self.check_counts(&s.summary);
+            let (ok, n) = s.exact_hooks();
+            if s.summary.mode != "aggregate" {
+                say(format!(
+                    "bench: the ladder's trace ran in mode {}, not aggregate",
+                    s.summary.mode
+                ));
+                hooks += 1;
+            }
+            (exact, hooks) = (exact + ok, hooks + n);
+            unattributed += s.summary.unattributed;
             let nominal = s.offered_pps * EVENTS_PER_PACKET;
             let lost = s.summary.lost();
             // The target covers the rates asked for up to 300k events/s; the measured column
@@ -361,7 +426,7 @@ impl Bench<'_> {
             };
             self.rows.push(Row::new(
                 format!(
-                    "events, UDP 64 B paced at {}k pps ({}k events/s)",
+                    "default mode, UDP 64 B paced at {}k pps ({}k packets/s at the hooks)",
                     s.offered_pps / 1000,
                     nominal / 1000
                 ),
@@ -376,6 +441,14 @@ impl Bench<'_> {
                 verdict,
             ));
         }
+        self.rows.push(Row::new(
+            "default mode: flows' per-hop packet counts vs the kernel's per-hook counts",
+            format!(
+                "{exact} of {hooks} hooks over the ladder's runs add up exactly (flows' hops = seen − filtered); {unattributed} counted packets in no flow"
+            ),
+            "100%",
+            Verdict::of(hooks > 0 && exact == hooks && unattributed == 0),
+        ));
         if let Some(first) = steps.first() {
             self.rows.push(Row::info(
                 format!(
@@ -390,39 +463,52 @@ impl Bench<'_> {
     }
 
     fn cost(&mut self) -> Result<()> {
-        let (traced, filtered, floor) =
-            measure::program_cost(&self.pathtrace, self.lab, COST_PPS, self.secs)?;
+        let c = measure::program_cost(&self.pathtrace, self.lab, COST_PPS, self.secs)?;
+        let floor = c.floor;
         self.rows.push(Row::info(
             "eBPF run time of an empty tc program (the statistics' floor)",
             format!(
                 "{floor:.0} ns: two clock reads and the call, measured beside the filtered run"
             ),
         ));
+        let net = c.traced.ns_per_run - floor;
+        self.rows.push(Row::new(
+            format!(
+                "eBPF run time per packet per hook, default mode ({}k pps)",
+                COST_PPS / 1000
+            ),
+            format!(
+                "{:.0} ns ({} runs; {net:.0} ns above the floor); slowest {}: {:.0} ns",
+                c.traced.ns_per_run, c.traced.runs, c.traced.slowest.0, c.traced.slowest.1
+            ),
+            format!("<= {TARGET_DEFAULT_NS} ns above the floor"),
+            Verdict::of(c.traced.runs > 0 && net <= TARGET_DEFAULT_NS),
+        ));
         self.rows.push(Row::info(
             format!(
-                "eBPF run time per packet per hook, traced ({}k pps)",
+                "eBPF run time per packet per hook, --every-packet ({}k pps)",
                 COST_PPS / 1000
             ),
             format!(
                 "{:.0} ns ({} runs; {:.0} ns above the floor); slowest {}: {:.0} ns",
-                traced.ns_per_run,
-                traced.runs,
-                traced.ns_per_run - floor,
-                traced.slowest.0,
-                traced.slowest.1
+                c.every.ns_per_run,
+                c.every.runs,
+                c.every.ns_per_run - floor,
+                c.every.slowest.0,
+                c.every.slowest.1
             ),
         ));
         // The target is the program's own cost: what the statistics add to every program, an
         // empty one included, is not pathtrace's.
-        let net = filtered.ns_per_run - floor;
+        let net = c.filtered.ns_per_run - floor;
         self.rows.push(Row::new(
             "eBPF run time per packet per hook, filtered (--filter-port 1)",
             format!(
                 "{:.0} ns measured = {floor:.0} ns floor + {net:.0} ns of pathtrace ({} runs); slowest {}: {:.0} ns",
-                filtered.ns_per_run, filtered.runs, filtered.slowest.0, filtered.slowest.1
+                c.filtered.ns_per_run, c.filtered.runs, c.filtered.slowest.0, c.filtered.slowest.1
             ),
             format!("<= {TARGET_FILTERED_NS} ns above the floor"),
-            Verdict::of(filtered.runs > 0 && net <= TARGET_FILTERED_NS),
+            Verdict::of(c.filtered.runs > 0 && net <= TARGET_FILTERED_NS),
         ));
         Ok(())
     }

@@ -419,7 +419,6 @@ mod tests {
             bytes_back: 84 * packets_back,
             before_path_complete: false,
             kernel_counts: false,
-            kernel_counts: false,
             first_ns: 0,
             last_ns: 1,
             hops: Vec::new(),

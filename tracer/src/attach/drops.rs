@@ -271,12 +271,16 @@ mod tests {
                 fingerprint: 7,
                 reason: 12,
                 reason_name: None,
+                tuple: None,
+                traced: true,
             }),
             Event::Drop(DropRecord {
                 ktime_ns: 2,
                 fingerprint: 8,
                 reason: 999,
                 reason_name: None,
+                tuple: None,
+                traced: true,
             }),
         ];
         namer.fill_events(&mut events);
@@ -284,7 +288,7 @@ mod tests {
             .iter()
             .map(|e| match e {
                 Event::Drop(d) => d.reason_name.clone(),
-                Event::Packet(_) => None,
+                Event::Packet(_) | Event::Counts(_) => None,
             })
             .collect();
         assert_eq!(names, [Some("NETFILTER_DROP".to_string()), None]);

@@ -5,7 +5,7 @@ use crate::{
         tests::{entry, ep, lab, step},
         FlowId, FlowReport, HopTiming, Leg, NatEntry, Stop, StopCause,
     },
-    model::{Direction, Hook, HookStats, NatKind, Orientation, Proto},
+    model::{Direction, Hook, HookStats, NatKind, Orientation, Proto, Reporting},
 };
 
 use super::{json::flow_line, text::format_delta_us, *};
@@ -135,14 +135,14 @@ udp [2001:db8::2]:5353 -> [fd00::2]:53 (inbound)   1 pkt out, 5 back
 fn json_flow_golden() {
     let expected = concat!(
         r#"{"type":"flow","id":1,"proto":"tcp","origin":"outbound","src":"10.200.1.2:41234","dst":"10.200.2.2:8080","#,
-        r#""packets_out":6,"packets_back":5,"bytes_out":360,"bytes_back":300,"#,
-        r#""hops":[{"hook":"lab-ctr:eth0","dir":"egress","delta_us":0.0,"packets":6},"#,
-        r#"{"hook":"host:pt-veth0","dir":"ingress","delta_us":4.0,"packets":6},"#,
-        r#"{"hook":"host:pt-br0","dir":"ingress","delta_us":9.25,"packets":6},"#,
-        r#"{"hook":"host:pt-up0","dir":"egress","delta_us":1234.5,"packets":6}],"#,
-        r#""hops_back":[{"hook":"host:pt-up0","dir":"ingress","delta_us":0.0,"packets":6},"#,
-        r#"{"hook":"host:pt-br0","dir":"egress","delta_us":6.0,"packets":6},"#,
-        r#"{"hook":"lab-ctr:eth0","dir":"ingress","delta_us":15.0,"packets":6}],"#,
+        r#""packets_out":6,"packets_back":5,"bytes_out":360,"bytes_back":300,"counts":"events","#,
+        r#""hops":[{"hook":"lab-ctr:eth0","dir":"egress","delta_us":0.0,"packets":6,"samples":6},"#,
+        r#"{"hook":"host:pt-veth0","dir":"ingress","delta_us":4.0,"packets":6,"samples":6},"#,
+        r#"{"hook":"host:pt-br0","dir":"ingress","delta_us":9.25,"packets":6,"samples":6},"#,
+        r#"{"hook":"host:pt-up0","dir":"egress","delta_us":1234.5,"packets":6,"samples":6}],"#,
+        r#""hops_back":[{"hook":"host:pt-up0","dir":"ingress","delta_us":0.0,"packets":6,"samples":6},"#,
+        r#"{"hook":"host:pt-br0","dir":"egress","delta_us":6.0,"packets":6,"samples":6},"#,
+        r#"{"hook":"lab-ctr:eth0","dir":"ingress","delta_us":15.0,"packets":6,"samples":6}],"#,
         r#""nat":[{"kind":"snat","before":"10.200.1.2:41234","after":"10.200.2.1:41234","#,
         r#""between":["host:pt-br0","host:pt-up0"],"#,
         r#""rule":"-A POSTROUTING -s 10.200.1.0/24 ! -o pt-br0 -j MASQUERADE","rule_confidence":"evaluated","conntrack":null,"packets":6}],"#,
@@ -172,6 +172,8 @@ fn stats_hooks() -> Vec<(Hook, HookStats)> {
         filtered,
         emitted,
         lost,
+        aggregated: 0,
+        overflow: 0,
         attached_ns: 0,
         detached_ns: 0,
     };
@@ -194,7 +196,7 @@ fn text_summary_golden() {
         hooks: &hooks,
         released: &[],
         unused: Unused::default(),
-        reporting: crate::model::Reporting::EveryPacket,
+        reporting: Reporting::EveryPacket,
     };
     let expected = "\
 2 flows, 1 evicted
@@ -215,12 +217,12 @@ fn json_summary_golden() {
         hooks: &hooks,
         released: &[],
         unused: Unused::default(),
-        reporting: crate::model::Reporting::EveryPacket,
+        reporting: Reporting::EveryPacket,
     };
     let expected = concat!(
-        r#"{"type":"summary","flows":2,"evicted":1,"hooks":["#,
-        r#"{"hook":"lab-ctr:eth0","dir":"egress","seen":12,"filtered":2,"emitted":10,"lost":0},"#,
-        r#"{"hook":"host:pt-br0","dir":"ingress","seen":40,"filtered":27,"emitted":10,"lost":3}]}"#,
+        r#"{"type":"summary","mode":"every_packet","flows":2,"evicted":1,"hooks":["#,
+        r#"{"hook":"lab-ctr:eth0","dir":"egress","seen":12,"filtered":2,"emitted":10,"lost":0,"aggregated":0,"overflow":0},"#,
+        r#"{"hook":"host:pt-br0","dir":"ingress","seen":40,"filtered":27,"emitted":10,"lost":3,"aggregated":0,"overflow":0}]}"#,
         "\n"
     );
     assert_eq!(Format::Json.summary(&s).unwrap_or_default(), expected);
@@ -304,7 +306,7 @@ fn released_hooks_keep_their_counts_in_the_summary() {
         hooks: now,
         released: gone,
         unused: Unused::default(),
-        reporting: crate::model::Reporting::EveryPacket,
+        reporting: Reporting::EveryPacket,
     };
     let text = Format::Text.summary(&s).unwrap_or_default();
     assert!(
@@ -315,7 +317,7 @@ fn released_hooks_keep_their_counts_in_the_summary() {
     );
     let json = Format::Json.summary(&s).unwrap_or_default();
     assert!(
-        json.contains(r#"{"hook":"host:pt-br0","dir":"ingress","seen":40,"filtered":27,"emitted":10,"lost":3,"released":true}"#),
+        json.contains(r#"{"hook":"host:pt-br0","dir":"ingress","seen":40,"filtered":27,"emitted":10,"lost":3,"aggregated":0,"overflow":0,"released":true}"#),
         "{json}"
     );
 }

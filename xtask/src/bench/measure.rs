@@ -20,19 +20,34 @@ const REPORT_LIMIT: Duration = Duration::from_secs(60);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Watcher {
     Untraced,
-    /// pathtrace on all 8 hooks, emitting an event per packet per hook.
+    /// pathtrace on all 8 hooks with a filter no packet matches (`--filter-port 1`): what the
+    /// hooks cost when they do almost nothing.
+    Floor,
+    /// pathtrace on all 8 hooks in its default mode: counted in the kernel, events sampled.
     Traced,
+    /// pathtrace on all 8 hooks with `--every-packet`: an event per packet per hook.
+    EveryPacket,
     /// tcpdump on the lab's 4 interfaces.
     Tcpdump,
+}
+
+impl Watcher {
+    /// pathtrace's flags for this watcher (`None`: no pathtrace).
+    fn flags(self) -> Option<&'static [&'static str]> {
+        match self {
+            Self::Floor => Some(&["--filter-port", "1"]),
+            Self::Traced => Some(&[]),
+            Self::EveryPacket => Some(&["--every-packet"]),
+            Self::Untraced | Self::Tcpdump => None,
+        }
+    }
 }
 
 /// One load run with a watcher beside it.
 pub(super) struct Run {
     pub iperf: IperfResult,
-    /// The tracer's summary, for [`Watcher::Traced`].
+    /// The tracer's summary, for the pathtrace watchers.
     pub summary: Option<Summary>,
-    /// The tracer's peak RSS, for [`Watcher::Traced`].
-    pub max_rss_kib: u64,
     /// The tracer's CPU time (user + system), for [`Watcher::Traced`].
     pub cpu_secs: f64,
 }
@@ -49,7 +64,6 @@ pub(super) fn run_with(
         Watcher::Untraced => Ok(Run {
             iperf: traffic::iperf(lab, load, secs)?,
             summary: None,
-            max_rss_kib: 0,
             cpu_secs: 0.0,
         }),
         Watcher::Tcpdump => {
@@ -57,18 +71,17 @@ pub(super) fn run_with(
             Ok(Run {
                 iperf: traffic::iperf(lab, load, secs)?,
                 summary: None,
-                max_rss_kib: 0,
                 cpu_secs: 0.0,
             })
         }
-        Watcher::Traced => {
-            let tracer = Trace::start(pathtrace, lab, &[], ATTACH_LIMIT)?;
+        Watcher::Floor | Watcher::Traced | Watcher::EveryPacket => {
+            let flags = watcher.flags().unwrap_or_default();
+            let tracer = Trace::start(pathtrace, lab, flags, ATTACH_LIMIT)?;
             let iperf = traffic::iperf(lab, load, secs)?;
             let traced = tracer.stop(REPORT_LIMIT)?;
             Ok(Run {
                 iperf,
                 summary: Some(traced.summary),
-                max_rss_kib: traced.max_rss_kib,
                 cpu_secs: traced.cpu_secs,
             })
         }
@@ -114,6 +127,8 @@ pub(super) struct RateStep {
     pub offered_pps: u64,
     pub seconds: f64,
     pub summary: Summary,
+    /// The flows' per-hop packet counts, summed per hook.
+    pub hops: trace::HopTotals,
     pub max_rss_kib: u64,
 }
 
@@ -132,6 +147,24 @@ impl RateStep {
     pub(super) fn path_pps(&self) -> f64 {
         self.summary.ctr_egress_seen() as f64 / self.seconds
     }
+
+    /// Hooks where the flows' per-hop packet counts add up to exactly what the kernel admitted
+    /// there (seen − filtered): `(equal, hooks)`.
+    pub(super) fn exact_hooks(&self) -> (usize, usize) {
+        let hooks = self.summary.hooks.iter().filter(|h| h.seen > h.filtered);
+        hooks.fold((0, 0), |(ok, n), h| {
+            let key = (h.hook.clone(), h.dir.clone());
+            let flows = self.hops.per_hook.get(&key).copied().unwrap_or(0);
+            let admitted = self.summary.admitted(&h.hook, &h.dir);
+            if flows != admitted {
+                eprintln!(
+                    "[bench]     {} {}: flows' hops count {flows}, the kernel admitted {admitted}",
+                    h.hook, h.dir
+                );
+            }
+            (ok + usize::from(flows == admitted), n + 1)
+        })
+    }
 }
 
 /// Paced 64-byte UDP at each rate in `pps`, traced, for `secs` each.
@@ -144,13 +177,16 @@ pub(super) fn rate_ladder(
     let mut steps = Vec::new();
     for &rate in pps {
         proc::check_stop()?;
-        let run = run_with(pathtrace, lab, Watcher::Traced, Load::UdpPaced(rate), secs)
+        let tracer = Trace::start_keeping_flows(pathtrace, lab, &[], ATTACH_LIMIT)?;
+        let iperf = traffic::iperf(lab, Load::UdpPaced(rate), secs)
             .with_context(|| format!("UDP at {rate} pps, traced"))?;
+        let traced = tracer.stop(REPORT_LIMIT)?;
         let step = RateStep {
             offered_pps: rate,
-            seconds: run.iperf.seconds,
-            summary: run.summary.context("no summary")?,
-            max_rss_kib: run.max_rss_kib,
+            seconds: iperf.seconds,
+            summary: traced.summary,
+            hops: traced.hops,
+            max_rss_kib: traced.max_rss_kib,
         };
         eprintln!(
             "[bench]   {rate} pps offered: path {:.0} pps, {:.0} events/s emitted, {} lost",
@@ -174,14 +210,10 @@ pub(super) struct Cost {
 
 /// Per-packet program cost from the kernel's BPF statistics: once with every packet traced,
 /// once with `--filter-port 1`, which no packet matches (every packet is filtered in-kernel).
-pub(super) fn program_cost(
-    pathtrace: &Path,
-    lab: &Lab,
-    pps: u64,
-    secs: u64,
-) -> Result<(Cost, Cost, f64)> {
+pub(super) fn program_cost(pathtrace: &Path, lab: &Lab, pps: u64, secs: u64) -> Result<Costs> {
     let stats = BpfStats::enable()?;
     let traced = cost_of(pathtrace, lab, &[], pps, secs).context("traced")?;
+    let every = cost_of(pathtrace, lab, &["--every-packet"], pps, secs).context("every packet")?;
     // The empty program runs on the host veth's ingress beside pathtrace's, on the same packets.
     let empty = EmptyProgram::attach(&lab.host_veth)?;
     let before = empty.stats()?;
@@ -194,7 +226,21 @@ pub(super) fn program_cost(
     anyhow::ensure!(runs > 0, "the empty program never ran");
     let floor = (after.run_time_ns - before.run_time_ns) as f64 / runs as f64;
     eprintln!("[bench]   empty program: {runs} runs, {floor:.1} ns/run");
-    Ok((traced, filtered, floor))
+    Ok(Costs {
+        traced,
+        every,
+        filtered,
+        floor,
+    })
+}
+
+/// [`program_cost`]'s figures.
+pub(super) struct Costs {
+    pub traced: Cost,
+    pub every: Cost,
+    pub filtered: Cost,
+    /// The empty program's ns per run.
+    pub floor: f64,
 }
 
 fn cost_of(pathtrace: &Path, lab: &Lab, extra: &[&str], pps: u64, secs: u64) -> Result<Cost> {

@@ -23,12 +23,14 @@ pub(super) struct HookCounts {
     pub filtered: u64,
     pub emitted: u64,
     pub lost: u64,
+    /// Aggregate mode: counted in the kernel's flow map, sent as no event.
+    pub aggregated: u64,
 }
 
 impl HookCounts {
-    /// The kernel counts every packet once as filtered, emitted or lost.
+    /// The kernel counts every packet once as filtered, emitted, lost or aggregated.
     pub(super) fn adds_up(&self) -> bool {
-        self.seen == self.filtered + self.emitted + self.lost
+        self.seen == self.filtered + self.emitted + self.lost + self.aggregated
     }
 }
 
@@ -38,6 +40,10 @@ pub(super) struct Summary {
     pub flows: u64,
     pub evicted: u64,
     pub hooks: Vec<HookCounts>,
+    /// `aggregate` or `every_packet`.
+    pub mode: String,
+    /// Packets the kernel counted that matched no flow.
+    pub unattributed: u64,
 }
 
 impl Summary {
@@ -56,13 +62,26 @@ impl Summary {
                 filtered: n(h, "filtered"),
                 emitted: n(h, "emitted"),
                 lost: n(h, "lost"),
+                aggregated: n(h, "aggregated"),
             })
             .collect();
         Ok(Self {
             flows: n(&v, "flows"),
             evicted: n(&v, "evicted"),
             hooks,
+            mode: v["mode"].as_str().unwrap_or("?").to_string(),
+            unattributed: n(&v, "unattributed_packets"),
         })
+    }
+
+    /// Packets the kernel saw and did not filter out, per hook: what the flows' per-hop
+    /// packet counts must add up to.
+    pub(super) fn admitted(&self, hook: &str, dir: &str) -> u64 {
+        self.hooks
+            .iter()
+            .filter(|h| h.hook == hook && h.dir == dir)
+            .map(|h| h.seen - h.filtered)
+            .sum()
     }
 
     pub(super) fn emitted(&self) -> u64 {
@@ -83,6 +102,12 @@ impl Summary {
             .fold(1.0, f64::min)
     }
 
+    /// Events sent (emitted or lost) per packet the hooks admitted.
+    pub(super) fn events_per_admitted(&self) -> f64 {
+        let admitted: u64 = self.hooks.iter().map(|h| h.seen - h.filtered).sum();
+        (self.emitted() + self.lost()) as f64 / admitted.max(1) as f64
+    }
+
     /// Packets seen at the container's eth0 on the way out: the rate offered to the path.
     pub(super) fn ctr_egress_seen(&self) -> u64 {
         self.hooks
@@ -92,9 +117,48 @@ impl Summary {
     }
 }
 
+/// The per-hop packet counts of a trace's flows in their final state, summed per hook:
+/// `(hook, dir) -> packets`.
+#[derive(Clone, Debug, Default)]
+pub(super) struct HopTotals {
+    pub per_hook: std::collections::BTreeMap<(String, String), u64>,
+}
+
+impl HopTotals {
+    /// From the JSON flow lines: the last line of each flow id is its final state.
+    fn of(lines: &[String]) -> Self {
+        let mut last: std::collections::BTreeMap<u64, serde_json::Value> = Default::default();
+        for l in lines.iter().filter(|l| l.starts_with(FLOW_LINE)) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(l) {
+                last.insert(v["id"].as_u64().unwrap_or(0), v);
+            }
+        }
+        let mut per_hook = std::collections::BTreeMap::new();
+        for v in last.values() {
+            for hop in ["hops", "hops_back"]
+                .iter()
+                .filter_map(|k| v[*k].as_array())
+                .flatten()
+            {
+                let key = (
+                    hop["hook"].as_str().unwrap_or("?").to_string(),
+                    hop["dir"].as_str().unwrap_or("?").to_string(),
+                );
+                *per_hook.entry(key).or_default() += hop["packets"].as_u64().unwrap_or(0);
+            }
+        }
+        Self { per_hook }
+    }
+}
+
+const FLOW_LINE: &str = r#"{"type":"flow""#;
+const SUMMARY_LINE: &str = r#"{"type":"summary""#;
+
 /// What a finished trace reported.
 pub(super) struct Traced {
     pub summary: Summary,
+    /// The flows' per-hop totals, when they were kept ([`Trace::start_keeping_flows`]).
+    pub hops: HopTotals,
     pub max_rss_kib: u64,
     /// CPU time pathtrace used over its whole life, user and system, in seconds.
     pub cpu_secs: f64,
@@ -115,11 +179,34 @@ impl Trace {
         extra: &[&str],
         limit: Duration,
     ) -> Result<Self> {
+        Self::start_with(pathtrace, lab, extra, limit, false)
+    }
+
+    /// [`Trace::start`], keeping the flow lines too (for [`Traced::hops`]).
+    pub(super) fn start_keeping_flows(
+        pathtrace: &Path,
+        lab: &Lab,
+        extra: &[&str],
+        limit: Duration,
+    ) -> Result<Self> {
+        Self::start_with(pathtrace, lab, extra, limit, true)
+    }
+
+    fn start_with(
+        pathtrace: &Path,
+        lab: &Lab,
+        extra: &[&str],
+        limit: Duration,
+        flows: bool,
+    ) -> Result<Self> {
         let mut cmd = command(pathtrace, lab);
         cmd.arg("--json").args(extra);
-        let (proc, _) = Proc::spawn("pathtrace", &mut cmd, |l| {
-            l.starts_with(r#"{"type":"summary""#)
-        })?;
+        let keep: fn(&str) -> bool = if flows {
+            |l| l.starts_with(SUMMARY_LINE) || l.starts_with(FLOW_LINE)
+        } else {
+            |l| l.starts_with(SUMMARY_LINE)
+        };
+        let (proc, _) = Proc::spawn("pathtrace", &mut cmd, keep)?;
         let pid = proc.pid().context("pathtrace has no pid")?;
         let end = Instant::now() + limit;
         loop {
@@ -168,6 +255,7 @@ impl Trace {
             .context("pathtrace printed no summary")?;
         Ok(Traced {
             summary: Summary::parse(line)?,
+            hops: HopTotals::of(&exit.stdout.lines),
             max_rss_kib: exit.max_rss_kib,
             cpu_secs: exit.cpu_secs,
             output_lines: exit.stdout.count,

@@ -185,6 +185,8 @@ fn drop_record_names_the_reason() {
         fingerprint: 300,
         reason: 6,
         reason_name: Some("NETFILTER_DROP".into()),
+        tuple: None,
+        traced: true,
     });
     c.finish();
     let stops = &c.flows()[0].stops;
