@@ -10,6 +10,7 @@
 
 mod support;
 
+mod aggregate;
 mod capture_replay;
 mod capture_tshark;
 mod conntrack;

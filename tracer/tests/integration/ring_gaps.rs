@@ -52,6 +52,8 @@ fn a_full_ring_buffer_is_never_shown_as_packet_loss() {
         &wan,
         "--ring-size",
         "4",
+        // Event losses are what this checks: one event per packet per hook.
+        "--every-packet",
         "--json",
         "--duration",
         "6",

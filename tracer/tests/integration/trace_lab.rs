@@ -128,15 +128,16 @@ fn check_flows(lab: &Lab, lines: &[Value], mode: &str) {
     let hooks = summary["hooks"].as_array().expect("hooks");
     assert_eq!(hooks.len(), 8, "[{mode}] 8 hooks");
     for h in hooks {
-        let (seen, filtered, emitted, lost) = (
+        let (seen, filtered, emitted, lost, aggregated) = (
             h["seen"].as_u64().unwrap(),
             h["filtered"].as_u64().unwrap(),
             h["emitted"].as_u64().unwrap(),
             h["lost"].as_u64().unwrap(),
+            h["aggregated"].as_u64().unwrap(),
         );
         assert_eq!(
             seen,
-            filtered + emitted + lost,
+            filtered + emitted + lost + aggregated,
             "[{mode}] counters add up: {h}"
         );
         assert!(emitted > 0, "[{mode}] {h}");

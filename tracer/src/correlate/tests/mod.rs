@@ -1,6 +1,7 @@
 //! Test fixtures (shared with the renderers' tests): the lab topology (container → veth → bridge → uplink), hand-made records and
 //! a fake rule attributor.
 
+mod counts;
 mod flows;
 mod frags;
 mod nat;
