@@ -177,7 +177,8 @@ pub struct ModeConfig {
     pub aggregate: u32,
     /// [`crate::sample::sampled`]'s threshold for `--sample 1/N`.
     pub sample_below: u32,
-    /// Packets of each flow an entry hook emits in full before it only counts.
+    /// Packets of each flow an entry hook emits in full in each epoch (per CPU) before it only
+    /// counts them.
     pub first_n: u32,
     pub _pad0: u32,
 }
@@ -193,7 +194,7 @@ impl ModeConfig {
     };
 }
 
-/// Key of `FLOW_STATS` (and of `FIRST`, with epoch 0): a flow's tuple as one hook sees it
+/// Key of `FLOW_STATS`: a flow's tuple as one hook sees it
 /// (before or after NAT), the hook's slot, and the epoch userspace drains by. 40 bytes without
 /// padding: every byte is defined. 8-byte aligned, so that it is built and hashed in words.
 #[repr(C, align(8))]
@@ -249,10 +250,6 @@ impl FlowCounts {
 /// Entries of `FLOW_STATS` at most (the loader may lower it on hosts with many CPUs: every
 /// entry holds one [`FlowCounts`] per possible CPU).
 pub const FLOW_STATS_MAX: u32 = 1 << 16;
-
-/// Entries of `FIRST`, the per-flow count of packets an entry hook emitted in full (an LRU:
-/// a flow evicted and seen again gets its first packets again).
-pub const FIRST_MAX: u32 = 1 << 14;
 
 #[cfg(feature = "user")]
 mod pod {

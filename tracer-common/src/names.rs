@@ -23,8 +23,6 @@ pub const MAP_DROP_COUNTERS: &str = "DROP_COUNTERS";
 pub const MAP_FLOW_STATS: &str = "FLOW_STATS";
 /// The epoch (0 or 1) the hooks count in, written by userspace.
 pub const MAP_EPOCH: &str = "EPOCH";
-/// Aggregate mode: how many of a flow's first packets an entry hook sent in full.
-pub const MAP_FIRST: &str = "FIRST";
 /// Aggregate mode: fingerprints of the first packets an entry hook picked, for the hooks after it.
 pub const MAP_SELECTED: &str = "SELECTED";
 

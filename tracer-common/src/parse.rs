@@ -74,6 +74,70 @@ pub fn parse<F: Frame + ?Sized>(frame: &F) -> PacketMeta {
     parse_l3(frame, ethertype, l3)
 }
 
+/// [`parse`] into `meta`, which must be all zero (as [`ZeroWords::zero_in`] leaves it): for the
+/// kernel programs, whose stack has no room for another copy of the metadata.
+#[inline(always)]
+pub fn parse_into<F: Frame + ?Sized>(frame: &F, meta: &mut PacketMeta) {
+    let Some(eth) = frame.read::<14>(0) else {
+        return;
+    };
+    let mut ethertype = be16(&eth, 12);
+    let mut l3 = 14usize;
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        let Some(tag) = frame.read::<4>(14) else {
+            return;
+        };
+        ethertype = be16(&tag, 2);
+        l3 = 18;
+    }
+    meta.fingerprint = match ethertype {
+        ETH_P_IP => parse_ipv4(frame, l3, meta),
+        ETH_P_IPV6 => parse_ipv6(frame, l3, meta),
+        _ => 0,
+    };
+}
+
+/// [`parse`] of an untagged Ethernet frame carrying IPv4, read from a `frame` that holds only
+/// its first `have` bytes (a socket buffer's linear part, read in place: no helper calls), or
+/// `None` when that could give another answer than [`parse`] of the whole frame: not such a
+/// frame, or `have` short of what the parser reads (the IP header and 16 bytes after it) while
+/// the frame is longer (`whole` false). Where it answers, it is [`parse`]'s answer exactly
+/// (unit-tested below on every truncation of every frame kind).
+#[inline(always)]
+pub fn parse_ipv4_prefix<F: Frame + ?Sized>(
+    frame: &F,
+    have: usize,
+    whole: bool,
+) -> Option<PacketMeta> {
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let meta = PacketMeta::zero_in(&mut slot);
+    parse_ipv4_prefix_into(frame, have, whole, meta).then_some(*meta)
+}
+
+/// [`parse_ipv4_prefix`] into `meta`, which must be all zero (as [`ZeroWords::zero_in`] leaves
+/// it): false, and `meta` untouched, where that answers `None`. For the kernel programs, whose
+/// stack has no room for another copy of the metadata.
+#[inline(always)]
+pub fn parse_ipv4_prefix_into<F: Frame + ?Sized>(
+    frame: &F,
+    have: usize,
+    whole: bool,
+    meta: &mut PacketMeta,
+) -> bool {
+    let Some(head) = frame.read::<15>(0) else {
+        return false;
+    };
+    if be16(&head, 12) != ETH_P_IP || head[14] >> 4 != 4 {
+        return false;
+    }
+    let ihl = usize::from(head[14] & 0x0f) * 4;
+    if !whole && have < 14 + ihl + 16 {
+        return false;
+    }
+    meta.fingerprint = parse_ipv4(frame, 14, meta);
+    true
+}
+
 /// Parses from the IP header on, at `l3`, given the frame's ethertype (host byte order): what
 /// [`parse`] does after the link layer, for callers that know where L3 starts (the drop program
 /// reads `skb->protocol` and `skb->network_header`). Same fingerprint as [`parse`] gives.
@@ -325,6 +389,37 @@ mod tests {
     }
 
     #[test]
+    fn the_ipv4_prefix_parse_is_the_whole_parse_or_nothing() {
+        extern crate std;
+        use std::{vec, vec::Vec};
+        let (udp, len) = udp4(false);
+        let mut frames: Vec<Vec<u8>> = vec![udp[..len].to_vec(), udp4(true).0.to_vec()];
+        frames.push(super::frag_tests::ipv4_fragment(FRAG_MORE).to_vec());
+        frames.push(super::frag_tests::ipv4_fragment(185).to_vec());
+        // TCP with an option in the IP header (ihl 6) and a payload.
+        let mut tcp = udp[..len].to_vec();
+        tcp[14] = 0x46;
+        tcp[23] = IPPROTO_TCP;
+        tcp.splice(34..34, [1, 1, 1, 1]);
+        tcp.extend_from_slice(&[7u8; 40]);
+        frames.push(tcp);
+        let mut answered = 0;
+        for frame in &frames {
+            let whole = parse(&frame[..]);
+            for have in 0..=frame.len() {
+                let prefix = &frame[..have];
+                if let Some(m) = parse_ipv4_prefix(prefix, have, have == frame.len()) {
+                    assert_eq!(m, whole, "{have} of {} bytes", frame.len());
+                    answered += 1;
+                }
+            }
+        }
+        assert!(answered > 50, "it answers where it can: {answered}");
+        let v6 = super::frag6_tests::ipv6_fragment(0, false);
+        assert_eq!(parse_ipv4_prefix(&v6[..], v6.len(), true), None);
+    }
+
+    #[test]
     fn parse_l3_ignores_other_ethertypes() {
         let (f, len) = udp4(false);
         assert_eq!(parse_l3(&f[14..len], 0x0806, 0).family, 0);
@@ -336,7 +431,7 @@ mod frag_tests {
     use super::*;
 
     /// Ethernet + IPv4 with the fragment field `frag` and id 0x4242, UDP header when first.
-    fn ipv4_fragment(frag: u16) -> [u8; 64] {
+    pub(super) fn ipv4_fragment(frag: u16) -> [u8; 64] {
         let mut f = [0u8; 64];
         f[12..14].copy_from_slice(&ETH_P_IP.to_be_bytes());
         let ip = &mut f[14..34];
@@ -380,7 +475,7 @@ mod frag6_tests {
 
     /// Ethernet + IPv6 + a fragment header (`frag_field` as the header holds it, id 0x0a0b0c0d),
     /// then, when `dstopts`, an 8-byte destination options header, then a UDP header.
-    fn ipv6_fragment(frag_field: u16, dstopts: bool) -> Vec<u8> {
+    pub(super) fn ipv6_fragment(frag_field: u16, dstopts: bool) -> Vec<u8> {
         let mut f = vec![0u8; 14 + 40];
         f[12..14].copy_from_slice(&ETH_P_IPV6.to_be_bytes());
         f[14] = 0x60;

@@ -35,6 +35,14 @@ impl LinearFrame {
     }
 }
 
+impl LinearFrame {
+    /// Bytes of the linear data.
+    #[inline(always)]
+    pub(crate) fn len(&self) -> usize {
+        self.data_end - self.data
+    }
+}
+
 impl Frame for LinearFrame {
     #[inline(always)]
     fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {

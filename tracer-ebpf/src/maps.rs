@@ -8,7 +8,7 @@ use aya_ebpf::{
 use tracer_common::{
     config::{
         EndpointKey, FilterConfig, FlowCounts, FlowKey, HookConfig, HookCounters, ModeConfig,
-        SkbOffsets, FIRST_MAX, FLOW_STATS_MAX, INTEREST_MAX, TRACED_MAX,
+        SkbOffsets, FLOW_STATS_MAX, INTEREST_MAX, TRACED_MAX,
     },
     names, MAX_HOOKS,
 };
@@ -64,12 +64,6 @@ kernel_name!(FLOW_STATS, MAP_FLOW_STATS);
 #[map]
 pub(crate) static EPOCH: Array<u32> = Array::with_max_entries(1, 0);
 kernel_name!(EPOCH, MAP_EPOCH);
-
-/// Aggregate mode: per flow tuple at an entry hook, how many of its first packets were sent in
-/// full (shared by the CPUs: a racing increment at worst sends one packet more).
-#[map]
-pub(crate) static FIRST: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(FIRST_MAX, 0);
-kernel_name!(FIRST, MAP_FIRST);
 
 /// Aggregate mode: the fingerprints of the first packets entry hooks picked, direct-mapped like
 /// `TRACED`, so that the hooks after them pick the same packets.

@@ -15,16 +15,16 @@ use tracer_common::{
         EventHeader, PacketEvent, PacketHeadEvent, PacketMeta, CAPTURE_MAX, KIND_PACKET,
         KIND_PACKET_HEAD, WHY_EVERY, WHY_FIRST, WHY_FLAGS, WHY_SAMPLED, WHY_UNCOUNTED,
     },
-    parse::{parse, IPPROTO_TCP},
+    parse::{self, parse, parse_ipv4_prefix_into, IPPROTO_TCP},
     sample::sampled,
-    tuple::{is_echo_reply, peek, Peek, Tuple},
+    tuple::{is_echo_reply, peek, ported, Peek, Tuple},
     words::ZeroWords,
 };
 
 use crate::{
     frame::{LinearFrame, SkbFrame},
     maps::{
-        global_field, COUNTERS, EPOCH, EVENTS, FILTER, FIRST, FLOW_STATS, HOOKS, INTEREST, MODE,
+        global_field, COUNTERS, EPOCH, EVENTS, FILTER, FLOW_STATS, HOOKS, INTEREST, MODE,
         SELECTED, WAKE_BYTES,
     },
 };
@@ -55,6 +55,10 @@ fn emit_if_wanted(ctx: &TcContext, slot: u32, counters: &mut HookCounters) -> Re
     if role == 0 {
         return Err(());
     }
+    // Read-only data: the verifier keeps one of the two.
+    if global_field!(MODE: ModeConfig, aggregate) != 0 {
+        return aggregate(ctx, slot, hook, counters);
+    }
     // Decide on the few header fields read in place when we can: most packets a filtered or
     // shared hook sees are rejected, and then the full parse below is never paid for.
     let decided = needs_tuple(role) && decide_early(ctx, role)?;
@@ -65,13 +69,8 @@ fn emit_if_wanted(ctx: &TcContext, slot: u32, counters: &mut HookCounters) -> Re
     if !decided && !admit_parsed(role, &meta) {
         return Err(());
     }
-    // Read-only data: the verifier keeps one of the two.
-    if global_field!(MODE: ModeConfig, aggregate) == 0 {
-        let sent = emit(ctx, slot, hook.direction, &meta, WHY_EVERY);
-        count_sent(sent, meta.fingerprint, counters);
-    } else {
-        aggregate(ctx, slot, hook, &meta, counters);
-    }
+    let sent = emit(ctx, slot, hook.direction, &meta, WHY_EVERY);
+    count_sent(sent, meta.fingerprint, counters);
     Ok(())
 }
 
@@ -87,49 +86,205 @@ fn count_sent(sent: bool, fingerprint: u64, counters: &mut HookCounters) {
 }
 
 /// Aggregate mode: counts the packet in `FLOW_STATS` and sends an event only when it is
-/// sampled, opens/closes/resets a TCP connection, is one of its flow's first packets, or
-/// could not be counted.
+/// sampled, opens/closes/resets a TCP connection, is one of its flow's first packets, or could
+/// not be counted. A TCP or UDP packet whose flow this hook counted already in this epoch is
+/// found by the tuple read in place, before any parse, and needs no interest lookup: it was
+/// admitted when its flow's entry was made. `Err(())`: not IP, or not admitted.
 #[inline(never)]
 fn aggregate(
     ctx: &TcContext,
     slot: u32,
     hook: &HookConfig,
-    meta: &PacketMeta,
     counters: &mut HookCounters,
-) {
+) -> Result<(), ()> {
+    let mut key_slot = core::mem::MaybeUninit::uninit();
+    let key = FlowKey::zero_in(&mut key_slot);
+    let keyed = peek_key(ctx, slot, key)?;
+    let mut counts = if keyed {
+        FLOW_STATS.get_ptr_mut(&*key)
+    } else {
+        None
+    };
+    if keyed && counts.is_none() && !key_admits(hook.role, key) {
+        return Err(());
+    }
+    let mut meta_slot = core::mem::MaybeUninit::uninit();
+    let meta = PacketMeta::zero_in(&mut meta_slot);
+    if parse_packet(ctx, meta) == 0 {
+        return Err(());
+    }
+    if !keyed {
+        if !admit_parsed(hook.role, meta) {
+            return Err(());
+        }
+        flow_key(slot, epoch(), meta, key);
+        counts = FLOW_STATS.get_ptr_mut(&*key);
+    }
+    let len = u64::from(ctx.len());
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // This CPU's count of the flow at this hook in this epoch, this packet included; 0: the
+    // map had no room for it.
+    let nth = match counts {
+        // SAFETY: this CPU's value of the element, touched only by this CPU while this program
+        // runs (another CPU's insert leaves it zeroed).
+        Some(v) => unsafe {
+            if (*v).packets == 0 {
+                (*v).first_ns = now;
+            }
+            (*v).packets += 1;
+            (*v).bytes += len;
+            (*v).last_ns = now;
+            (*v).packets
+        },
+        None => insert(key, len, now),
+    };
     let mut why = 0;
-    if !count(ctx, slot, meta) {
+    if nth == 0 {
         counters.overflow += 1;
         why |= WHY_UNCOUNTED;
     }
-    if sampled(
-        meta.fingerprint,
-        global_field!(MODE: ModeConfig, sample_below),
-    ) {
+    let fp = meta.fingerprint;
+    if sampled(fp, global_field!(MODE: ModeConfig, sample_below)) {
         why |= WHY_SAMPLED;
     }
     if meta.proto == IPPROTO_TCP && meta.tcp_flags & TCP_FIN_SYN_RST != 0 {
         why |= WHY_FLAGS;
     }
-    if first(slot, hook.flags, meta) {
+    if first(hook.flags, fp, nth) {
         why |= WHY_FIRST;
     }
     if why == 0 {
         counters.aggregated += 1;
-        return;
+        return Ok(());
     }
     let sent = emit(ctx, slot, hook.direction, meta, why);
-    count_sent(sent, meta.fingerprint, counters);
+    count_sent(sent, fp, counters);
+    Ok(())
 }
 
-/// `FLOW_STATS`'s key for this packet at `slot`; `epoch` 0 for `FIRST`.
+/// The epoch (0 or 1) userspace has the hooks count in.
+#[inline(always)]
+fn epoch() -> u8 {
+    EPOCH.get(0).copied().unwrap_or(0) as u8 & 1
+}
+
+/// Reads the tuple in place into `tuple` and checks the filter; for TCP and UDP it also makes
+/// the flow's key. `Ok(true)`: keyed; `Ok(false)`: the parse must tell (another protocol, or a
+/// frame shape `peek` does not read); `Err(())`: not IP, or the filter rejects it.
+#[inline(never)]
+fn peek_key(ctx: &TcContext, slot: u32, key: &mut FlowKey) -> Result<bool, ()> {
+    let mut tuple_slot = core::mem::MaybeUninit::uninit();
+    let tuple = Tuple::zero_in(&mut tuple_slot);
+    match peek(&LinearFrame::new(ctx), tuple) {
+        Peek::NotIp => Err(()),
+        Peek::Unsure => Ok(false),
+        Peek::Ip => {
+            if global_field!(FILTER: FilterConfig, flags) != 0 && !filter().admits(tuple) {
+                return Err(());
+            }
+            if !ported(tuple.proto) {
+                return Ok(false);
+            }
+            key.saddr = tuple.saddr;
+            key.daddr = tuple.daddr;
+            key.sport = tuple.sport;
+            key.dport = tuple.dport;
+            key.family = tuple.family;
+            key.proto = tuple.proto;
+            key.slot = slot as u8;
+            key.epoch = epoch();
+            Ok(true)
+        }
+    }
+}
+
+/// [`role_admits`] for the tuple a key made by [`peek_key`] holds.
+#[inline(never)]
+fn key_admits(role: u32, key: &FlowKey) -> bool {
+    let mut tuple_slot = core::mem::MaybeUninit::uninit();
+    let tuple = Tuple::zero_in(&mut tuple_slot);
+    tuple.saddr = key.saddr;
+    tuple.daddr = key.daddr;
+    tuple.sport = key.sport;
+    tuple.dport = key.dport;
+    tuple.family = key.family;
+    tuple.proto = key.proto;
+    role_admits(role, tuple)
+}
+
+/// [`parse`] of the packet into `meta`: in place from the linear data when that is sure to give
+/// the same answer (IPv4 whose headers are there), else through `bpf_skb_load_bytes`. Returns
+/// the fingerprint (0: not IP).
+#[inline(always)]
+fn parse_packet(ctx: &TcContext, meta: &mut PacketMeta) -> u64 {
+    match parse_linear(ctx, meta) {
+        0 => parse_skb(ctx, meta),
+        fp => fp,
+    }
+}
+
+/// [`parse_ipv4_prefix_into`] of the linear data into `meta` (all zero): its fingerprint, or 0
+/// when it cannot tell, or the IPv4 header is bogus (the skb parse then says the same).
+#[inline(never)]
+fn parse_linear(ctx: &TcContext, meta: &mut PacketMeta) -> u64 {
+    let frame = LinearFrame::new(ctx);
+    let have = frame.len();
+    if parse_ipv4_prefix_into(&frame, have, have == ctx.len() as usize, meta) && meta.family != 0 {
+        meta.fingerprint
+    } else {
+        0
+    }
+}
+
+/// [`parse`] through `bpf_skb_load_bytes` into `meta`: its fingerprint, 0 when not IP.
+#[inline(never)]
+fn parse_skb(ctx: &TcContext, meta: &mut PacketMeta) -> u64 {
+    parse::parse_into(&SkbFrame(ctx), meta);
+    if meta.family == 0 {
+        0
+    } else {
+        meta.fingerprint
+    }
+}
+
+/// A new `FLOW_STATS` entry for `key` holding this packet; 1, or 0 when the map is full. (When
+/// another CPU made the entry meanwhile, this CPU's value in it is used.)
+#[inline(never)]
+fn insert(key: &FlowKey, len: u64, now: u64) -> u64 {
+    let fresh = FlowCounts {
+        packets: 1,
+        bytes: len,
+        first_ns: now,
+        last_ns: now,
+    };
+    if FLOW_STATS.insert(key, &fresh, BPF_NOEXIST).is_ok() {
+        return 1;
+    }
+    match FLOW_STATS.get_ptr_mut(key) {
+        // SAFETY: as in `aggregate`.
+        Some(v) => unsafe {
+            if (*v).packets == 0 {
+                (*v).first_ns = now;
+            }
+            (*v).packets += 1;
+            (*v).bytes += len;
+            (*v).last_ns = now;
+            (*v).packets
+        },
+        None => 0,
+    }
+}
+
+/// `FLOW_STATS`'s key for this packet at `slot`.
 #[inline(always)]
 fn flow_key(slot: u32, epoch: u8, meta: &PacketMeta, key: &mut FlowKey) {
     key.saddr = meta.saddr;
     key.daddr = meta.daddr;
     // `parse` puts an ICMP echo's identifier in `sport` (NAT rewrites it like a port; other ICMP
     // has 0 in both). Userspace's tuples hold a reply's identifier in `dport`, so that a reply's
-    // tuple is its request's reversed: the key does the same.
+    // tuple is its request's reversed: the key does the same. (For TCP and UDP this is the key
+    // `peek_key` makes.)
     if is_echo_reply(meta.proto, meta.icmp_type) {
         key.dport = meta.sport;
     } else {
@@ -142,53 +297,16 @@ fn flow_key(slot: u32, epoch: u8, meta: &PacketMeta, key: &mut FlowKey) {
     key.epoch = epoch;
 }
 
-/// Counts the packet in `FLOW_STATS`; false when the map had no room for a new flow.
+/// Whether this is one of its flow's first packets: decided at an entry hook, where it is among
+/// the first `first_n` this CPU counted of the flow in this epoch (`nth`), and remembered in
+/// `SELECTED`; looked up there by every other hook, so that a packet is picked at every hook or
+/// at none.
 #[inline(never)]
-fn count(ctx: &TcContext, slot: u32, meta: &PacketMeta) -> bool {
-    let epoch = EPOCH.get(0).copied().unwrap_or(0) as u8 & 1;
-    let mut key_slot = core::mem::MaybeUninit::uninit();
-    let key = FlowKey::zero_in(&mut key_slot);
-    flow_key(slot, epoch, meta, key);
-    let len = u64::from(ctx.len());
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    for _ in 0..2 {
-        if let Some(v) = FLOW_STATS.get_ptr_mut(&*key) {
-            // SAFETY: this CPU's value of the element, touched only by this CPU while this
-            // program runs (another CPU's insert leaves it zeroed).
-            unsafe {
-                if (*v).packets == 0 {
-                    (*v).first_ns = now;
-                }
-                (*v).packets += 1;
-                (*v).bytes += len;
-                (*v).last_ns = now;
-            }
-            return true;
-        }
-        let fresh = FlowCounts {
-            packets: 1,
-            bytes: len,
-            first_ns: now,
-            last_ns: now,
-        };
-        // Fails when full, or when another CPU inserted the key meanwhile: then it is found.
-        if FLOW_STATS.insert(&*key, &fresh, BPF_NOEXIST).is_ok() {
-            return true;
-        }
-    }
-    false
-}
-
-/// Whether this is one of its flow's first packets: decided at an entry hook (and remembered in
-/// `SELECTED`), looked up everywhere else, so that a packet is picked at every hook or none.
-#[inline(never)]
-fn first(slot: u32, flags: u32, meta: &PacketMeta) -> bool {
-    let first_n = global_field!(MODE: ModeConfig, first_n);
+fn first(flags: u32, fp: u64, nth: u64) -> bool {
+    let first_n = u64::from(global_field!(MODE: ModeConfig, first_n));
     if first_n == 0 {
         return false;
     }
-    let fp = meta.fingerprint;
     let Some(selected) = SELECTED.get_ptr_mut((fp as u32) & (TRACED_MAX - 1)) else {
         return false;
     };
@@ -198,17 +316,7 @@ fn first(slot: u32, flags: u32, meta: &PacketMeta) -> bool {
         if flags & HOOK_ENTRY == 0 {
             return *selected == fp;
         }
-        let mut key_slot = core::mem::MaybeUninit::uninit();
-        let key = FlowKey::zero_in(&mut key_slot);
-        flow_key(slot, 0, meta, key);
-        let pick = match FIRST.get_ptr_mut(&*key) {
-            Some(sent) if *sent < first_n => {
-                *sent += 1;
-                true
-            }
-            Some(_) => false,
-            None => FIRST.insert(&*key, &1, 0).is_ok(),
-        };
+        let pick = nth != 0 && nth <= first_n;
         if pick {
             *selected = fp;
         } else if *selected == fp {
