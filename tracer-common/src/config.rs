@@ -247,6 +247,24 @@ impl FlowCounts {
     }
 }
 
+/// Aggregate mode's per-CPU, per-slot, per-epoch write-back cache of the flow a hook counted
+/// last (in `FLOW_CACHE`, index `slot * 2 + epoch`): a flood of one flow is counted here with
+/// array accesses only, where each `FLOW_STATS` lookup costs a hash of the key. `FLOW_STATS`
+/// always has an entry for the cached key; the packets counted here since (`delta`) are added
+/// to it when another flow takes the cache, or by userspace when it drains the epoch.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCache {
+    pub key: FlowKey,
+    /// Counted here and not yet in `FLOW_STATS`.
+    pub delta: FlowCounts,
+    /// This CPU's packets of the key in `FLOW_STATS` when the cache took it (at least 1; 0: the
+    /// cache is empty): with `delta.packets`, the flow's count at this hook in this epoch on
+    /// this CPU.
+    pub base: u64,
+}
+const _: () = assert!(size_of::<FlowCache>() == 80);
+
 /// Entries of `FLOW_STATS` at most (the loader may lower it on hosts with many CPUs: every
 /// entry holds one [`FlowCounts`] per possible CPU).
 pub const FLOW_STATS_MAX: u32 = 1 << 16;
@@ -270,4 +288,6 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::FlowCounts {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::FlowCache {}
 }

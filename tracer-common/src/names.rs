@@ -21,6 +21,8 @@ pub const MAP_DROP_COUNTERS: &str = "DROP_COUNTERS";
 /// Aggregate mode's per-CPU counts per flow per hook ([`crate::config::FlowKey`] →
 /// [`crate::config::FlowCounts`]), drained by userspace one epoch at a time.
 pub const MAP_FLOW_STATS: &str = "FLOW_STATS";
+/// The per-CPU write-back cache of the flow each hook counted last ([`crate::config::FlowCache`]).
+pub const MAP_FLOW_CACHE: &str = "FLOW_CACHE";
 /// The epoch (0 or 1) the hooks count in, written by userspace.
 pub const MAP_EPOCH: &str = "EPOCH";
 /// Aggregate mode: fingerprints of the first packets an entry hook picked, for the hooks after it.

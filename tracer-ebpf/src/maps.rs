@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     config::{
-        EndpointKey, FilterConfig, FlowCounts, FlowKey, HookConfig, HookCounters, ModeConfig,
+        EndpointKey, FilterConfig, FlowCache, FlowCounts, FlowKey, HookConfig, HookCounters, ModeConfig,
         SkbOffsets, FLOW_STATS_MAX, INTEREST_MAX, TRACED_MAX,
     },
     names, MAX_HOOKS,
@@ -58,6 +58,13 @@ kernel_name!(FILTER, GLOBAL_FILTER);
 pub(crate) static FLOW_STATS: PerCpuHashMap<FlowKey, FlowCounts> =
     PerCpuHashMap::with_max_entries(FLOW_STATS_MAX, 0);
 kernel_name!(FLOW_STATS, MAP_FLOW_STATS);
+
+/// Aggregate mode: per slot and epoch (`slot * 2 + epoch`), per CPU, the flow the hook counted
+/// last and what it counted of it since (see `FlowCache`).
+#[map]
+pub(crate) static FLOW_CACHE: PerCpuArray<FlowCache> =
+    PerCpuArray::with_max_entries(2 * MAX_HOOKS as u32, 0);
+kernel_name!(FLOW_CACHE, MAP_FLOW_CACHE);
 
 /// The epoch (0 or 1) packets are counted in; userspace flips it, waits for the programs that
 /// read the old one to finish, then drains that epoch's entries.

@@ -8,7 +8,8 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use tracer_common::{
     config::{
-        EndpointKey, FilterConfig, FlowCounts, FlowKey, HookConfig, HookCounters, ModeConfig,
+        EndpointKey, FilterConfig, FlowCache, FlowCounts, FlowKey, HookConfig, HookCounters,
+        ModeConfig,
         HOOK_ENTRY, ROLE_ALL, ROLE_SHARED, ROLE_SOURCE_IN, ROLE_SOURCE_OUT, TRACED_MAX,
     },
     event::{
@@ -24,7 +25,7 @@ use tracer_common::{
 use crate::{
     frame::{LinearFrame, SkbFrame},
     maps::{
-        global_field, COUNTERS, EPOCH, EVENTS, FILTER, FLOW_STATS, HOOKS, INTEREST, MODE,
+        global_field, COUNTERS, EPOCH, EVENTS, FILTER, FLOW_CACHE, FLOW_STATS, HOOKS, INTEREST, MODE,
         SELECTED, WAKE_BYTES,
     },
 };
@@ -100,18 +101,28 @@ fn aggregate(
     let mut key_slot = core::mem::MaybeUninit::uninit();
     let key = FlowKey::zero_in(&mut key_slot);
     let keyed = peek_key(ctx, slot, key)?;
-    let mut counts = if keyed {
+    let cache = FLOW_CACHE.get_ptr_mut(slot * 2 + u32::from(key.epoch)).ok_or(())?;
+    // SAFETY: this CPU's element, touched only by this CPU while this program runs; userspace
+    // reads an epoch's elements only once no program can use that epoch any more.
+    let cache = unsafe { &mut *cache };
+    let cached = keyed && cache.base != 0 && same_key(&cache.key, key);
+    let mut counts = if keyed && !cached {
         FLOW_STATS.get_ptr_mut(&*key)
     } else {
         None
     };
-    if keyed && counts.is_none() && !key_admits(hook.role, key) {
+    if keyed && !cached && counts.is_none() && !key_admits(hook.role, key) {
         return Err(());
     }
     let mut meta_slot = core::mem::MaybeUninit::uninit();
     let meta = PacketMeta::zero_in(&mut meta_slot);
     if parse_packet(ctx, meta) == 0 {
         return Err(());
+    }
+    if cached {
+        let nth = count_in_cache(cache, ctx.len());
+        pick(ctx, slot, hook, meta, nth, counters);
+        return Ok(());
     }
     if !keyed {
         if !admit_parsed(hook.role, meta) {
@@ -139,6 +150,25 @@ fn aggregate(
         },
         None => insert(key, len, now),
     };
+    if keyed && nth != 0 {
+        // This flow takes the cache: what it held goes to its own entry first.
+        take_cache(cache, key, nth);
+    }
+    pick(ctx, slot, hook, meta, nth, counters);
+    Ok(())
+}
+
+/// Sends the counted packet's event if it is sampled, opens/closes/resets a TCP connection, is
+/// one of its flow's first packets here, or was not counted (`nth == 0`).
+#[inline(always)]
+fn pick(
+    ctx: &TcContext,
+    slot: u32,
+    hook: &HookConfig,
+    meta: &PacketMeta,
+    nth: u64,
+    counters: &mut HookCounters,
+) {
     let mut why = 0;
     if nth == 0 {
         counters.overflow += 1;
@@ -156,11 +186,59 @@ fn aggregate(
     }
     if why == 0 {
         counters.aggregated += 1;
-        return Ok(());
+        return;
     }
     let sent = emit(ctx, slot, hook.direction, meta, why);
     count_sent(sent, fp, counters);
-    Ok(())
+}
+
+/// Counts a packet of the flow the cache holds there; the flow's count at this hook in this
+/// epoch on this CPU, this packet included.
+#[inline(never)]
+fn count_in_cache(cache: &mut FlowCache, len: u32) -> u64 {
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let d = &mut cache.delta;
+    if d.packets == 0 {
+        d.first_ns = now;
+    }
+    d.packets += 1;
+    d.bytes += u64::from(len);
+    d.last_ns = now;
+    cache.base + d.packets
+}
+
+/// Whether two keys are the same, compared as five words.
+#[inline(always)]
+fn same_key(a: &FlowKey, b: &FlowKey) -> bool {
+    let (a, b) = (
+        (a as *const FlowKey).cast::<[u64; 5]>(),
+        (b as *const FlowKey).cast::<[u64; 5]>(),
+    );
+    // SAFETY: `FlowKey` is 40 bytes, 8-byte aligned, without padding (asserted in
+    // tracer-common): five initialised words.
+    let (a, b) = unsafe { (&*a, &*b) };
+    a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4]
+}
+
+/// Writes the cache's packets back into their flow's `FLOW_STATS` entry and gives the cache to
+/// `key`, whose entry holds `nth` packets of this CPU now.
+#[inline(never)]
+fn take_cache(cache: &mut FlowCache, key: &FlowKey, nth: u64) {
+    if cache.delta.packets != 0 {
+        if let Some(v) = FLOW_STATS.get_ptr_mut(&cache.key) {
+            // SAFETY: this CPU's value of the element (see `aggregate`).
+            unsafe {
+                let d = &cache.delta;
+                (*v).packets += d.packets;
+                (*v).bytes += d.bytes;
+                (*v).last_ns = d.last_ns;
+            }
+        }
+    }
+    cache.key = *key;
+    cache.delta = FlowCounts::default();
+    cache.base = nth;
 }
 
 /// The epoch (0 or 1) userspace has the hooks count in.

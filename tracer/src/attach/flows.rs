@@ -4,14 +4,17 @@
 //! drain, userspace flips the epoch, waits until every program that may still have read the old
 //! value has returned, and only then reads and deletes the old epoch's entries: nothing can
 //! update them any more, so the counts read are final and no packet is counted twice or lost.
+//! Each CPU's hooks also hold the flow they counted last in `FLOW_CACHE` (one element per slot
+//! and epoch), counted there without a hash lookup; its packets are added to the key's entry
+//! when the drain reads the old epoch, and the element is emptied.
 //! The wait is `membarrier(MEMBARRIER_CMD_GLOBAL)`, which is `synchronize_rcu()`: tc programs
 //! run inside RCU read-side sections (softirq, or with bottom halves off), so a grace period
 //! outlasts every program that started before the flip.
 
-use aya::maps::{Array, MapData, PerCpuHashMap};
+use aya::maps::{Array, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use tracer_common::{
-    config::{FlowCounts, FlowKey},
-    names::{MAP_EPOCH, MAP_FLOW_STATS},
+    config::{FlowCache, FlowCounts, FlowKey},
+    names::{MAP_EPOCH, MAP_FLOW_CACHE, MAP_FLOW_STATS},
 };
 
 use super::{AttachError, Tracer};
@@ -90,13 +93,53 @@ impl Tracer {
             .filter_map(Result::ok)
             .filter(|k| k.epoch == old)
             .collect();
+        let first = out.len();
         for key in keys {
             let values = stats.get(&key, 0).map_err(err)?;
             let counts = sum_cpus(values.iter());
             stats.remove(&key).map_err(err)?;
-            if counts.packets > 0 {
-                out.push(Drained { key, counts });
+            out.push(Drained { key, counts });
+        }
+        self.drain_caches(old, &mut out[first..])?;
+        out.retain(|d| d.counts.packets > 0);
+        Ok(())
+    }
+
+    /// Adds what the per-CPU caches of epoch `old` counted to the keys drained from
+    /// `FLOW_STATS` (every cached key has its entry there), and empties them.
+    fn drain_caches(&mut self, old: u8, drained: &mut [Drained]) -> Result<(), AttachError> {
+        let map = self
+            .ebpf
+            .map_mut(MAP_FLOW_CACHE)
+            .ok_or(AttachError::MissingMap(MAP_FLOW_CACHE))?;
+        let mut caches: PerCpuArray<&mut MapData, FlowCache> =
+            PerCpuArray::try_from(map).map_err(|source| AttachError::Map {
+                name: MAP_FLOW_CACHE,
+                source,
+            })?;
+        let err = |source| AttachError::Map {
+            name: MAP_FLOW_CACHE,
+            source,
+        };
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| AttachError::Counters(e))?;
+        for slot in 0..tracer_common::MAX_HOOKS as u32 {
+            let index = slot * 2 + u32::from(old);
+            let per_cpu = caches.get(&index, 0).map_err(err)?;
+            if per_cpu.iter().all(|c| c.base == 0) {
+                continue;
             }
+            for c in per_cpu.iter().filter(|c| c.base != 0 && c.delta.packets > 0) {
+                match drained.iter_mut().find(|d| d.key == c.key) {
+                    Some(d) => d.counts.merge(&c.delta),
+                    None => tracing::warn!(
+                        "a cached flow count of slot {slot} has no flow map entry: {} packets not attributed",
+                        c.delta.packets
+                    ),
+                }
+            }
+            let empty = PerCpuValues::try_from(vec![FlowCache::default(); cpus])
+                .map_err(AttachError::Counters)?;
+            caches.set(index, empty, 0).map_err(err)?;
         }
         Ok(())
     }
