@@ -180,7 +180,9 @@ pub struct ModeConfig {
     /// Packets of each flow an entry hook emits in full in each epoch (per CPU) before it only
     /// counts them.
     pub first_n: u32,
-    pub _pad0: u32,
+    /// 1: time the counts with `bpf_ktime_get_coarse_ns` (Linux >= 5.11; the clock's tick, a
+    /// few ms, is enough for first and last times, and it costs a fraction of a clock read).
+    pub coarse_clock: u32,
 }
 const _: () = assert!(size_of::<ModeConfig>() == 16);
 
@@ -190,7 +192,7 @@ impl ModeConfig {
         aggregate: 0,
         sample_below: u32::MAX,
         first_n: 0,
-        _pad0: 0,
+        coarse_clock: 0,
     };
 }
 

@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use tracer_common::{
     config::{
-        EndpointKey, FilterConfig, FlowCache, FlowCounts, FlowKey, HookConfig, HookCounters, ModeConfig,
-        SkbOffsets, FLOW_STATS_MAX, INTEREST_MAX, TRACED_MAX,
+        EndpointKey, FilterConfig, FlowCache, FlowCounts, FlowKey, HookConfig, HookCounters,
+        ModeConfig, SkbOffsets, FLOW_STATS_MAX, INTEREST_MAX, TRACED_MAX,
     },
     names, MAX_HOOKS,
 };

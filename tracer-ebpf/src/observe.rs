@@ -2,15 +2,14 @@
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_skb_load_bytes},
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
 use tracer_common::{
     config::{
         EndpointKey, FilterConfig, FlowCache, FlowCounts, FlowKey, HookConfig, HookCounters,
-        ModeConfig,
-        HOOK_ENTRY, ROLE_ALL, ROLE_SHARED, ROLE_SOURCE_IN, ROLE_SOURCE_OUT, TRACED_MAX,
+        ModeConfig, HOOK_ENTRY, ROLE_ALL, ROLE_SHARED, ROLE_SOURCE_IN, ROLE_SOURCE_OUT, TRACED_MAX,
     },
     event::{
         EventHeader, PacketEvent, PacketHeadEvent, PacketMeta, CAPTURE_MAX, KIND_PACKET,
@@ -25,8 +24,8 @@ use tracer_common::{
 use crate::{
     frame::{LinearFrame, SkbFrame},
     maps::{
-        global_field, COUNTERS, EPOCH, EVENTS, FILTER, FLOW_CACHE, FLOW_STATS, HOOKS, INTEREST, MODE,
-        SELECTED, WAKE_BYTES,
+        global_field, COUNTERS, EPOCH, EVENTS, FILTER, FLOW_CACHE, FLOW_STATS, HOOKS, INTEREST,
+        MODE, SELECTED, WAKE_BYTES,
     },
 };
 
@@ -101,7 +100,9 @@ fn aggregate(
     let mut key_slot = core::mem::MaybeUninit::uninit();
     let key = FlowKey::zero_in(&mut key_slot);
     let keyed = peek_key(ctx, slot, key)?;
-    let cache = FLOW_CACHE.get_ptr_mut(slot * 2 + u32::from(key.epoch)).ok_or(())?;
+    let cache = FLOW_CACHE
+        .get_ptr_mut(slot * 2 + u32::from(key.epoch))
+        .ok_or(())?;
     // SAFETY: this CPU's element, touched only by this CPU while this program runs; userspace
     // reads an epoch's elements only once no program can use that epoch any more.
     let cache = unsafe { &mut *cache };
@@ -132,8 +133,7 @@ fn aggregate(
         counts = FLOW_STATS.get_ptr_mut(&*key);
     }
     let len = u64::from(ctx.len());
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = count_time();
     // This CPU's count of the flow at this hook in this epoch, this packet included; 0: the
     // map had no room for it.
     let nth = match counts {
@@ -196,8 +196,7 @@ fn pick(
 /// epoch on this CPU, this packet included.
 #[inline(never)]
 fn count_in_cache(cache: &mut FlowCache, len: u32) -> u64 {
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = count_time();
     let d = &mut cache.delta;
     if d.packets == 0 {
         d.first_ns = now;
@@ -239,6 +238,20 @@ fn take_cache(cache: &mut FlowCache, key: &FlowKey, nth: u64) {
     cache.key = *key;
     cache.delta = FlowCounts::default();
     cache.base = nth;
+}
+
+/// The time a count is stamped with: the coarse clock where the kernel has it (read-only
+/// data: the verifier drops the other call, so a kernel without the helper never sees it).
+#[inline(always)]
+fn count_time() -> u64 {
+    // SAFETY: helpers without arguments.
+    unsafe {
+        if global_field!(MODE: ModeConfig, coarse_clock) != 0 {
+            bpf_ktime_get_coarse_ns()
+        } else {
+            bpf_ktime_get_ns()
+        }
+    }
 }
 
 /// The epoch (0 or 1) userspace has the hooks count in.

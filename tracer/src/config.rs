@@ -360,7 +360,10 @@ pub(crate) fn aggregate_mode(n: u32) -> ModeConfig {
         aggregate: 1,
         sample_below: tracer_common::sample::sample_below(n),
         first_n: FIRST_PACKETS,
-        _pad0: 0,
+        coarse_clock: u32::from(
+            aya::util::KernelVersion::current()
+                .is_ok_and(|v| v >= aya::util::KernelVersion::new(5, 11, 0)),
+        ),
     }
 }
 

@@ -128,7 +128,10 @@ impl Tracer {
             if per_cpu.iter().all(|c| c.base == 0) {
                 continue;
             }
-            for c in per_cpu.iter().filter(|c| c.base != 0 && c.delta.packets > 0) {
+            for c in per_cpu
+                .iter()
+                .filter(|c| c.base != 0 && c.delta.packets > 0)
+            {
                 match drained.iter_mut().find(|d| d.key == c.key) {
                     Some(d) => d.counts.merge(&c.delta),
                     None => tracing::warn!(

@@ -51,7 +51,11 @@ fn kernel_counts_give_every_hop_its_packets_and_the_events_its_timings() {
     let mut c = counted_flow(1_000, 1_000);
     c.finish();
     let flows = c.flows();
-    assert_eq!(flows.len(), 1, "counts beyond NAT join the flow by its alias");
+    assert_eq!(
+        flows.len(),
+        1,
+        "counts beyond NAT join the flow by its alias"
+    );
     let f = &flows[0];
     assert!(f.kernel_counts);
     assert_eq!((f.packets_out, f.packets_back), (1_000, 3));
@@ -108,6 +112,10 @@ fn counts_no_flow_ever_had_are_counted_as_unattributed() {
     c.advance(1_000_000);
     assert_eq!(c.unattributed_packets(), 8, "an unknown slot at once");
     c.finish();
-    assert_eq!(c.unattributed_packets(), 50, "the rest once nothing can claim them");
+    assert_eq!(
+        c.unattributed_packets(),
+        50,
+        "the rest once nothing can claim them"
+    );
     assert!(c.flows().is_empty());
 }
