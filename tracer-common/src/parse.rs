@@ -394,8 +394,8 @@ mod tests {
         use std::{vec, vec::Vec};
         let (udp, len) = udp4(false);
         let mut frames: Vec<Vec<u8>> = vec![udp[..len].to_vec(), udp4(true).0.to_vec()];
-        frames.push(super::frag_tests::ipv4_fragment(FRAG_MORE).to_vec());
-        frames.push(super::frag_tests::ipv4_fragment(185).to_vec());
+        frames.push(frag_tests::ipv4_fragment(FRAG_MORE).to_vec());
+        frames.push(frag_tests::ipv4_fragment(185).to_vec());
         // TCP with an option in the IP header (ihl 6) and a payload.
         let mut tcp = udp[..len].to_vec();
         tcp[14] = 0x46;
@@ -415,7 +415,7 @@ mod tests {
             }
         }
         assert!(answered > 50, "it answers where it can: {answered}");
-        let v6 = super::frag6_tests::ipv6_fragment(0, false);
+        let v6 = frag6_tests::ipv6_fragment(0, false);
         assert_eq!(parse_ipv4_prefix(&v6[..], v6.len(), true), None);
     }
 

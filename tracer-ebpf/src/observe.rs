@@ -244,9 +244,10 @@ fn take_cache(cache: &mut FlowCache, key: &FlowKey, nth: u64) {
 /// data: the verifier drops the other call, so a kernel without the helper never sees it).
 #[inline(always)]
 fn count_time() -> u64 {
+    let coarse = global_field!(MODE: ModeConfig, coarse_clock) != 0;
     // SAFETY: helpers without arguments.
     unsafe {
-        if global_field!(MODE: ModeConfig, coarse_clock) != 0 {
+        if coarse {
             bpf_ktime_get_coarse_ns()
         } else {
             bpf_ktime_get_ns()

@@ -326,6 +326,7 @@ impl Tracer {
     /// one interface share the clsact qdisc that the first of them adds.
     pub(crate) fn attach_all(&mut self, targets: Vec<AttachTarget>) -> Result<(), AttachError> {
         if !self.tcx || !distinct_slots(&targets) {
+            self.preload(&targets);
             return targets.into_iter().try_for_each(|t| self.attach(t));
         }
         for target in &targets {
@@ -345,26 +346,32 @@ impl Tracer {
             slots.push((name, prog));
         }
         let drop_prog = programs.remove(DROP_PROGRAM);
+        // Verifying is CPU work and each program is verified on its own: they load on up to
+        // four threads at once (the attacher takes them in path order as they come).
+        let loaders = std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4));
+        let queue: std::sync::Mutex<std::collections::VecDeque<_>> =
+            std::sync::Mutex::new(slots.into_iter().enumerate().collect());
         let (links, drop_preload) = std::thread::scope(|scope| {
-            let (tx, rx) = std::sync::mpsc::channel::<(&mut SchedClassifier, &AttachTarget)>();
-            let attacher = scope.spawn(move || attach_in_order(rx));
-            let mut load_error = None;
-            for ((name, prog), target) in slots.into_iter().zip(&targets) {
-                if let Err(e) = load_slot(prog, &name) {
-                    load_error = Some(e);
-                    break;
-                }
-                // The attacher stops at its first error; what is left is not attached.
-                if tx.send((prog, target)).is_err() {
-                    break;
-                }
+            let (tx, rx) = std::sync::mpsc::channel::<LoadedSlot<'_>>();
+            let attacher = scope.spawn(|| attach_in_order(rx, &targets));
+            for _ in 0..loaders {
+                let (tx, queue) = (tx.clone(), &queue);
+                scope.spawn(move || loop {
+                    let next = queue.lock().map(|mut q| q.pop_front()).ok().flatten();
+                    let Some((i, (name, prog))) = next else {
+                        return;
+                    };
+                    let loaded = load_slot(prog, &name).map(|()| prog);
+                    // The attacher stops at its first error; what is left is not attached.
+                    if tx.send((i, loaded)).is_err() {
+                        return;
+                    }
+                });
             }
             drop(tx);
             // The drop program's BTF and verifier work fits in the time the links take.
             let drop_preload = drop_prog.map(|prog| self.drops.preload(prog));
-            let mut links = join_thread(attacher);
-            links.extend(load_error.map(Err));
-            (links, drop_preload)
+            (join_thread(attacher), drop_preload)
         });
         if let Some(Err(why)) = drop_preload {
             self.drops.unavailable(why);
@@ -379,6 +386,38 @@ impl Tracer {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Loads (verifies) the programs of the targets' slots on several threads at once, before
+    /// they are attached one by one. A program that fails here is loaded again by
+    /// [`Tracer::attach`], which reports why.
+    fn preload(&mut self, targets: &[AttachTarget]) {
+        let names: Vec<String> = targets
+            .iter()
+            .map(|t| slot_program_name(t.hook.slot))
+            .collect();
+        let progs: std::collections::VecDeque<(&str, &mut SchedClassifier)> = self
+            .ebpf
+            .programs_mut()
+            .filter(|(name, _)| names.iter().any(|n| n == name))
+            .filter_map(|(name, p)| Some((name, <&mut SchedClassifier>::try_from(p).ok()?)))
+            .collect();
+        let loaders = std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4));
+        let queue = std::sync::Mutex::new(progs);
+        std::thread::scope(|scope| {
+            for _ in 0..loaders {
+                let queue = &queue;
+                scope.spawn(move || loop {
+                    let next = queue.lock().map(|mut q| q.pop_front()).ok().flatten();
+                    let Some((name, prog)) = next else {
+                        return;
+                    };
+                    if let Err(e) = load_slot(prog, name) {
+                        tracing::debug!("preloading {name}: {e}");
+                    }
+                });
+            }
+        });
     }
 
     fn push_attached(
@@ -694,16 +733,30 @@ type AttachedLink = (SchedClassifierLink, Option<markers::QdiscMarker>);
 /// list). One at a time and in path order, like [`Tracer::attach`] in a loop: a reply must not be
 /// traced at a hop before its request can be at the hops upstream of it (the correlator would
 /// take it for a flow of its own).
+/// A slot's program as a loader thread hands it over: the index of its target, and the program
+/// loaded (verified) or why it was not.
+type LoadedSlot<'p> = (usize, Result<&'p mut SchedClassifier, AttachError>);
+
+/// Attaches the loaded programs in the order of `targets`, whatever order they arrive in, and
+/// stops at the first that failed to load or attach.
 fn attach_in_order(
-    loaded: std::sync::mpsc::Receiver<(&mut SchedClassifier, &AttachTarget)>,
+    loaded: std::sync::mpsc::Receiver<LoadedSlot<'_>>,
+    targets: &[AttachTarget],
 ) -> Vec<Result<AttachedLink, AttachError>> {
+    let mut waiting = std::collections::BTreeMap::new();
     let mut links = Vec::new();
-    for (prog, target) in loaded {
-        let link = attach_program(prog, target, true);
-        let failed = link.is_err();
-        links.push(link);
-        if failed {
-            break;
+    for (i, prog) in loaded {
+        waiting.insert(i, prog);
+        while let Some(prog) = waiting.remove(&links.len()) {
+            let Some(target) = targets.get(links.len()) else {
+                return links;
+            };
+            let link = prog.and_then(|p| attach_program(p, target, true));
+            let failed = link.is_err();
+            links.push(link);
+            if failed {
+                return links;
+            }
         }
     }
     links

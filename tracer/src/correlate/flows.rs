@@ -288,8 +288,9 @@ impl FlowState {
         };
         hop.counted += rec.packets;
         hop.counted_bytes += rec.bytes;
+        // The first sighting stays the first event's: every flow starts with one, and the counts'
+        // times may come from the kernel's coarse clock (a tick behind).
         self.counts_last_ns = self.counts_last_ns.max(rec.last_ns);
-        self.first_ns = self.first_ns.min(rec.first_ns);
         self.last_ns = self.last_ns.max(rec.last_ns);
     }
 

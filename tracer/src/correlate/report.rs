@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::model::{Direction, Endpoint, Hook, Orientation, Proto, Topology};
+use crate::model::{Direction, Endpoint, Orientation, Proto, Topology};
 
 use super::{
     flows::{DropTally, FlowState, FragHop, HookIdx, Hop, LegTotals},
@@ -195,7 +195,19 @@ impl FlowReport {
         let key = pool.tuple(flow.key);
         let nat = |leg: Leg| -> Vec<NatEntry> {
             let recs = flow.nat.iter().filter(|n| n.leg == leg);
-            recs.map(|n| nat::entry(n, topology, pool)).collect()
+            recs.map(|n| {
+                let mut e = nat::entry(n, topology, pool);
+                // Counted in the kernel: every packet that crossed the hook after the rewrite.
+                let after = flow
+                    .hops
+                    .iter()
+                    .find(|h| h.leg == leg && h.hook == n.between.1);
+                if let Some(h) = after.filter(|_| counted.is_some()) {
+                    e.packets = e.packets.max(hop_packets(h));
+                }
+                e
+            })
+            .collect()
         };
         let ((packets_out, bytes_out), (packets_back, bytes_back)) =
             (leg_totals(flow, Leg::Out), leg_totals(flow, Leg::Back));
@@ -371,14 +383,30 @@ fn counted_stops(
         if missing == 0 {
             continue;
         }
-        let hook_label = topology.hooks.get(usize::from(h.hook)).map(Hook::label);
-        // A reason the sampled packets that ended here were dropped with, else one the kernel
-        // gave for this leg's unsampled packets.
+        let Some(hook) = topology.hooks.get(usize::from(h.hook)) else {
+            continue;
+        };
+        let (label, dir) = (hook.label(), hook.direction);
+        // What the followed packets that ended here showed: a drop reason, or that pathtrace
+        // only lost sight of them (an untraced exit, a hook not attached yet, a full ring).
+        let seen_here = |s: &&Stop| s.after_hook == label && s.after_dir == dir;
+        if let Some(s) = sampled
+            .iter()
+            .filter(seen_here)
+            .find(|s| !s.cause.is_loss())
+        {
+            stops.push(Stop {
+                count: missing,
+                ..s.clone()
+            });
+            continue;
+        }
         let reason = sampled
             .iter()
-            .find(|s| Some(&s.after_hook) == hook_label.as_ref() && s.reason.is_some())
-            .and_then(|s| s.reason.clone())
+            .filter(seen_here)
+            .find_map(|s| s.reason.clone())
             .or_else(|| {
+                // Else a reason the kernel gave for this leg's unsampled packets.
                 let left = tallies_left.iter_mut().find(|(_, n)| *n > 0)?;
                 left.1 = left.1.saturating_sub(missing);
                 left.0.clone()

@@ -180,7 +180,8 @@ impl ForwardDrop {
             .to_vec();
         let mut args = vec!["-I".to_string(), "FORWARD".to_string()];
         args.extend(rule.iter().cloned());
-        sh("iptables", &args.each_ref().map(String::as_str));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        sh("iptables", &args);
         Self(rule)
     }
 

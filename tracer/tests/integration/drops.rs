@@ -150,6 +150,7 @@ fn netfilter_drops_of_traced_packets_come_back_with_their_reason() {
         ring_bytes: 1 << 20,
         kernel_log: false,
         drop_reasons: true,
+        mode: tracer_common::config::ModeConfig::EVERY_PACKET,
     };
     let mut tracer = Tracer::load(&opts, TcMode::Auto).expect("load kernel object");
     let namer = match tracer.enable_drop_reasons().expect("enable drop reasons") {
@@ -220,7 +221,7 @@ fn netfilter_drops_of_traced_packets_come_back_with_their_reason() {
                 Event::Packet(p) if p.dst.port == DROPPED_PORT || p.dst.port == OPEN_PORT => {
                     packets.insert(p.fingerprint, p.dst.port);
                 }
-                Event::Packet(_) => {}
+                Event::Packet(_) | Event::Counts(_) => {}
                 Event::Drop(d) => drops.push(d),
             }
         }

@@ -156,6 +156,7 @@ fn load() -> (Tracer, u8) {
         ring_bytes: 1 << 20,
         kernel_log: false,
         drop_reasons: false,
+        mode: tracer_common::config::ModeConfig::EVERY_PACKET,
     };
     let mut tracer = Tracer::load(&opts, TcMode::Auto).expect("load kernel object");
     let hook = Hook {

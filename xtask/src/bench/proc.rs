@@ -84,8 +84,6 @@ pub(super) struct Exit {
     pub status: ExitStatus,
     /// Its peak resident set size (`ru_maxrss` of wait4), in KiB.
     pub max_rss_kib: u64,
-    /// CPU time it used, user and system, in seconds.
-    pub cpu_secs: f64,
     pub stdout: Captured,
 }
 
@@ -160,7 +158,7 @@ impl Proc {
     pub(super) fn wait(mut self, limit: Duration) -> Result<Exit> {
         let pid = self.pid().ok_or_else(|| anyhow!("no child"))? as libc::pid_t;
         let end = Instant::now() + limit;
-        let (status, max_rss_kib, cpu_secs) = loop {
+        let (status, max_rss_kib) = loop {
             let mut status: libc::c_int = 0;
             // SAFETY: zeroed rusage is a valid value for wait4 to fill in.
             let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -169,11 +167,9 @@ impl Proc {
             if got == pid {
                 // Reaped: the pid is no longer ours to signal.
                 self.child = None;
-                let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
                 break (
                     ExitStatus::from_raw(status),
                     u64::try_from(usage.ru_maxrss).unwrap_or(0),
-                    secs(usage.ru_utime) + secs(usage.ru_stime),
                 );
             }
             if got < 0 {
@@ -197,7 +193,6 @@ impl Proc {
         Ok(Exit {
             status,
             max_rss_kib,
-            cpu_secs,
             stdout,
         })
     }

@@ -160,8 +160,6 @@ pub(super) struct Traced {
     /// The flows' per-hop totals, when they were kept ([`Trace::start_keeping_flows`]).
     pub hops: HopTotals,
     pub max_rss_kib: u64,
-    /// CPU time pathtrace used over its whole life, user and system, in seconds.
-    pub cpu_secs: f64,
     pub output_lines: u64,
 }
 
@@ -232,6 +230,24 @@ impl Trace {
         Ok(bpf_fds(pid)?.tc_progs)
     }
 
+    /// The CPU time it has used so far, user and system, in seconds (`/proc/PID/stat`).
+    pub(super) fn cpu_secs_now(&self) -> Result<f64> {
+        let pid = self.proc.pid().context("pathtrace has ended")?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .context("reading pathtrace's /proc stat")?;
+        // After the command name in parentheses: state is field 3, utime 14, stime 15.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+        let (user, system) = (ticks(11), ticks(12));
+        // In USER_HZ ticks, which Linux keeps at 100 whatever the kernel's own HZ.
+        const USER_HZ: f64 = 100.0;
+        match (user, system) {
+            (Some(u), Some(s)) => Ok((u + s) / USER_HZ),
+            _ => bail!("no CPU times in /proc/{pid}/stat"),
+        }
+    }
+
     /// Its resident set size now (`VmRSS`), in KiB.
     pub(super) fn rss_kib(&self) -> Result<u64> {
         let pid = self.proc.pid().context("pathtrace has ended")?;
@@ -257,7 +273,6 @@ impl Trace {
             summary: Summary::parse(line)?,
             hops: HopTotals::of(&exit.stdout.lines),
             max_rss_kib: exit.max_rss_kib,
-            cpu_secs: exit.cpu_secs,
             output_lines: exit.stdout.count,
         })
     }

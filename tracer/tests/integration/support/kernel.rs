@@ -364,14 +364,21 @@ pub(crate) fn summary_rows(text: &str) -> Vec<(String, String, [u64; 4])> {
     text.lines()
         .filter_map(|l| {
             let cols: Vec<&str> = l.split_whitespace().collect();
-            if cols.len() != 6 {
+            // Aggregate mode adds a `counted` column: packets only counted in the kernel, taken
+            // in like the emitted ones (seen = filtered + emitted + lost + counted).
+            if cols.len() != 6 && cols.len() != 7 {
                 return None;
             }
-            let mut n = [0u64; 4];
+            let mut n = [0u64; 5];
             for (slot, c) in n.iter_mut().zip(&cols[2..]) {
                 *slot = c.parse().ok()?;
             }
-            Some((cols[0].to_string(), cols[1].to_string(), n))
+            let [seen, filtered, emitted, lost, counted] = n;
+            Some((
+                cols[0].to_string(),
+                cols[1].to_string(),
+                [seen, filtered, emitted + counted, lost],
+            ))
         })
         .collect()
 }
@@ -474,6 +481,7 @@ impl Foreign {
             ring_bytes: 1 << 16,
             kernel_log: false,
             drop_reasons: false,
+            mode: tracer_common::config::ModeConfig::EVERY_PACKET,
         };
         let mut tracer = Tracer::load(&opts, mode).expect("load the foreign program");
         let ifindex = std::fs::read_to_string(format!("/sys/class/net/{}/ifindex", lab.bridge))
