@@ -225,11 +225,15 @@ pub struct FlowCounts {
     pub packets: u64,
     /// `skb->len` summed.
     pub bytes: u64,
-    /// `bpf_ktime_get_ns()` of the first and the last packet counted.
+    /// `bpf_ktime_get_ns()` (or the coarse clock) of the first and the last packet counted.
     pub first_ns: u64,
     pub last_ns: u64,
+    /// Kernel-side only: this CPU's `packets` before the last TCP SYN (without ACK) counted, so
+    /// that a connection's first packets are counted from its own start when a new connection
+    /// reuses the tuple. Not a count: [`FlowCounts::merge`] leaves it out.
+    pub syn_at: u64,
 }
-const _: () = assert!(size_of::<FlowCounts>() == 32);
+const _: () = assert!(size_of::<FlowCounts>() == 40);
 
 impl FlowCounts {
     /// Adds another CPU's (or epoch's) counts: sums, and the earliest first and latest last
@@ -258,14 +262,14 @@ impl FlowCounts {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowCache {
     pub key: FlowKey,
-    /// Counted here and not yet in `FLOW_STATS`.
+    /// Counted here and not yet in `FLOW_STATS` (its `syn_at` in the numbering of `base`).
     pub delta: FlowCounts,
     /// This CPU's packets of the key in `FLOW_STATS` when the cache took it (at least 1; 0: the
     /// cache is empty): with `delta.packets`, the flow's count at this hook in this epoch on
     /// this CPU.
     pub base: u64,
 }
-const _: () = assert!(size_of::<FlowCache>() == 80);
+const _: () = assert!(size_of::<FlowCache>() == 88);
 
 /// Entries of `FLOW_STATS` at most (the loader may lower it on hosts with many CPUs: every
 /// entry holds one [`FlowCounts`] per possible CPU).

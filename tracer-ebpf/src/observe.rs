@@ -33,6 +33,8 @@ use crate::{
 const BPF_NOEXIST: u64 = 1;
 /// TCP flags that open, close or reset a connection: FIN, SYN, RST.
 const TCP_FIN_SYN_RST: u8 = 0x01 | 0x02 | 0x04;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 
 #[inline(never)]
 pub(crate) fn observe(ctx: &TcContext, slot: u32) {
@@ -107,12 +109,8 @@ fn aggregate(
     // reads an epoch's elements only once no program can use that epoch any more.
     let cache = unsafe { &mut *cache };
     let cached = keyed && cache.base != 0 && same_key(&cache.key, key);
-    let mut counts = if keyed && !cached {
-        FLOW_STATS.get_ptr_mut(&*key)
-    } else {
-        None
-    };
-    if keyed && !cached && counts.is_none() && !key_admits(hook.role, key) {
+    // A flow this hook counted already in this epoch was admitted when its entry was made.
+    if keyed && !cached && FLOW_STATS.get_ptr(&*key).is_none() && !key_admits(hook.role, key) {
         return Err(());
     }
     let mut meta_slot = core::mem::MaybeUninit::uninit();
@@ -120,8 +118,9 @@ fn aggregate(
     if parse_packet(ctx, meta) == 0 {
         return Err(());
     }
+    let syn = is_syn(meta);
     if cached {
-        let nth = count_in_cache(cache, ctx.len());
+        let nth = count_in_cache(cache, ctx.len(), syn);
         pick(ctx, slot, hook, meta, nth, counters);
         return Ok(());
     }
@@ -130,32 +129,53 @@ fn aggregate(
             return Err(());
         }
         flow_key(slot, epoch(), meta, key);
-        counts = FLOW_STATS.get_ptr_mut(&*key);
     }
-    let len = u64::from(ctx.len());
+    let nth = count_flow(u64::from(ctx.len()), key, cache, syn, keyed);
+    pick(ctx, slot, hook, meta, nth, counters);
+    Ok(())
+}
+
+/// Counts the packet in `FLOW_STATS` under `key`, and (`keyed`: a TCP or UDP flow) gives the
+/// cache to it. This CPU's count of the flow at this hook in this epoch since its connection's
+/// SYN, this packet included; 0: the map had no room for it.
+#[inline(never)]
+fn count_flow(len: u64, key: &FlowKey, cache: &mut FlowCache, syn: bool, keyed: bool) -> u64 {
     let now = count_time();
-    // This CPU's count of the flow at this hook in this epoch, this packet included; 0: the
-    // map had no room for it.
-    let nth = match counts {
+    let (nth, syn_at) = match FLOW_STATS.get_ptr_mut(key) {
         // SAFETY: this CPU's value of the element, touched only by this CPU while this program
         // runs (another CPU's insert leaves it zeroed).
-        Some(v) => unsafe {
-            if (*v).packets == 0 {
-                (*v).first_ns = now;
-            }
-            (*v).packets += 1;
-            (*v).bytes += len;
-            (*v).last_ns = now;
-            (*v).packets
-        },
-        None => insert(key, len, now),
+        Some(v) => unsafe { (count_into(v, len, now, syn), (*v).syn_at) },
+        None => (insert(key, len, now, syn), 0),
     };
     if keyed && nth != 0 {
         // This flow takes the cache: what it held goes to its own entry first.
-        take_cache(cache, key, nth);
+        take_cache(cache, key, nth, syn_at);
     }
-    pick(ctx, slot, hook, meta, nth, counters);
-    Ok(())
+    nth.saturating_sub(syn_at)
+}
+
+/// A TCP SYN without ACK: what opens a connection.
+#[inline(always)]
+fn is_syn(meta: &PacketMeta) -> bool {
+    meta.proto == IPPROTO_TCP && meta.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
+/// Counts the packet into this CPU's value; the value's packets after it.
+#[inline(always)]
+fn count_into(v: *mut FlowCounts, len: u64, now: u64, syn: bool) -> u64 {
+    // SAFETY: the caller's: this CPU's value of a `FLOW_STATS` element.
+    unsafe {
+        if (*v).packets == 0 {
+            (*v).first_ns = now;
+        }
+        if syn {
+            (*v).syn_at = (*v).packets;
+        }
+        (*v).packets += 1;
+        (*v).bytes += len;
+        (*v).last_ns = now;
+        (*v).packets
+    }
 }
 
 /// Sends the counted packet's event if it is sampled, opens/closes/resets a TCP connection, is
@@ -193,18 +213,21 @@ fn pick(
 }
 
 /// Counts a packet of the flow the cache holds there; the flow's count at this hook in this
-/// epoch on this CPU, this packet included.
+/// epoch on this CPU since its connection's SYN, this packet included.
 #[inline(never)]
-fn count_in_cache(cache: &mut FlowCache, len: u32) -> u64 {
+fn count_in_cache(cache: &mut FlowCache, len: u32, syn: bool) -> u64 {
     let now = count_time();
     let d = &mut cache.delta;
     if d.packets == 0 {
         d.first_ns = now;
     }
+    if syn {
+        d.syn_at = cache.base + d.packets;
+    }
     d.packets += 1;
     d.bytes += u64::from(len);
     d.last_ns = now;
-    cache.base + d.packets
+    (cache.base + d.packets).saturating_sub(d.syn_at)
 }
 
 /// Whether two keys are the same, compared as five words.
@@ -221,22 +244,29 @@ fn same_key(a: &FlowKey, b: &FlowKey) -> bool {
 }
 
 /// Writes the cache's packets back into their flow's `FLOW_STATS` entry and gives the cache to
-/// `key`, whose entry holds `nth` packets of this CPU now.
+/// `key`, whose entry holds `nth` packets of this CPU now (`syn_at` of them before its SYN).
 #[inline(never)]
-fn take_cache(cache: &mut FlowCache, key: &FlowKey, nth: u64) {
+fn take_cache(cache: &mut FlowCache, key: &FlowKey, nth: u64, syn_at: u64) {
     if cache.delta.packets != 0 {
         if let Some(v) = FLOW_STATS.get_ptr_mut(&cache.key) {
             // SAFETY: this CPU's value of the element (see `aggregate`).
             unsafe {
                 let d = &cache.delta;
+                if (*v).packets == 0 {
+                    (*v).first_ns = d.first_ns;
+                }
                 (*v).packets += d.packets;
                 (*v).bytes += d.bytes;
                 (*v).last_ns = d.last_ns;
+                if d.syn_at > (*v).syn_at {
+                    (*v).syn_at = d.syn_at;
+                }
             }
         }
     }
     cache.key = *key;
     cache.delta = FlowCounts::default();
+    cache.delta.syn_at = syn_at;
     cache.base = nth;
 }
 
@@ -343,27 +373,19 @@ fn parse_skb(ctx: &TcContext, meta: &mut PacketMeta) -> u64 {
 /// A new `FLOW_STATS` entry for `key` holding this packet; 1, or 0 when the map is full. (When
 /// another CPU made the entry meanwhile, this CPU's value in it is used.)
 #[inline(never)]
-fn insert(key: &FlowKey, len: u64, now: u64) -> u64 {
+fn insert(key: &FlowKey, len: u64, now: u64, syn: bool) -> u64 {
     let fresh = FlowCounts {
         packets: 1,
         bytes: len,
         first_ns: now,
         last_ns: now,
+        syn_at: 0,
     };
     if FLOW_STATS.insert(key, &fresh, BPF_NOEXIST).is_ok() {
         return 1;
     }
     match FLOW_STATS.get_ptr_mut(key) {
-        // SAFETY: as in `aggregate`.
-        Some(v) => unsafe {
-            if (*v).packets == 0 {
-                (*v).first_ns = now;
-            }
-            (*v).packets += 1;
-            (*v).bytes += len;
-            (*v).last_ns = now;
-            (*v).packets
-        },
+        Some(v) => count_into(v, len, now, syn),
         None => 0,
     }
 }

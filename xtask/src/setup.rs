@@ -38,6 +38,9 @@ const APT_PACKAGES: &[&str] = &[
     "containernetworking-plugins",
     "protobuf-compiler",
     "podman",
+    // Podman's network backend: without it Podman 4.3 falls back to CNI (`cni-podman0`), and
+    // the Podman fixture runs netavark's way (`podman0`, its iptables chains).
+    "netavark",
     "runc",
     // The kernel matrix (`cargo xtask kernels`): guests under qemu, roots by debootstrap.
     "qemu-system-x86",

@@ -158,6 +158,7 @@ mod tests {
             bytes,
             first_ns,
             last_ns,
+            syn_at: 0,
         }
     }
 

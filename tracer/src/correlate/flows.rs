@@ -162,6 +162,12 @@ pub(crate) struct FlowState {
     /// Aggregate mode: the kernel monotonic time of the last packet the kernel counted (0: no
     /// counts, every-packet mode).
     pub counts_last_ns: u64,
+    /// The flow that had this tuple before (a new connection reused it), for counts that
+    /// belong to that one.
+    earlier: Option<FlowId>,
+    /// Some of the kernel's counts of this tuple held packets of this flow and of the one
+    /// before it together: its counts are not exact, and the report says so.
+    pub counts_mixed: bool,
     legs: [LegTotals; 2],
     /// The sequence number of the SYN that opened the connection (TCP), if one was seen: a
     /// SYN with another one on the same tuple is a new connection.
@@ -320,6 +326,15 @@ impl FlowState {
         self.add_path(inst, leg, first_ns, ctx, pool);
         self.last_ns = self.last_ns.max(inst.last_ns());
     }
+}
+
+/// Why kernel counts found no flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Unplaced {
+    /// No flow has the tuple (yet).
+    NoFlow,
+    /// The counts hold packets of two connections on the tuple.
+    Mixed,
 }
 
 /// Aggregate mode: kernel drops of one leg of a flow with one reason, found by tuple.
@@ -531,8 +546,13 @@ impl FlowTable {
                 // The earlier connection is over: it keeps what it saw, the tuple (and the
                 // mappings beyond NAT) go to the new one.
                 self.retire(slot);
+                let earlier = self.flows[slot as usize].as_ref().map(|f| f.id);
                 let orientation = inst.orientation(&ctx.topology.target_addrs);
-                (self.create(inst, orientation)?, Leg::Out)
+                let new = self.create(inst, orientation)?;
+                if let Some(f) = self.flows[new as usize].as_mut() {
+                    f.earlier = earlier;
+                }
+                (new, Leg::Out)
             }
             Some(found) => found,
             None => {
@@ -675,18 +695,62 @@ impl FlowTable {
         self.by_key_either(t).or_else(|| self.alias(t))
     }
 
-    /// Adds what the kernel counted of a tuple at `hook` to its flow; `None` while no flow
-    /// has that tuple (its events have not settled yet, or never will).
-    pub(super) fn add_counts(&mut self, rec: &CountRecord, hook: HookIdx) -> Option<FlowId> {
+    /// Adds what the kernel counted of a tuple at `hook` to its flow.
+    pub(super) fn add_counts(
+        &mut self,
+        rec: &CountRecord,
+        hook: HookIdx,
+    ) -> Result<FlowId, Unplaced> {
+        match self.place_counts(rec, hook) {
+            Some(Some(id)) => Ok(id),
+            Some(None) => Err(Unplaced::Mixed),
+            None => Err(Unplaced::NoFlow),
+        }
+    }
+
+    /// [`FlowTable::add_counts`]: `None` while no flow has the tuple, `Some(None)` for counts
+    /// of two connections together.
+    fn place_counts(&mut self, rec: &CountRecord, hook: HookIdx) -> Option<Option<FlowId>> {
         let t = Tuple {
             proto: rec.proto,
             src: rec.src,
             dst: rec.dst,
         };
         let (slot, leg) = self.locate_tuple(&t)?;
+        // Connections that reused the tuple follow one another (`earlier`): the count goes to
+        // the one it began in, unless the next one began before it ended, when it holds
+        // packets of both and neither gets it. (The kernel's times may be a clock tick behind
+        // its events': a slack of two ticks.)
+        const SLACK_NS: u64 = 10_000_000;
+        let mut slot = slot;
+        let mut next: Option<u32> = None;
+        loop {
+            let flow = self.flows[slot as usize].as_ref()?;
+            let began_here = rec.first_ns + SLACK_NS >= flow.first_ns;
+            match flow.earlier.and_then(|e| self.slot_of(e)) {
+                Some(earlier) if !began_here => {
+                    next = Some(slot);
+                    slot = earlier;
+                }
+                _ => break,
+            }
+        }
+        let next_start = next
+            .and_then(|n| self.flows[n as usize].as_ref())
+            .map(|f| f.first_ns);
+        if let (Some(n), Some(start)) = (next, next_start) {
+            if rec.last_ns + SLACK_NS >= start {
+                for s in [slot, n] {
+                    if let Some(f) = self.flows[s as usize].as_mut() {
+                        f.counts_mixed = true;
+                    }
+                }
+                return Some(None);
+            }
+        }
         let flow = self.flows[slot as usize].as_mut()?;
         flow.add_counts(hook, leg, rec);
-        Some(flow.id)
+        Some(Some(flow.id))
     }
 
     /// A kernel drop of a packet of this tuple; `None` while no flow has it.
@@ -806,6 +870,8 @@ impl FlowTable {
             last_ns: inst.last_ns(),
             mark: 0,
             counts_last_ns: 0,
+            earlier: None,
+            counts_mixed: false,
             legs: Default::default(),
             syn_seq: 0,
             has_syn: false,
@@ -1034,7 +1100,7 @@ pub(super) fn same_label(a: &Hook, b: &Hook) -> bool {
 fn record_sizes() {
     // What 100k flows cost: keep an eye on these when adding fields.
     assert!(
-        size_of::<Option<FlowState>>() <= 360,
+        size_of::<Option<FlowState>>() <= 376,
         "{}",
         size_of::<Option<FlowState>>()
     );

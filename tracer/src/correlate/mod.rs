@@ -28,7 +28,7 @@ use crate::model::{
     CountRecord, DropRecord, Hook, HookStats, PacketRecord, RuleAttributor, Topology,
 };
 
-use flows::{Context, FlowTable, HookIdx};
+use flows::{Context, FlowTable, HookIdx, Unplaced};
 use packets::{Instance, Pending, Sighting};
 
 pub use nat::NatEntry;
@@ -230,13 +230,21 @@ impl Correlator {
     /// (up to [`COUNT_WAIT_NS`]).
     fn attribute_counts(&mut self, now_ns: u64) {
         let counts = std::mem::take(&mut self.counts);
+        // Only counts whose packets' events have all settled: a connection that reused the
+        // tuple meanwhile has its flow by then, and the count is not given to the one before.
+        let settled = now_ns.saturating_sub(self.cfg.settle_ns);
         for (hook, rec) in counts {
+            if rec.last_ns > settled {
+                self.counts.push((hook, rec));
+                continue;
+            }
             match self.table.add_counts(&rec, hook) {
-                Some(id) => self.changed.push(id),
-                None if now_ns.saturating_sub(rec.last_ns) < COUNT_WAIT_NS => {
+                Ok(id) => self.changed.push(id),
+                Err(Unplaced::Mixed) => self.unattributed += rec.packets,
+                Err(Unplaced::NoFlow) if now_ns.saturating_sub(rec.last_ns) < COUNT_WAIT_NS => {
                     self.counts.push((hook, rec));
                 }
-                None => self.unattributed += rec.packets,
+                Err(Unplaced::NoFlow) => self.unattributed += rec.packets,
             }
         }
         let drops = std::mem::take(&mut self.drops_by_tuple);
@@ -289,12 +297,20 @@ impl Correlator {
     pub(crate) fn flow(&self, id: FlowId) -> Option<FlowReport> {
         let flow = self.table.get(id)?;
         let frags = self.table.frag_hops(id);
-        let counts = flow.is_counted().then(|| report::Counted {
-            settled: flow.counts_last_ns.saturating_add(self.cfg.settle_ns) <= self.now_ns,
+        let counts = (flow.is_counted() && !flow.counts_mixed).then(|| report::Counted {
+            // Counts are taken in once their events settled; a flow whose last one is older
+            // than a few of those steps gets no more (a packet between two hooks has arrived).
+            settled: flow.counts_last_ns.saturating_add(3 * self.cfg.settle_ns) <= self.now_ns,
             drops: self.table.drops_of(id),
+            losses: &self.losses,
         });
         let mut report = FlowReport::build(flow, &self.topology, self.table.pool(), frags, counts);
         report.before_path_complete = self.losses.attaching_at(report.first_ns);
+        if flow.counts_mixed {
+            report.notes.push(
+                "a new connection reused this tuple within one count interval: the kernel counted packets of both together, so the counts shown are of the packets followed event by event (every packet of a short connection; for a longer one, fewer than it had)".to_string(),
+            );
+        }
         Some(report)
     }
 

@@ -175,6 +175,9 @@ pub(crate) struct Counted<'a> {
     pub settled: bool,
     /// Kernel drops of packets no event was sent for, found by tuple.
     pub drops: &'a [DropTally],
+    /// When hooks were not attached: a count that falls where a later hook was not attached
+    /// yet (or any more) while the flow ran is no evidence of a loss.
+    pub losses: &'a super::losses::LossLog,
 }
 
 impl FlowReport {
@@ -186,6 +189,8 @@ impl FlowReport {
         frags: Option<&[FragHop]>,
         counted: Option<Counted<'_>>,
     ) -> Self {
+        // The kernel's counts stand for the flow's packets (else the events do).
+        let kernel = counted.is_some();
         let stops_of = |leg| match counted {
             Some(c) => counted_stops(flow, leg, topology, pool, c),
             None => lost(flow, leg, topology, pool),
@@ -209,8 +214,10 @@ impl FlowReport {
             })
             .collect()
         };
-        let ((packets_out, bytes_out), (packets_back, bytes_back)) =
-            (leg_totals(flow, Leg::Out), leg_totals(flow, Leg::Back));
+        let ((packets_out, bytes_out), (packets_back, bytes_back)) = (
+            leg_totals(flow, Leg::Out, kernel),
+            leg_totals(flow, Leg::Back, kernel),
+        );
         Self {
             id: flow.id,
             proto: key.proto,
@@ -223,8 +230,8 @@ impl FlowReport {
             bytes_back,
             first_ns: flow.first_ns,
             last_ns: flow.last_ns,
-            hops: hops(flow, Leg::Out, topology, frags),
-            hops_back: hops(flow, Leg::Back, topology, frags),
+            hops: hops(flow, Leg::Out, topology, frags, kernel),
+            hops_back: hops(flow, Leg::Back, topology, frags, kernel),
             nat: nat(Leg::Out),
             nat_back: nat(Leg::Back),
             stops,
@@ -240,12 +247,13 @@ fn hops(
     leg: Leg,
     topology: &Topology,
     frags: Option<&[FragHop]>,
+    kernel: bool,
 ) -> Vec<HopTiming> {
     let orientation = flow.leg(leg).1;
     let mut out: Vec<((u32, u8, u16), HopTiming)> = flow
         .hops
         .iter()
-        .filter(|h| h.leg == leg)
+        .filter(|h| h.leg == leg && (kernel || h.packets() > 0))
         .filter_map(|acc| {
             let hook = topology.hooks.get(usize::from(acc.hook))?;
             let mean_ns = acc.sum_ns as f64 / acc.packets().max(1) as f64;
@@ -254,7 +262,11 @@ fn hops(
                 dir: hook.direction,
                 delta_us: mean_ns / 1000.0,
                 slot: hook.slot,
-                packets: hop_packets(acc),
+                packets: if kernel {
+                    hop_packets(acc)
+                } else {
+                    acc.packets()
+                },
                 samples: acc.packets(),
                 fragments: frags.map(|f| {
                     f.iter()
@@ -279,8 +291,11 @@ fn hop_packets(h: &Hop) -> u64 {
 
 /// Packets and bytes of a leg: where the kernel counted, those of the hop that counted the most
 /// (the leg's entry, unless packets joined it later); else the events' totals.
-fn leg_totals(flow: &FlowState, leg: Leg) -> (u64, u64) {
+fn leg_totals(flow: &FlowState, leg: Leg, kernel: bool) -> (u64, u64) {
     let events = flow.leg(leg).0;
+    if !kernel {
+        return (events.packets, events.bytes);
+    }
     let counted = flow
         .hops
         .iter()
@@ -411,6 +426,33 @@ fn counted_stops(
                 left.1 = left.1.saturating_sub(missing);
                 left.0.clone()
             });
+        // A hook further on that was not attached yet when the flow began, or any more when
+        // it ended: the difference may be packets it could not see.
+        let rank = *rank;
+        let unattached = topology
+            .hooks
+            .iter()
+            .filter(|x| orientation.crosses(x.place, x.direction))
+            .filter(|x| orientation.rank(x.place, x.direction) > rank)
+            .find(|x| {
+                [flow.first_ns, flow.counts_last_ns].iter().any(|t| {
+                    counted.losses.lossy(x.slot, x.direction, *t) == Some(Gap::NotAttached)
+                })
+            });
+        if let (Some(x), None) = (unattached, &reason) {
+            stops.push(Stop {
+                leg,
+                after_hook: label,
+                after_dir: dir,
+                count: missing,
+                reason: None,
+                cause: StopCause::NotAttached {
+                    at: x.label(),
+                    at_dir: x.direction,
+                },
+            });
+            continue;
+        }
         stops.extend(stop_at(h.hook, missing, reason));
     }
     stops

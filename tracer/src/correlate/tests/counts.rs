@@ -97,8 +97,9 @@ fn settled_counts_say_where_unsampled_packets_stopped_and_why() {
 #[test]
 fn counts_still_flowing_claim_no_stop_from_their_differences() {
     let mut c = counted_flow(1_000, 990);
-    // The last packet was counted 100 ms before this tick: the difference may be in flight.
-    c.advance(2_100_000_000);
+    // The last packet was counted 300 ms before this tick: its counts are taken in, and the
+    // difference may still be in flight.
+    c.advance(2_300_000_000);
     let f = &c.flows()[0];
     assert!(f.stops.is_empty(), "{:?}", f.stops);
     assert_eq!(f.hops[3].packets, 990);
