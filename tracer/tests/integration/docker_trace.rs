@@ -98,12 +98,15 @@ pub(crate) fn trace_target(
 ) -> Result<String> {
     let argv = [target, args, &["--duration", "5"]].concat();
     let child = pathtrace(&argv).spawn()?;
-    // JSON mode prints nothing until the first flow: wait for the programs, then for attaching.
+    // JSON mode prints nothing until the first flow: wait for the hooks' TCX links (6 without a
+    // bridge, 8 with one, more for more networks), however long loading takes.
     let deadline = Instant::now() + Duration::from_secs(3);
     while our_programs().is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::thread::sleep(Duration::from_millis(800));
+    if !crate::support::kernel::wait_attached(child.id(), 6, Duration::from_secs(10)) {
+        std::thread::sleep(Duration::from_millis(800));
+    }
     let traffic = traffic();
     let out = child.wait_with_output()?;
     traffic.context("generating traffic")?;

@@ -55,7 +55,12 @@ fn trace(
     let child = pathtrace(&argv)
         .env("CONTAINER_HOST", &podman.endpoint)
         .spawn()?;
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // Traffic once the hooks are attached (TCX links), however long loading takes.
+    let limit = std::time::Duration::from_secs(10);
+    ensure!(
+        crate::support::kernel::wait_attached(child.id(), 6, limit),
+        "pathtrace did not attach its hooks within {limit:?}"
+    );
     let traffic = traffic();
     let out = child.wait_with_output()?;
     traffic.context("generating traffic")?;

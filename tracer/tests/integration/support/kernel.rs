@@ -164,6 +164,26 @@ pub(crate) struct HeldIds {
     pub links: BTreeSet<u32>,
 }
 
+/// Waits (up to `limit`) until the pathtrace process `pid` holds at least `links` BPF links
+/// (TCX: one per attached hook) and has made no new one for 300 ms (links are made one after
+/// another as the programs verify, some ms apart): its hooks are attached. False when it never
+/// got there.
+pub(crate) fn wait_attached(pid: u32, links: usize, limit: std::time::Duration) -> bool {
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + limit;
+    let (mut seen, mut since) = (0, Instant::now());
+    while Instant::now() < deadline {
+        let now = held_by(pid).links.len();
+        if now != seen {
+            (seen, since) = (now, Instant::now());
+        } else if seen >= links && since.elapsed() >= Duration::from_millis(300) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
 pub(crate) fn held_by(pid: u32) -> HeldIds {
     let mut held = HeldIds::default();
     add_held(pid, &mut held);
