@@ -168,8 +168,7 @@ pub(crate) struct HeldIds {
 /// (TCX: one per attached hook) and has made no new one for 300 ms (links are made one after
 /// another as the programs verify, some ms apart): its hooks are attached. False when it never
 /// got there.
-pub(crate) fn wait_attached(pid: u32, links: usize, limit: std::time::Duration) -> bool {
-    use std::time::{Duration, Instant};
+pub(crate) fn wait_attached(pid: u32, links: usize, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
     let (mut seen, mut since) = (0, Instant::now());
     while Instant::now() < deadline {
