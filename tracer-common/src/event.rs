@@ -102,6 +102,25 @@ const _: () = assert!(align_of::<PacketMeta>() == 8);
 // all zero is valid.
 unsafe impl ZeroWords for PacketMeta {}
 
+/// Where [`PacketMeta::ipv6_header_mut`] puts an IPv6 header's fields: its addresses at 8 and 24.
+const _: () = assert!(
+    core::mem::offset_of!(PacketMeta, saddr) == 8 && core::mem::offset_of!(PacketMeta, daddr) == 24
+);
+
+impl PacketMeta {
+    /// The first 40 bytes (`fingerprint`, `saddr`, `daddr`) as one buffer an IPv6 header fits
+    /// in: read there, its source and destination addresses are in place, and its first 8 bytes
+    /// are in `fingerprint`, to be replaced. The kernel programs parse this way because their
+    /// stack has no room for the header's own copy.
+    #[inline(always)]
+    pub fn ipv6_header_mut(&mut self) -> &mut [u8; 40] {
+        // SAFETY: `repr(C)` with `fingerprint` (8 bytes), `saddr` and `daddr` (16 each) first and
+        // without padding (offsets asserted above): 40 initialised bytes, any value of which is
+        // valid for those fields; the borrow of `self` covers them.
+        unsafe { &mut *(self as *mut Self).cast::<[u8; 40]>() }
+    }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PacketEvent {

@@ -33,6 +33,20 @@ const IPV6_MAX_EXT: usize = 6;
 pub trait Frame {
     /// Copies `N` bytes at `offset`, or `None` when they are not all inside the frame.
     fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]>;
+
+    /// [`read`](Frame::read) into `out`; false (and `out` unspecified) where that gives `None`.
+    /// A kernel frame copies straight into `out`, so a caller's buffer needs no second copy on
+    /// the BPF stack.
+    #[inline(always)]
+    fn read_into<const N: usize>(&self, offset: usize, out: &mut [u8; N]) -> bool {
+        match self.read::<N>(offset) {
+            Some(bytes) => {
+                *out = bytes;
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 impl Frame for [u8] {
@@ -199,19 +213,21 @@ fn parse_ipv4<F: Frame + ?Sized>(frame: &F, l3: usize, meta: &mut PacketMeta) ->
 // frames do not add up in the classifier.
 #[inline(never)]
 fn parse_ipv6<F: Frame + ?Sized>(frame: &F, l3: usize, meta: &mut PacketMeta) -> u64 {
-    let Some(ip) = frame.read::<40>(l3) else {
-        return 0;
-    };
-    if ip[0] >> 4 != 6 {
+    // Straight into the metadata: the addresses land where they belong, and the first 8 bytes
+    // in the fingerprint, which the caller overwrites with what this returns.
+    if !frame.read_into(l3, meta.ipv6_header_mut()) {
         return 0;
     }
-    let payload_len = be16(&ip, 4);
-    let flow = be32(&ip, 0) & 0x000f_ffff;
+    let head = meta.fingerprint.to_ne_bytes();
+    if head[0] >> 4 != 6 {
+        *meta.ipv6_header_mut() = [0; 40];
+        return 0;
+    }
+    let payload_len = be16(&head, 4);
+    let flow = be32(&head, 0) & 0x000f_ffff;
     meta.family = 6;
-    meta.saddr.copy_from_slice(&ip[8..24]);
-    meta.daddr.copy_from_slice(&ip[24..40]);
     meta.l3_offset = l3 as u16;
-    let mut next = ip[6];
+    let mut next = head[6];
     let mut off = l3 + 40;
     let mut fp = Fingerprint::new().word(u32::from(payload_len)).word(flow);
     // Without a fragment header `ip_id` means nothing (see [`PacketMeta::ip_id`]). It is set

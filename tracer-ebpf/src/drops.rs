@@ -8,7 +8,7 @@
 //! `bpf_probe_read_kernel`, bounded by the bytes the skb holds in its linear buffer.
 
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf},
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
@@ -45,6 +45,16 @@ impl Frame for KernelFrame {
         // SAFETY: the helper checks the address and fails (instead of faulting) when it is not
         // readable kernel memory; the bound keeps us inside the skb's linear data.
         unsafe { bpf_probe_read_kernel(src) }.ok()
+    }
+
+    #[inline(always)]
+    fn read_into<const N: usize>(&self, offset: usize, out: &mut [u8; N]) -> bool {
+        if offset > self.bound || self.bound - offset < N {
+            return false;
+        }
+        let src = self.base.wrapping_add(offset as u64) as *const u8;
+        // SAFETY: as in `read`; `out` is N writable bytes.
+        unsafe { bpf_probe_read_kernel_buf(src, out) }.is_ok()
     }
 }
 

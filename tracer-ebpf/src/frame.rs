@@ -4,7 +4,7 @@
 //! costs a few instructions; [`SkbFrame`] reads through `bpf_skb_load_bytes`, a helper call that
 //! also reaches the paged part.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{helpers::generated::bpf_skb_load_bytes, programs::TcContext};
 use tracer_common::parse::Frame;
 
 /// Direct packet offsets above this are never tried (the verifier needs a bound on the offset
@@ -68,5 +68,19 @@ impl Frame for SkbFrame<'_> {
     #[inline(always)]
     fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
         self.0.load::<[u8; N]>(offset).ok()
+    }
+
+    #[inline(always)]
+    fn read_into<const N: usize>(&self, offset: usize, out: &mut [u8; N]) -> bool {
+        // SAFETY: the context's socket buffer, and `out`'s N writable bytes.
+        let ret = unsafe {
+            bpf_skb_load_bytes(
+                self.0.skb.skb.cast(),
+                offset as u32,
+                out.as_mut_ptr().cast(),
+                N as u32,
+            )
+        };
+        ret == 0
     }
 }
