@@ -8,32 +8,13 @@
 //! host FORWARD rule drops a UDP port: the packets, sampled or not, are counted at the hop
 //! they stopped after, with the kernel's reason, as many as the rule's counter says.
 
-use std::{
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
 use crate::support::{
-    kernel::{in_ns, pathtrace_programs, poll},
+    kernel::{in_ns, iperf_udp, pathtrace_programs, poll},
     lab::{final_flows, json_lines, pathtrace, sh, TestLab},
     privileged, serial,
 };
-
-/// `iperf3 -c` from the lab's container, UDP of 64-byte datagrams at `rate` for `secs`: the
-/// datagrams it sent.
-fn iperf_udp(ns: &str, server: &str, port: &str, rate: &str, secs: &str) -> u64 {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "iperf3", "-c", server, "-p", port])
-        .args(["-u", "-b", rate, "-l", "64", "-t", secs, "-J"])
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run iperf3");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("iperf3 -J: {e}: {}", String::from_utf8_lossy(&out.stdout)));
-    v["end"]["sum"]["packets"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("iperf3 gave no UDP total: {v}"))
-}
 
 /// Runs pathtrace on the lab in the default mode for `secs` on a thread; returns once its
 /// programs are loaded.
@@ -94,7 +75,7 @@ fn a_udp_flood_is_counted_exactly_at_every_hop_and_sampled_whole() {
     let port = "5203";
     let _server = in_ns(&lab.wan_netns, &["iperf3", "-s", "-1", "-p", port]);
     let tracer = trace(lab, "14");
-    let sent = iperf_udp(&lab.ctr_netns, &wan, port, "0", "10");
+    let sent = iperf_udp(&lab.ctr_netns, &wan, port, "0", "10").sent;
     let out = tracer.join().expect("pathtrace thread");
     assert!(
         out.status.success(),
@@ -238,7 +219,7 @@ fn dropped_packets_are_counted_at_their_hop_whether_sampled_or_not() {
     let _server = in_ns(&lab.wan_netns, &["iperf3", "-s", "-1", "-p", port]);
     let rule = ForwardDrop::insert(&lab.bridge, port);
     let tracer = trace(lab, "6");
-    let sent = iperf_udp(&lab.ctr_netns, &wan, port, "2M", "2");
+    let sent = iperf_udp(&lab.ctr_netns, &wan, port, "2M", "2").sent;
     let out = tracer.join().expect("pathtrace thread");
     assert!(
         out.status.success(),

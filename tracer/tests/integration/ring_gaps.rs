@@ -3,34 +3,13 @@
 //! (the ground truth). No flow may claim more lost packets than iperf3 lost, the events the ring
 //! had no room for are said to be that, and one SNAT rewrite stays one step.
 
-use std::{
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use crate::support::{
-    kernel::{pathtrace_programs, poll},
+    kernel::{iperf_udp, pathtrace_programs, poll},
     lab::{json_lines, pathtrace, TestLab},
     privileged, serial,
 };
-
-/// `iperf3 -c ... -J` in the lab's container: (datagrams sent, datagrams the receiver lost).
-fn iperf_udp(ns: &str, server: &str, port: &str) -> (u64, u64) {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "iperf3", "-c", server, "-p", port])
-        .args(["-u", "-b", "5M", "-l", "64", "-t", "2", "-J"])
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run iperf3");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("iperf3 -J: {e}: {}", String::from_utf8_lossy(&out.stdout)));
-    let sum = &v["end"]["sum"];
-    let (packets, lost) = (sum["packets"].as_u64(), sum["lost_packets"].as_u64());
-    match (packets, lost) {
-        (Some(p), Some(l)) => (p, l),
-        _ => panic!("iperf3 gave no UDP totals: {v}"),
-    }
-}
 
 #[test]
 fn a_full_ring_buffer_is_never_shown_as_packet_loss() {
@@ -65,7 +44,8 @@ fn a_full_ring_buffer_is_never_shown_as_packet_loss() {
         "pathtrace did not load its programs"
     );
     std::thread::sleep(Duration::from_millis(500));
-    let (sent, really_lost) = iperf_udp(&lab.ctr_netns, &wan, port);
+    let totals = iperf_udp(&lab.ctr_netns, &wan, port, "5M", "2");
+    let (sent, really_lost) = (totals.sent, totals.lost);
     let out = trace.join().expect("pathtrace thread");
     assert!(
         out.status.success(),

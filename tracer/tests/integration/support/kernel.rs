@@ -484,6 +484,31 @@ pub(crate) fn in_ns(ns: &str, args: &[&str]) -> Proc {
     )
 }
 
+/// What `iperf3 -u ... -J` says it did: datagrams sent, and of them the receiver lost.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct UdpTotals {
+    pub sent: u64,
+    pub lost: u64,
+}
+
+/// `iperf3 -c server -p port` in `ns`, UDP of 64-byte datagrams at `rate` (iperf3's `-b`; "0":
+/// as fast as it can) for `secs`, against an `iperf3 -s` the test started.
+pub(crate) fn iperf_udp(ns: &str, server: &str, port: &str, rate: &str, secs: &str) -> UdpTotals {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "iperf3", "-c", server, "-p", port])
+        .args(["-u", "-b", rate, "-l", "64", "-t", secs, "-J"])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run iperf3");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("iperf3 -J: {e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let sum = &v["end"]["sum"];
+    match (sum["packets"].as_u64(), sum["lost_packets"].as_u64()) {
+        (Some(sent), Some(lost)) => UdpTotals { sent, lost },
+        _ => panic!("iperf3 gave no UDP totals: {v}"),
+    }
+}
+
 /// Another tool's tc program: an independent load of the kernel object through the library,
 /// attached at the lab bridge's ingress. Its `seen` counter counts every packet it ran on.
 pub(crate) struct Foreign {
