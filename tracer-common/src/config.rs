@@ -218,6 +218,35 @@ const _: () = assert!(size_of::<FlowKey>() == 40);
 // SAFETY: `repr(C, align(8))`, 40 bytes of integers and byte arrays: all zero is valid.
 unsafe impl crate::words::ZeroWords for FlowKey {}
 
+impl FlowKey {
+    /// Makes this the key of `tuple`'s flow at `slot`, counted in `epoch`: written in place,
+    /// field by field (a key built elsewhere and copied takes another 40 bytes of BPF stack).
+    #[inline(always)]
+    pub fn set(&mut self, tuple: &crate::tuple::Tuple, slot: u8, epoch: u8) {
+        self.saddr = tuple.saddr;
+        self.daddr = tuple.daddr;
+        self.sport = tuple.sport;
+        self.dport = tuple.dport;
+        self.family = tuple.family;
+        self.proto = tuple.proto;
+        self.slot = slot;
+        self.epoch = epoch;
+    }
+
+    /// Writes the tuple the key holds into `tuple`, field by field: its padding stays as it was
+    /// (zero, from [`ZeroWords::zero_in`](crate::words::ZeroWords::zero_in), for the kernel
+    /// programs, whose verifier refuses reads of stack bytes never written).
+    #[inline(always)]
+    pub fn tuple_into(&self, tuple: &mut crate::tuple::Tuple) {
+        tuple.saddr = self.saddr;
+        tuple.daddr = self.daddr;
+        tuple.sport = self.sport;
+        tuple.dport = self.dport;
+        tuple.family = self.family;
+        tuple.proto = self.proto;
+    }
+}
+
 /// One CPU's counts of one `FLOW_STATS` key. Userspace sums the CPUs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -296,4 +325,28 @@ mod pod {
     unsafe impl aya::Pod for super::FlowCounts {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::FlowCache {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FlowKey;
+    use crate::tuple::Tuple;
+
+    #[test]
+    fn a_flow_key_holds_its_tuple_whole() {
+        let tuple = Tuple {
+            saddr: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            daddr: [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7],
+            sport: 40000,
+            dport: 443,
+            family: 6,
+            proto: 17,
+        };
+        let mut key = FlowKey::default();
+        key.set(&tuple, 3, 1);
+        assert_eq!((key.slot, key.epoch), (3, 1));
+        let mut back = Tuple::default();
+        key.tuple_into(&mut back);
+        assert_eq!(back, tuple);
+    }
 }

@@ -307,14 +307,7 @@ fn peek_key(ctx: &TcContext, slot: u32, key: &mut FlowKey) -> Result<bool, ()> {
             if !ported(tuple.proto) {
                 return Ok(false);
             }
-            key.saddr = tuple.saddr;
-            key.daddr = tuple.daddr;
-            key.sport = tuple.sport;
-            key.dport = tuple.dport;
-            key.family = tuple.family;
-            key.proto = tuple.proto;
-            key.slot = slot as u8;
-            key.epoch = epoch();
+            key.set(tuple, slot as u8, epoch());
             Ok(true)
         }
     }
@@ -325,12 +318,7 @@ fn peek_key(ctx: &TcContext, slot: u32, key: &mut FlowKey) -> Result<bool, ()> {
 fn key_admits(role: u32, key: &FlowKey) -> bool {
     let mut tuple_slot = core::mem::MaybeUninit::uninit();
     let tuple = Tuple::zero_in(&mut tuple_slot);
-    tuple.saddr = key.saddr;
-    tuple.daddr = key.daddr;
-    tuple.sport = key.sport;
-    tuple.dport = key.dport;
-    tuple.family = key.family;
-    tuple.proto = key.proto;
+    key.tuple_into(tuple);
     role_admits(role, tuple)
 }
 
