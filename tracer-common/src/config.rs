@@ -41,6 +41,17 @@ impl FilterConfig {
 pub const FILTER_PROTO: u32 = 1 << 0;
 pub const FILTER_ADDR: u32 = 1 << 1;
 pub const FILTER_PORT: u32 = 1 << 2;
+/// A pcap-filter expression decides, in the object's filter subprogram (which userspace writes
+/// before loading): at the hooks where flows start, a packet it keeps brings in its flow, which
+/// every hook then follows through `INTEREST`. The fields above are then not in force.
+pub const FILTER_EXPR: u32 = 1 << 3;
+
+/// `INTEREST` value: an endpoint of a flow the trace follows (a source hook saw it, or a shared
+/// hook admitted a packet to a declared endpoint).
+pub const INTEREST_FOLLOWED: u32 = 1;
+/// `INTEREST` value: an endpoint userspace declared up front (a published port on the host).
+/// With an expression, a shared hook admits a packet to it only when the expression keeps it.
+pub const INTEREST_DECLARED: u32 = 2;
 
 /// Per-slot settings, in the `HOOKS` array map, indexed by slot.
 #[repr(C)]

@@ -44,6 +44,8 @@ pub const GLOBAL_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
 pub const HOOK_PROGRAM_PREFIX: &str = "pathtrace_h";
 /// The drop-reason program on the `kfree_skb` tracepoint.
 pub const PROGRAM_DROP: &str = "pathtrace_drop";
+/// The filter expression's verdict as a classifier's return code, for `BPF_PROG_TEST_RUN`.
+pub const PROGRAM_FILTER_TEST: &str = "pathtrace_filter_test";
 
 /// Whether two strings are equal, in a `const` context.
 pub const fn same(a: &str, b: &str) -> bool {

@@ -6,9 +6,12 @@
 //! next program or the kernel's default action exactly as if we were not there.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[cfg(target_arch = "bpf")]
 mod drops;
+#[cfg(target_arch = "bpf")]
+mod expr;
 #[cfg(target_arch = "bpf")]
 mod frame;
 #[cfg(target_arch = "bpf")]
@@ -36,6 +39,17 @@ mod programs {
             $(const _: () = assert!(tracer_common::names::is_hook_program(stringify!($name), $slot));)*
         };
     }
+
+    /// The filter expression alone: its verdict (1 keeps the packet) as the return code, for
+    /// `BPF_PROG_TEST_RUN` (the tests hold it to tcpdump's verdicts). Never attached.
+    #[classifier]
+    pub(crate) fn pathtrace_filter_test(ctx: TcContext) -> i32 {
+        i32::from(crate::expr::pathtrace_filter_expr(ctx.skb.skb) != 0)
+    }
+    const _: () = assert!(tracer_common::names::same(
+        "pathtrace_filter_test",
+        tracer_common::names::PROGRAM_FILTER_TEST
+    ));
 
     hook_programs!(
         pathtrace_h0 = 0,

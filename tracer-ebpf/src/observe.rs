@@ -8,7 +8,8 @@ use aya_ebpf::{
 use tracer_common::{
     config::{
         EndpointKey, FilterConfig, FlowCache, FlowCounts, FlowKey, HookConfig, HookCounters,
-        ModeConfig, HOOK_ENTRY, ROLE_ALL, ROLE_SHARED, ROLE_SOURCE_IN, ROLE_SOURCE_OUT, TRACED_MAX,
+        ModeConfig, FILTER_EXPR, HOOK_ENTRY, INTEREST_DECLARED, INTEREST_FOLLOWED, ROLE_ALL,
+        ROLE_SHARED, ROLE_SOURCE_IN, ROLE_SOURCE_OUT, TRACED_MAX,
     },
     event::{
         EventHeader, PacketEvent, PacketHeadEvent, PacketMeta, CAPTURE_MAX, KIND_PACKET,
@@ -67,7 +68,7 @@ fn emit_if_wanted(ctx: &TcContext, slot: u32, counters: &mut HookCounters) -> Re
     if meta.family == 0 {
         return Err(());
     }
-    if !decided && !admit_parsed(role, &meta) {
+    if !decided && !admit_parsed(ctx, role, &meta) {
         return Err(());
     }
     let sent = emit(ctx, slot, hook.direction, &meta, WHY_EVERY);
@@ -108,9 +109,18 @@ fn aggregate(
     // reads an epoch's elements only once no program can use that epoch any more.
     let cache = unsafe { &mut *cache };
     let cached = keyed && cache.base != 0 && same_key(&cache.key, key);
-    // A flow this hook counted already in this epoch was admitted when its entry was made.
-    if keyed && !cached && FLOW_STATS.get_ptr(&*key).is_none() && !key_admits(hook.role, key) {
-        return Err(());
+    // A flow this hook counted already in this epoch was admitted when its entry was made. (An
+    // expression is asked first: a packet it keeps is admitted without the map's lookup, and one
+    // it does not keep is admitted only as part of a flow the trace follows.)
+    if keyed && !cached {
+        let admitted = if global_field!(FILTER: FilterConfig, flags) & FILTER_EXPR != 0 {
+            key_admits(ctx, hook.role, key)
+        } else {
+            FLOW_STATS.get_ptr(&*key).is_some() || key_admits(ctx, hook.role, key)
+        };
+        if !admitted {
+            return Err(());
+        }
     }
     let mut meta_slot = core::mem::MaybeUninit::uninit();
     let meta = PacketMeta::zero_in(&mut meta_slot);
@@ -124,7 +134,7 @@ fn aggregate(
         return Ok(());
     }
     if !keyed {
-        if !admit_parsed(hook.role, meta) {
+        if !admit_parsed(ctx, hook.role, meta) {
             return Err(());
         }
         flow_key(slot, epoch(), meta, key);
@@ -315,11 +325,11 @@ fn peek_key(ctx: &TcContext, slot: u32, key: &mut FlowKey) -> Result<bool, ()> {
 
 /// [`role_admits`] for the tuple a key made by [`peek_key`] holds.
 #[inline(never)]
-fn key_admits(role: u32, key: &FlowKey) -> bool {
+fn key_admits(ctx: &TcContext, role: u32, key: &FlowKey) -> bool {
     let mut tuple_slot = core::mem::MaybeUninit::uninit();
     let tuple = Tuple::zero_in(&mut tuple_slot);
     key.tuple_into(tuple);
-    role_admits(role, tuple)
+    role_admits(ctx, role, tuple)
 }
 
 /// [`parse`] of the packet into `meta`: in place from the linear data when that is sure to give
@@ -465,7 +475,7 @@ fn decide_early(ctx: &TcContext, role: u32) -> Result<bool, ()> {
     let tuple = Tuple::zero_in(&mut slot);
     match peek(&LinearFrame::new(ctx), tuple) {
         Peek::NotIp => Err(()),
-        Peek::Ip if admit(role, tuple) => Ok(true),
+        Peek::Ip if admit(ctx, role, tuple) => Ok(true),
         Peek::Ip => Err(()),
         Peek::Unsure => Ok(false),
     }
@@ -474,14 +484,14 @@ fn decide_early(ctx: &TcContext, role: u32) -> Result<bool, ()> {
 /// [`admit`] for a packet [`decide_early`] was unsure of. (Its own subprogram, like the other
 /// decision steps, so that their stack frames do not add up in the classifier's 512 bytes.)
 #[inline(never)]
-fn admit_parsed(role: u32, meta: &PacketMeta) -> bool {
-    admit(role, &Tuple::of(meta))
+fn admit_parsed(ctx: &TcContext, role: u32, meta: &PacketMeta) -> bool {
+    admit(ctx, role, &Tuple::of(meta))
 }
 
 /// The filter, then the role.
 #[inline(always)]
-fn admit(role: u32, tuple: &Tuple) -> bool {
-    filter_admits(tuple) && role_admits(role, tuple)
+fn admit(ctx: &TcContext, role: u32, tuple: &Tuple) -> bool {
+    filter_admits(tuple) && role_admits(ctx, role, tuple)
 }
 
 #[inline(never)]
@@ -503,19 +513,53 @@ fn filter() -> FilterConfig {
 }
 
 /// Source hooks remember the remote end and emit; shared hooks emit when one of the ends is of
-/// interest.
+/// interest. With an expression ([`FILTER_EXPR`]), a source hook emits a packet the expression
+/// keeps (and remembers its remote end) or one whose remote end the trace follows, and a shared
+/// hook admits a packet to a declared endpoint only when the expression keeps it (then the
+/// trace follows its other end).
 #[inline(never)]
-fn role_admits(role: u32, tuple: &Tuple) -> bool {
-    match role {
-        ROLE_SOURCE_OUT => remember(&remote_key(tuple, true)),
-        ROLE_SOURCE_IN => remember(&remote_key(tuple, false)),
-        ROLE_SHARED => {
-            return of_interest(&remote_key(tuple, true)) || of_interest(&remote_key(tuple, false))
-        }
-        ROLE_ALL => {}
-        _ => return false,
+fn role_admits(ctx: &TcContext, role: u32, tuple: &Tuple) -> bool {
+    // Read-only data: the verifier keeps one of the two.
+    if global_field!(FILTER: FilterConfig, flags) & FILTER_EXPR == 0 {
+        return match role {
+            ROLE_SOURCE_OUT => remember(&remote_key(tuple, true)),
+            ROLE_SOURCE_IN => remember(&remote_key(tuple, false)),
+            ROLE_SHARED => {
+                of_interest(&remote_key(tuple, true)) || of_interest(&remote_key(tuple, false))
+            }
+            ROLE_ALL => true,
+            _ => false,
+        };
     }
-    true
+    match role {
+        ROLE_SOURCE_OUT | ROLE_SOURCE_IN => {
+            let remote = remote_key(tuple, role == ROLE_SOURCE_OUT);
+            if expr_keeps(ctx) {
+                return remember(&remote);
+            }
+            interest(&remote) == INTEREST_FOLLOWED
+        }
+        ROLE_SHARED => {
+            let (dst, src) = (remote_key(tuple, true), remote_key(tuple, false));
+            let (to, from) = (interest(&dst), interest(&src));
+            if to == INTEREST_FOLLOWED || from == INTEREST_FOLLOWED {
+                return true;
+            }
+            if to == INTEREST_DECLARED && expr_keeps(ctx) {
+                return remember(&src);
+            }
+            from == INTEREST_DECLARED && expr_keeps(ctx) && remember(&dst)
+        }
+        ROLE_ALL => expr_keeps(ctx),
+        _ => false,
+    }
+}
+
+/// Whether the expression keeps the packet: the object's filter subprogram, which userspace
+/// fills with the expression's eBPF translation before loading (see `tracer::filter::ebpf`).
+#[inline(always)]
+fn expr_keeps(ctx: &TcContext) -> bool {
+    crate::expr::pathtrace_filter_expr(ctx.skb.skb) != 0
 }
 
 /// The far end of the packet: its destination when `towards_dst`, else its source.
@@ -536,14 +580,24 @@ pub(crate) fn remote_key(tuple: &Tuple, towards_dst: bool) -> EndpointKey {
     }
 }
 
+/// Makes `key` an endpoint the trace follows (a declared one stays declared); true, for the
+/// callers' `&&`.
 #[inline(always)]
-fn remember(key: &EndpointKey) {
+fn remember(key: &EndpointKey) -> bool {
     if INTEREST.get_ptr(key).is_none() {
         // Insertion can only fail when the key was inserted concurrently by another CPU (fine) or
         // on allocation failure in the LRU, where the worst outcome is a missed shared-hook event,
         // which the per-flow gap accounting in userspace then reports.
-        let _ = INTEREST.insert(key, &1, 0);
+        let _ = INTEREST.insert(key, &INTEREST_FOLLOWED, 0);
     }
+    true
+}
+
+/// `key`'s `INTEREST` value; 0 when it has none.
+#[inline(always)]
+fn interest(key: &EndpointKey) -> u32 {
+    // SAFETY: the value is a `u32` in the map's memory, read once.
+    INTEREST.get_ptr(key).map_or(0, |v| unsafe { *v })
 }
 
 #[inline(always)]

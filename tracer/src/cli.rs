@@ -94,13 +94,27 @@ pub enum Command {
     #[command(after_help = "Examples:
   pathtrace show web.pcapng
   pathtrace show web.pcapng --json | jq 'select(.type == \"flow\")'
-  pathtrace show web.pcapng.1        (a rotated file; its siblings are read too)")]
+  pathtrace show web.pcapng.1        (a rotated file; its siblings are read too)
+  pathtrace show web.pcapng 'tcp[tcpflags] & tcp-syn != 0'
+  pathtrace show web.pcapng 'port 443' -w web-443.pcapng")]
     Show {
         /// A pcapng file pathtrace wrote (a file another tool wrote is shown per interface only).
         file: PathBuf,
         /// JSON lines, as the live `--json`.
         #[arg(long)]
         json: bool,
+        /// Write the packets the expression keeps, each hook's copy judged on its own (what
+        /// `tcpdump -r FILE EXPR` keeps), to this pcapng, with the file's topology.
+        #[arg(
+            short = 'w',
+            long = "write",
+            value_name = "OUT",
+            requires = "expression"
+        )]
+        write: Option<PathBuf>,
+        /// A pcap-filter expression: only the flows one of whose packets it keeps are shown.
+        #[arg(value_name = "EXPRESSION")]
+        expression: Vec<String>,
     },
     /// Remove what a killed pathtrace left in netlink mode (its filters, the qdiscs it added).
     #[command(after_help = "Example:
@@ -285,6 +299,20 @@ pub struct TraceArgs {
     /// Only packets to or from this port.
     #[arg(long = "filter-port", value_name = "PORT")]
     pub filter_port: Option<u16>,
+    /// Read the filter expression from FILE (as tcpdump's -F).
+    #[arg(
+        short = 'f',
+        long = "filter-file",
+        value_name = "FILE",
+        conflicts_with = "expression"
+    )]
+    pub filter_file: Option<PathBuf>,
+    /// A pcap-filter expression, as tcpdump takes it (man 7 pcap-filter), e.g.
+    /// 'tcp port 9000 and not host 10.0.0.5': a flow is traced when the expression keeps one of
+    /// its packets at a hook where flows start (the container side; the uplink for published
+    /// ports), and is then followed, both ways, through NAT at every hook.
+    #[arg(value_name = "EXPRESSION")]
+    pub expression: Vec<String>,
 
     /// JSON lines on stdout: one object per flow update, then a summary.
     #[arg(long)]

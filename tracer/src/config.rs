@@ -7,7 +7,7 @@ use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use anyhow::{bail, Context as _};
 use tracer_common::{
-    config::{FilterConfig, ModeConfig, FILTER_ADDR, FILTER_PORT, FILTER_PROTO},
+    config::{FilterConfig, ModeConfig, FILTER_ADDR, FILTER_EXPR, FILTER_PORT, FILTER_PROTO},
     event::{CAPTURE_DEFAULT, CAPTURE_MAX},
 };
 
@@ -16,6 +16,7 @@ use crate::{
     attach::{LoadOptions, TcMode},
     capture::WriterOptions,
     cli::{TraceArgs, VerifyArgs},
+    filter::Expression,
     model::{family_and_bytes, Prefix, Proto},
     render::Format,
     runtime::{Endpoints, Wanted},
@@ -72,6 +73,29 @@ impl FilterSpec {
         })
     }
 
+    /// The flags as a pcap-filter expression (`udp and host 10.0.0.5 and port 53`); empty
+    /// when none is given.
+    pub(crate) fn expression_text(&self) -> String {
+        let mut words = Vec::new();
+        if let Some(proto) = self.proto {
+            words.push(match proto {
+                Proto::Icmpv6 => "icmp6".to_string(),
+                p => p.to_string(),
+            });
+        }
+        if let Some(Prefix { addr, len }) = self.host {
+            let full = if addr.is_ipv4() { 32 } else { 128 };
+            words.push(match len == full {
+                true => format!("host {addr}"),
+                false => format!("net {addr}/{len}"),
+            });
+        }
+        if let Some(port) = self.port {
+            words.push(format!("port {port}"));
+        }
+        words.join(" and ")
+    }
+
     /// The kernel's load-time filter, copying `snaplen` bytes of each packet into its event.
     pub(crate) fn kernel(&self, snaplen: u16) -> FilterConfig {
         let mut cfg = FilterConfig::NONE;
@@ -99,6 +123,25 @@ pub(crate) fn filter_config(args: &TraceArgs) -> Result<FilterConfig, FilterErro
         return Err(FilterError::Snaplen(args.snaplen));
     }
     Ok(FilterSpec::from_args(args)?.kernel(args.snaplen))
+}
+
+/// The trace's filter: the flags alone stay the kernel's tuple filter (as before expressions
+/// existed); an expression (with the flags, if any, joined to it by `and`) is checked, compiled
+/// by libpcap and translated for the kernel here, so that a bad one fails before anything is
+/// loaded. Returns the kernel's load-time filter and the expression.
+pub(crate) fn trace_filter(args: &TraceArgs) -> anyhow::Result<(FilterConfig, Option<Expression>)> {
+    let mut kernel = filter_config(args)?;
+    let Some(user) = Expression::from_args(&args.expression, args.filter_file.as_deref())? else {
+        return Ok((kernel, None));
+    };
+    let flags = FilterSpec::from_args(args)?.expression_text();
+    let expr = match Expression::new(&flags)? {
+        Some(flags) => flags.and(&user)?,
+        None => user,
+    };
+    crate::filter::ebpf::translate(expr.program())?;
+    kernel.flags = FILTER_EXPR;
+    Ok((kernel, Some(expr)))
 }
 
 /// `--ring-size` in KiB to bytes: a power of two of at least one page.
@@ -194,7 +237,7 @@ impl TraceConfig {
         if args.max_flows == 0 {
             bail!("--max-flows 0: at least one flow must be kept; give 1 or more (default 65536)");
         }
-        let mut filter = filter_config(args)?;
+        let (mut filter, expression) = trace_filter(args)?;
         // Packet bytes only go into a `-w` capture: without one the programs copy none.
         if args.write.is_none() {
             filter.snaplen = 0;
@@ -223,6 +266,7 @@ impl TraceConfig {
             kernel_log: args.kernel_log,
             drop_reasons: true,
             mode,
+            expression,
         };
         let capture = args.write.as_ref().map(|path| CaptureSpec {
             path: path.clone(),
@@ -342,6 +386,7 @@ impl VerifyConfig {
                 drop_reasons: true,
                 // A probe's few packets, each followed at every hook.
                 mode: ModeConfig::EVERY_PACKET,
+                expression: None,
             },
         })
     }

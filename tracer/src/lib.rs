@@ -19,6 +19,7 @@ pub mod collect;
 mod config;
 pub mod correlate;
 pub mod discover;
+pub mod filter;
 pub mod lab;
 pub mod model;
 pub mod pipeline;

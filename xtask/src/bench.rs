@@ -76,6 +76,9 @@ const FLOW_PPS: u64 = 10_000;
 
 const TARGET_BULK: f64 = 0.98;
 const TARGET_FILTERED_NS: f64 = 50.0;
+/// Issue #14: a packet filtered out by an expression costs at most this many times what one
+/// filtered out by a single port does, both above the floor.
+const TARGET_EXPRESSION_RATIO: f64 = 1.5;
 /// Kernel ns per packet per hook above the floor in the default mode.
 const TARGET_DEFAULT_NS: f64 = 120.0;
 /// pathtrace's share of a CPU under the 64-byte UDP flood in the default mode.
@@ -509,6 +512,22 @@ impl Bench<'_> {
             ),
             format!("<= {TARGET_FILTERED_NS} ns above the floor"),
             Verdict::of(c.filtered.runs > 0 && net <= TARGET_FILTERED_NS),
+        ));
+        let (port, expr) = (c.port.ns_per_run - floor, c.expression.ns_per_run - floor);
+        let ratio = expr / port.max(1.0);
+        self.rows.push(Row::new(
+            format!(
+                "filtered out by the expression '{}' vs by --filter-port 443 (ns above the floor)",
+                measure::COST_EXPRESSION
+            ),
+            format!(
+                "{expr:.0} ns vs {port:.0} ns = {ratio:.2} x ({} and {} runs)",
+                c.expression.runs, c.port.runs
+            ),
+            format!("<= {TARGET_EXPRESSION_RATIO} x"),
+            Verdict::of(
+                c.expression.runs > 0 && c.port.runs > 0 && ratio <= TARGET_EXPRESSION_RATIO,
+            ),
         ));
         Ok(())
     }

@@ -60,6 +60,8 @@ pub enum AttachError {
     },
     #[error("map {0} is missing from the kernel object")]
     MissingMap(&'static str),
+    #[error(transparent)]
+    Expression(#[from] crate::filter::ebpf::PatchError),
     #[error("program {0} is missing from the kernel object")]
     MissingProgram(&'static str),
     #[error("map {name}: {source}")]
@@ -104,6 +106,9 @@ pub struct LoadOptions {
     pub drop_reasons: bool,
     /// Aggregate in the kernel, or one event per packet per hook.
     pub mode: ModeConfig,
+    /// A pcap-filter expression for the hooks where flows start (with `FILTER_EXPR` in
+    /// `filter.flags`): written into the object's filter subprogram before it is loaded.
+    pub expression: Option<crate::filter::Expression>,
 }
 
 /// A hook to attach: where, and in which namespace.
@@ -251,6 +256,11 @@ impl Tracer {
         // The kernel wakes the reader once a quarter of the ring waits; the session drains it on
         // a timer otherwise (see `cmd::session`).
         let wake_bytes = u64::from(opts.ring_bytes / 4);
+        let patched = match &opts.expression {
+            Some(expr) => Some(object::with_expression(bytes, expr)?),
+            None => None,
+        };
+        let bytes = patched.as_ref().map_or(bytes, |p| p.bytes());
         let mut ebpf = EbpfLoader::new()
             .override_global(GLOBAL_WAKE_BYTES, &wake_bytes, true)
             .override_global(GLOBAL_FILTER, &opts.filter, true)
@@ -659,7 +669,8 @@ impl Tracer {
     }
 
     /// Declares a remote endpoint of interest up front (e.g. a published port's host address),
-    /// so shared hooks emit its packets before the traced side has sent any.
+    /// so shared hooks emit its packets before the traced side has sent any (with an expression,
+    /// those the expression keeps).
     pub(crate) fn add_interest(
         &mut self,
         key: tracer_common::config::EndpointKey,
@@ -677,7 +688,7 @@ impl Tracer {
             source,
         })?;
         interest
-            .insert(key, 1, 0)
+            .insert(key, tracer_common::config::INTEREST_DECLARED, 0)
             .map_err(|source| AttachError::Map {
                 name: MAP_INTEREST,
                 source,

@@ -7,6 +7,33 @@ pub fn object_bytes() -> &'static [u8] {
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"))
 }
 
+/// A copy of the kernel object with the filter subprogram holding `expr`'s translation,
+/// 8-byte aligned as the object parser wants it.
+pub(super) struct Patched(Vec<u64>, usize);
+
+impl Patched {
+    pub(super) fn bytes(&self) -> &[u8] {
+        // SAFETY: `self.1` bytes of the initialised words, which outlive the borrow.
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast::<u8>(), self.1) }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`, borrowed mutably.
+        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast::<u8>(), self.1) }
+    }
+}
+
+pub(super) fn with_expression(
+    object: &[u8],
+    expr: &crate::filter::Expression,
+) -> Result<Patched, crate::filter::ebpf::PatchError> {
+    let mut p = Patched(vec![0u64; object.len().div_ceil(8)], object.len());
+    p.bytes_mut().copy_from_slice(object);
+    let n = crate::filter::ebpf::patch_object(p.bytes_mut(), expr.program())?;
+    tracing::debug!("filter expression {:?}: {n} eBPF instructions", expr.text());
+    Ok(p)
+}
+
 /// Forwards aya-log records from the kernel programs into `tracing` (target `kernel`).
 struct TracingLog;
 

@@ -76,7 +76,12 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Some(Command::Cleanup { force }) => cleanup::run(force),
         Some(Command::Doctor) => doctor::run(),
-        Some(Command::Show { file, json }) => show::run(&file, json),
+        Some(Command::Show {
+            file,
+            json,
+            write,
+            expression,
+        }) => show::run(&file, json, &expression, write.as_deref()),
         Some(Command::Verify(a)) => verify::run(&a),
         Some(Command::Diff {
             before,

@@ -1,16 +1,29 @@
-//! `pathtrace show FILE`: replays a capture through the same correlation and rendering as a live
-//! trace, on any machine, without root or eBPF. NAT rules come from the file's topology
-//! snapshot; conntrack confirmations (a live-kernel question) are not asked.
+//! `pathtrace show FILE [EXPR] [-w OUT]`: replays a capture through the same correlation and
+//! rendering as a live trace, on any machine, without root or eBPF. NAT rules come from the
+//! file's topology snapshot; conntrack confirmations (a live-kernel question) are not asked.
+//! With an expression, only the flows one of whose packets it keeps are replayed (as live), and
+//! `-w` writes exactly the packets it keeps, each hook's copy judged on its own (as tcpdump).
 
-use std::{path::Path, process::ExitCode};
+use std::{collections::HashMap, path::Path, process::ExitCode};
+
+use anyhow::Context as _;
 
 use crate::{
-    capture, pipeline,
+    capture::{self, Capture, CaptureWriter, WriterOptions},
+    filter::Expression,
+    model::PacketRecord,
+    pipeline,
     render::{Format, Output},
 };
 
-pub(super) fn run(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let cap = capture::read_rotated(path)?;
+pub(super) fn run(
+    path: &Path,
+    json: bool,
+    expression: &[String],
+    write: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    let expr = Expression::from_args(expression, None)?;
+    let mut cap = capture::read_rotated(path)?;
     for w in &cap.warnings {
         super::warn(format_args!("{}: {w}", path.display()));
     }
@@ -20,7 +33,97 @@ pub(super) fn run(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
             path.display()
         ));
     }
+    if let Some(expr) = &expr {
+        let kept: Vec<bool> = cap
+            .records
+            .iter()
+            .map(|r| expr.keeps(&r.data, r.pkt_len))
+            .collect();
+        if let Some(out) = write {
+            let n = write_kept(&cap, &kept, out)?;
+            super::warn(format_args!(
+                "{}: {n} of {} packets the expression keeps",
+                out.display(),
+                cap.records.len()
+            ));
+            return Ok(ExitCode::SUCCESS);
+        }
+        let flows = flows_kept(&cap.records, &kept);
+        cap.records = std::mem::take(&mut cap.records)
+            .into_iter()
+            .zip(flows)
+            .filter_map(|(r, keep)| keep.then_some(r))
+            .collect();
+    }
     let mut renderer = Format::of_json_flag(json).renderer(Output::stdout(), false);
     pipeline::replay(&cap, renderer.as_mut());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the records `kept` says to `out`, with the capture's topology; how many.
+fn write_kept(cap: &Capture, kept: &[bool], out: &Path) -> anyhow::Result<usize> {
+    let meta = cap.meta.as_ref().context(
+        "-w needs a capture pathtrace wrote (its topology snapshot goes into the new file)",
+    )?;
+    let mut w = CaptureWriter::create(out, meta, &cap.topology.hooks, WriterOptions::default())?;
+    let mut n = 0;
+    for (r, _) in cap.records.iter().zip(kept).filter(|(_, k)| **k) {
+        w.write_packet(r)?;
+        n += 1;
+    }
+    w.finish(&cap.hook_times)?;
+    Ok(n)
+}
+
+/// For each record, whether its flow has a packet the expression keeps. A flow is what joins a
+/// packet's copies at every hook (their NAT-invariant fingerprint) with the packets of the same
+/// tuple, either way, at the same hook (so that NAT's rewrites and the replies come along).
+fn flows_kept(records: &[PacketRecord], kept: &[bool]) -> Vec<bool> {
+    let mut sets = UnionFind::default();
+    let mut by_tuple = HashMap::new();
+    let mut by_fp = HashMap::new();
+    for (i, r) in records.iter().enumerate() {
+        sets.add();
+        let (a, b) = if r.src <= r.dst {
+            (r.src, r.dst)
+        } else {
+            (r.dst, r.src)
+        };
+        for first in [
+            *by_tuple.entry((r.slot, r.proto, a, b)).or_insert(i),
+            *by_fp.entry(r.fingerprint).or_insert(i),
+        ] {
+            sets.join(first, i);
+        }
+    }
+    let mut any = vec![false; records.len()];
+    for (i, k) in kept.iter().enumerate() {
+        if *k {
+            let root = sets.root(i);
+            any[root] = true;
+        }
+    }
+    (0..records.len()).map(|i| any[sets.root(i)]).collect()
+}
+
+#[derive(Default)]
+struct UnionFind(Vec<usize>);
+
+impl UnionFind {
+    fn add(&mut self) {
+        self.0.push(self.0.len());
+    }
+
+    fn root(&mut self, mut i: usize) -> usize {
+        while self.0[i] != i {
+            self.0[i] = self.0[self.0[i]];
+            i = self.0[i];
+        }
+        i
+    }
+
+    fn join(&mut self, a: usize, b: usize) {
+        let (a, b) = (self.root(a), self.root(b));
+        self.0[a.max(b)] = a.min(b);
+    }
 }

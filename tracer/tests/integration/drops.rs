@@ -151,6 +151,7 @@ fn netfilter_drops_of_traced_packets_come_back_with_their_reason() {
         kernel_log: false,
         drop_reasons: true,
         mode: tracer_common::config::ModeConfig::EVERY_PACKET,
+        expression: None,
     };
     let mut tracer = Tracer::load(&opts, TcMode::Auto).expect("load kernel object");
     let namer = match tracer.enable_drop_reasons().expect("enable drop reasons") {

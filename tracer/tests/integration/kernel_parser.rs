@@ -157,6 +157,7 @@ fn load() -> (Tracer, u8) {
         kernel_log: false,
         drop_reasons: false,
         mode: tracer_common::config::ModeConfig::EVERY_PACKET,
+        expression: None,
     };
     let mut tracer = Tracer::load(&opts, TcMode::Auto).expect("load kernel object");
     let hook = Hook {

@@ -21,6 +21,7 @@ mod docker_trace;
 mod doctor;
 mod drops;
 mod edges;
+mod filter_expr;
 mod fragments;
 mod host_network;
 mod inspect_docker;

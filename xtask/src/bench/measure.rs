@@ -203,6 +203,9 @@ pub(super) fn rate_ladder(
     Ok(steps)
 }
 
+/// The filter expression of the cost rows (issue #14's): the bench's UDP packets fail it.
+pub(super) const COST_EXPRESSION: &str = "tcp port 443 and host 10.0.0.5";
+
 /// Kernel run time of the hook programs per run, for one tracer configuration.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Cost {
@@ -223,6 +226,10 @@ pub(super) fn program_cost(pathtrace: &Path, lab: &Lab, pps: u64, secs: u64) -> 
     let before = empty.stats()?;
     let filtered =
         cost_of(pathtrace, lab, &["--filter-port", "1"], pps, secs).context("filtered")?;
+    // Issue #14's pair: the same packets filtered out by one port, and by an expression.
+    let port = cost_of(pathtrace, lab, &["--filter-port", "443"], pps, secs).context("port")?;
+    let expression =
+        cost_of(pathtrace, lab, &[COST_EXPRESSION], pps, secs).context("expression")?;
     let after = empty.stats()?;
     drop(empty);
     drop(stats);
@@ -234,6 +241,8 @@ pub(super) fn program_cost(pathtrace: &Path, lab: &Lab, pps: u64, secs: u64) -> 
         traced,
         every,
         filtered,
+        port,
+        expression,
         floor,
     })
 }
@@ -243,6 +252,9 @@ pub(super) struct Costs {
     pub traced: Cost,
     pub every: Cost,
     pub filtered: Cost,
+    /// `--filter-port 443` and [`COST_EXPRESSION`], neither of which the bench's packets match.
+    pub port: Cost,
+    pub expression: Cost,
     /// The empty program's ns per run.
     pub floor: f64,
 }

@@ -526,6 +526,7 @@ impl Foreign {
             kernel_log: false,
             drop_reasons: false,
             mode: tracer_common::config::ModeConfig::EVERY_PACKET,
+            expression: None,
         };
         let mut tracer = Tracer::load(&opts, mode).expect("load the foreign program");
         let ifindex = std::fs::read_to_string(format!("/sys/class/net/{}/ifindex", lab.bridge))

@@ -3,9 +3,11 @@
 //! keeps tests that share the kernel's hooks apart ([`serial`]), and the fixtures: [`lab`] (a lab
 //! that removes itself, running the binary), [`kernel`] (what pathtrace could leave behind, a
 //! spawned trace, another tool's tc program), [`docker`] (an offline busybox image, containers and
-//! networks that remove themselves), [`wan`] (a test uplink with echo servers) and [`schema`]
-//! (every JSON line read is checked against the one output schema).
+//! networks that remove themselves), [`wan`] (a test uplink with echo servers), [`corpus`]
+//! (crafted frames, filter expressions and tcpdump's verdicts on them) and [`schema`] (every JSON
+//! line read is checked against the one output schema).
 
+pub(crate) mod corpus;
 pub(crate) mod cri;
 pub(crate) mod docker;
 pub(crate) mod hostns;
