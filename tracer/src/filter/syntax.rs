@@ -732,14 +732,14 @@ impl<'a> Parser<'a> {
             Some(Kind::Llc) if matches!(self.kind(), Some(Kind::Name | Kind::Rnr)) => self.pos += 1,
             _ => {}
         }
-        if !matches!(kind, Some(Kind::Src | Kind::Dst | Kind::Addr(_))) {
-            return Ok(false);
-        }
-        // After a direction: `host`, `net`, `port`, `portrange` or nothing.
-        let addr = |a| matches!(a, Addr::Host | Addr::Net | Addr::Port | Addr::Portrange);
-        let direction = matches!(kind, Some(Kind::Src | Kind::Dst));
-        if direction && matches!(self.kind(), Some(Kind::Addr(a)) if addr(a)) {
-            self.pos += 1;
+        match kind {
+            // After a direction: `host`, `net`, `port`, `portrange` or nothing, then the id.
+            Some(Kind::Src | Kind::Dst) => {
+                let addr = |a| matches!(a, Addr::Host | Addr::Net | Addr::Port | Addr::Portrange);
+                self.pos += usize::from(matches!(self.kind(), Some(Kind::Addr(a)) if addr(a)));
+            }
+            Some(Kind::Addr(_)) => {}
+            _ => return Ok(false),
         }
         self.operand(Shapes::ID, true)?;
         Ok(true)
