@@ -80,7 +80,8 @@ pub enum Command {
     /// Compare two captures: changed paths, NAT mappings, rules, drops (exit 0 same, 1 different).
     #[command(after_help = "Examples:
   pathtrace diff before.pcapng after.pcapng
-  pathtrace diff before.pcapng after.pcapng --json | jq .")]
+  pathtrace diff before.pcapng after.pcapng --json | jq .
+  pathtrace diff before.pcapng after.pcapng 'tcp port 443'")]
     Diff {
         /// The capture from before the change (`pathtrace -w FILE`).
         before: PathBuf,
@@ -89,6 +90,9 @@ pub enum Command {
         /// One JSON line per change, then the verdict.
         #[arg(long)]
         json: bool,
+        /// A pcap-filter expression: only the flows one of whose packets it keeps are compared.
+        #[arg(value_name = "EXPRESSION")]
+        expression: Vec<String>,
     },
     /// Replay a capture (`-w FILE`) into the same view as live; no root or eBPF needed.
     #[command(after_help = "Examples:
@@ -261,6 +265,25 @@ pub struct VerifyArgs {
     /// TCX links (default when the kernel has them) or netlink clsact filters.
     #[arg(long, value_enum, default_value_t = TcModeArg::Auto)]
     pub tc_mode: TcModeArg,
+    /// A pcap-filter expression joined to the probe's own filter (`proto and host DST and
+    /// (EXPR)`): only the probe packets it keeps are judged; one it rejects fails the check.
+    #[arg(value_name = "EXPRESSION")]
+    pub expression: Vec<String>,
+}
+
+/// The verbs: a trace's expression never holds one, so that `pathtrace --netns x inspect` (a
+/// trace option before a verb) stays an error rather than the expression `inspect`.
+const VERBS: [&str; 8] = [
+    "verify", "diff", "show", "cleanup", "doctor", "lab", "inspect", "help",
+];
+
+fn expression_word(word: &str) -> Result<String, String> {
+    if VERBS.contains(&word) {
+        return Err(format!(
+            "`{word}` is a pathtrace verb, not part of a filter expression: give the trace options after it (`pathtrace {word} --netns NAME`)"
+        ));
+    }
+    Ok(word.to_string())
 }
 
 /// What to trace and how to show it.
@@ -311,7 +334,7 @@ pub struct TraceArgs {
     /// 'tcp port 9000 and not host 10.0.0.5': a flow is traced when the expression keeps one of
     /// its packets at a hook where flows start (the container side; the uplink for published
     /// ports), and is then followed, both ways, through NAT at every hook.
-    #[arg(value_name = "EXPRESSION")]
+    #[arg(value_name = "EXPRESSION", value_parser = expression_word)]
     pub expression: Vec<String>,
 
     /// JSON lines on stdout: one object per flow update, then a summary.
@@ -444,6 +467,20 @@ mod tests {
         assert_eq!(cli.ok(), Some(1));
         // A trace option before a verb is still refused.
         assert!(parsed("pathtrace --netns x inspect").is_err());
+    }
+
+    #[test]
+    fn the_verbs_a_trace_expression_refuses_are_the_verbs() {
+        use clap::CommandFactory as _;
+        let mut verbs: Vec<String> = Cli::command()
+            .get_subcommands()
+            .map(|c| c.get_name().to_string())
+            .chain(["help".to_string()])
+            .collect();
+        verbs.sort();
+        let mut ours: Vec<String> = VERBS.iter().map(|v| v.to_string()).collect();
+        ours.sort();
+        assert_eq!(verbs, ours);
     }
 
     #[test]

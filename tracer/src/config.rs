@@ -354,6 +354,14 @@ impl VerifyConfig {
             host: Some(Prefix::host(probe.dst)),
             port: None,
         };
+        let (mut kernel, mut expression) = (filter.kernel(CAPTURE_DEFAULT), None);
+        if let Some(user) = Expression::from_args(&args.expression, None)? {
+            let own = Expression::new(&filter.expression_text())?.expect("a proto and a host");
+            let expr = own.and(&user)?;
+            crate::filter::ebpf::translate(expr.program())?;
+            kernel.flags = FILTER_EXPR;
+            expression = Some(expr);
+        }
         let path = match &args.expect_path {
             Some(p) => Some(
                 p.split(',')
@@ -380,13 +388,13 @@ impl VerifyConfig {
             format: Format::of_json_flag(args.json),
             tc_mode: args.tc_mode.into(),
             load: LoadOptions {
-                filter: filter.kernel(CAPTURE_DEFAULT),
+                filter: kernel,
                 ring_bytes: ring_bytes(1024)?,
                 kernel_log: false,
                 drop_reasons: true,
                 // A probe's few packets, each followed at every hook.
                 mode: ModeConfig::EVERY_PACKET,
-                expression: None,
+                expression,
             },
         })
     }

@@ -87,7 +87,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             before,
             after,
             json,
-        }) => diff::run(&before, &after, json),
+            expression,
+        }) => diff::run(&before, &after, json, &expression),
         Some(Command::Inspect(a)) => inspect::run(&a),
     }
 }

@@ -34,11 +34,7 @@ pub(super) fn run(
         ));
     }
     if let Some(expr) = &expr {
-        let kept: Vec<bool> = cap
-            .records
-            .iter()
-            .map(|r| expr.keeps(&r.data, r.pkt_len))
-            .collect();
+        let kept = verdicts(&cap, expr);
         if let Some(out) = write {
             let n = write_kept(&cap, &kept, out)?;
             super::warn(format_args!(
@@ -48,16 +44,30 @@ pub(super) fn run(
             ));
             return Ok(ExitCode::SUCCESS);
         }
-        let flows = flows_kept(&cap.records, &kept);
-        cap.records = std::mem::take(&mut cap.records)
-            .into_iter()
-            .zip(flows)
-            .filter_map(|(r, keep)| keep.then_some(r))
-            .collect();
+        keep_flows(&mut cap, &kept);
     }
     let mut renderer = Format::of_json_flag(json).renderer(Output::stdout(), false);
     pipeline::replay(&cap, renderer.as_mut());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Leaves in `cap` the records of the flows that have a packet the expression keeps (`kept`,
+/// one verdict per record).
+pub(super) fn keep_flows(cap: &mut Capture, kept: &[bool]) {
+    let flows = flows_kept(&cap.records, kept);
+    cap.records = std::mem::take(&mut cap.records)
+        .into_iter()
+        .zip(flows)
+        .filter_map(|(r, keep)| keep.then_some(r))
+        .collect();
+}
+
+/// Each record's verdict.
+pub(super) fn verdicts(cap: &Capture, expr: &Expression) -> Vec<bool> {
+    cap.records
+        .iter()
+        .map(|r| expr.keeps(&r.data, r.pkt_len))
+        .collect()
 }
 
 /// Writes the records `kept` says to `out`, with the capture's topology; how many.

@@ -106,29 +106,31 @@ impl Expression {
     }
 }
 
-/// The 1-based column of the word of `text` that libpcap's message quotes or names
-/// (`illegal port number 99999 > 65535`, `unknown host 'foo'`), when exactly one word of the
-/// expression appears in it.
+/// The 1-based column of the word of `text` that libpcap's message names
+/// (`illegal port number 99999 > 65535`, `unknown host 'foo'`): the one word of the expression
+/// the message holds, or, of several, the one it quotes or the one with a digit.
 fn column_of_named_word(text: &str, msg: &str) -> Option<usize> {
-    let mut found = None;
+    let said: Vec<&str> = msg
+        .split(|c: char| c.is_whitespace() || "\"`:,".contains(c))
+        .collect();
+    let mut named = Vec::new();
     let mut offset = 0;
     for word in text.split_inclusive(|c: char| c.is_whitespace() || "()".contains(c)) {
-        let w = word.trim_end_matches(|c: char| c.is_whitespace() || "()".contains(c));
-        let w = w.trim_start_matches(['(', '!']);
-        let named = w.len() > 1
-            && msg
-                .split(|c: char| c.is_whitespace() || "'\"`:,".contains(c))
-                .any(|m| m == w);
-        if named {
-            if found.is_some() {
-                return None;
-            }
-            let lead = word.len() - word.trim_start_matches(['(', '!']).len();
-            found = Some(text[..offset + lead].chars().count() + 1);
+        let lead = word.len() - word.trim_start_matches(['(', '!']).len();
+        let w = word[lead..].trim_end_matches(|c: char| c.is_whitespace() || "()".contains(c));
+        if w.len() > 1 && said.iter().any(|m| m.trim_matches('\'') == w) {
+            let column = text[..offset + lead].chars().count() + 1;
+            let strong = msg.contains(&format!("'{w}'")) || w.chars().any(|c| c.is_ascii_digit());
+            named.push((column, strong));
         }
         offset += word.len();
     }
-    found
+    let strong: Vec<usize> = named.iter().filter(|n| n.1).map(|n| n.0).collect();
+    match (strong.as_slice(), named.as_slice()) {
+        ([one], _) => Some(*one),
+        ([], [(one, _)]) => Some(*one),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
