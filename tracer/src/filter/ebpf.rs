@@ -276,16 +276,7 @@ impl Translator {
                     _ => return Err(unknown),
                 };
                 let imm = if src == 0 { i.k as i32 } else { 0 };
-                self.jump(
-                    EInsn {
-                        code,
-                        dst: RA,
-                        src,
-                        off: 0,
-                        imm,
-                    },
-                    t,
-                );
+                self.jump(insn(code, RA, src, 0, imm), t);
                 if i.jf != 0 {
                     self.jump(ja(), f);
                 }
@@ -305,13 +296,7 @@ impl Translator {
         let unknown = TranslateError::Unknown { at, code: i.code };
         let op = op(i.code);
         if op == NEG {
-            self.emit(EInsn {
-                code: BPF_ALU | NEG as u8,
-                dst: RA,
-                src: 0,
-                off: 0,
-                imm: 0,
-            });
+            self.emit(insn(BPF_ALU | NEG as u8, RA, 0, 0, 0));
             return Ok(());
         }
         if !matches!(op, ADD | SUB | MUL | DIV | OR | AND | LSH | RSH | MOD | XOR) {
@@ -414,24 +399,18 @@ impl Translator {
         self.emit(mov64_reg(R3, FP));
         self.emit(alu64_imm(BPF_ADD, R3, i32::from(BUF_SLOT)));
         self.emit(mov32_imm(R4, i32::from(bytes)));
-        self.emit(EInsn {
-            code: BPF_JMP | BPF_CALL,
-            dst: 0,
-            src: 0,
-            off: 0,
-            imm: SKB_LOAD_BYTES,
-        });
+        self.emit(insn(BPF_JMP | BPF_CALL, 0, 0, 0, SKB_LOAD_BYTES));
         self.jump(jmp_imm(BPF_JNE, R0, 0), reject);
         self.emit(ldx(size, dst, FP, BUF_SLOT));
         self.place(conv);
         if bytes > 1 {
-            self.emit(EInsn {
-                code: BPF_ALU | BPF_END | BPF_TO_BE,
+            self.emit(insn(
+                BPF_ALU | BPF_END | BPF_TO_BE,
                 dst,
-                src: 0,
-                off: 0,
-                imm: i32::from(bytes) * 8,
-            });
+                0,
+                0,
+                i32::from(bytes) * 8,
+            ));
         }
     }
 
@@ -464,34 +443,27 @@ fn mem_slot(k: u32) -> Option<i16> {
     (k < cbpf::MEMWORDS).then(|| MEM_BASE + 4 * k as i16)
 }
 
-fn ldx(size: u8, dst: u8, src: u8, off: i16) -> EInsn {
+/// One instruction from its fields; the helpers below name the shapes the translation uses.
+fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> EInsn {
     EInsn {
-        code: BPF_LDX | BPF_MEM | size,
+        code,
         dst,
         src,
-        off,
-        imm: 0,
-    }
-}
-
-fn stx(size: u8, dst: u8, src: u8, off: i16) -> EInsn {
-    EInsn {
-        code: BPF_STX | BPF_MEM | size,
-        dst,
-        src,
-        off,
-        imm: 0,
-    }
-}
-
-fn st_imm(size: u8, dst: u8, off: i16, imm: i32) -> EInsn {
-    EInsn {
-        code: BPF_ST | BPF_MEM | size,
-        dst,
-        src: 0,
         off,
         imm,
     }
+}
+
+fn ldx(size: u8, dst: u8, src: u8, off: i16) -> EInsn {
+    insn(BPF_LDX | BPF_MEM | size, dst, src, off, 0)
+}
+
+fn stx(size: u8, dst: u8, src: u8, off: i16) -> EInsn {
+    insn(BPF_STX | BPF_MEM | size, dst, src, off, 0)
+}
+
+fn st_imm(size: u8, dst: u8, off: i16, imm: i32) -> EInsn {
+    insn(BPF_ST | BPF_MEM | size, dst, 0, off, imm)
 }
 
 fn mov32_imm(dst: u8, imm: i32) -> EInsn {
@@ -507,93 +479,39 @@ fn mov64_reg(dst: u8, src: u8) -> EInsn {
 }
 
 fn alu32_imm(op: u8, dst: u8, imm: i32) -> EInsn {
-    EInsn {
-        code: BPF_ALU | op | BPF_K,
-        dst,
-        src: 0,
-        off: 0,
-        imm,
-    }
+    insn(BPF_ALU | op | BPF_K, dst, 0, 0, imm)
 }
 
 fn alu32_reg(op: u8, dst: u8, src: u8) -> EInsn {
-    EInsn {
-        code: BPF_ALU | op | BPF_X,
-        dst,
-        src,
-        off: 0,
-        imm: 0,
-    }
+    insn(BPF_ALU | op | BPF_X, dst, src, 0, 0)
 }
 
 fn alu64_imm(op: u8, dst: u8, imm: i32) -> EInsn {
-    EInsn {
-        code: BPF_ALU64 | op | BPF_K,
-        dst,
-        src: 0,
-        off: 0,
-        imm,
-    }
+    insn(BPF_ALU64 | op | BPF_K, dst, 0, 0, imm)
 }
 
 fn alu64_reg(op: u8, dst: u8, src: u8) -> EInsn {
-    EInsn {
-        code: BPF_ALU64 | op | BPF_X,
-        dst,
-        src,
-        off: 0,
-        imm: 0,
-    }
+    insn(BPF_ALU64 | op | BPF_X, dst, src, 0, 0)
 }
 
 fn jmp_imm(op: u8, dst: u8, imm: i32) -> EInsn {
-    EInsn {
-        code: BPF_JMP | op | BPF_K,
-        dst,
-        src: 0,
-        off: 0,
-        imm,
-    }
+    insn(BPF_JMP | op | BPF_K, dst, 0, 0, imm)
 }
 
 fn jmp32_imm(op: u8, dst: u8, imm: i32) -> EInsn {
-    EInsn {
-        code: BPF_JMP32 | op | BPF_K,
-        dst,
-        src: 0,
-        off: 0,
-        imm,
-    }
+    insn(BPF_JMP32 | op | BPF_K, dst, 0, 0, imm)
 }
 
 fn jmp_reg(op: u8, dst: u8, src: u8) -> EInsn {
-    EInsn {
-        code: BPF_JMP | op | BPF_X,
-        dst,
-        src,
-        off: 0,
-        imm: 0,
-    }
+    insn(BPF_JMP | op | BPF_X, dst, src, 0, 0)
 }
 
 fn ja() -> EInsn {
-    EInsn {
-        code: BPF_JMP | BPF_JA,
-        dst: 0,
-        src: 0,
-        off: 0,
-        imm: 0,
-    }
+    insn(BPF_JMP | BPF_JA, 0, 0, 0, 0)
 }
 
 fn exit() -> EInsn {
-    EInsn {
-        code: BPF_JMP | BPF_EXIT,
-        dst: 0,
-        src: 0,
-        off: 0,
-        imm: 0,
-    }
+    insn(BPF_JMP | BPF_EXIT, 0, 0, 0, 0)
 }
 
 /// `body` laid out to fill a subprogram of exactly `room` instructions: a jump the verifier
