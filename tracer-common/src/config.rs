@@ -106,6 +106,34 @@ const _: () = assert!(size_of::<EndpointKey>() == 20);
 /// Capacity of the `INTEREST` map (oldest endpoints are evicted by the kernel's LRU).
 pub const INTEREST_MAX: u32 = 8192;
 
+/// Slots of the `SEEN` array: a slot is 1 once any endpoint hashing to it
+/// ([`EndpointKey::seen_slot`]) was put in `INTEREST`, by the kernel or by userspace, and is
+/// never cleared. A 0 proves the endpoint has no `INTEREST` entry, so a packet a filter
+/// expression rejects is turned away with one inlined array read instead of a hash lookup; a 1
+/// (a real entry, an evicted one, or another endpoint's hash) only sends it to the lookup.
+pub const SEEN_SLOTS: u32 = 1 << 16;
+
+impl EndpointKey {
+    /// The key's slot in the `SEEN` array: a multiplicative hash of its five 32-bit words,
+    /// computed the same way on both sides of the kernel boundary.
+    #[inline(always)]
+    pub fn seen_slot(&self) -> u32 {
+        let a = &self.addr;
+        let words = [
+            u32::from_le_bytes([a[0], a[1], a[2], a[3]]),
+            u32::from_le_bytes([a[4], a[5], a[6], a[7]]),
+            u32::from_le_bytes([a[8], a[9], a[10], a[11]]),
+            u32::from_le_bytes([a[12], a[13], a[14], a[15]]),
+            u32::from(self.port) | u32::from(self.proto) << 16 | u32::from(self.family) << 24,
+        ];
+        let mut h: u32 = 0x811c_9dc5;
+        for w in words {
+            h = (h ^ w).wrapping_mul(0x9e37_79b1);
+        }
+        (h >> 16) & (SEEN_SLOTS - 1)
+    }
+}
+
 /// Per-hook counters, one per CPU per slot in the `COUNTERS` per-CPU array. For every hook,
 /// `seen == filtered + emitted + lost + aggregated`.
 #[repr(C)]

@@ -13,6 +13,8 @@ pub const MAP_HOOKS: &str = "HOOKS";
 pub const MAP_COUNTERS: &str = "COUNTERS";
 /// Remote endpoints of interest ([`crate::config::EndpointKey`]) that shared hooks emit.
 pub const MAP_INTEREST: &str = "INTEREST";
+/// Which hash slots of [`MAP_INTEREST`]'s keys were ever filled ([`crate::config::SEEN_SLOTS`]).
+pub const MAP_SEEN: &str = "SEEN";
 /// Fingerprints of emitted packets, for the drop program.
 pub const MAP_TRACED: &str = "TRACED";
 /// The drop program's per-CPU counters.

@@ -8,7 +8,7 @@ use aya_ebpf::{
 use tracer_common::{
     config::{
         EndpointKey, FilterConfig, FlowCache, FlowCounts, FlowKey, HookConfig, HookCounters,
-        ModeConfig, SkbOffsets, FLOW_STATS_MAX, INTEREST_MAX, TRACED_MAX,
+        ModeConfig, SkbOffsets, FLOW_STATS_MAX, INTEREST_MAX, SEEN_SLOTS, TRACED_MAX,
     },
     names, MAX_HOOKS,
 };
@@ -46,6 +46,12 @@ kernel_name!(COUNTERS, MAP_COUNTERS);
 pub(crate) static INTEREST: LruHashMap<EndpointKey, u32> =
     LruHashMap::with_max_entries(INTEREST_MAX, 0);
 kernel_name!(INTEREST, MAP_INTEREST);
+
+/// 1 at [`EndpointKey::seen_slot`] of every endpoint ever put in `INTEREST` (see
+/// `tracer_common::config::SEEN_SLOTS`); an array, so a read is inlined by the verifier.
+#[map]
+pub(crate) static SEEN: Array<u32> = Array::with_max_entries(SEEN_SLOTS, 0);
+kernel_name!(SEEN, MAP_SEEN);
 
 /// The in-kernel filter, fixed at load time (read-only data, so switched-off tests cost nothing).
 #[unsafe(no_mangle)]

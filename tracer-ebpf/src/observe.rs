@@ -25,7 +25,7 @@ use crate::{
     frame::{LinearFrame, SkbFrame},
     maps::{
         global_field, COUNTERS, EPOCH, EVENTS, FILTER, FLOW_CACHE, FLOW_STATS, HOOKS, INTEREST,
-        MODE, SELECTED, WAKE_BYTES,
+        MODE, SEEN, SELECTED, WAKE_BYTES,
     },
 };
 
@@ -585,6 +585,15 @@ pub(crate) fn remote_key(tuple: &Tuple, towards_dst: bool) -> EndpointKey {
 #[inline(always)]
 fn remember(key: &EndpointKey) -> bool {
     if INTEREST.get_ptr(key).is_none() {
+        // The slot first, so that no CPU can find the entry's slot still 0 (only an expression's
+        // rejections read the slots, and the verifier drops this store without one).
+        if global_field!(FILTER: FilterConfig, flags) & FILTER_EXPR != 0 {
+            if let Some(seen) = SEEN.get_ptr_mut(key.seen_slot()) {
+                // SAFETY: a `u32` in the map's memory; every writer stores 1, so a racing store
+                // cannot undo another.
+                unsafe { seen.write_volatile(1) };
+            }
+        }
         // Insertion can only fail when the key was inserted concurrently by another CPU (fine) or
         // on allocation failure in the LRU, where the worst outcome is a missed shared-hook event,
         // which the per-flow gap accounting in userspace then reports.
@@ -593,9 +602,17 @@ fn remember(key: &EndpointKey) -> bool {
     true
 }
 
-/// `key`'s `INTEREST` value; 0 when it has none.
+/// `key`'s `INTEREST` value; 0 when it has none (known without the lookup when its `SEEN` slot
+/// is still 0).
 #[inline(always)]
 fn interest(key: &EndpointKey) -> u32 {
+    // SAFETY: a `u32` in the map's memory, read once.
+    if SEEN
+        .get_ptr(key.seen_slot())
+        .is_none_or(|seen| unsafe { seen.read_volatile() } == 0)
+    {
+        return 0;
+    }
     // SAFETY: the value is a `u32` in the map's memory, read once.
     INTEREST.get_ptr(key).map_or(0, |v| unsafe { *v })
 }

@@ -22,6 +22,7 @@ use tracer_common::{
     names::{
         GLOBAL_FILTER, GLOBAL_LOG_LEVEL, GLOBAL_MODE, GLOBAL_SKB_OFFSETS, GLOBAL_WAKE_BYTES,
         HOOK_PROGRAM_PREFIX, MAP_COUNTERS, MAP_EVENTS, MAP_FLOW_STATS, MAP_HOOKS, MAP_INTEREST,
+        MAP_SEEN,
     },
     MAX_HOOKS,
 };
@@ -675,6 +676,21 @@ impl Tracer {
         &mut self,
         key: tracer_common::config::EndpointKey,
     ) -> Result<(), AttachError> {
+        // The slot first: the hooks read a 0 slot as "no entry" (see `SEEN_SLOTS`).
+        let map = self
+            .ebpf
+            .map_mut(MAP_SEEN)
+            .ok_or(AttachError::MissingMap(MAP_SEEN))?;
+        let mut seen: Array<&mut MapData, u32> =
+            Array::try_from(map).map_err(|source| AttachError::Map {
+                name: MAP_SEEN,
+                source,
+            })?;
+        seen.set(key.seen_slot(), 1, 0)
+            .map_err(|source| AttachError::Map {
+                name: MAP_SEEN,
+                source,
+            })?;
         let map = self
             .ebpf
             .map_mut(MAP_INTEREST)
