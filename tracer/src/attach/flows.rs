@@ -11,7 +11,7 @@
 //! run inside RCU read-side sections (softirq, or with bottom halves off), so a grace period
 //! outlasts every program that started before the flip.
 
-use aya::maps::{Array, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use tracer_common::{
     config::{FlowCache, FlowCounts, FlowKey},
     names::{MAP_EPOCH, MAP_FLOW_CACHE, MAP_FLOW_STATS},
@@ -56,23 +56,7 @@ impl Tracer {
         }
         let old = self.epoch;
         let new = old ^ 1;
-        {
-            let map = self
-                .ebpf
-                .map_mut(MAP_EPOCH)
-                .ok_or(AttachError::MissingMap(MAP_EPOCH))?;
-            let mut epoch: Array<&mut MapData, u32> =
-                Array::try_from(map).map_err(|source| AttachError::Map {
-                    name: MAP_EPOCH,
-                    source,
-                })?;
-            epoch
-                .set(0, u32::from(new), 0)
-                .map_err(|source| AttachError::Map {
-                    name: MAP_EPOCH,
-                    source,
-                })?;
-        }
+        super::set_u32(&mut self.ebpf, MAP_EPOCH, 0, u32::from(new))?;
         self.epoch = new;
         synchronize_programs().map_err(AttachError::Counters)?;
         let map = self

@@ -677,20 +677,7 @@ impl Tracer {
         key: tracer_common::config::EndpointKey,
     ) -> Result<(), AttachError> {
         // The slot first: the hooks read a 0 slot as "no entry" (see `SEEN_SLOTS`).
-        let map = self
-            .ebpf
-            .map_mut(MAP_SEEN)
-            .ok_or(AttachError::MissingMap(MAP_SEEN))?;
-        let mut seen: Array<&mut MapData, u32> =
-            Array::try_from(map).map_err(|source| AttachError::Map {
-                name: MAP_SEEN,
-                source,
-            })?;
-        seen.set(key.seen_slot(), 1, 0)
-            .map_err(|source| AttachError::Map {
-                name: MAP_SEEN,
-                source,
-            })?;
+        set_u32(&mut self.ebpf, MAP_SEEN, key.seen_slot(), 1)?;
         let map = self
             .ebpf
             .map_mut(MAP_INTEREST)
@@ -988,4 +975,19 @@ fn release_orphaned_clsact(netns_inode: u64, ifindex: u32, ifname: &str) {
             markers::forget(&marker);
         }
     }
+}
+
+/// Writes `value` at `index` of the `u32` array map `name`.
+pub(crate) fn set_u32(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    index: u32,
+    value: u32,
+) -> Result<(), AttachError> {
+    let map = ebpf.map_mut(name).ok_or(AttachError::MissingMap(name))?;
+    let mut array: Array<&mut MapData, u32> =
+        Array::try_from(map).map_err(|source| AttachError::Map { name, source })?;
+    array
+        .set(index, value, 0)
+        .map_err(|source| AttachError::Map { name, source })
 }
