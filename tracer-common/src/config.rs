@@ -41,6 +41,9 @@ impl FilterConfig {
 pub const FILTER_PROTO: u32 = 1 << 0;
 pub const FILTER_ADDR: u32 = 1 << 1;
 pub const FILTER_PORT: u32 = 1 << 2;
+/// The flags [`FilterConfig::admits`](crate::tuple) tests: with none of them set it admits
+/// every tuple, and the kernel does not call it.
+pub const FILTER_TUPLE: u32 = FILTER_PROTO | FILTER_ADDR | FILTER_PORT;
 /// A pcap-filter expression decides, in the object's filter subprogram (which userspace writes
 /// before loading): at the hooks where flows start, a packet it keeps brings in its flow, which
 /// every hook then follows through `INTEREST`. The fields above are then not in force.
@@ -92,7 +95,10 @@ pub const ROLE_SHARED: u32 = 3;
 pub const ROLE_ALL: u32 = 4;
 
 /// Key of the `INTEREST` LRU map: one remote endpoint the traced side talks to.
-#[repr(C)]
+///
+/// 4-byte aligned (its size stays 20), so that the kernel copies one and hashes its address
+/// ([`EndpointKey::seen_slot`]) a word at a time rather than byte by byte.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct EndpointKey {
     pub addr: [u8; 16],
@@ -114,24 +120,31 @@ pub const INTEREST_MAX: u32 = 8192;
 pub const SEEN_SLOTS: u32 = 1 << 16;
 
 impl EndpointKey {
-    /// The key's slot in the `SEEN` array: a multiplicative hash of its five 32-bit words,
-    /// computed the same way on both sides of the kernel boundary.
+    /// The key's slot in the `SEEN` array: [`seen_slot_of`] its address and port.
     #[inline(always)]
     pub fn seen_slot(&self) -> u32 {
-        let a = &self.addr;
-        let words = [
-            u32::from_le_bytes([a[0], a[1], a[2], a[3]]),
-            u32::from_le_bytes([a[4], a[5], a[6], a[7]]),
-            u32::from_le_bytes([a[8], a[9], a[10], a[11]]),
-            u32::from_le_bytes([a[12], a[13], a[14], a[15]]),
-            u32::from(self.port) | u32::from(self.proto) << 16 | u32::from(self.family) << 24,
-        ];
-        let mut h: u32 = 0x811c_9dc5;
-        for w in words {
-            h = (h ^ w).wrapping_mul(0x9e37_79b1);
-        }
-        (h >> 16) & (SEEN_SLOTS - 1)
+        seen_slot_of(&self.addr, self.port, self.proto, self.family)
     }
+}
+
+/// The `SEEN` slot of the endpoint `addr`, `port`, `proto`, `family`: a multiplicative hash of
+/// five 32-bit words, computed the same way on both sides of the kernel boundary (and from a
+/// [`Tuple`](crate::tuple::Tuple)'s end without building its key, `Tuple::end_slot`).
+#[inline(always)]
+pub fn seen_slot_of(addr: &[u8; 16], port: u16, proto: u8, family: u8) -> u32 {
+    let a = addr;
+    let words = [
+        u32::from_le_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_le_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_le_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_le_bytes([a[12], a[13], a[14], a[15]]),
+        u32::from(port) | u32::from(proto) << 16 | u32::from(family) << 24,
+    ];
+    let mut h: u32 = 0x811c_9dc5;
+    for w in words {
+        h = (h ^ w).wrapping_mul(0x9e37_79b1);
+    }
+    (h >> 16) & (SEEN_SLOTS - 1)
 }
 
 /// Per-hook counters, one per CPU per slot in the `COUNTERS` per-CPU array. For every hook,

@@ -12,7 +12,7 @@
 //! [`parse`]: crate::parse::parse
 
 use crate::{
-    config::{FilterConfig, FILTER_ADDR, FILTER_PORT, FILTER_PROTO},
+    config::{seen_slot_of, EndpointKey, FilterConfig, FILTER_ADDR, FILTER_PORT, FILTER_PROTO},
     event::PacketMeta,
     parse::{Frame, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
     words::ZeroWords,
@@ -68,6 +68,37 @@ impl Tuple {
             daddr: meta.daddr,
             sport,
             dport,
+        }
+    }
+
+    /// The packet's far end as an `INTEREST` key: its destination when `towards_dst`, else its
+    /// source. (0 as the port for every protocol without ports: ICMP echo ids are rewritten by
+    /// NAT, and error messages carry none, so ICMP is keyed on the address.)
+    #[inline(always)]
+    pub fn end(&self, towards_dst: bool) -> EndpointKey {
+        let (addr, port) = self.end_parts(towards_dst);
+        EndpointKey {
+            addr: *addr,
+            port,
+            proto: self.proto,
+            family: self.family,
+        }
+    }
+
+    /// `self.end(towards_dst).seen_slot()`, without building the key: read in place, the
+    /// tuple's 8-byte alignment lets the kernel hash its address a word at a time.
+    #[inline(always)]
+    pub fn end_slot(&self, towards_dst: bool) -> u32 {
+        let (addr, port) = self.end_parts(towards_dst);
+        seen_slot_of(addr, port, self.proto, self.family)
+    }
+
+    #[inline(always)]
+    fn end_parts(&self, towards_dst: bool) -> (&[u8; 16], u16) {
+        if towards_dst {
+            (&self.daddr, self.dport)
+        } else {
+            (&self.saddr, self.sport)
         }
     }
 }
@@ -330,6 +361,30 @@ mod tests {
             }
         }
         assert!(sure > 0);
+    }
+
+    #[test]
+    fn an_ends_slot_is_its_keys_slot() {
+        let mut t = Tuple {
+            saddr: [10, 200, 1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            daddr: [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7],
+            sport: 40000,
+            dport: 443,
+            family: 6,
+            proto: IPPROTO_TCP,
+        };
+        for _ in 0..2 {
+            for towards_dst in [true, false] {
+                assert_eq!(t.end_slot(towards_dst), t.end(towards_dst).seen_slot());
+            }
+            (t.saddr, t.daddr, t.sport, t.dport) = (t.daddr, t.saddr, t.dport, t.sport);
+        }
+        assert_eq!(t.end(true).addr, t.daddr);
+        assert_eq!(
+            (t.end(false).port, t.end(false).proto),
+            (t.sport, IPPROTO_TCP)
+        );
+        assert_ne!(t.end_slot(true), t.end_slot(false));
     }
 
     #[test]

@@ -8,8 +8,8 @@ use aya_ebpf::{
 use tracer_common::{
     config::{
         EndpointKey, FilterConfig, FlowCache, FlowCounts, FlowKey, HookConfig, HookCounters,
-        ModeConfig, FILTER_EXPR, HOOK_ENTRY, INTEREST_DECLARED, INTEREST_FOLLOWED, ROLE_ALL,
-        ROLE_SHARED, ROLE_SOURCE_IN, ROLE_SOURCE_OUT, TRACED_MAX,
+        ModeConfig, FILTER_EXPR, FILTER_TUPLE, HOOK_ENTRY, INTEREST_DECLARED, INTEREST_FOLLOWED,
+        ROLE_ALL, ROLE_SHARED, ROLE_SOURCE_IN, ROLE_SOURCE_OUT, TRACED_MAX,
     },
     event::{
         EventHeader, PacketEvent, PacketHeadEvent, PacketMeta, CAPTURE_MAX, KIND_PACKET,
@@ -101,7 +101,7 @@ fn aggregate(
 ) -> Result<(), ()> {
     let mut key_slot = core::mem::MaybeUninit::uninit();
     let key = FlowKey::zero_in(&mut key_slot);
-    let keyed = peek_key(ctx, slot, key)?;
+    let keyed = peek_key(ctx, slot, hook.role, key)?;
     let cache = FLOW_CACHE
         .get_ptr_mut(slot * 2 + u32::from(key.epoch))
         .ok_or(())?;
@@ -300,18 +300,27 @@ fn epoch() -> u8 {
     EPOCH.get(0).copied().unwrap_or(0) as u8 & 1
 }
 
-/// Reads the tuple in place into `tuple` and checks the filter; for TCP and UDP it also makes
-/// the flow's key. `Ok(true)`: keyed; `Ok(false)`: the parse must tell (another protocol, or a
-/// frame shape `peek` does not read); `Err(())`: not IP, or the filter rejects it.
+/// Reads the tuple in place into `tuple` and checks the filter (with an expression, also
+/// [`turned_away`]); for TCP and UDP it also makes the flow's key. `Ok(true)`: keyed;
+/// `Ok(false)`: the parse must tell (another protocol, or a frame shape `peek` does not read);
+/// `Err(())`: not IP, or the filter rejects it.
 #[inline(never)]
-fn peek_key(ctx: &TcContext, slot: u32, key: &mut FlowKey) -> Result<bool, ()> {
+fn peek_key(ctx: &TcContext, slot: u32, role: u32, key: &mut FlowKey) -> Result<bool, ()> {
     let mut tuple_slot = core::mem::MaybeUninit::uninit();
     let tuple = Tuple::zero_in(&mut tuple_slot);
     match peek(&LinearFrame::new(ctx), tuple) {
         Peek::NotIp => Err(()),
         Peek::Unsure => Ok(false),
         Peek::Ip => {
-            if global_field!(FILTER: FilterConfig, flags) != 0 && !filter().admits(tuple) {
+            // Read-only data: without a tuple filter the verifier drops the test.
+            if global_field!(FILTER: FilterConfig, flags) & FILTER_TUPLE != 0
+                && !filter().admits(tuple)
+            {
+                return Err(());
+            }
+            if global_field!(FILTER: FilterConfig, flags) & FILTER_EXPR != 0
+                && turned_away(ctx, role, tuple)
+            {
                 return Err(());
             }
             if !ported(tuple.proto) {
@@ -320,6 +329,24 @@ fn peek_key(ctx: &TcContext, slot: u32, key: &mut FlowKey) -> Result<bool, ()> {
             key.set(tuple, slot as u8, epoch());
             Ok(true)
         }
+    }
+}
+
+/// With an expression: whether [`role_admits`] surely refuses the packet, told by the
+/// expression and the `SEEN` slots alone (no key built, no hash lookup), so that a packet the
+/// expression rejects costs no more than that, before its flow's key and cache are looked at.
+/// A false answer decides nothing: the cache, then [`role_admits`], still do. (A flow the trace
+/// follows has its ends' slots set before its `INTEREST` entry, so its packets are never
+/// turned away here.)
+#[inline(always)]
+fn turned_away(ctx: &TcContext, role: u32, tuple: &Tuple) -> bool {
+    match role {
+        ROLE_SOURCE_OUT | ROLE_SOURCE_IN => {
+            !seen(tuple.end_slot(role == ROLE_SOURCE_OUT)) && !expr_keeps(ctx)
+        }
+        ROLE_SHARED => !seen(tuple.end_slot(true)) && !seen(tuple.end_slot(false)),
+        ROLE_ALL => !expr_keeps(ctx),
+        _ => false,
     }
 }
 
@@ -491,7 +518,9 @@ fn admit_parsed(ctx: &TcContext, role: u32, meta: &PacketMeta) -> bool {
 /// The filter, then the role.
 #[inline(always)]
 fn admit(ctx: &TcContext, role: u32, tuple: &Tuple) -> bool {
-    filter_admits(tuple) && role_admits(ctx, role, tuple)
+    // Read-only data: without a tuple filter the verifier drops the call.
+    (global_field!(FILTER: FilterConfig, flags) & FILTER_TUPLE == 0 || filter_admits(tuple))
+        && role_admits(ctx, role, tuple)
 }
 
 #[inline(never)]
@@ -533,22 +562,21 @@ fn role_admits(ctx: &TcContext, role: u32, tuple: &Tuple) -> bool {
     }
     match role {
         ROLE_SOURCE_OUT | ROLE_SOURCE_IN => {
-            let remote = remote_key(tuple, role == ROLE_SOURCE_OUT);
+            let towards_dst = role == ROLE_SOURCE_OUT;
             if expr_keeps(ctx) {
-                return remember(&remote);
+                return remember(&remote_key(tuple, towards_dst));
             }
-            interest(&remote) == INTEREST_FOLLOWED
+            end_interest(tuple, towards_dst) == INTEREST_FOLLOWED
         }
         ROLE_SHARED => {
-            let (dst, src) = (remote_key(tuple, true), remote_key(tuple, false));
-            let (to, from) = (interest(&dst), interest(&src));
+            let (to, from) = (end_interest(tuple, true), end_interest(tuple, false));
             if to == INTEREST_FOLLOWED || from == INTEREST_FOLLOWED {
                 return true;
             }
             if to == INTEREST_DECLARED && expr_keeps(ctx) {
-                return remember(&src);
+                return remember(&remote_key(tuple, false));
             }
-            from == INTEREST_DECLARED && expr_keeps(ctx) && remember(&dst)
+            from == INTEREST_DECLARED && expr_keeps(ctx) && remember(&remote_key(tuple, true))
         }
         ROLE_ALL => expr_keeps(ctx),
         _ => false,
@@ -565,19 +593,7 @@ fn expr_keeps(ctx: &TcContext) -> bool {
 /// The far end of the packet: its destination when `towards_dst`, else its source.
 #[inline(always)]
 pub(crate) fn remote_key(tuple: &Tuple, towards_dst: bool) -> EndpointKey {
-    let (addr, port) = if towards_dst {
-        (tuple.daddr, tuple.dport)
-    } else {
-        (tuple.saddr, tuple.sport)
-    };
-    EndpointKey {
-        addr,
-        // 0 for every protocol without ports: ICMP echo ids are rewritten by NAT, and error
-        // messages carry none, so ICMP is keyed on the address.
-        port,
-        proto: tuple.proto,
-        family: tuple.family,
-    }
+    tuple.end(towards_dst)
 }
 
 /// Makes `key` an endpoint the trace follows (a declared one stays declared); true, for the
@@ -602,19 +618,27 @@ fn remember(key: &EndpointKey) -> bool {
     true
 }
 
-/// `key`'s `INTEREST` value; 0 when it has none (known without the lookup when its `SEEN` slot
-/// is still 0).
+/// The `INTEREST` value of the packet's far end (as [`remote_key`]); 0 when it has none,
+/// known from the end's `SEEN` slot, without building its key or looking it up, while that
+/// slot is still 0.
 #[inline(always)]
-fn interest(key: &EndpointKey) -> u32 {
-    // SAFETY: a `u32` in the map's memory, read once.
-    if SEEN
-        .get_ptr(key.seen_slot())
-        .is_none_or(|seen| unsafe { seen.read_volatile() } == 0)
-    {
+fn end_interest(tuple: &Tuple, towards_dst: bool) -> u32 {
+    if !seen(tuple.end_slot(towards_dst)) {
         return 0;
     }
     // SAFETY: the value is a `u32` in the map's memory, read once.
-    INTEREST.get_ptr(key).map_or(0, |v| unsafe { *v })
+    INTEREST
+        .get_ptr(&remote_key(tuple, towards_dst))
+        .map_or(0, |v| unsafe { *v })
+}
+
+/// Whether `SEEN` slot `slot` is set: false proves that no endpoint hashing to it has an
+/// `INTEREST` entry.
+#[inline(always)]
+fn seen(slot: u32) -> bool {
+    // SAFETY: a `u32` in the map's memory, read once.
+    SEEN.get_ptr(slot)
+        .is_some_and(|seen| unsafe { seen.read_volatile() } != 0)
 }
 
 #[inline(always)]
