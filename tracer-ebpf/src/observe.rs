@@ -68,7 +68,7 @@ fn emit_if_wanted(ctx: &TcContext, slot: u32, counters: &mut HookCounters) -> Re
     if meta.family == 0 {
         return Err(());
     }
-    if !decided && !admit_parsed(ctx, role, &meta) {
+    if !decided && !admit_parsed(ctx, role, &meta, Ask) {
         return Err(());
     }
     let sent = emit(ctx, slot, hook.direction, &meta, WHY_EVERY);
@@ -114,9 +114,9 @@ fn aggregate(
     // it does not keep is admitted only as part of a flow the trace follows.)
     if keyed && !cached {
         let admitted = if global_field!(FILTER: FilterConfig, flags) & FILTER_EXPR != 0 {
-            key_admits(ctx, hook.role, key)
+            key_admits(ctx, hook.role, key, Given::asked(ctx))
         } else {
-            FLOW_STATS.get_ptr(&*key).is_some() || key_admits(ctx, hook.role, key)
+            FLOW_STATS.get_ptr(&*key).is_some() || key_admits(ctx, hook.role, key, Given(false))
         };
         if !admitted {
             return Err(());
@@ -134,7 +134,7 @@ fn aggregate(
         return Ok(());
     }
     if !keyed {
-        if !admit_parsed(ctx, hook.role, meta) {
+        if !admit_parsed(ctx, hook.role, meta, Given::asked(ctx)) {
             return Err(());
         }
         flow_key(slot, epoch(), meta, key);
@@ -350,13 +350,57 @@ fn turned_away(ctx: &TcContext, role: u32, tuple: &Tuple) -> bool {
     }
 }
 
-/// [`role_admits`] for the tuple a key made by [`peek_key`] holds.
+/// [`role_admits`] for the tuple a key made by [`peek_key`] holds, with the expression's verdict
+/// given.
 #[inline(never)]
-fn key_admits(ctx: &TcContext, role: u32, key: &FlowKey) -> bool {
+fn key_admits(ctx: &TcContext, role: u32, key: &FlowKey, verdict: Given) -> bool {
     let mut tuple_slot = core::mem::MaybeUninit::uninit();
     let tuple = Tuple::zero_in(&mut tuple_slot);
     key.tuple_into(tuple);
-    role_admits(ctx, role, tuple)
+    role_admits(ctx, role, tuple, verdict)
+}
+
+/// The expression's verdict on the packet, as [`role_admits`] takes it.
+///
+/// `aggregate`'s frame is deep: below it, the chain `key_admits` or `admit_parsed`, then
+/// `role_admits`, then the expression's subprogram added up to 544 bytes on the kernels that round
+/// each frame to 32 bytes (before 6.7), past the verifier's 512. So `aggregate` asks the
+/// expression itself, from its own frame, and passes the answer down ([`Given`]); every-packet
+/// mode's chains are shallower, and there `role_admits` asks only when its role needs it
+/// ([`Ask`]). Two instances of `role_admits`, one of which calls no subprogram.
+trait ExprVerdict: Copy {
+    fn keeps(self, ctx: &TcContext) -> bool;
+}
+
+/// Asks the expression when the answer is needed.
+#[derive(Clone, Copy)]
+struct Ask;
+
+impl ExprVerdict for Ask {
+    #[inline(always)]
+    fn keeps(self, ctx: &TcContext) -> bool {
+        expr_keeps(ctx)
+    }
+}
+
+/// The expression's answer, asked beforehand.
+#[derive(Clone, Copy)]
+struct Given(bool);
+
+impl Given {
+    /// The expression's answer when there is one (read-only data: without an expression the
+    /// verifier drops the call); false otherwise, which no role reads then.
+    #[inline(always)]
+    fn asked(ctx: &TcContext) -> Self {
+        Self(global_field!(FILTER: FilterConfig, flags) & FILTER_EXPR != 0 && expr_keeps(ctx))
+    }
+}
+
+impl ExprVerdict for Given {
+    #[inline(always)]
+    fn keeps(self, _ctx: &TcContext) -> bool {
+        self.0
+    }
 }
 
 /// [`parse`] of the packet into `meta`: in place from the linear data when that is sure to give
@@ -502,7 +546,7 @@ fn decide_early(ctx: &TcContext, role: u32) -> Result<bool, ()> {
     let tuple = Tuple::zero_in(&mut slot);
     match peek(&LinearFrame::new(ctx), tuple) {
         Peek::NotIp => Err(()),
-        Peek::Ip if admit(ctx, role, tuple) => Ok(true),
+        Peek::Ip if admit(ctx, role, tuple, Ask) => Ok(true),
         Peek::Ip => Err(()),
         Peek::Unsure => Ok(false),
     }
@@ -511,16 +555,16 @@ fn decide_early(ctx: &TcContext, role: u32) -> Result<bool, ()> {
 /// [`admit`] for a packet [`decide_early`] was unsure of. (Its own subprogram, like the other
 /// decision steps, so that their stack frames do not add up in the classifier's 512 bytes.)
 #[inline(never)]
-fn admit_parsed(ctx: &TcContext, role: u32, meta: &PacketMeta) -> bool {
-    admit(ctx, role, &Tuple::of(meta))
+fn admit_parsed<V: ExprVerdict>(ctx: &TcContext, role: u32, meta: &PacketMeta, verdict: V) -> bool {
+    admit(ctx, role, &Tuple::of(meta), verdict)
 }
 
 /// The filter, then the role.
 #[inline(always)]
-fn admit(ctx: &TcContext, role: u32, tuple: &Tuple) -> bool {
+fn admit<V: ExprVerdict>(ctx: &TcContext, role: u32, tuple: &Tuple, verdict: V) -> bool {
     // Read-only data: without a tuple filter the verifier drops the call.
     (global_field!(FILTER: FilterConfig, flags) & FILTER_TUPLE == 0 || filter_admits(tuple))
-        && role_admits(ctx, role, tuple)
+        && role_admits(ctx, role, tuple, verdict)
 }
 
 #[inline(never)]
@@ -547,7 +591,7 @@ fn filter() -> FilterConfig {
 /// hook admits a packet to a declared endpoint only when the expression keeps it (then the
 /// trace follows its other end).
 #[inline(never)]
-fn role_admits(ctx: &TcContext, role: u32, tuple: &Tuple) -> bool {
+fn role_admits<V: ExprVerdict>(ctx: &TcContext, role: u32, tuple: &Tuple, verdict: V) -> bool {
     // Read-only data: the verifier keeps one of the two.
     if global_field!(FILTER: FilterConfig, flags) & FILTER_EXPR == 0 {
         return match role {
@@ -563,7 +607,7 @@ fn role_admits(ctx: &TcContext, role: u32, tuple: &Tuple) -> bool {
     match role {
         ROLE_SOURCE_OUT | ROLE_SOURCE_IN => {
             let towards_dst = role == ROLE_SOURCE_OUT;
-            if expr_keeps(ctx) {
+            if verdict.keeps(ctx) {
                 return remember(&remote_key(tuple, towards_dst));
             }
             end_interest(tuple, towards_dst) == INTEREST_FOLLOWED
@@ -573,12 +617,12 @@ fn role_admits(ctx: &TcContext, role: u32, tuple: &Tuple) -> bool {
             if to == INTEREST_FOLLOWED || from == INTEREST_FOLLOWED {
                 return true;
             }
-            if to == INTEREST_DECLARED && expr_keeps(ctx) {
+            if to == INTEREST_DECLARED && verdict.keeps(ctx) {
                 return remember(&remote_key(tuple, false));
             }
-            from == INTEREST_DECLARED && expr_keeps(ctx) && remember(&remote_key(tuple, true))
+            from == INTEREST_DECLARED && verdict.keeps(ctx) && remember(&remote_key(tuple, true))
         }
-        ROLE_ALL => expr_keeps(ctx),
+        ROLE_ALL => verdict.keeps(ctx),
         _ => false,
     }
 }

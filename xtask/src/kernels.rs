@@ -26,7 +26,7 @@ const MIRROR: &str = "http://deb.debian.org/debian";
 const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 const GUEST_INIT: &str = include_str!("kernels/guest.sh");
 /// What the guest's root holds besides the minimal base.
-const ROOT_PACKAGES: &str = "iproute2,iptables,kmod,conntrack,procps,iputils-ping";
+const ROOT_PACKAGES: &str = "iproute2,iptables,kmod,conntrack,procps,iputils-ping,libpcap0.8";
 /// A guest that has not powered off by then is stopped and fails.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(420);
 

@@ -228,6 +228,8 @@ pub struct Tracer {
     sample_below: Option<u32>,
     /// The epoch the hooks count in now (see [`flows`]).
     epoch: u8,
+    /// The filter expression the hooks evaluate, as the user gave it.
+    filter: Option<String>,
 }
 
 /// `FLOW_STATS` entries: every entry holds a value per possible CPU, so a host with many CPUs
@@ -285,11 +287,17 @@ impl Tracer {
             drops,
             aggregate: opts.mode.aggregate != 0,
             sample_below: (opts.mode.aggregate != 0).then_some(opts.mode.sample_below),
+            filter: opts.expression.as_ref().map(|e| e.text().to_string()),
             epoch: 0,
         })
     }
 
     /// How the hooks report.
+    /// The filter expression the hooks evaluate, as the user gave it.
+    pub(crate) fn filter(&self) -> Option<&str> {
+        self.filter.as_deref()
+    }
+
     pub(crate) fn reporting(&self) -> crate::model::Reporting {
         match self.sample_below {
             Some(below) => crate::model::Reporting::Aggregate {

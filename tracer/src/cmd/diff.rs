@@ -27,7 +27,7 @@ pub(super) fn run(
             super::show::keep_flows(&mut cap, &kept);
         }
         let mut flows = Collect::default();
-        pipeline::replay(&cap, &mut flows);
+        pipeline::replay(&cap, &mut flows, None);
         Ok(flows.flows)
     };
     let comparison = Comparison::of(&replay(before)?, &replay(after)?);

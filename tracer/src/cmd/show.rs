@@ -47,7 +47,7 @@ pub(super) fn run(
         keep_flows(&mut cap, &kept);
     }
     let mut renderer = Format::of_json_flag(json).renderer(Output::stdout(), false);
-    pipeline::replay(&cap, renderer.as_mut());
+    pipeline::replay(&cap, renderer.as_mut(), expr.as_ref().map(Expression::text));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -9,8 +9,8 @@
 //! makes them only for `protochain`) are refused: the verifier cannot bound such a loop.
 //!
 //! Registers: A in W6, X in W7 (32-bit operations keep their upper halves zero), the linear
-//! data's start and end in R8 and R9, the context spilled at FP-80, the scratch words M[] at
-//! FP-64..FP-4, and FP-72 the buffer `bpf_skb_load_bytes` fills.
+//! data's start and end in R8 and R9, the context spilled at FP-8, FP-16 the buffer
+//! `bpf_skb_load_bytes` fills, and the scratch words M[] at FP-80..FP-20.
 
 use super::cbpf::{self, Insn};
 
@@ -113,10 +113,13 @@ const FP: u8 = 10;
 const SKB_LEN: i16 = 0;
 const SKB_DATA: i16 = 76;
 const SKB_DATA_END: i16 = 80;
-/// Stack: the context, the load buffer, M[0] (M[i] at `MEM_BASE + 4 * i`).
-const CTX_SLOT: i16 = -80;
-const BUF_SLOT: i16 = -72;
-const MEM_BASE: i16 = -64;
+/// Stack: the context, the load buffer, then M[0] (M[i] at `MEM_BASE + 4 * i`) deepest, so that a
+/// program without scratch words has a 16-byte frame (the verifier counts what a subprogram
+/// touches, and the kernels before 6.7 round each frame of a call chain up to 32 bytes against
+/// the chain's 512).
+const CTX_SLOT: i16 = -8;
+const BUF_SLOT: i16 = -16;
+const MEM_BASE: i16 = -80;
 /// Direct reads go up to this offset (the verifier's bound on packet offsets is 0xffff, and an
 /// instruction's offset field is signed 16 bits).
 const DIRECT_MAX: u32 = 0x7fff;

@@ -115,7 +115,7 @@ impl<'r> Engine<'r> {
         while self.annotation.as_ref().is_some_and(|a| a.in_flight() > 0) {
             self.final_annotated();
         }
-        let (stop, stats, released, undecodable, drops_lost, reporting) = match &self.end {
+        let (stop, stats, released, undecodable, drops_lost, reporting, filter) = match &self.end {
             Some((why, end)) => (
                 Some(*why),
                 end.stats.as_slice(),
@@ -123,8 +123,9 @@ impl<'r> Engine<'r> {
                 end.undecodable,
                 end.drops.map_or(0, |d| d.lost),
                 end.reporting,
+                end.filter.as_deref(),
             ),
-            None => (None, &[][..], &[][..], 0, 0, Reporting::EveryPacket),
+            None => (None, &[][..], &[][..], 0, 0, Reporting::EveryPacket, None),
         };
         let summary = Summary {
             flows,
@@ -140,6 +141,7 @@ impl<'r> Engine<'r> {
                 unattributed_packets: self.correlator.unattributed_packets(),
             },
             reporting,
+            filter,
         };
         self.renderer.update(Update::Summary(&summary));
         self.renderer.close();

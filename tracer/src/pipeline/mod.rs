@@ -71,7 +71,8 @@ pub(crate) fn trace(
 
 /// A capture replayed through the same correlation and rendering as a live trace, into
 /// `renderer`: NAT rules from the file's topology snapshot, no conntrack (a live-kernel question).
-pub(crate) fn replay(cap: &Capture, renderer: &mut dyn Renderer) -> Outcome {
+/// `filter`: the expression that chose the flows left in `cap`, for the summary.
+pub(crate) fn replay(cap: &Capture, renderer: &mut dyn Renderer, filter: Option<&str>) -> Outcome {
     let rules: Arc<dyn RuleAttributor> = Arc::new(NatRuleset::from_rules(&cap.topology.nat_rules));
     let topology = Arc::new(cap.topology.clone());
     let mut engine = Engine::new(topology, Some(rules), 1 << 20, Vec::new(), renderer);
@@ -111,6 +112,7 @@ pub(crate) fn replay(cap: &Capture, renderer: &mut dyn Renderer) -> Outcome {
         .collect();
     let end = Finished {
         stats,
+        filter: filter.map(str::to_string),
         ..Finished::default()
     };
     engine.finished(StopReason::Requested, &end);

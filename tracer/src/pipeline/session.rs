@@ -85,6 +85,8 @@ pub struct Finished {
     pub released: Vec<(Hook, HookStats)>,
     /// How the hooks reported.
     pub reporting: Reporting,
+    /// The filter expression that chose the flows (live: the hooks'; replayed: `show`'s).
+    pub filter: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -319,6 +321,7 @@ pub(crate) async fn run(
         drops,
         released,
         reporting: tracer.reporting(),
+        filter: tracer.filter().map(str::to_string),
     };
     observer.finished(reason, &end);
     Ok(reason)

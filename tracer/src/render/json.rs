@@ -236,12 +236,15 @@ struct StopLine<'a> {
 }
 
 #[derive(Serialize)]
-struct SummaryLine {
+struct SummaryLine<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     /// `aggregate` or `every_packet`, and the sample rate of `aggregate`.
     #[serde(flatten)]
     reporting: crate::model::Reporting,
+    /// The filter expression that chose the flows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    filter: Option<&'a str>,
     flows: usize,
     evicted: u64,
     hooks: Vec<HookLine>,
@@ -332,6 +335,7 @@ pub(crate) fn summary_line(s: &Summary<'_>) -> serde_json::Result<String> {
     serde_json::to_string(&SummaryLine {
         kind: "summary",
         reporting: s.reporting,
+        filter: s.filter,
         flows: s.flows,
         evicted: s.evicted,
         hooks,

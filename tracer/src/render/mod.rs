@@ -40,6 +40,8 @@ pub struct Summary<'a> {
     pub unused: Unused,
     /// How the kernel programs reported (JSON and text say which mode produced the trace).
     pub reporting: Reporting,
+    /// The filter expression that chose the flows, when there was one.
+    pub filter: Option<&'a str>,
 }
 
 /// Events and records the engine received but could not use. Printed only when not zero (text:

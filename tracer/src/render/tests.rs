@@ -197,6 +197,7 @@ fn text_summary_golden() {
         released: &[],
         unused: Unused::default(),
         reporting: Reporting::EveryPacket,
+        filter: None,
     };
     let expected = "\
 2 flows, 1 evicted
@@ -218,6 +219,7 @@ fn json_summary_golden() {
         released: &[],
         unused: Unused::default(),
         reporting: Reporting::EveryPacket,
+        filter: None,
     };
     let expected = concat!(
         r#"{"type":"summary","mode":"every_packet","flows":2,"evicted":1,"hooks":["#,
@@ -307,6 +309,7 @@ fn released_hooks_keep_their_counts_in_the_summary() {
         released: gone,
         unused: Unused::default(),
         reporting: Reporting::EveryPacket,
+        filter: None,
     };
     let text = Format::Text.summary(&s).unwrap_or_default();
     assert!(

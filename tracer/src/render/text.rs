@@ -336,6 +336,9 @@ pub(crate) fn format_delta_us(us: f64) -> String {
 /// one per kind of event the engine could not use.
 pub(crate) fn summary_block(s: &Summary<'_>) -> String {
     let mut out = format!("{} flows, {} evicted\n", s.flows, s.evicted);
+    if let Some(filter) = s.filter {
+        out.push_str(&format!("filter: '{filter}'\n"));
+    }
     let aggregate = matches!(s.reporting, crate::model::Reporting::Aggregate { .. });
     if aggregate {
         out.push_str(&format!("mode: {}\n", s.reporting));

@@ -319,6 +319,58 @@ fn published_port_dnat_from_the_wan() -> Result<()> {
     ensure_empty(flow, &["stops"])
 }
 
+/// Issue #14: an expression is judged at the uplink on the pre-DNAT form of an inbound packet
+/// (the host's published port), and a flow it keeps there is traced at every hook, the DNAT
+/// step included; an expression for another port traces nothing.
+#[test]
+fn an_expression_on_a_published_port_judges_the_pre_dnat_form() -> Result<()> {
+    let Some(_serial) = begin("an_expression_on_a_published_port_judges_the_pre_dnat_form") else {
+        return Ok(());
+    };
+    let wan = Wan::up()?;
+    let port = free_port()?;
+    let c = TestContainer::run("pt-xdnat", &["-p", &format!("{port}:80")], ECHO_80)?;
+    let addr: SocketAddr = format!("{}:{port}", wan.host_ip).parse()?;
+    let (public, private) = (
+        format!("{}:{port}", wan.host_ip),
+        format!("{}:80", ctr_ip(&c)?),
+    );
+    let expr = format!("tcp dst port {port}");
+    let lines = trace_json(&c.name, &["--to", &wan.wan_ip, &expr], || {
+        (0..2).try_for_each(|_| wan.exchange(addr))
+    })?;
+    let flow = flow_where(&lines, "inbound TCP flow with replies", |f| {
+        f["dst"] == private.as_str() && f["packets_back"].as_u64() > Some(0)
+    })?;
+    let (veth, eth0) = (host_veth(&c)?, format!("{}:eth0", c.name));
+    ensure_hops(
+        flow,
+        "hops",
+        &format!(
+            "host:{} ingress -> host:docker0 egress -> host:{veth} egress -> {eth0} ingress",
+            wan.uplink
+        ),
+    )?;
+    let dnat = one_nat(flow, "nat")?;
+    ensure!(
+        dnat["kind"] == "dnat" && dnat["before"] == public && dnat["after"] == private,
+        "{dnat}"
+    );
+    let summary = lines.iter().find(|l| l["type"] == "summary");
+    ensure!(
+        summary.is_some_and(|s| s["filter"] == expr.as_str()),
+        "{summary:?}"
+    );
+
+    let other = format!("tcp dst port {}", if port == 65535 { 1 } else { port + 1 });
+    let lines = trace_json(&c.name, &["--to", &wan.wan_ip, &other], || {
+        wan.exchange(addr)
+    })?;
+    let flows = final_flows(&lines);
+    ensure!(flows.is_empty(), "'{other}' traced: {flows:#?}");
+    Ok(())
+}
+
 #[test]
 fn docker_proxy_connections_are_named() -> Result<()> {
     let Some(_serial) = begin("docker_proxy_connections_are_named") else {
