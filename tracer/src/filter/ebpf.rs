@@ -27,6 +27,12 @@ pub enum TranslateError {
     BackwardJump(usize),
     #[error("the kernel side cannot evaluate this expression: instruction {at} (code {code:#06x}) is not classic BPF it knows")]
     Unknown { at: usize, code: u16 },
+    #[error(
+        "the kernel side cannot evaluate this expression: instruction {0} reads the socket's packet \
+         metadata (`inbound`, `outbound`), which a tc hook does not hold as a socket does; \
+         select the direction with src/dst instead"
+    )]
+    Metadata(usize),
     #[error("the kernel side cannot evaluate this expression: instruction {0} jumps past the program's end")]
     OutOfRange(usize),
     #[error(
@@ -120,6 +126,8 @@ const SKB_DATA_END: i16 = 80;
 const CTX_SLOT: i16 = -8;
 const BUF_SLOT: i16 = -16;
 const MEM_BASE: i16 = -80;
+/// Classic loads from here up are Linux's ancillary data (`SKF_AD_OFF`, linux/filter.h).
+const SKF_AD_OFF: u32 = 0xffff_f000;
 /// Direct reads go up to this offset (the verifier's bound on packet offsets is 0xffff, and an
 /// instruction's offset field is signed 16 bits).
 const DIRECT_MAX: u32 = 0x7fff;
@@ -188,6 +196,14 @@ impl Translator {
         self.emit(i);
     }
 
+    /// A jump to `to` that is always taken but conditional (on a register just zeroed): the
+    /// code after it stays reachable for the verifier's check of the program's shape, which
+    /// refuses an instruction no path reaches; it is never explored, and removed as dead code.
+    fn always(&mut self, to: Target) {
+        self.emit(mov32_imm(R2, 0));
+        self.jump(jmp_imm(BPF_JEQ, R2, 0), to);
+    }
+
     fn reject_label(&mut self) -> Target {
         let l = *self.reject.get_or_insert_with(|| {
             self.labels.push(None);
@@ -237,6 +253,11 @@ impl Translator {
                         self.emit(ldx(BPF_W, dst, R1, SKB_LEN));
                     }
                     MEM => self.emit(ldx(BPF_W, dst, FP, mem_slot(i.k).ok_or(unknown)?)),
+                    // Linux's ancillary loads (`inbound`, `outbound`): socket metadata, which a
+                    // tc hook holds otherwise (a packet leaving has no PACKET_OUTGOING there).
+                    ABS if dst == RA && i.k >= SKF_AD_OFF => {
+                        return Err(TranslateError::Metadata(at))
+                    }
                     ABS if dst == RA => {
                         self.load(RA, None, i.k, width(size(i.code)).ok_or(unknown)?)
                     }
@@ -310,7 +331,7 @@ impl Translator {
                 // libpcap's validator refuses these; its interpreter would give 0.
                 DIV | MOD if i.k == 0 => {
                     let r = self.reject_label();
-                    self.jump(ja(), r);
+                    self.always(r);
                 }
                 LSH | RSH if i.k >= 32 => self.emit(mov32_imm(RA, 0)),
                 _ => self.emit(alu32_imm(op as u8, RA, i.k as i32)),
@@ -364,7 +385,7 @@ impl Translator {
             None => {
                 // Only the helper reaches this far; `k` past 4 GiB is past every packet.
                 if k > i32::MAX as u32 {
-                    self.jump(ja(), reject);
+                    self.always(reject);
                     return;
                 }
                 self.place(slow);
@@ -372,7 +393,7 @@ impl Translator {
             }
             Some(x) => {
                 if k > i32::MAX as u32 {
-                    self.jump(ja(), reject);
+                    self.always(reject);
                     return;
                 }
                 // R2 = X + k (64-bit: no wrap); in place when below DIRECT_MAX and within the
@@ -517,6 +538,33 @@ fn exit() -> EInsn {
     insn(BPF_JMP | BPF_EXIT, 0, 0, 0, 0)
 }
 
+/// The first instruction of `code` that no path from its start reaches, if any: the verifier
+/// refuses a program with one (`unreachable insn`), whatever the values. Jumps are followed as
+/// the verifier's shape check follows them (both edges of a conditional, only the target of
+/// `ja`, nothing after `exit`).
+pub fn first_unreachable(code: &[EInsn]) -> Option<usize> {
+    let mut seen = vec![false; code.len()];
+    let mut todo = vec![0usize];
+    while let Some(at) = todo.pop() {
+        let Some(i) = code.get(at) else { continue };
+        if std::mem::replace(&mut seen[at], true) {
+            continue;
+        }
+        let class = i.code & 0x07;
+        let op = i.code & 0xf0;
+        let to = (at as i64 + 1 + i64::from(i.off)) as usize;
+        match (class == BPF_JMP || class == BPF_JMP32, op) {
+            (true, BPF_EXIT) => {}
+            (true, BPF_CALL) => todo.push(at + 1),
+            (true, BPF_JA) if class == BPF_JMP => todo.push(to),
+            (true, _) => todo.extend([at + 1, to]),
+            // The wide immediate load takes two slots; the translation makes none.
+            _ => todo.push(at + 1),
+        }
+    }
+    seen.iter().position(|s| !s)
+}
+
 /// `body` laid out to fill a subprogram of exactly `room` instructions: a jump the verifier
 /// knows is always taken skips the padding, so every instruction is reachable (the verifier
 /// refuses unreachable ones) and the padding is never explored (and is removed as dead code
@@ -623,6 +671,68 @@ mod elf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_instruction_is_out_of_every_path() {
+        // A load past 2 GiB fails at once, and so does a division by 0: the code after either is
+        // never run, but it must stay reachable, or the verifier refuses the whole program.
+        let ld = |k| Insn {
+            code: 0x28,
+            jt: 0,
+            jf: 0,
+            k,
+        };
+        let prog = [
+            ld(0x8000_0000),
+            Insn {
+                code: 0x15,
+                jt: 0,
+                jf: 2,
+                k: 7,
+            },
+            Insn {
+                code: 0x34,
+                jt: 0,
+                jf: 0,
+                k: 0,
+            },
+            Insn {
+                code: 0x06,
+                jt: 0,
+                jf: 0,
+                k: 1,
+            },
+            Insn {
+                code: 0x06,
+                jt: 0,
+                jf: 0,
+                k: 0,
+            },
+        ];
+        let body = translate(&prog).unwrap();
+        assert_eq!(first_unreachable(&body), None, "{body:#?}");
+        assert_eq!(first_unreachable(&fill(&body, 4000).unwrap()), None);
+        let mut cut = body.clone();
+        cut.insert(0, exit());
+        assert_eq!(first_unreachable(&cut), Some(1));
+        for expr in [
+            "tcp port 443 and host 10.0.0.5",
+            "ip6 and udp",
+            "tcp[tcpflags] & tcp-syn != 0",
+        ] {
+            let body = translate(&cbpf::compile(expr).unwrap()).unwrap();
+            assert_eq!(first_unreachable(&body), None, "{expr}");
+        }
+    }
+
+    #[test]
+    fn socket_metadata_is_refused_in_so_many_words() {
+        for expr in ["inbound", "outbound", "tcp and inbound"] {
+            let err = translate(&cbpf::compile(expr).unwrap()).unwrap_err();
+            assert!(matches!(err, TranslateError::Metadata(_)), "{expr}: {err}");
+            assert!(err.to_string().contains("`inbound`"), "{err}");
+        }
+    }
 
     #[test]
     fn every_jump_lands_inside_the_body_and_the_padding_is_skipped() {

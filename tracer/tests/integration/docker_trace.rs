@@ -356,9 +356,11 @@ fn an_expression_on_a_published_port_judges_the_pre_dnat_form() -> Result<()> {
         dnat["kind"] == "dnat" && dnat["before"] == public && dnat["after"] == private,
         "{dnat}"
     );
+    // What the kernel evaluated: `--to` joins its host to the expression.
+    let joined = format!("(host {}) and ({expr})", wan.wan_ip);
     let summary = lines.iter().find(|l| l["type"] == "summary");
     ensure!(
-        summary.is_some_and(|s| s["filter"] == expr.as_str()),
+        summary.is_some_and(|s| s["filter"] == joined.as_str()),
         "{summary:?}"
     );
 

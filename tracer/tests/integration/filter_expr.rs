@@ -185,7 +185,11 @@ fn the_verifier_accepts_every_expression_the_fuzzer_kept_that_translates() {
         {
             Ok(_) => {}
             // Refused in so many words before loading (a loop, or too large), never loaded.
-            Err(TranslateError::BackwardJump(_) | TranslateError::TooLarge { .. }) => {
+            Err(
+                TranslateError::BackwardJump(_)
+                | TranslateError::TooLarge { .. }
+                | TranslateError::Metadata(_),
+            ) => {
                 refused += 1;
                 continue;
             }
