@@ -151,6 +151,22 @@ pub enum Command {
   sudo pathtrace inspect --container minio --to 10.0.0.5
   sudo pathtrace inspect --netns /proc/1234/ns/net --json")]
     Inspect(InspectArgs),
+    /// Print a shell completion script for pathtrace to stdout.
+    #[command(after_help = "Install:
+  pathtrace completions bash | sudo tee /usr/share/bash-completion/completions/pathtrace
+  pathtrace completions zsh | sudo tee /usr/local/share/zsh/site-functions/_pathtrace
+  pathtrace completions fish > ~/.config/fish/completions/pathtrace.fish
+  source <(pathtrace completions bash)        (this shell only)")]
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print pathtrace's man page (roff) to stdout, made from the same definition as --help.
+    #[command(after_help = "Example:
+  pathtrace man > pathtrace.1 && man ./pathtrace.1
+  pathtrace man | sudo tee /usr/local/share/man/man1/pathtrace.1 >/dev/null")]
+    Man,
 }
 
 /// What `pathtrace inspect` shows.
@@ -273,8 +289,17 @@ pub struct VerifyArgs {
 
 /// The verbs: a trace's expression never holds one, so that `pathtrace --netns x inspect` (a
 /// trace option before a verb) stays an error rather than the expression `inspect`.
-const VERBS: [&str; 8] = [
-    "verify", "diff", "show", "cleanup", "doctor", "lab", "inspect", "help",
+const VERBS: [&str; 10] = [
+    "verify",
+    "diff",
+    "show",
+    "cleanup",
+    "doctor",
+    "lab",
+    "inspect",
+    "completions",
+    "man",
+    "help",
 ];
 
 fn expression_word(word: &str) -> Result<String, String> {

@@ -32,6 +32,8 @@ const APT_PACKAGES: &[&str] = &[
     "docker.io",
     "ethtool",
     "ipset",
+    // `man -l` renders the generated man page in its test.
+    "man-db",
     // Kubernetes pods through the CRI (a containerd of the tests' own, the CNI plugins; protoc
     // builds the CRI API) and rootful Podman (runc: crun cannot start containers on hybrid cgroups).
     "containerd",

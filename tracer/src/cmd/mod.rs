@@ -7,6 +7,7 @@ mod diff;
 mod doctor;
 mod inspect;
 mod lab;
+mod manual;
 mod show;
 mod trace;
 mod verify;
@@ -90,6 +91,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             expression,
         }) => diff::run(&before, &after, json, &expression),
         Some(Command::Inspect(a)) => inspect::run(&a),
+        Some(Command::Completions { shell }) => manual::completions(shell),
+        Some(Command::Man) => manual::man(),
     }
 }
 

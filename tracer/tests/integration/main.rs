@@ -28,6 +28,7 @@ mod inspect_docker;
 mod kernel_parser;
 mod lab;
 mod leak_guard;
+mod manual;
 mod nat_attribution;
 mod outputs;
 mod podman;
