@@ -100,7 +100,8 @@ pub enum Command {
   pathtrace show web.pcapng --json | jq 'select(.type == \"flow\")'
   pathtrace show web.pcapng.1        (a rotated file; its siblings are read too)
   pathtrace show web.pcapng 'tcp[tcpflags] & tcp-syn != 0'
-  pathtrace show web.pcapng 'port 443' -w web-443.pcapng")]
+  pathtrace show web.pcapng 'port 443' -w web-443.pcapng
+  pathtrace show web.pcapng --hook host:docker0 -w docker0.pcapng")]
     Show {
         /// A pcapng file pathtrace wrote (a file another tool wrote is shown per interface only).
         file: PathBuf,
@@ -108,14 +109,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
         /// Write the packets the expression keeps, each hook's copy judged on its own (what
-        /// `tcpdump -r FILE EXPR` keeps), to this pcapng, with the file's topology.
-        #[arg(
-            short = 'w',
-            long = "write",
-            value_name = "OUT",
-            requires = "expression"
-        )]
+        /// `tcpdump -r FILE EXPR` keeps), to this pcapng, with the file's topology; with
+        /// --hook, only that hook's packets.
+        #[arg(short = 'w', long = "write", value_name = "OUT")]
         write: Option<PathBuf>,
+        /// With -w: only the packets of this hook (`host:docker0`, or `host:docker0 egress`
+        /// for one direction), e.g. for Wireshark's TCP analysis, which takes a packet's copy
+        /// at every hook for retransmissions.
+        #[arg(long, value_name = "HOOK", requires = "write")]
+        hook: Option<String>,
         /// A pcap-filter expression: only the flows one of whose packets it keeps are shown.
         #[arg(value_name = "EXPRESSION")]
         expression: Vec<String>,
@@ -319,10 +321,14 @@ pub struct TraceArgs {
     pub netns: Option<String>,
     /// Container to trace: Docker, Podman, or a Kubernetes container by its name in its pod
     /// (name, id or unique id prefix).
-    #[arg(long, short = 'c', value_name = "NAME|ID")]
+    #[arg(long, value_name = "NAME|ID")]
     pub container: Option<String>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
+    /// Read a capture instead of tracing: another spelling of `pathtrace show FILE` (tcpdump's
+    /// -r), with the same expression, --json and -w.
+    #[arg(short = 'r', long = "read", value_name = "FILE", conflicts_with_all = ["netns", "container", "pod", "tui", "duration", "count"])]
+    pub read: Option<PathBuf>,
     /// With --container or --pod: exit when it stops or is removed (default: keep what was
     /// seen and wait for it to start again).
     #[arg(long)]
@@ -365,13 +371,19 @@ pub struct TraceArgs {
     /// JSON lines on stdout: one object per flow update, then a summary.
     #[arg(long)]
     pub json: bool,
+    /// A full-screen live view on the terminal: the flows table (sortable, filterable), the
+    /// selected flow's hops with its NAT step, a status line; `q` or Ctrl-C ends the trace.
+    #[arg(long, conflicts_with = "json")]
+    pub tui: bool,
     /// Stop after this long (e.g. 5s, 500ms, 2m).
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
-    /// Stop after this many packet sightings (one per packet per hook, counted or sent).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Stop after this many packet sightings (one per packet per hook, counted or sent), as
+    /// tcpdump's -c.
+    #[arg(short = 'c', long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
-    /// Write a pcapng capture (one interface per hook).
+    /// Write a pcapng capture (one interface per hook); `-` streams it to stdout (then the
+    /// flows go to stderr), e.g. `-w - | tshark -r -`.
     #[arg(short = 'w', long = "write", value_name = "FILE")]
     pub write: Option<PathBuf>,
     /// With -w: start a new file (FILE.1, FILE.2, ...) when this one would pass this many bytes.

@@ -3,7 +3,11 @@
 //! verbs nothing sees a clap type; the flags reach the kernel only through [`FilterSpec`], a pure
 //! function of them.
 
-use std::{net::IpAddr, path::PathBuf, time::Duration};
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{bail, Context as _};
 use tracer_common::{
@@ -210,6 +214,8 @@ pub(crate) struct TraceConfig {
     pub duration: Option<Duration>,
     pub count: Option<u64>,
     pub format: Format,
+    /// `--tui`: the full-screen view instead of lines (checked: stdin and stdout are a terminal).
+    pub tui: bool,
     /// Flows kept at most.
     pub max_flows: usize,
     pub capture: Option<CaptureSpec>,
@@ -268,6 +274,19 @@ impl TraceConfig {
             mode,
             expression,
         };
+        let to_stdout = args.write.as_deref() == Some(Path::new("-"));
+        if to_stdout && (args.max_size.is_some() || args.max_files.is_some()) {
+            bail!("-w - streams one capture to stdout: it cannot rotate; drop --max-size/--max-files or write to a file");
+        }
+        if args.tui {
+            if to_stdout {
+                bail!("--tui with -w -: the terminal view and the capture would both write to stdout; write the capture to a file");
+            }
+            use std::io::IsTerminal as _;
+            if !(std::io::stdout().is_terminal() && std::io::stdin().is_terminal()) {
+                bail!("--tui needs a terminal, and stdin or stdout is not one (piped or redirected); leave out --tui for text lines, or --json for programs");
+            }
+        }
         let capture = args.write.as_ref().map(|path| CaptureSpec {
             path: path.clone(),
             snaplen: args.snaplen,
@@ -286,6 +305,7 @@ impl TraceConfig {
             duration: args.duration,
             count: args.count,
             format: Format::of_json_flag(args.json),
+            tui: args.tui,
             max_flows: args.max_flows,
             capture,
         })

@@ -34,6 +34,8 @@ const APT_PACKAGES: &[&str] = &[
     "ipset",
     // `man -l` renders the generated man page in its test.
     "man-db",
+    // The `--tui` test drives the terminal view in a tmux pane (send-keys, capture-pane).
+    "tmux",
     // Kubernetes pods through the CRI (a containerd of the tests' own, the CNI plugins; protoc
     // builds the CRI API) and rootful Podman (runc: crun cannot start containers on hybrid cgroups).
     "containerd",

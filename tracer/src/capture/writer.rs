@@ -179,9 +179,11 @@ impl CaptureWriter {
             self.flush()?;
         }
         let path = self.current_path();
-        self.file
-            .sync_data()
-            .map_err(|source| CaptureError::Write { path, source })?;
+        match self.file.sync_data() {
+            // A pipe (`-w -`) or another special file: nothing to sync.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+            other => other.map_err(|source| CaptureError::Write { path, source })?,
+        }
         Ok(WriteSummary {
             files: self.files.iter().cloned().collect(),
             packets: self.packets,
@@ -292,7 +294,20 @@ impl Drop for CaptureWriter {
     }
 }
 
+/// Creates `path`; `-` is stdout (a duplicate of its descriptor: `-w - | tshark -r -`).
 fn create_file(path: &Path) -> Result<File, CaptureError> {
+    if path == Path::new("-") {
+        use std::os::fd::AsFd as _;
+        return io::stdout()
+            .as_fd()
+            .try_clone_to_owned()
+            .map(File::from)
+            .map_err(|source| CaptureError::Create {
+                path: "stdout".to_string(),
+                reason: io_reason(&source),
+                source,
+            });
+    }
     OpenOptions::new()
         .write(true)
         .create(true)

@@ -146,7 +146,9 @@ fn demo(json: bool, tc_mode: TcMode, duration: Duration) -> anyhow::Result<ExitC
         },
     )?;
     let plan = Plan::for_path(&found, found.hooks(0))?;
-    let mut renderer = cfg.format.renderer(Output::stdout(), true);
+    let mut renderer = cfg
+        .format
+        .renderer(Output::with_status_line(Box::new(std::io::stdout())), true);
     let traffic = lab.start_traffic(&LabTrafficOptions::default())?;
     let rt = super::runtime()?;
     let mut tracer = PendingTracer::spawn(cfg.load.clone(), tc_mode, rt.handle());

@@ -63,6 +63,11 @@ pub(crate) fn require_privileges() -> anyhow::Result<()> {
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         None => {
+            // `-r FILE`: tcpdump's spelling of `show FILE`.
+            if let Some(file) = &cli.trace.read {
+                let t = &cli.trace;
+                return show::run(file, t.json, &t.expression, t.write.as_deref(), None);
+            }
             if cli.trace.netns.is_some()
                 || cli.trace.container.is_some()
                 || cli.trace.runtime.pod.is_some()
@@ -81,8 +86,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             file,
             json,
             write,
+            hook,
             expression,
-        }) => show::run(&file, json, &expression, write.as_deref()),
+        }) => show::run(&file, json, &expression, write.as_deref(), hook.as_deref()),
         Some(Command::Verify(a)) => verify::run(&a),
         Some(Command::Diff {
             before,

@@ -2,7 +2,8 @@
 //! rendering as a live trace, on any machine, without root or eBPF. NAT rules come from the
 //! file's topology snapshot; conntrack confirmations (a live-kernel question) are not asked.
 //! With an expression, only the flows one of whose packets it keeps are replayed (as live), and
-//! `-w` writes exactly the packets it keeps, each hook's copy judged on its own (as tcpdump).
+//! `-w` writes exactly the packets it keeps, each hook's copy judged on its own (as tcpdump);
+//! `--hook` keeps one hook's packets only.
 
 use std::{collections::HashMap, path::Path, process::ExitCode};
 
@@ -11,7 +12,7 @@ use anyhow::Context as _;
 use crate::{
     capture::{self, Capture, CaptureWriter, WriterOptions},
     filter::Expression,
-    model::PacketRecord,
+    model::{Direction, PacketRecord},
     pipeline,
     render::{Format, Output},
 };
@@ -21,8 +22,12 @@ pub(super) fn run(
     json: bool,
     expression: &[String],
     write: Option<&Path>,
+    hook: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     let expr = Expression::from_args(expression, None)?;
+    if write.is_some() && expr.is_none() && hook.is_none() {
+        anyhow::bail!("show -w writes the packets an expression keeps, or one hook's (--hook HOOK): give one of them (without either, the file is its own copy)");
+    }
     let mut cap = capture::read_rotated(path)?;
     for w in &cap.warnings {
         super::warn(format_args!("{}: {w}", path.display()));
@@ -33,22 +38,63 @@ pub(super) fn run(
             path.display()
         ));
     }
+    if let Some(out) = write {
+        let mut kept = match &expr {
+            Some(expr) => verdicts(&cap, expr),
+            None => vec![true; cap.records.len()],
+        };
+        if let Some(hook) = hook {
+            let on = on_hook(&cap, hook)?;
+            for (k, r) in kept.iter_mut().zip(&cap.records) {
+                *k &= on.contains(&(r.slot, r.direction));
+            }
+        }
+        let n = write_kept(&cap, &kept, out)?;
+        let what = match (&expr, hook) {
+            (Some(_), Some(h)) => format!("the expression keeps at {h}"),
+            (Some(_), None) => "the expression keeps".to_string(),
+            (None, Some(h)) => format!("of {h}"),
+            (None, None) => String::new(),
+        };
+        super::warn(format_args!(
+            "{}: {n} of {} packets, those {what}",
+            out.display(),
+            cap.records.len()
+        ));
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Some(expr) = &expr {
         let kept = verdicts(&cap, expr);
-        if let Some(out) = write {
-            let n = write_kept(&cap, &kept, out)?;
-            super::warn(format_args!(
-                "{}: {n} of {} packets the expression keeps",
-                out.display(),
-                cap.records.len()
-            ));
-            return Ok(ExitCode::SUCCESS);
-        }
         keep_flows(&mut cap, &kept);
     }
     let mut renderer = Format::of_json_flag(json).renderer(Output::stdout(), false);
     pipeline::replay(&cap, renderer.as_mut(), expr.as_ref().map(Expression::text));
     Ok(ExitCode::SUCCESS)
+}
+
+/// The (slot, direction) pairs `--hook` names: `ns:ifname` (both directions) or `ns:ifname
+/// DIRECTION`; an error listing the capture's hooks when none is.
+fn on_hook(cap: &Capture, wanted: &str) -> anyhow::Result<Vec<(u8, Direction)>> {
+    let (label, dir) = match wanted.rsplit_once(' ') {
+        Some((l, d)) if d == "ingress" || d == "egress" => (l.trim(), Some(d)),
+        _ => (wanted.trim(), None),
+    };
+    let on: Vec<(u8, Direction)> = cap
+        .topology
+        .hooks
+        .iter()
+        .filter(|h| h.label() == label && dir.is_none_or(|d| h.direction.to_string() == d))
+        .map(|h| (h.slot, h.direction))
+        .collect();
+    if on.is_empty() {
+        let mut labels: Vec<String> = cap.topology.hooks.iter().map(|h| h.label()).collect();
+        labels.dedup();
+        anyhow::bail!(
+            "--hook {wanted}: the capture has no such hook; its hooks are {} (optionally followed by ingress or egress)",
+            labels.join(", ")
+        );
+    }
+    Ok(on)
 }
 
 /// Leaves in `cap` the records of the flows that have a packet the expression keeps (`kept`,

@@ -25,7 +25,7 @@ use crate::{
         plan::{self, Plan},
         session::{Control, SessionSpec},
     },
-    render::Output,
+    render::{tui::Tui, Output, Renderer},
     runtime::{self, ContainerRuntime as _},
 };
 
@@ -215,7 +215,21 @@ fn live(
 ) -> anyhow::Result<()> {
     annotators.push(Box::new(UntracedExits::new(plan.topology.clone())));
     annotators.push(Box::new(RuleCounters::new(plan.rules.clone())));
-    let mut renderer = cfg.format.renderer(Output::stdout(), true);
+    let mut renderer: Box<dyn Renderer> = if cfg.tui {
+        Box::new(Tui::new())
+    } else {
+        // With `-w -` stdout carries the capture: the flows go to stderr.
+        let to_stdout = cfg
+            .capture
+            .as_ref()
+            .is_some_and(|c| c.path.as_os_str() == "-");
+        let out = if to_stdout {
+            Output::with_status_line(Box::new(std::io::stderr()))
+        } else {
+            Output::with_status_line(Box::new(std::io::stdout()))
+        };
+        cfg.format.renderer(out, true)
+    };
     let mut engine = Engine::new(
         plan.topology.clone(),
         Some(plan.attributor()),

@@ -288,6 +288,11 @@ impl Correlator {
         ids.into_iter().filter_map(|id| self.flow(id)).collect()
     }
 
+    /// Flows in the table.
+    pub(crate) fn flow_count(&self) -> usize {
+        self.table.len()
+    }
+
     /// The ids of the flows in the table, in the order first seen.
     pub(crate) fn flow_ids(&self) -> Vec<FlowId> {
         self.table.ids()

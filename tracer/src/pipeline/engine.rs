@@ -17,7 +17,7 @@ use crate::{
     collect::Event,
     correlate::{CorrelateConfig, Correlator, FlowId, FlowReport},
     model::{CountRecord, Hook, HookStats, Reporting, RuleAttributor, Topology},
-    render::{Renderer, Summary, Unused, Update},
+    render::{Progress, Renderer, Summary, Unused, Update},
 };
 
 use super::{
@@ -267,6 +267,12 @@ impl Observer for Engine<'_> {
         let ids = self.correlator.advance(now_ns);
         self.report_changed(ids);
         self.warn_lost(stats);
+        let progress = Progress {
+            sightings: stats.iter().map(|(_, s)| s.emitted + s.aggregated).sum(),
+            flows: self.correlator.flow_count(),
+            lost: stats.iter().map(|(_, s)| s.lost).sum(),
+        };
+        self.renderer.update(Update::Progress(&progress));
     }
 
     fn hooks_changed(&mut self, hooks: &[Hook], target_addrs: Option<&[IpAddr]>) {
@@ -317,6 +323,8 @@ mod tests {
                     format!("changed {} (printed {printed})", flow.id)
                 }
                 Update::Note(n) => format!("note {n}"),
+                // Every tick: not what these tests follow.
+                Update::Progress(_) => return,
                 Update::Final => "final".into(),
                 Update::FlowFinal(flow) => {
                     self.finals.push(flow.clone());

@@ -15,6 +15,7 @@ mod inspect;
 mod json;
 pub(crate) mod output;
 mod text;
+pub mod tui;
 
 use crate::{
     analyze::{diff::Comparison, inspect::Report, verify::Verdict},
@@ -42,6 +43,18 @@ pub struct Summary<'a> {
     pub reporting: Reporting,
     /// The filter expression that chose the flows, when there was one.
     pub filter: Option<&'a str>,
+}
+
+/// How a live trace is going, told every tick (a quarter second): what a status line shows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Packet sightings at the hooks so far (one per packet per hook: sent as events or
+    /// counted in the kernel).
+    pub sightings: u64,
+    /// Flows in the table.
+    pub flows: usize,
+    /// Events the ring buffer had no room for, over every hook.
+    pub lost: u64,
 }
 
 /// Events and records the engine received but could not use. Printed only when not zero (text:
@@ -81,6 +94,8 @@ pub enum Update<'a> {
     },
     /// Something the user should know (a container restarted, an interface moved away).
     Note(&'a str),
+    /// A live trace's tick, with its counters so far.
+    Progress(&'a Progress),
     /// The trace ended; the final report follows.
     Final,
     /// A flow in its final state.
@@ -178,11 +193,17 @@ pub(crate) struct StreamRenderer {
     printer: &'static dyn Printer,
     out: Output,
     live: bool,
+    rate: Rate,
 }
 
 impl StreamRenderer {
     pub(crate) fn new(printer: &'static dyn Printer, out: Output, live: bool) -> Self {
-        Self { printer, out, live }
+        Self {
+            printer,
+            out,
+            live,
+            rate: Rate::default(),
+        }
     }
 
     fn send_final(&self, rendered: Result<String, RenderError>, what: &str) {
@@ -224,7 +245,9 @@ impl Renderer for StreamRenderer {
                 Ok(line) => self.out.send(line),
                 Err(e) => tracing::warn!("note: {e}"),
             },
+            Update::Progress(p) => self.out.status(self.rate.status(p)),
             Update::Final => {
+                self.out.status(String::new());
                 if let Some(header) = self.printer.final_header().filter(|_| self.live) {
                     self.out.send_blocking(header);
                 }
@@ -243,6 +266,42 @@ impl Renderer for StreamRenderer {
                 "pathtrace: {shed} output updates were dropped because the output was too slow"
             ));
         }
+    }
+}
+
+/// Elapsed time and sightings per second of a live trace, from its ticks: what a status line
+/// shows.
+#[derive(Debug, Default)]
+pub(crate) struct Rate {
+    started: Option<std::time::Instant>,
+    /// The previous tick's time and sightings.
+    last: Option<(std::time::Instant, u64)>,
+    per_second: f64,
+}
+
+impl Rate {
+    /// Takes a tick in; seconds since the first one and sightings per second (smoothed).
+    pub(crate) fn tick(&mut self, p: &Progress) -> (f64, f64) {
+        let now = std::time::Instant::now();
+        let started = *self.started.get_or_insert(now);
+        if let Some((at, before)) = self.last {
+            let dt = now.duration_since(at).as_secs_f64();
+            if dt > 0.0 {
+                let instant = p.sightings.saturating_sub(before) as f64 / dt;
+                self.per_second = 0.5 * self.per_second + 0.5 * instant;
+            }
+        }
+        self.last = Some((now, p.sightings));
+        (now.duration_since(started).as_secs_f64(), self.per_second)
+    }
+
+    /// `12 s · 4 flows · 1204 packet sightings (96/s) · 0 events lost`.
+    pub(crate) fn status(&mut self, p: &Progress) -> String {
+        let (elapsed, rate) = self.tick(p);
+        format!(
+            "pathtrace: {elapsed:.0} s · {} flows · {} packet sightings ({rate:.0}/s) · {} events lost",
+            p.flows, p.sightings, p.lost
+        )
     }
 }
 

@@ -39,7 +39,7 @@ fn hops(chain: &[(&str, Direction, f64)]) -> Vec<HopTiming> {
 }
 
 /// The lab's MASQUERADE flow, one packet lost at the bridge.
-fn masq_flow() -> FlowReport {
+pub(crate) fn masq_flow() -> FlowReport {
     use Direction::{Egress, Ingress};
     FlowReport {
         id: FlowId(1),

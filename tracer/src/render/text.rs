@@ -229,7 +229,7 @@ fn chain(
 }
 
 /// `  => SNAT (MASQUERADE) a -> b   [rule]`: a translation of the opening direction.
-fn out_nat_line(e: &NatEntry) -> String {
+pub(super) fn out_nat_line(e: &NatEntry) -> String {
     let kind = match e.step.kind {
         NatKind::Snat => "SNAT",
         NatKind::Dnat => "DNAT",
@@ -244,7 +244,7 @@ fn out_nat_line(e: &NatEntry) -> String {
 }
 
 /// `  <= de-NAT dst a -> b`: the reverse translation on a reply.
-fn back_nat_line(e: &NatEntry) -> String {
+pub(super) fn back_nat_line(e: &NatEntry) -> String {
     let side = match e.step.kind {
         NatKind::Snat => "de-NAT src",
         NatKind::Dnat => "de-NAT dst",
@@ -276,7 +276,7 @@ fn nat_line(arrow: &str, what: &str, e: &NatEntry) -> String {
     line
 }
 
-fn stop_line(s: &Stop) -> String {
+pub(super) fn stop_line(s: &Stop) -> String {
     let leg = if s.leg == Leg::Back { " (back)" } else { "" };
     let (count, hook, dir) = (s.count, &s.after_hook, s.after_dir);
     match &s.cause {

@@ -38,6 +38,8 @@ mod reliability;
 mod ring_gaps;
 mod routes;
 mod small_fixes;
+mod tcpdump_habits;
 mod trace_lab;
+mod tui;
 mod tunnels;
 mod tuple_reuse;
