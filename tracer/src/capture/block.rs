@@ -11,6 +11,10 @@ pub(super) const ISB_STARTTIME: u16 = 2;
 pub(super) const ISB_ENDTIME: u16 = 3;
 pub(super) const BYTE_ORDER_MAGIC: u32 = 0x1A2B_3C4D;
 pub(super) const LINKTYPE_ETHERNET: u16 = 1;
+/// LINKTYPE_USER0: the drops interface's records (JSON), which no dissector claims.
+pub(super) const LINKTYPE_USER0: u16 = 147;
+/// `if_name` of the interface that holds the kernel's drop reports.
+pub(crate) const DROPS_IFNAME: &str = "pathtrace:drops";
 
 pub(super) const OPT_END: u16 = 0;
 pub(super) const OPT_COMMENT: u16 = 1;

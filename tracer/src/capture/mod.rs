@@ -15,6 +15,14 @@
 //!   `ktime_ns + CaptureMeta::boot_to_unix_ns`; the reader subtracts the same offset, so replayed
 //!   deltas equal live ones.
 //!
+//! **Drop reports.** The kernel's drop reports (a packet freed with a reason, at `kfree_skb`)
+//! are kept on one more interface, added at the first drop: `if_name` = `pathtrace:drops`, link
+//! type 147 (LINKTYPE_USER0, which no dissector claims). Each report is one EPB whose bytes are
+//! the report as JSON (`DropRecord`: time, fingerprint, reason and its name, tuple) and whose
+//! `opt_comment` says it in words (`kernel drop NETFILTER_DROP fp=… tcp a -> b`), which is how
+//! Wireshark shows it. A replay feeds them to correlation as the live trace received them, so
+//! `show` prints where packets stopped with the kernel's reason, as the live view did.
+//!
 //! **Topology snapshot.** A custom option (`opt_custom`, code 2989: binary octets, may be copied)
 //! with Private Enterprise Number 32473 — the example PEN of RFC 5612, as pathtrace has no PEN of
 //! its own — whose data is the tag [`SNAPSHOT_TAG`], a chunk index and count (two `u16` in the
@@ -45,7 +53,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Direction, Hook, PacketRecord, Place, Role, Topology};
+use crate::model::{Direction, DropRecord, Hook, PacketRecord, Place, Role, Topology};
 
 pub use reader::{parse_capture, read_capture, read_rotated};
 pub use writer::{CaptureWriter, WriterOptions};
@@ -138,6 +146,9 @@ pub struct Capture {
     /// From the interface statistics blocks (the last file's, which close it); empty for a
     /// capture cut short or without them.
     pub hook_times: Vec<HookTime>,
+    /// The kernel's drop reports the trace received (the drops interface's records), in file
+    /// order.
+    pub drops: Vec<DropRecord>,
 }
 
 /// Why a capture could not be written or read. Each message is one line meant for the user.
@@ -170,7 +181,7 @@ pub enum CaptureError {
     UnknownSlot(u8),
     #[error("invalid capture options: {0}")]
     Options(&'static str),
-    #[error("cannot encode the topology snapshot: {0}")]
+    #[error("cannot encode the topology snapshot or a drop report: {0}")]
     Snapshot(#[from] serde_json::Error),
     #[error("cannot read {path}: {reason}")]
     Open {

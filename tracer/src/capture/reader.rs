@@ -14,7 +14,7 @@ use super::{
     block, io_reason, parse_description, Capture, CaptureError, CaptureMeta, FormatError, HookTime,
     SNAPSHOT_PEN, SNAPSHOT_TAG,
 };
-use crate::model::{Direction, Hook, PacketRecord, Place, Role, Topology};
+use crate::model::{Direction, DropRecord, Hook, PacketRecord, Place, Role, Topology};
 
 /// Reads a capture file.
 pub fn read_capture(path: &Path) -> Result<Capture, CaptureError> {
@@ -121,6 +121,8 @@ struct Iface {
     /// `None` when no slot was left for it.
     hook: Option<Hook>,
     ethernet: bool,
+    /// pathtrace's drops interface: its records are drop reports.
+    drops: bool,
     clock: Clock,
 }
 
@@ -135,6 +137,7 @@ struct Reader {
     slots_by_name: HashMap<String, u8>,
     unknown_iface: usize,
     not_ip: usize,
+    bad_drops: usize,
 }
 
 fn parse(data: &[u8]) -> Result<Capture, FormatError> {
@@ -154,6 +157,7 @@ fn parse(data: &[u8]) -> Result<Capture, FormatError> {
         slots_by_name: HashMap::new(),
         unknown_iface: 0,
         not_ip: 0,
+        bad_drops: 0,
     };
     let mut pos = 0;
     while pos < data.len() {
@@ -297,6 +301,15 @@ impl Reader {
             }
         }
         let name = name.unwrap_or_else(|| format!("if{}", self.ifaces.len()));
+        if linktype == block::LINKTYPE_USER0 && name == block::DROPS_IFNAME {
+            self.ifaces.push(Iface {
+                hook: None,
+                ethernet: false,
+                drops: true,
+                clock,
+            });
+            return Ok(());
+        }
         let hook = match desc.as_deref().and_then(|d| parse_description(&name, d)) {
             Some(h) => Some(h),
             None => self.foreign_hook(&name),
@@ -307,6 +320,7 @@ impl Reader {
         self.ifaces.push(Iface {
             hook,
             ethernet: linktype == block::LINKTYPE_ETHERNET,
+            drops: false,
             clock,
         });
         Ok(())
@@ -396,6 +410,13 @@ impl Reader {
             self.unknown_iface += 1;
             return Ok(());
         };
+        if iface.drops {
+            match serde_json::from_slice::<DropRecord>(frame) {
+                Ok(d) => self.cap.drops.push(d),
+                Err(_) => self.bad_drops += 1,
+            }
+            return Ok(());
+        }
         let (Some(hook), true) = (&iface.hook, iface.ethernet) else {
             self.not_ip += 1;
             return Ok(());
@@ -440,6 +461,12 @@ impl Reader {
             self.cap.warnings.push(format!(
                 "{} packets refer to an interface no interface block describes; skipped",
                 self.unknown_iface
+            ));
+        }
+        if self.bad_drops > 0 {
+            self.cap.warnings.push(format!(
+                "{} drop reports did not decode (written by another version?); skipped",
+                self.bad_drops
             ));
         }
         if self.not_ip > 0 {

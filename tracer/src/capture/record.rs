@@ -1,4 +1,4 @@
-//! `-w FILE`: an observer that writes every packet event to a pcapng capture while passing all
+//! `-w FILE`: an observer that writes every packet event (and drop report) to a pcapng capture while passing all
 //! events on to the live view. The file is created before anything is attached, so an
 //! unwritable path fails cleanly; a full disk ends the session cleanly with the file valid up to
 //! its last complete block.
@@ -76,11 +76,13 @@ impl Observer for Recorder<'_> {
         if let Some(w) = self.writer.as_mut() {
             let mut result = Ok(());
             for e in events {
-                if let Event::Packet(p) = e {
-                    result = w.write_packet(p);
-                    if result.is_err() {
-                        break;
-                    }
+                result = match e {
+                    Event::Packet(p) => w.write_packet(p),
+                    Event::Drop(d) => w.write_drop(d),
+                    Event::Counts(_) => Ok(()),
+                };
+                if result.is_err() {
+                    break;
                 }
             }
             if let Err(e) = result {

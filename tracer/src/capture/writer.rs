@@ -20,7 +20,7 @@ use super::{
     describe, io_reason, rotation_path, CaptureError, CaptureMeta, HookTime, SNAPSHOT_PEN,
     SNAPSHOT_TAG,
 };
-use crate::model::{Direction, Hook, PacketRecord};
+use crate::model::{Direction, DropRecord, Hook, PacketRecord};
 
 /// Queued blocks are written at least this often (when packets keep coming).
 pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
@@ -69,6 +69,8 @@ pub struct CaptureWriter {
     packets: u64,
     last_flush: Instant,
     stopped: bool,
+    /// The drops interface's id in the current file, once it has one (added at the first drop).
+    drops_iface: Option<u32>,
 }
 
 impl CaptureWriter {
@@ -101,6 +103,7 @@ impl CaptureWriter {
             packets: 0,
             last_flush: Instant::now(),
             stopped: false,
+            drops_iface: None,
         };
         for hook in hooks {
             w.remember(hook);
@@ -136,6 +139,30 @@ impl CaptureWriter {
         if self.queue.len() >= FLUSH_BYTES || self.last_flush.elapsed() >= FLUSH_INTERVAL {
             self.flush()?;
         }
+        Ok(())
+    }
+
+    /// Queues a kernel drop report: a record on the drops interface (added to the file at its
+    /// first drop), whose bytes are the report as JSON and whose comment says it in words.
+    pub fn write_drop(&mut self, drop: &DropRecord) -> Result<(), CaptureError> {
+        self.check_running()?;
+        let iface = match self.drops_iface {
+            Some(id) => id,
+            None => {
+                let id = self.next_iface;
+                self.push(drops_idb_block());
+                self.next_iface += 1;
+                self.drops_iface = Some(id);
+                id
+            }
+        };
+        let json = serde_json::to_vec(drop)?;
+        self.push(drop_epb_block(
+            drop,
+            &json,
+            iface,
+            self.meta.boot_to_unix_ns,
+        ));
         Ok(())
     }
 
@@ -249,6 +276,7 @@ impl CaptureWriter {
         self.push(shb);
         self.iface.clear();
         self.next_iface = 0;
+        self.drops_iface = None;
         for hook in self.hooks.clone() {
             self.queue_idb(&hook);
         }
@@ -425,6 +453,43 @@ fn idb_block(hook: &Hook, snaplen: u32) -> Vec<u8> {
     b.text(block::IF_NAME, &hook.label())
         .text(block::IF_DESCRIPTION, &describe(hook))
         .option(block::IF_TSRESOL, &[9]);
+    b.finish()
+}
+
+/// The drops interface: link type USER0 (Wireshark shows its records as data, with their
+/// comments), no snap length.
+fn drops_idb_block() -> Vec<u8> {
+    let mut b = Block::new(block::IDB);
+    b.u16(block::LINKTYPE_USER0).u16(0).u32(0);
+    b.text(block::IF_NAME, block::DROPS_IFNAME)
+        .text(
+            block::IF_DESCRIPTION,
+            "pathtrace: the kernel's drop reports (kfree_skb with a reason), one JSON record each",
+        )
+        .option(block::IF_TSRESOL, &[9]);
+    b.finish()
+}
+
+/// `kernel drop NETFILTER_DROP fp=...`: one drop report.
+fn drop_epb_block(d: &DropRecord, json: &[u8], iface: u32, boot_to_unix_ns: i64) -> Vec<u8> {
+    let ts = (i128::from(d.ktime_ns) + i128::from(boot_to_unix_ns)).clamp(0, i128::from(u64::MAX))
+        as u64;
+    let reason = d
+        .reason_name
+        .clone()
+        .unwrap_or_else(|| format!("reason {}", d.reason));
+    let mut comment = format!("kernel drop {reason} fp={:016x}", d.fingerprint);
+    if let Some((proto, src, dst)) = &d.tuple {
+        comment.push_str(&format!(" {proto} {src} -> {dst}"));
+    }
+    let mut b = Block::new(block::EPB);
+    b.u32(iface)
+        .u32((ts >> 32) as u32)
+        .u32(ts as u32)
+        .u32(json.len() as u32)
+        .u32(json.len() as u32)
+        .padded(json);
+    b.text(block::OPT_COMMENT, &comment);
     b.finish()
 }
 

@@ -106,6 +106,10 @@ pub(super) fn keep_flows(cap: &mut Capture, kept: &[bool]) {
         .zip(flows)
         .filter_map(|(r, keep)| keep.then_some(r))
         .collect();
+    // The drops of the packets kept.
+    let fingerprints: std::collections::HashSet<u64> =
+        cap.records.iter().map(|r| r.fingerprint).collect();
+    cap.drops.retain(|d| fingerprints.contains(&d.fingerprint));
 }
 
 /// Each record's verdict.
@@ -123,9 +127,19 @@ fn write_kept(cap: &Capture, kept: &[bool], out: &Path) -> anyhow::Result<usize>
     )?;
     let mut w = CaptureWriter::create(out, meta, &cap.topology.hooks, WriterOptions::default())?;
     let mut n = 0;
+    let mut written = std::collections::HashSet::new();
     for (r, _) in cap.records.iter().zip(kept).filter(|(_, k)| **k) {
         w.write_packet(r)?;
+        written.insert(r.fingerprint);
         n += 1;
+    }
+    // The drop reports of the packets written, so that the new file replays their stops too.
+    for d in cap
+        .drops
+        .iter()
+        .filter(|d| written.contains(&d.fingerprint))
+    {
+        w.write_drop(d)?;
     }
     w.finish(&cap.hook_times)?;
     Ok(n)

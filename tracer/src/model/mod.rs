@@ -585,8 +585,9 @@ impl PacketRecord {
     }
 }
 
-/// A packet freed by the kernel with a reason (issue: drops).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A packet freed by the kernel with a reason (issue: drops). Serialized as it is kept in a
+/// capture (see [`crate::capture`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DropRecord {
     pub ktime_ns: u64,
     pub fingerprint: u64,

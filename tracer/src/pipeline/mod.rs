@@ -79,7 +79,15 @@ pub(crate) fn replay(cap: &Capture, renderer: &mut dyn Renderer, filter: Option<
     // A file pathtrace did not write (no topology snapshot) names interfaces, not hooks on a
     // known path: its packets are counted per interface, never made into hop chains.
     if cap.meta.is_some() {
-        let events: Vec<Event> = cap.records.iter().cloned().map(Event::Packet).collect();
+        // Drop reports among the packets in time order, as the live trace received them
+        // (after the packet's own events).
+        let mut events: Vec<Event> = cap.records.iter().cloned().map(Event::Packet).collect();
+        events.extend(cap.drops.iter().cloned().map(Event::Drop));
+        events.sort_by_key(|e| match e {
+            Event::Packet(p) => p.ktime_ns,
+            Event::Drop(d) => d.ktime_ns,
+            Event::Counts(c) => c.last_ns,
+        });
         engine.feed(&events);
     }
     // What the file holds per hook: every packet it has was emitted; nothing else is known.

@@ -190,3 +190,141 @@ fn habits_of_tcpdump_on_the_lab() {
     assert!(after.contains(" evicted"), "the final report:\n{after}");
     traffic.stop();
 }
+
+/// A FORWARD rule dropping UDP to one port from the lab's bridge; removed on drop.
+struct DropRule(Vec<String>);
+
+impl DropRule {
+    fn insert(bridge: &str, port: &str) -> Self {
+        let rule: Vec<String> = ["-i", bridge, "-p", "udp", "--dport", port, "-j", "DROP"]
+            .map(str::to_string)
+            .to_vec();
+        let status = Command::new("iptables")
+            .args(["-I", "FORWARD"])
+            .args(&rule)
+            .status()
+            .expect("iptables");
+        assert!(status.success(), "iptables -I FORWARD {rule:?}");
+        Self(rule)
+    }
+
+    fn packets(&self) -> u64 {
+        let out = Command::new("iptables")
+            .args(["-L", "FORWARD", "-v", "-x", "-n"])
+            .output()
+            .expect("iptables -L");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.contains("DROP") && l.contains(&format!("dpt:{}", self.0[5])))
+            .and_then(|l| l.split_whitespace().next()?.parse().ok())
+            .expect("the rule's counter")
+    }
+}
+
+impl Drop for DropRule {
+    fn drop(&mut self) {
+        let ok = Command::new("iptables")
+            .args(["-D", "FORWARD"])
+            .args(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("could not remove iptables -I FORWARD {}", self.0.join(" "));
+        }
+    }
+}
+
+#[test]
+fn a_capture_keeps_the_kernels_drop_reasons() {
+    let _serial = serial();
+    if !privileged("a_capture_keeps_the_kernels_drop_reasons") {
+        return;
+    }
+    let lab = TestLab::up("tr");
+    let l = &lab.0;
+    let port = "5299";
+    let rule = DropRule::insert(&l.bridge, port);
+    let dir = TempDir::new("capture-drops");
+    let file = dir.path("drops.pcapng");
+    let trace = Command::new(BIN)
+        .args([
+            "--netns",
+            &l.ctr_netns,
+            "--to",
+            &l.wan_addr.to_string(),
+            "--duration",
+            "4",
+        ])
+        .arg("-w")
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run pathtrace");
+    assert!(
+        crate::support::kernel::wait_attached(trace.id(), 8, Duration::from_secs(20)),
+        "pathtrace attached its 8 hooks"
+    );
+    // One socket: one flow of three datagrams.
+    let send = format!(
+        "exec 3>/dev/udp/{}/{port}; for i in 1 2 3; do echo x >&3; sleep 0.1; done",
+        l.wan_addr
+    );
+    let sent = Command::new("ip")
+        .args(["netns", "exec", &l.ctr_netns, "bash", "-c", &send])
+        .status()
+        .expect("send");
+    assert!(sent.success());
+    let live = trace.wait_with_output().expect("pathtrace ends");
+    let live_text = String::from_utf8_lossy(&live.stdout);
+    assert!(
+        live.status.success(),
+        "{}",
+        String::from_utf8_lossy(&live.stderr)
+    );
+    let dropped = rule.packets();
+    drop(rule);
+    assert_eq!(dropped, 3, "the rule took the three datagrams");
+    let expected = format!(
+        "lost: 3 after host:{} ingress (reason: NETFILTER_DROP)",
+        l.bridge
+    );
+    assert!(live_text.contains(&expected), "live:\n{live_text}");
+    // Replayed from the file, the same stop with the same reason.
+    let show = Command::new(BIN)
+        .arg("show")
+        .arg(&file)
+        .output()
+        .expect("show");
+    let shown = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        show.status.success(),
+        "{}",
+        String::from_utf8_lossy(&show.stderr)
+    );
+    eprintln!("show of the capture:\n{shown}");
+    assert!(
+        shown.contains(&expected),
+        "show prints the reason:\n{shown}"
+    );
+    // Wireshark's reader: the drops interface, each report's comment.
+    let tshark = Command::new("tshark")
+        .arg("-r")
+        .arg(&file)
+        .args(["-Y", "frame.interface_name == \"pathtrace:drops\""])
+        .args(["-T", "fields", "-e", "frame.comment"])
+        .output()
+        .expect("tshark");
+    let comments = String::from_utf8_lossy(&tshark.stdout);
+    assert!(
+        tshark.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tshark.stderr)
+    );
+    let reports: Vec<&str> = comments.lines().filter(|c| !c.is_empty()).collect();
+    assert_eq!(reports.len(), 3, "{comments}");
+    for r in reports {
+        assert!(r.starts_with("kernel drop NETFILTER_DROP fp="), "{r}");
+        assert!(r.contains(&format!(":{port}")), "{r}");
+    }
+}
