@@ -122,6 +122,21 @@ pub enum Command {
         #[arg(value_name = "EXPRESSION")]
         expression: Vec<String>,
     },
+    /// A capture as one self-contained HTML page: the topology, each flow's hops with its NAT
+    /// step and rule, per-hop latency percentiles and CDFs, drops with the kernel's reason.
+    #[command(after_help = "Examples:
+  pathtrace report web.pcapng -o web.html
+  pathtrace report web.pcapng 'port 443' -o web-443.html")]
+    Report {
+        /// A pcapng file pathtrace wrote.
+        file: PathBuf,
+        /// The HTML file to write.
+        #[arg(short = 'o', long = "output", value_name = "OUT.html")]
+        out: PathBuf,
+        /// A pcap-filter expression: only the flows one of whose packets it keeps are shown.
+        #[arg(value_name = "EXPRESSION")]
+        expression: Vec<String>,
+    },
     /// Remove what a killed pathtrace left in netlink mode (its filters, the qdiscs it added).
     #[command(after_help = "Example:
   sudo pathtrace cleanup        after `kill -9` of a trace in --tc-mode netlink")]
@@ -291,7 +306,7 @@ pub struct VerifyArgs {
 
 /// The verbs: a trace's expression never holds one, so that `pathtrace --netns x inspect` (a
 /// trace option before a verb) stays an error rather than the expression `inspect`.
-const VERBS: [&str; 10] = [
+const VERBS: [&str; 11] = [
     "verify",
     "diff",
     "show",
@@ -301,6 +316,7 @@ const VERBS: [&str; 10] = [
     "inspect",
     "completions",
     "man",
+    "report",
     "help",
 ];
 

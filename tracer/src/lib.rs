@@ -24,6 +24,7 @@ pub mod lab;
 pub mod model;
 pub mod pipeline;
 pub mod render;
+mod report;
 pub mod runtime;
 
 /// Writes one line to stderr. Never panics: a closed stderr (`2>&1 | head`) loses the line, and

@@ -36,6 +36,8 @@ const APT_PACKAGES: &[&str] = &[
     "man-db",
     // The `--tui` test drives the terminal view in a tmux pane (send-keys, capture-pane).
     "tmux",
+    // The report test renders `pathtrace report`'s page in headless Chromium (DOM, screenshots).
+    "chromium",
     // Kubernetes pods through the CRI (a containerd of the tests' own, the CNI plugins; protoc
     // builds the CRI API) and rootful Podman (runc: crun cannot start containers on hybrid cgroups).
     "containerd",

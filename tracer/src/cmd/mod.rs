@@ -8,6 +8,7 @@ mod doctor;
 mod inspect;
 mod lab;
 mod manual;
+mod report;
 mod show;
 mod trace;
 mod verify;
@@ -99,6 +100,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Inspect(a)) => inspect::run(&a),
         Some(Command::Completions { shell }) => manual::completions(shell),
         Some(Command::Man) => manual::man(),
+        Some(Command::Report {
+            file,
+            out,
+            expression,
+        }) => report::run(&file, &expression, &out),
     }
 }
 

@@ -35,6 +35,7 @@ mod podman;
 mod podman_fixture;
 mod policy_routing;
 mod reliability;
+mod report;
 mod ring_gaps;
 mod routes;
 mod small_fixes;

@@ -192,10 +192,10 @@ fn habits_of_tcpdump_on_the_lab() {
 }
 
 /// A FORWARD rule dropping UDP to one port from the lab's bridge; removed on drop.
-struct DropRule(Vec<String>);
+pub(crate) struct DropRule(Vec<String>);
 
 impl DropRule {
-    fn insert(bridge: &str, port: &str) -> Self {
+    pub(crate) fn insert(bridge: &str, port: &str) -> Self {
         let rule: Vec<String> = ["-i", bridge, "-p", "udp", "--dport", port, "-j", "DROP"]
             .map(str::to_string)
             .to_vec();
