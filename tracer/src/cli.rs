@@ -391,6 +391,11 @@ pub struct TraceArgs {
     /// selected flow's hops with its NAT step, a status line; `q` or Ctrl-C ends the trace.
     #[arg(long, conflicts_with = "json")]
     pub tui: bool,
+    /// At the end, write the HTML report of the trace (as `pathtrace report` makes it): the
+    /// trace is recorded as a capture for it (every packet, as -w), to the -w file when given,
+    /// else to a temporary file next to this one, removed afterwards.
+    #[arg(long, value_name = "FILE.html")]
+    pub html: Option<PathBuf>,
     /// Stop after this long (e.g. 5s, 500ms, 2m).
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,

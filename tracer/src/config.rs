@@ -219,6 +219,16 @@ pub(crate) struct TraceConfig {
     /// Flows kept at most.
     pub max_flows: usize,
     pub capture: Option<CaptureSpec>,
+    /// `--html FILE`: the report to write at the end, of `capture`.
+    pub html: Option<HtmlSpec>,
+}
+
+/// `--html`: where the report goes, and whether the capture it is made from is the report's own
+/// (removed after).
+#[derive(Clone, Debug)]
+pub(crate) struct HtmlSpec {
+    pub out: PathBuf,
+    pub temporary_capture: bool,
 }
 
 impl TraceConfig {
@@ -244,6 +254,13 @@ impl TraceConfig {
             bail!("--max-flows 0: at least one flow must be kept; give 1 or more (default 65536)");
         }
         let (mut filter, expression) = trace_filter(args)?;
+        // `--html` records the trace as a capture (the -w one, or one of its own).
+        let mut args = args.clone();
+        let html = match args.html.clone() {
+            Some(out) => Some(html_spec(&out, &mut args)?),
+            None => None,
+        };
+        let args = &args;
         // Packet bytes only go into a `-w` capture: without one the programs copy none.
         if args.write.is_none() {
             filter.snaplen = 0;
@@ -308,6 +325,7 @@ impl TraceConfig {
             tui: args.tui,
             max_flows: args.max_flows,
             capture,
+            html,
         })
     }
 
@@ -334,6 +352,36 @@ impl TraceConfig {
             ..Self::from_args(&args)?
         })
     }
+}
+
+/// Checks that the report can be written (before anything is attached) and gives `--html` its
+/// capture: the `-w` file, or a temporary one next to the report.
+fn html_spec(out: &Path, args: &mut TraceArgs) -> anyhow::Result<HtmlSpec> {
+    if args.write.as_deref() == Some(Path::new("-")) {
+        bail!("--html with -w -: the report is made from the capture, which then goes to stdout; write the capture to a file");
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(out)
+        .with_context(|| {
+            format!(
+                "cannot write the report to {}; choose a writable path with --html",
+                out.display()
+            )
+        })?;
+    let temporary_capture = args.write.is_none();
+    if temporary_capture {
+        let name = out
+            .file_name()
+            .map_or("report".into(), |n| n.to_string_lossy().into_owned());
+        args.write = Some(out.with_file_name(format!(".{name}.pathtrace-capture.pcapng")));
+    }
+    Ok(HtmlSpec {
+        out: out.to_path_buf(),
+        temporary_capture,
+    })
 }
 
 /// What `verify` traces.

@@ -238,6 +238,26 @@ fn live(
         renderer.as_mut(),
     );
     pipeline::trace(rt, session, &mut engine, capture)?;
+    drop(engine);
+    drop(renderer);
+    if let (Some(html), Some(c)) = (&cfg.html, &cfg.capture) {
+        let made = html_report(&c.path, &html.out);
+        if html.temporary_capture {
+            if let Err(e) = std::fs::remove_file(&c.path) {
+                tracing::warn!("removing the report's capture {}: {e}", c.path.display());
+            }
+        }
+        made?;
+    }
+    Ok(())
+}
+
+/// `--html`: the report of the trace's capture.
+fn html_report(capture: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
+    let cap = crate::capture::read_capture(capture)?;
+    let page = crate::report::render(&cap, None, &capture.display().to_string())?;
+    crate::report::write(&page, out)?;
+    super::warn(format_args!("{}: the trace's report", out.display()));
     Ok(())
 }
 

@@ -15,7 +15,7 @@ use tracer::capture::testframes::TempDir;
 
 use crate::{
     support::{lab::TestLab, privileged, serial, BIN},
-    tcpdump_habits::DropRule,
+    tcpdump_habits::{capture_with_drops, DropRule},
 };
 
 /// Runs headless Chromium on `page` with `args`, killed after a minute; its stdout.
@@ -71,34 +71,13 @@ fn the_report_renders_in_chromium_with_flows_nat_hops_and_drops() {
     let traffic = lab.start_traffic();
     let dir = TempDir::new("report");
     let file = dir.path("lab.pcapng");
-    let mut trace = Command::new(BIN)
-        .args([
-            "--netns",
-            &l.ctr_netns,
-            "--to",
-            &l.wan_addr.to_string(),
-            "--duration",
-            "4",
-        ])
-        .arg("-w")
-        .arg(&file)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("run pathtrace");
+    let trace = capture_with_drops(l, port, &file);
+    let traced = trace.wait_with_output().expect("pathtrace ends");
     assert!(
-        crate::support::kernel::wait_attached(trace.id(), 8, Duration::from_secs(20)),
-        "pathtrace attached its 8 hooks"
+        traced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&traced.stderr)
     );
-    let send = format!(
-        "exec 3>/dev/udp/{}/{port}; for i in 1 2 3; do echo x >&3; sleep 0.1; done",
-        l.wan_addr
-    );
-    let sent = Command::new("ip")
-        .args(["netns", "exec", &l.ctr_netns, "bash", "-c", &send])
-        .status()
-        .expect("send");
-    assert!(sent.success());
-    assert!(trace.wait().expect("pathtrace ends").success());
     traffic.stop();
     drop(rule);
 
@@ -164,6 +143,62 @@ fn the_report_renders_in_chromium_with_flows_nat_hops_and_drops() {
         "the drop with its reason, at its hop"
     );
     assert!(dom.contains("p99"), "latency percentiles");
+
+    // `--html` on a live trace: the report of its own capture, which is then removed.
+    let traffic = lab.start_traffic();
+    let live_html = dir.path("live.html");
+    let out = Command::new(BIN)
+        .args([
+            "--netns",
+            &l.ctr_netns,
+            "--to",
+            &l.wan_addr.to_string(),
+            "--duration",
+            "3",
+        ])
+        .arg("--html")
+        .arg(&live_html)
+        .output()
+        .expect("pathtrace --html");
+    traffic.stop();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let live = std::fs::read_to_string(&live_html).expect("the live report");
+    assert!(
+        live.matches("<section class=\"flow\"").count() >= 3,
+        "flows in the live report"
+    );
+    assert!(live.contains("SNAT (MASQUERADE)"));
+    let left: Vec<String> = std::fs::read_dir(dir.path(""))
+        .expect("the test's directory")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.contains("pathtrace-capture"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the report's own capture is removed: {left:?}"
+    );
+    let bad = Command::new(BIN)
+        .args([
+            "--netns",
+            &l.ctr_netns,
+            "--duration",
+            "1",
+            "--html",
+            "/proc/no/report.html",
+        ])
+        .output()
+        .expect("pathtrace --html unwritable");
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("cannot write the report to /proc/no/report.html"),
+        "{err}"
+    );
 
     let keep = std::env::var_os("PATHTRACE_REPORT_SHOTS");
     for (name, size) in [("wide", "1200,1800"), ("narrow", "420,1800")] {

@@ -5,11 +5,12 @@
 
 use std::{
     collections::BTreeSet,
-    process::{Command, Stdio},
+    path::Path,
+    process::{Child, Command, Stdio},
     time::Duration,
 };
 
-use tracer::capture::testframes::TempDir;
+use tracer::{capture::testframes::TempDir, lab::Lab};
 
 use crate::{
     support::{kernel::KernelState, lab::TestLab, privileged, serial, BIN},
@@ -58,8 +59,10 @@ fn habits_of_tcpdump_on_the_lab() {
         "tshark -r -: {}",
         String::from_utf8_lossy(&tshark.stderr)
     );
+    // The kernel's drop reports have an interface of their own (when there were any).
     let names: BTreeSet<String> = String::from_utf8_lossy(&tshark.stdout)
         .lines()
+        .filter(|n| *n != "pathtrace:drops")
         .map(str::to_string)
         .collect();
     eprintln!("tshark -r - saw packets on: {names:?}");
@@ -147,8 +150,10 @@ fn habits_of_tcpdump_on_the_lab() {
         .args(["-T", "fields", "-e", "frame.interface_name"])
         .output()
         .expect("tshark");
+    // With the drop reports of the packets written, if any.
     let names: BTreeSet<String> = String::from_utf8_lossy(&fields.stdout)
         .lines()
+        .filter(|n| *n != "pathtrace:drops")
         .map(str::to_string)
         .collect();
     assert_eq!(
@@ -234,29 +239,13 @@ impl Drop for DropRule {
     }
 }
 
-#[test]
-fn a_capture_keeps_the_kernels_drop_reasons() {
-    let _serial = serial();
-    if !privileged("a_capture_keeps_the_kernels_drop_reasons") {
-        return;
-    }
-    let lab = TestLab::up("tr");
-    let l = &lab.0;
-    let port = "5299";
-    let rule = DropRule::insert(&l.bridge, port);
-    let dir = TempDir::new("capture-drops");
-    let file = dir.path("drops.pcapng");
+/// A 4-second trace of the lab written to `file` (stdout and stderr piped), once attached, with
+/// three UDP datagrams of one socket sent to `port` meanwhile (which a [`DropRule`] drops).
+pub(crate) fn capture_with_drops(l: &Lab, port: &str, file: &Path) -> Child {
     let trace = Command::new(BIN)
-        .args([
-            "--netns",
-            &l.ctr_netns,
-            "--to",
-            &l.wan_addr.to_string(),
-            "--duration",
-            "4",
-        ])
-        .arg("-w")
-        .arg(&file)
+        .args(["--netns", &l.ctr_netns, "--to", &l.wan_addr.to_string()])
+        .args(["--duration", "4", "-w"])
+        .arg(file)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -275,7 +264,24 @@ fn a_capture_keeps_the_kernels_drop_reasons() {
         .status()
         .expect("send");
     assert!(sent.success());
-    let live = trace.wait_with_output().expect("pathtrace ends");
+    trace
+}
+
+#[test]
+fn a_capture_keeps_the_kernels_drop_reasons() {
+    let _serial = serial();
+    if !privileged("a_capture_keeps_the_kernels_drop_reasons") {
+        return;
+    }
+    let lab = TestLab::up("tr");
+    let l = &lab.0;
+    let port = "5299";
+    let rule = DropRule::insert(&l.bridge, port);
+    let dir = TempDir::new("capture-drops");
+    let file = dir.path("drops.pcapng");
+    let live = capture_with_drops(l, port, &file)
+        .wait_with_output()
+        .expect("pathtrace ends");
     let live_text = String::from_utf8_lossy(&live.stdout);
     assert!(
         live.status.success(),

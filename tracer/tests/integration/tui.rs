@@ -37,7 +37,10 @@ impl Tmux {
     /// Runs `command` in a detached 150x50 session; its exit code goes to `rc_file`, and the
     /// pane stays (a shell waits) so that what it left on the terminal can be read.
     pub(crate) fn start(tag: &str, command: &str) -> Self {
-        let socket = format!("pt-{tag}-{}", std::process::id());
+        // A socket of its own each time: a server killed just before may still hold the last.
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let socket = format!("pt-{tag}-{}-{n}", std::process::id());
         let rc_file = std::env::temp_dir().join(format!("{socket}.rc"));
         std::fs::remove_file(&rc_file).ok();
         let t = Self { socket, rc_file };
