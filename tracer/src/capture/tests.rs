@@ -456,3 +456,45 @@ fn write_fuzz_seeds() {
         std::fs::write(out.join(name), data).expect("write seed");
     }
 }
+
+#[test]
+fn kernel_drops_round_trip_on_their_own_interface() {
+    let dir = TempDir::new("capture-drops");
+    let path = dir.path("drops.pcapng");
+    let hooks = eight_hooks();
+    let recs = records(&hooks, 2);
+    let mut w = CaptureWriter::create(&path, &meta(&hooks), &hooks, WriterOptions::default())
+        .expect("create");
+    let drop = crate::model::DropRecord {
+        ktime_ns: recs[3].ktime_ns + 1,
+        fingerprint: recs[3].fingerprint,
+        reason: 6,
+        reason_name: Some("NETFILTER_DROP".into()),
+        tuple: None,
+        traced: true,
+    };
+    for (i, r) in recs.iter().enumerate() {
+        w.write_packet(r).expect("write");
+        if i == 3 {
+            w.write_drop(&drop).expect("write drop");
+        }
+    }
+    w.finish(&[]).expect("finish");
+    let cap = read_capture(&path).expect("read");
+    assert_eq!(
+        cap.records, recs,
+        "packets unchanged by the drops interface"
+    );
+    assert_eq!(cap.drops, vec![drop.clone()]);
+    assert_eq!(cap.skipped, 0);
+    assert!(
+        !cap.topology
+            .hooks
+            .iter()
+            .any(|h| h.label().contains("drops")),
+        "the drops interface is no hook"
+    );
+    let data = std::fs::read(&path).expect("read bytes");
+    let comment = format!("kernel drop NETFILTER_DROP fp={:016x}", drop.fingerprint);
+    assert!(data.windows(comment.len()).any(|w| w == comment.as_bytes()));
+}
